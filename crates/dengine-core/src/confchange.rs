@@ -1,0 +1,1 @@
+//! Membership change validation (being written).

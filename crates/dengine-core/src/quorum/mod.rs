@@ -1,0 +1,1 @@
+//! Quorum arithmetic (being written).

@@ -1,0 +1,52 @@
+//! The read side of durable storage, as the protocol sees it.
+//!
+//! The core never writes: it tells the runtime what to persist through
+//! [`crate::Ready`], and reads back what is stable through this trait. Entries
+//! the node has appended but not yet made durable live in the core's own
+//! unstable log and are never read from here.
+
+use crate::error::StorageError;
+use crate::types::{ConfState, Entry, HardState, LogIndex, SnapshotMeta, Term};
+
+/// What a node finds in storage when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitialState {
+    /// The persisted hard state.
+    pub hard_state: HardState,
+    /// The membership as of `applied`.
+    pub conf_state: ConfState,
+    /// The last index the state machine has durably applied (at least the
+    /// snapshot's index). Committed entries after it are handed out again.
+    pub applied: LogIndex,
+}
+
+/// Read access to the durable log.
+///
+/// Indexes: the log holds entries `first_index()..=last_index()`; the entry
+/// just before `first_index()` is covered by the snapshot returned by
+/// [`LogStorage::snapshot_meta`], so `term(first_index() - 1)` must answer
+/// with the snapshot's term. An empty log with no snapshot has
+/// `first_index() == 1` and `last_index() == 0`.
+pub trait LogStorage {
+    /// The state to start from.
+    fn initial_state(&self) -> Result<InitialState, StorageError>;
+
+    /// Entries in `[lo, hi)`, stopping early once their total
+    /// [`Entry::size`] would exceed `max_bytes` (always at least one entry
+    /// when `lo < hi`). `Err(Compacted)` if `lo < first_index()`.
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64)
+        -> Result<Vec<Entry>, StorageError>;
+
+    /// The term of the entry at `index`, for `first_index() - 1 <= index <=
+    /// last_index()`. `Err(Compacted)` below, `Err(Unavailable)` above.
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError>;
+
+    /// The first index still in the log.
+    fn first_index(&self) -> Result<LogIndex, StorageError>;
+
+    /// The last index in the log (the snapshot's index if the log is empty).
+    fn last_index(&self) -> Result<LogIndex, StorageError>;
+
+    /// The newest snapshot's metadata (default metadata if there is none).
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError>;
+}

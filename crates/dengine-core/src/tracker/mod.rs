@@ -1,0 +1,1 @@
+//! Follower progress tracking (being written).

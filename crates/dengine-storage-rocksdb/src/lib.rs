@@ -1,0 +1,1 @@
+//! dengine-storage-rocksdb
