@@ -1,1 +1,47 @@
-fn main() {}
+//! Workspace automation, run as `cargo xtask <command>` (the alias lives in
+//! `.cargo/config.toml`).
+//!
+//! Each command is a module; [`step`] holds what they share: running a
+//! sequence of named commands from the workspace root, timing each and
+//! stopping at the first failure.
+
+mod ci;
+mod step;
+
+use std::process::ExitCode;
+
+/// What `cargo xtask` without a valid command prints.
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci      run every check: rustfmt, clippy, the tests, the doctests and rustdoc
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["ci"] => ci::run(),
+        ["help" | "-h" | "--help"] => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        [] => usage_error(None),
+        _ => usage_error(Some(&args.join(" "))),
+    }
+}
+
+/// Prints the usage (after what was wrong, if anything) and returns exit
+/// status 2.
+fn usage_error(bad: Option<&str>) -> ExitCode {
+    if let Some(bad) = bad {
+        eprintln!("error: unknown command or arguments: `{bad}`\n");
+    }
+    eprint!("{USAGE}");
+    ExitCode::from(2)
+}

@@ -29,7 +29,8 @@ pub enum ConfChangeError {
     /// Another change is proposed and not yet applied.
     #[error("a membership change at index {0} is still pending")]
     Pending(LogIndex),
-    /// The result would have no voter.
+    /// The result would have no voter (or a joint configuration would be
+    /// entered from one that has no voter, leaving its outgoing half empty).
     #[error("the change would leave no voter")]
     NoVoters,
     /// Leaving a joint configuration that is not joint.
@@ -50,6 +51,11 @@ pub enum ConfChangeError {
     /// Removing a node that is not a member.
     #[error("node {0} is not a member")]
     NotAMember(NodeId),
+    /// A configuration breaks the membership invariants (a node both voter
+    /// and learner, a staged learner that is not an outgoing voter, ...).
+    /// Seen on the input, it means a corrupt configuration; on a result, a bug.
+    #[error("membership invariant violated: {0}")]
+    Invariant(String),
 }
 
 /// Errors from the protocol core's API.
@@ -98,6 +104,10 @@ pub enum Error {
     /// applied index past what was handed out).
     #[error("invalid report from the runtime: {0}")]
     InvalidReport(&'static str),
+    /// A request was lost (for example a read forwarded to a leader that
+    /// never answered); retry.
+    #[error("request dropped: {0}")]
+    Dropped(&'static str),
     /// Storage failed; the node must stop.
     #[error(transparent)]
     Storage(#[from] StorageError),

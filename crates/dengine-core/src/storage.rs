@@ -34,8 +34,12 @@ pub trait LogStorage {
     /// Entries in `[lo, hi)`, stopping early once their total
     /// [`Entry::size`] would exceed `max_bytes` (always at least one entry
     /// when `lo < hi`). `Err(Compacted)` if `lo < first_index()`.
-    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64)
-        -> Result<Vec<Entry>, StorageError>;
+    fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError>;
 
     /// The term of the entry at `index`, for `first_index() - 1 <= index <=
     /// last_index()`. `Err(Compacted)` below, `Err(Unavailable)` above.

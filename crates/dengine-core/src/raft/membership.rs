@@ -1,0 +1,125 @@
+//! Membership changes: proposing them (one at a time), and putting a
+//! committed change in force when it is handed out for applying.
+
+use super::Raft;
+use crate::confchange;
+use crate::error::{ConfChangeError, Error, Result};
+use crate::storage::LogStorage;
+use crate::types::{ConfChange, ConfState, Entry, EntryPayload, LogIndex, NodeId, Role};
+
+impl<S: LogStorage> Raft<S> {
+    /// Checks that this node may take a proposal now.
+    pub(crate) fn check_can_propose(&self) -> Result<()> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader: (!self.leader.is_none()).then_some(self.leader),
+            });
+        }
+        if let Some(to) = self.transfer.target {
+            return Err(Error::TransferInProgress(to));
+        }
+        Ok(())
+    }
+
+    /// Proposes a membership change; returns its log index.
+    pub(crate) fn propose_conf_change(&mut self, cc: ConfChange) -> Result<LogIndex> {
+        self.check_can_propose()?;
+        if self.pending_conf_index > self.log.applying {
+            return Err(ConfChangeError::Pending(self.pending_conf_index).into());
+        }
+        // Validate against the membership in force; the same check runs
+        // again on every node when the entry is applied.
+        confchange::apply_conf_change(self.tracker.conf(), &cc)?;
+        let index = self.log.last_index().next();
+        self.pending_conf_index = index;
+        self.append_entries(vec![Entry {
+            term: self.term,
+            index,
+            payload: EntryPayload::ConfChange(cc),
+        }])?;
+        Ok(index)
+    }
+
+    /// A committed membership change at `index` is handed out: it takes
+    /// effect now, on every node in the same log order.
+    pub(crate) fn apply_committed_conf_change(
+        &mut self,
+        index: LogIndex,
+        cc: &ConfChange,
+    ) -> Result<()> {
+        match confchange::apply_conf_change(self.tracker.conf(), cc) {
+            Ok(conf) => self.install_conf(index, conf),
+            Err(e) => {
+                // Deterministic: every node refuses the same entry the same way.
+                tracing::warn!(id = %self.id, %index, error = %e, "committed membership change refused");
+                return Ok(());
+            }
+        }
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let conf = self.tracker.conf().clone();
+        if !conf.is_joint() && !conf.voters.contains(&self.id) {
+            // Removed (or demoted): hand over by stepping down; the remaining
+            // voters elect a leader among themselves.
+            tracing::debug!(id = %self.id, "no longer a voter: leader steps down");
+            self.become_follower(self.term, NodeId::NONE);
+            return Ok(());
+        }
+        if let Some(t) = self.transfer.target
+            && !conf.is_voter(t)
+        {
+            self.transfer.abort();
+        }
+        if conf.is_joint() && conf.auto_leave && self.pending_conf_index <= index {
+            let leave = self.log.last_index().next();
+            self.pending_conf_index = leave;
+            self.append_entries(vec![Entry {
+                term: self.term,
+                index: leave,
+                payload: EntryPayload::ConfChange(ConfChange::leave_joint()),
+            }])?;
+        }
+        // A smaller or different quorum may commit more now; new members
+        // need their first appends.
+        if let Some(pr) = self.tracker.get_mut(self.id) {
+            pr.become_replicate();
+            pr.maybe_update(self.log.stable_last_index());
+        }
+        self.maybe_commit()?;
+        self.bcast_append()
+    }
+
+    /// Puts `conf` in force as of log index `index`.
+    pub(crate) fn install_conf(&mut self, index: LogIndex, conf: ConfState) {
+        let next = self.log.last_index().next();
+        self.tracker.apply_conf(conf.clone(), next);
+        if index <= self.conf_history.front().map_or(LogIndex::ZERO, |c| c.0) {
+            self.conf_history.clear();
+        }
+        self.conf_history.push_back((index, conf));
+        self.conf_changed = true;
+        if matches!(self.role, Role::Candidate | Role::PreCandidate) && !self.promotable() {
+            self.become_follower(self.term, NodeId::NONE);
+        }
+    }
+
+    /// The membership in force at `index` (at or after the applied index).
+    pub(crate) fn conf_at(&self, index: LogIndex) -> ConfState {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .or(self.conf_history.front())
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets membership history older than the applied index.
+    pub(crate) fn prune_conf_history(&mut self) {
+        let applied = self.log.applied;
+        while self.conf_history.len() >= 2 && self.conf_history[1].0 <= applied {
+            self.conf_history.pop_front();
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The public face of the core: [`RawNode`] takes inputs and gives back a
+//! [`Ready`] describing what the runtime must do.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageBody, ReadId};
+use crate::raft::Raft;
+pub use crate::raft::{ReadPolicy, ReadState};
+use crate::storage::LogStorage;
+use crate::tracker::ProgressState;
+use crate::types::{
+    ConfChange, ConfState, Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Role,
+    SnapshotMeta, SoftState, Term,
+};
+
+/// Something to make durable, in order, before its `messages` may be sent.
+///
+/// Batches must be made durable in the order they were handed out: a batch
+/// counts as durable only once it and every earlier batch are. A batch may
+/// hold nothing but messages; it then only orders them behind earlier
+/// batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersistBatch {
+    /// A snapshot received from the leader to install, before `entries`.
+    /// The runtime installs the snapshot's data (which it received beside
+    /// the message) in the state machine after every committed entry handed
+    /// out before this batch, and records it as the log's new base.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Entries to append. Any entry already stored at or after the first
+    /// one's index is replaced (the log is truncated there first).
+    pub entries: Vec<Entry>,
+    /// Hard state to store (after the entries, in the same write or later).
+    pub hard_state: Option<HardState>,
+    /// Messages to send once this batch (and every earlier one) is durable:
+    /// acknowledgements and votes that promise durability.
+    pub messages: Vec<Message>,
+}
+
+/// What to report back with [`RawNode::on_persisted`] once a
+/// [`PersistBatch`] is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Persisted {
+    /// The last entry of the batch.
+    pub entries_to: Option<EntryId>,
+    /// The snapshot index of the batch.
+    pub snapshot: Option<LogIndex>,
+    /// The term and vote of the batch's hard state.
+    pub term_vote: Option<(Term, NodeId)>,
+}
+
+impl PersistBatch {
+    /// The report to give [`RawNode::on_persisted`] for this batch.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            entries_to: self.entries.last().map(Entry::id),
+            snapshot: self.snapshot.as_ref().map(|s| s.last_index),
+            term_vote: self.hard_state.map(|h| (h.term, h.vote)),
+        }
+    }
+
+    /// Whether the batch has anything to write (not only messages).
+    pub fn has_writes(&self) -> bool {
+        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+    }
+}
+
+/// Everything the runtime must do after feeding inputs to a [`RawNode`].
+/// See the crate docs for the order in which its parts may be carried out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The role or known leader changed.
+    pub soft_state: Option<SoftState>,
+    /// Writes to make durable, with the messages that must wait for them.
+    pub persist: Option<PersistBatch>,
+    /// Messages that may be sent at once, in parallel with the writes.
+    pub messages: Vec<Message>,
+    /// Committed, durable entries to apply in order. A membership change
+    /// among them is already in force in the core; see `conf_state`.
+    pub committed_entries: Vec<Entry>,
+    /// The membership after `committed_entries`, when they changed it. Store
+    /// it with the applied state: it is the `conf_state` of a restart's
+    /// [`crate::InitialState`].
+    pub conf_state: Option<ConfState>,
+    /// Reads whose outcome is known.
+    pub read_states: Vec<ReadState>,
+    /// Take a snapshot of the state machine as of exactly this metadata's
+    /// index (the applied index when asked), then report it with
+    /// [`RawNode::snapshot_created`] or [`RawNode::snapshot_failed`].
+    pub snapshot_request: Option<SnapshotMeta>,
+    /// Log entries up to this index may be deleted (a snapshot covers them).
+    pub compact_to: Option<LogIndex>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Ready::default()
+    }
+}
+
+/// One follower's replication state, as the leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Highest index known durable on the peer.
+    pub matched: LogIndex,
+    /// Next index to send.
+    pub next: LogIndex,
+    /// Probe, Replicate or Snapshot.
+    pub state: ProgressState,
+    /// Whether the peer is a learner.
+    pub is_learner: bool,
+}
+
+/// A snapshot of a node's state, for monitoring and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Term, vote and commit index.
+    pub hard_state: HardState,
+    /// Role and known leader.
+    pub soft_state: SoftState,
+    /// The last index in the log (durable or not).
+    pub last_index: LogIndex,
+    /// The last index handed out for applying.
+    pub applying: LogIndex,
+    /// The last index reported applied.
+    pub applied: LogIndex,
+    /// The membership in force.
+    pub conf_state: ConfState,
+    /// Per-peer progress; only on the leader.
+    pub progress: BTreeMap<NodeId, PeerStatus>,
+    /// The target of a leadership transfer in progress.
+    pub transfer_target: Option<NodeId>,
+}
+
+/// A Raft node with no I/O: feed it inputs, take [`Ready`]s, report back.
+pub struct RawNode<S> {
+    raft: Raft<S>,
+    /// Set after a fatal storage error: the node refuses all further input.
+    failed: Option<Error>,
+}
+
+impl<S: LogStorage> RawNode<S> {
+    /// Starts a node from what `storage` holds.
+    ///
+    /// A new cluster is bootstrapped by giving every initial voter a log
+    /// whose first entry is [`bootstrap_entry`] (committed, term 1); a node
+    /// joining an existing cluster starts with an empty log and learns the
+    /// membership from the leader.
+    pub fn new(config: Config, storage: S) -> Result<Self> {
+        Ok(RawNode {
+            raft: Raft::new(config, storage)?,
+            failed: None,
+        })
+    }
+
+    fn guard<T>(&mut self, f: impl FnOnce(&mut Raft<S>) -> Result<T>) -> Result<T> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = f(&mut self.raft);
+        if let Err(e) = &r
+            && e.is_fatal()
+        {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.raft.id
+    }
+
+    /// Read access to the storage the node reads its stable log from.
+    pub fn storage(&self) -> &S {
+        &self.raft.log.storage
+    }
+
+    /// Mutable access to the storage, for the runtime to write what a
+    /// [`Ready`] asked for when it owns the storage through the node.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.raft.log.storage
+    }
+
+    /// Advances the logical clock by one tick (elections, heartbeats,
+    /// leases and timeouts are counted in ticks).
+    pub fn tick(&mut self) -> Result<()> {
+        self.guard(|r| r.tick())
+    }
+
+    /// Starts an election now (if this node is a voter).
+    pub fn campaign(&mut self) -> Result<()> {
+        self.guard(|r| {
+            if r.role == Role::Leader {
+                return Ok(());
+            }
+            r.start_election(false)
+        })
+    }
+
+    /// Feeds a message from a peer. Messages that break the protocol or
+    /// come from unknown peers are refused with an error and change nothing.
+    pub fn step(&mut self, m: Message) -> Result<()> {
+        self.guard(|r| r.step(m))
+    }
+
+    /// Proposes application data; returns the index it will have if it
+    /// commits. Only the leader accepts proposals.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<LogIndex> {
+        let (first, _) = self.propose_batch(std::iter::once(data))?;
+        Ok(first)
+    }
+
+    /// Proposes several commands as consecutive entries in one step;
+    /// returns the first and last index.
+    pub fn propose_batch(
+        &mut self,
+        data: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<(LogIndex, LogIndex)> {
+        self.guard(|r| {
+            r.check_can_propose()?;
+            let term = r.term;
+            let mut next = r.log.last_index().next();
+            let first = next;
+            let ents: Vec<Entry> = data
+                .into_iter()
+                .map(|d| {
+                    let e = Entry {
+                        term,
+                        index: next,
+                        payload: EntryPayload::Normal(d),
+                    };
+                    next = next.next();
+                    e
+                })
+                .collect();
+            if ents.is_empty() {
+                return Err(Error::Malformed("empty proposal batch"));
+            }
+            let bytes: u64 = ents.iter().map(Entry::size).sum();
+            let limit = r.cfg.max_uncommitted_bytes;
+            if limit > 0 && r.uncommitted_bytes > 0 && r.uncommitted_bytes + bytes > limit {
+                return Err(Error::Overloaded);
+            }
+            r.append_entries(ents)?;
+            Ok((first, next.prev()))
+        })
+    }
+
+    /// Proposes a membership change. Refused while another is pending.
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<LogIndex> {
+        self.guard(|r| r.propose_conf_change(cc))
+    }
+
+    /// Asks for a linearizable read; the outcome comes in a later
+    /// [`Ready::read_states`] under the same `id`.
+    pub fn read_index(&mut self, id: ReadId, policy: ReadPolicy) -> Result<()> {
+        self.guard(|r| r.read_index(id, policy))
+    }
+
+    /// Starts handing leadership to `to`.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<()> {
+        self.guard(|r| r.transfer_leader(to))
+    }
+
+    /// Reports whether a snapshot the runtime was sending to `to` arrived.
+    pub fn report_snapshot(&mut self, to: NodeId, success: bool) -> Result<()> {
+        self.guard(|r| r.report_snapshot(to, success))
+    }
+
+    /// Reports that `to` could not be reached.
+    pub fn report_unreachable(&mut self, to: NodeId) {
+        self.raft.report_unreachable(to);
+    }
+
+    /// Whether [`RawNode::ready`] has anything to give.
+    pub fn has_ready(&self) -> bool {
+        let r = &self.raft;
+        r.soft_state() != r.prev_soft_state()
+            || r.hard_state_changed()
+            || r.log.has_to_persist()
+            || !r.msgs.is_empty()
+            || r.log.has_next_committed()
+            || r.reads.has_ready()
+            || (r.role == Role::Leader && r.reads.wants_round())
+            || r.compact_to.is_some()
+            || r.should_request_snapshot()
+    }
+
+    /// Takes what is to be done. Carry it out as the crate docs say, then
+    /// report with [`RawNode::on_persisted`] and [`RawNode::on_applied`].
+    pub fn ready(&mut self) -> Result<Ready> {
+        self.guard(|r| r.ready())
+    }
+
+    /// Reports that a [`PersistBatch`] is durable.
+    pub fn on_persisted(&mut self, p: Persisted) -> Result<()> {
+        self.guard(|r| r.on_persisted(p))
+    }
+
+    /// Reports that the state machine applied every entry up to `index`.
+    pub fn on_applied(&mut self, index: LogIndex) -> Result<()> {
+        self.guard(|r| {
+            if index > r.log.applying {
+                return Err(Error::InvalidReport(
+                    "applied index past what was handed out",
+                ));
+            }
+            r.log.applied_to(index);
+            r.prune_conf_history();
+            Ok(())
+        })
+    }
+
+    /// Reports that the snapshot asked for in [`Ready::snapshot_request`]
+    /// is stored: the core will let the log be compacted behind it.
+    pub fn snapshot_created(&mut self, meta: &SnapshotMeta) -> Result<()> {
+        self.guard(|r| {
+            r.snapshot_requested = None;
+            if meta.last_index > r.log.applied {
+                return Err(Error::InvalidReport("snapshot past the applied index"));
+            }
+            if meta.last_index > r.last_snapshot_index {
+                r.last_snapshot_index = meta.last_index;
+                let to = LogIndex(meta.last_index.0.saturating_sub(r.cfg.compaction_lag));
+                if to > LogIndex::ZERO {
+                    r.compact_to = Some(to);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Reports that a requested snapshot could not be made; it will be asked
+    /// for again later.
+    pub fn snapshot_failed(&mut self) {
+        self.raft.snapshot_requested = None;
+    }
+
+    /// The node's state.
+    pub fn status(&self) -> Status {
+        let r = &self.raft;
+        let progress = if r.role == Role::Leader {
+            r.tracker
+                .iter()
+                .map(|(id, p)| {
+                    (
+                        id,
+                        PeerStatus {
+                            matched: p.matched,
+                            next: p.next,
+                            state: p.state,
+                            is_learner: p.is_learner,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Status {
+            id: r.id,
+            hard_state: r.hard_state(),
+            soft_state: r.soft_state(),
+            last_index: r.log.last_index(),
+            applying: r.log.applying,
+            applied: r.log.applied,
+            conf_state: r.tracker.conf().clone(),
+            progress,
+            transfer_target: r.transfer.target,
+        }
+    }
+}
+
+/// The first log entry of a new cluster, identical on every initial voter:
+/// a membership change that makes `voters` the voters (term 1, index 1).
+/// Give it to each initial voter's storage with a hard state of term 1 and
+/// commit 1.
+pub fn bootstrap_entry(voters: impl IntoIterator<Item = NodeId>) -> Entry {
+    Entry {
+        term: Term(1),
+        index: LogIndex(1),
+        payload: EntryPayload::ConfChange(ConfChange {
+            transition: crate::types::ConfChangeTransition::Auto,
+            steps: voters
+                .into_iter()
+                .map(crate::types::ConfChangeStep::AddVoter)
+                .collect(),
+        }),
+    }
+}
+
+impl<S: LogStorage> Raft<S> {
+    pub(crate) fn prev_soft_state(&self) -> SoftState {
+        self.prev_soft
+    }
+
+    pub(crate) fn should_request_snapshot(&self) -> bool {
+        let t = self.cfg.snapshot_threshold;
+        t > 0
+            && self.snapshot_requested.is_none()
+            && self.log.pending_snapshot().is_none()
+            && self.log.applied.0 >= self.last_snapshot_index.0 + t
+    }
+
+    /// Whether `m` promises something that must be durable first.
+    fn must_wait_for_persist(&self, m: &Message) -> bool {
+        if (self.term, self.vote) != self.durable_term_vote {
+            return true;
+        }
+        matches!(
+            m.body,
+            MessageBody::AppendEntriesResponse { result: Ok(_) }
+                | MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true
+                }
+        )
+    }
+
+    pub(crate) fn ready(&mut self) -> Result<Ready> {
+        let mut rd = Ready::default();
+
+        // Hand out committed entries first: a membership change among them
+        // takes effect now and may produce entries and messages below.
+        let committed = self.log.next_committed(self.cfg.max_apply_bytes)?;
+        for e in &committed {
+            if let EntryPayload::ConfChange(cc) = &e.payload {
+                self.apply_committed_conf_change(e.index, cc)?;
+            }
+        }
+        rd.committed_entries = committed;
+        if std::mem::take(&mut self.conf_changed) {
+            rd.conf_state = Some(self.tracker.conf().clone());
+        }
+
+        self.flush_reads();
+        rd.read_states = std::mem::take(&mut self.reads.ready);
+        rd.soft_state = self.take_soft_state_change();
+
+        let (snapshot, entries) = self.log.take_to_persist();
+        let hard_state = self.take_hard_state_change();
+        let mut batch = PersistBatch {
+            snapshot,
+            entries,
+            hard_state,
+            messages: Vec::new(),
+        };
+        for m in std::mem::take(&mut self.msgs) {
+            if self.must_wait_for_persist(&m) {
+                batch.messages.push(m);
+            } else {
+                rd.messages.push(m);
+            }
+        }
+        if batch.has_writes() || !batch.messages.is_empty() {
+            rd.persist = Some(batch);
+        }
+
+        if self.should_request_snapshot() {
+            let index = self.log.applied;
+            let term = self.log.term(index)?;
+            rd.snapshot_request = Some(SnapshotMeta {
+                last_index: index,
+                last_term: term,
+                conf_state: self.conf_at(index),
+            });
+            self.snapshot_requested = Some(index);
+        }
+        rd.compact_to = self.compact_to.take();
+        Ok(rd)
+    }
+}

@@ -1,0 +1,55 @@
+//! `cargo xtask ci`: the one test command, run locally and by `.ci/run`.
+//!
+//! In order, stopping at the first failure: rustfmt, clippy (warnings are
+//! errors), the tests (with cargo-nextest when installed, else `cargo test`),
+//! the doctests (nextest does not run them) and rustdoc (warnings are errors).
+
+use std::process::{ExitCode, Stdio};
+
+use crate::step::{self, Step};
+
+/// Runs every check.
+pub fn run() -> ExitCode {
+    let mut steps = vec![
+        Step::cargo("fmt", &["fmt", "--all", "--check"]),
+        Step::cargo(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    if has_nextest() {
+        steps.push(Step::cargo(
+            "tests",
+            &["nextest", "run", "--workspace", "--no-fail-fast"],
+        ));
+        steps.push(Step::cargo("doctests", &["test", "--workspace", "--doc"]));
+    } else {
+        println!(
+            "cargo-nextest not found: running the tests with `cargo test` (doctests included)"
+        );
+        steps.push(Step::cargo("tests", &["test", "--workspace"]));
+    }
+    steps.push(
+        Step::cargo("docs", &["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    );
+    step::run_all("ci", steps)
+}
+
+/// Whether `cargo nextest` is installed and runs.
+fn has_nextest() -> bool {
+    step::cargo()
+        .args(["nextest", "--version"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
