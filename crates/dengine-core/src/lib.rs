@@ -79,6 +79,8 @@ pub mod quorum;
 mod raft;
 pub mod rawnode;
 pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tracker;
 pub mod types;
 

@@ -23,9 +23,9 @@ pub struct InitialState {
 /// Read access to the durable log.
 ///
 /// Indexes: the log holds entries `first_index()..=last_index()`; the entry
-/// just before `first_index()` is covered by the snapshot returned by
-/// [`LogStorage::snapshot_meta`], so `term(first_index() - 1)` must answer
-/// with the snapshot's term. An empty log with no snapshot has
+/// just before `first_index()` was compacted away (a snapshot returned by
+/// [`LogStorage::snapshot_meta`] covers it), and `term(first_index() - 1)`
+/// must still answer with its term. An empty log with no snapshot has
 /// `first_index() == 1` and `last_index() == 0`.
 pub trait LogStorage {
     /// The state to start from.

@@ -114,7 +114,14 @@ impl<S: LogStorage> Raft<S> {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_tick,
-            since_leader_contact: 0,
+            // With lease reads, a restarted node must not vote for an
+            // election timeout: before the crash it may have confirmed a
+            // leader's lease that is still running.
+            since_leader_contact: if cfg.lease_reads {
+                0
+            } else {
+                cfg.election_tick
+            },
             now: 0,
             rng: Rng(cfg.seed ^ cfg.id.0.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             pending_conf_index: LogIndex::ZERO,

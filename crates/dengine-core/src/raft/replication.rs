@@ -116,19 +116,28 @@ impl<S: LogStorage> Raft<S> {
             if pr.next <= last {
                 self.send_append_loop(id)?;
             } else {
-                // Anchored at `matched`, which the follower durably has, so
-                // it matches even if earlier appends are still in flight.
-                let prev = EntryId::new(self.log.term(pr.matched)?, pr.matched);
-                self.send(
-                    id,
-                    MessageBody::AppendEntries {
-                        prev,
-                        entries: Vec::new(),
-                        commit: commit.min(pr.matched),
-                    },
-                );
+                self.send_commit(id, commit)?;
             }
         }
+        Ok(())
+    }
+
+    /// Tells `to` the commit index with an empty append anchored at its
+    /// `matched` entry, which it durably has, so the append matches even if
+    /// earlier appends are still in flight.
+    fn send_commit(&mut self, to: NodeId, commit: LogIndex) -> Result<()> {
+        let Some(matched) = self.tracker.get(to).map(|p| p.matched) else {
+            return Ok(());
+        };
+        let prev = EntryId::new(self.log.term(matched)?, matched);
+        self.send(
+            to,
+            MessageBody::AppendEntries {
+                prev,
+                entries: Vec::new(),
+                commit: commit.min(matched),
+            },
+        );
         Ok(())
     }
 
@@ -196,8 +205,13 @@ impl<S: LogStorage> Raft<S> {
                         }
                         _ => {}
                     }
-                    if updated {
-                        self.maybe_commit()?;
+                    if updated && !self.maybe_commit()? && index <= self.log.committed {
+                        // A follower that lagged behind the commit index and
+                        // has nothing more to receive learns it now rather
+                        // than at the next heartbeat.
+                        if self.tracker.get(from).is_some_and(|p| p.next > last) {
+                            self.send_commit(from, self.log.committed)?;
+                        }
                     }
                 }
                 self.send_append_loop(from)?;

@@ -1,0 +1,237 @@
+//! An in-memory [`LogStorage`] that also carries out [`PersistBatch`]es.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::StorageError;
+use crate::rawnode::{PersistBatch, bootstrap_entry};
+use crate::storage::{InitialState, LogStorage};
+use crate::types::{ConfState, Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, Term};
+
+/// The contents of a [`MemStorage`].
+#[derive(Clone, Debug, Default)]
+pub struct MemStorageCore {
+    /// The stored hard state.
+    pub hard_state: HardState,
+    /// The newest snapshot's metadata.
+    pub snapshot: SnapshotMeta,
+    /// The newest snapshot's data.
+    pub snapshot_data: Vec<u8>,
+    /// The entry just before `entries` (compacted away or covered by the
+    /// snapshot).
+    pub base: EntryId,
+    /// The log: `entries[0].index == base.index + 1`.
+    pub entries: Vec<Entry>,
+    /// The applied index recorded with the state machine.
+    pub applied: LogIndex,
+    /// The membership as of `applied`.
+    pub conf_state: ConfState,
+}
+
+impl MemStorageCore {
+    fn first_index(&self) -> LogIndex {
+        self.base.index.next()
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.entries.last().map_or(self.base.index, |e| e.index)
+    }
+
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.base.index {
+            return Some(self.base.term);
+        }
+        let first = self.first_index();
+        if index < first {
+            return None;
+        }
+        self.entries
+            .get((index.0 - first.0) as usize)
+            .map(|e| e.term)
+    }
+
+    /// Appends `ents`, replacing anything stored at or after the first one.
+    pub fn append(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index < self.first_index() {
+            return Err(StorageError::Compacted(first.index));
+        }
+        if first.index > self.last_index().next() {
+            return Err(StorageError::Fatal(format!(
+                "append at {} leaves a gap after {}",
+                first.index,
+                self.last_index()
+            )));
+        }
+        let keep = (first.index.0 - self.first_index().0) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(ents);
+        Ok(())
+    }
+
+    /// Replaces the log with a snapshot received from a leader (entries
+    /// after it that match are kept).
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
+        if self.term_at(meta.last_index) == Some(meta.last_term) {
+            self.entries.retain(|e| e.index > meta.last_index);
+        } else {
+            self.entries.clear();
+        }
+        self.base = meta.last_id();
+        self.applied = meta.last_index;
+        self.conf_state = meta.conf_state.clone();
+        if self.hard_state.commit < meta.last_index {
+            self.hard_state.commit = meta.last_index;
+        }
+        self.snapshot = meta;
+        self.snapshot_data = data;
+    }
+
+    /// Stores a snapshot this node made of its own state machine.
+    pub fn store_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
+        if meta.last_index > self.snapshot.last_index {
+            self.snapshot = meta;
+            self.snapshot_data = data;
+        }
+    }
+
+    /// Deletes entries up to `index`, which a stored snapshot must cover.
+    pub fn compact(&mut self, index: LogIndex) -> Result<(), StorageError> {
+        if index <= self.base.index {
+            return Ok(());
+        }
+        if index > self.snapshot.last_index {
+            return Err(StorageError::Fatal(format!(
+                "compaction to {index} past the snapshot at {}",
+                self.snapshot.last_index
+            )));
+        }
+        let term = self
+            .term_at(index)
+            .ok_or(StorageError::Unavailable(index))?;
+        self.entries.retain(|e| e.index > index);
+        self.base = EntryId::new(term, index);
+        Ok(())
+    }
+}
+
+/// An in-memory log store. Clones share the same contents, so a test can
+/// keep a handle while a [`crate::RawNode`] owns another.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    core: Arc<Mutex<MemStorageCore>>,
+}
+
+impl MemStorage {
+    /// An empty store: a node that will join an existing cluster.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// A store for one of the initial voters of a new cluster.
+    pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> MemStorage {
+        let s = MemStorage::new();
+        {
+            let mut c = s.lock();
+            c.entries = vec![bootstrap_entry(voters)];
+            c.hard_state = HardState {
+                term: Term(1),
+                vote: NodeId::NONE,
+                commit: LogIndex(1),
+            };
+        }
+        s
+    }
+
+    /// Locks the contents.
+    pub fn lock(&self) -> MutexGuard<'_, MemStorageCore> {
+        // A test that panicked while holding the lock already failed.
+        match self.core.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Writes a batch (durably, as far as memory goes).
+    pub fn persist(
+        &self,
+        batch: &PersistBatch,
+        snapshot_data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        if let Some(meta) = &batch.snapshot {
+            c.install_snapshot(meta.clone(), snapshot_data);
+        }
+        c.append(&batch.entries)?;
+        if let Some(hs) = batch.hard_state {
+            c.hard_state = hs;
+        }
+        Ok(())
+    }
+}
+
+impl LogStorage for MemStorage {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        let c = self.lock();
+        Ok(InitialState {
+            hard_state: c.hard_state,
+            conf_state: c.conf_state.clone(),
+            applied: c.applied,
+        })
+    }
+
+    fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let c = self.lock();
+        if lo < c.first_index() {
+            return Err(StorageError::Compacted(lo));
+        }
+        if hi > c.last_index().next() {
+            return Err(StorageError::Unavailable(hi));
+        }
+        let start = (lo.0 - c.first_index().0) as usize;
+        let end = (hi.0 - c.first_index().0) as usize;
+        let mut out = Vec::new();
+        let mut size = 0;
+        for e in &c.entries[start..end] {
+            size += e.size();
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        let c = self.lock();
+        let base = c.first_index().prev();
+        if index < base {
+            return Err(StorageError::Compacted(index));
+        }
+        if index == base {
+            return Ok(c.base.term);
+        }
+        if index > c.last_index() {
+            return Err(StorageError::Unavailable(index));
+        }
+        Ok(c.entries[(index.0 - c.first_index().0) as usize].term)
+    }
+
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.lock().first_index())
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.lock().last_index())
+    }
+
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        Ok(self.lock().snapshot.clone())
+    }
+}
