@@ -341,6 +341,11 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.snapshot_requested = None;
     }
 
+    /// The term of the log entry at `index`, durable or not.
+    pub fn log_term(&self, index: LogIndex) -> Result<Term> {
+        Ok(self.raft.log.term(index)?)
+    }
+
     /// The node's state.
     pub fn status(&self) -> Status {
         let r = &self.raft;
@@ -434,6 +439,7 @@ impl<S: LogStorage> Raft<S> {
             }
         }
         rd.committed_entries = committed;
+        self.maybe_auto_leave(self.log.applying)?;
         if std::mem::take(&mut self.conf_changed) {
             rd.conf_state = Some(self.tracker.conf().clone());
         }

@@ -1,6 +1,5 @@
 use dengine_core::testing::Cluster;
 
-
 #[test]
 fn three_nodes_elect_and_replicate() {
     let mut c = Cluster::new(3);

@@ -106,8 +106,14 @@ impl<S: LogStorage> RaftLog<S> {
         Ok(EntryId::new(self.term(last)?, last))
     }
 
+    /// Whether the log holds `id`. An index the log does not hold (past the
+    /// end or compacted) matches nothing, not even a term of 0.
     pub(crate) fn matches(&self, id: EntryId) -> Res<bool> {
-        Ok(self.term_or_zero(id.index)? == id.term)
+        match self.term(id.index) {
+            Ok(t) => Ok(t == id.term),
+            Err(StorageError::Compacted(_)) | Err(StorageError::Unavailable(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether a candidate whose log ends at `last` is at least as up to date
@@ -274,3 +280,6 @@ impl<S: LogStorage> RaftLog<S> {
         self.unstable.snapshot.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -47,6 +47,7 @@ impl<S: LogStorage> Raft<S> {
         index: LogIndex,
         cc: &ConfChange,
     ) -> Result<()> {
+        let known = self.tracker.ids();
         match confchange::apply_conf_change(self.tracker.conf(), cc) {
             Ok(conf) => self.install_conf(index, conf),
             Err(e) => {
@@ -71,15 +72,7 @@ impl<S: LogStorage> Raft<S> {
         {
             self.transfer.abort();
         }
-        if conf.is_joint() && conf.auto_leave && self.pending_conf_index <= index {
-            let leave = self.log.last_index().next();
-            self.pending_conf_index = leave;
-            self.append_entries(vec![Entry {
-                term: self.term,
-                index: leave,
-                payload: EntryPayload::ConfChange(ConfChange::leave_joint()),
-            }])?;
-        }
+        self.maybe_auto_leave(index)?;
         // A smaller or different quorum may commit more now; new members
         // need their first appends.
         if let Some(pr) = self.tracker.get_mut(self.id) {
@@ -87,7 +80,39 @@ impl<S: LogStorage> Raft<S> {
             pr.maybe_update(self.log.stable_last_index());
         }
         self.maybe_commit()?;
+        // A new member's `next` is past the leader's log, so an append would
+        // carry nothing and not be sent: probe it now, not at the next heartbeat.
+        for id in self.tracker.ids() {
+            if id != self.id && !known.contains(&id) {
+                self.maybe_send_append(id, true)?;
+            }
+        }
         self.bcast_append()
+    }
+
+    /// A leader in a joint configuration with `auto_leave` proposes leaving
+    /// it once every membership change it knows of was handed out (up to
+    /// `handed_out`). Checked whenever entries are handed out, not only when
+    /// the joint entry is: a leader may inherit the joint configuration from
+    /// its predecessor (applied as a follower, or committed behind later
+    /// entries).
+    pub(crate) fn maybe_auto_leave(&mut self, handed_out: LogIndex) -> Result<()> {
+        let conf = self.tracker.conf();
+        if self.role != Role::Leader
+            || !conf.is_joint()
+            || !conf.auto_leave
+            || self.pending_conf_index > handed_out
+        {
+            return Ok(());
+        }
+        let leave = self.log.last_index().next();
+        self.pending_conf_index = leave;
+        tracing::debug!(id = %self.id, index = %leave, "leaving the joint configuration");
+        self.append_entries(vec![Entry {
+            term: self.term,
+            index: leave,
+            payload: EntryPayload::ConfChange(ConfChange::leave_joint()),
+        }])
     }
 
     /// Puts `conf` in force as of log index `index`.

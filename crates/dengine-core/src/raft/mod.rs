@@ -246,10 +246,24 @@ impl<S: LogStorage> Raft<S> {
         if m.from.is_none() || m.from == self.id {
             return Err(Error::Malformed("message from node 0 or from itself"));
         }
+        // Refuse malformed content before the term is acted on, so that a
+        // refused message changes nothing (not even the term).
+        match &m.body {
+            MessageBody::AppendEntries { prev, entries, .. } => {
+                replication::validate_entries(*prev, entries, m.term)?;
+            }
+            MessageBody::InstallSnapshot { meta } if meta.conf_state.voters.is_empty() => {
+                return Err(Error::Malformed("snapshot with no voters"));
+            }
+            _ => {}
+        }
         if m.term > self.term {
             if let MessageBody::RequestVote { transfer, .. } = m.body {
-                let in_lease =
-                    self.cfg.check_quorum && self.since_leader_contact < self.cfg.election_tick;
+                // A leader is a live leader to itself: while check-quorum
+                // keeps it in office it ignores disruptive candidates too.
+                let in_lease = self.cfg.check_quorum
+                    && (self.role == Role::Leader
+                        || self.since_leader_contact < self.cfg.election_tick);
                 if !transfer && in_lease {
                     tracing::debug!(id = %self.id, from = %m.from, term = %m.term,
                         "ignoring vote request: a leader was heard from recently");
@@ -389,6 +403,7 @@ impl<S: LogStorage> Raft<S> {
     /// Advances time by one tick.
     pub(crate) fn tick(&mut self) -> Result<()> {
         self.now += 1;
+        self.expire_forwarded_reads();
         self.since_leader_contact = self.since_leader_contact.saturating_add(1);
         match self.role {
             Role::Leader => self.tick_leader(),

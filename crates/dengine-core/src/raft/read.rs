@@ -332,6 +332,13 @@ impl<S: LogStorage> Raft<S> {
         if self.role == Role::Leader && self.reads.wants_round() {
             self.broadcast_heartbeat();
         }
+        self.expire_forwarded_reads();
+    }
+
+    /// Fails reads forwarded to the leader that got no answer within two
+    /// election timeouts. Called on every tick, so that `has_ready` reports
+    /// the failure without waiting for unrelated activity.
+    pub(crate) fn expire_forwarded_reads(&mut self) {
         let timeout = 2 * u64::from(self.cfg.election_tick);
         self.reads.expire_forwarded(self.now, timeout);
     }

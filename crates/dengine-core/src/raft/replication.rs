@@ -129,7 +129,13 @@ impl<S: LogStorage> Raft<S> {
         let Some(matched) = self.tracker.get(to).map(|p| p.matched) else {
             return Ok(());
         };
-        let prev = EntryId::new(self.log.term(matched)?, matched);
+        let term = match self.log.term(matched) {
+            Ok(t) => t,
+            // Behind the compaction point: it gets a snapshot instead.
+            Err(StorageError::Compacted(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let prev = EntryId::new(term, matched);
         self.send(
             to,
             MessageBody::AppendEntries {
@@ -169,6 +175,14 @@ impl<S: LogStorage> Raft<S> {
         let Some(pr) = self.tracker.get_mut(from) else {
             return Err(Error::UnknownNode(from));
         };
+        if let Ok(index) = result
+            && index > last
+        {
+            // Refused before anything changes, liveness included.
+            return Err(Error::Malformed(
+                "acknowledged index is past the leader's log",
+            ));
+        }
         pr.recent_active = true;
         match result {
             Err(rej) => {
@@ -190,11 +204,6 @@ impl<S: LogStorage> Raft<S> {
                 }
             }
             Ok(index) => {
-                if index > last {
-                    return Err(Error::Malformed(
-                        "acknowledged index is past the leader's log",
-                    ));
-                }
                 let updated = pr.maybe_update(index);
                 if updated || (pr.matched == index && pr.state == ProgressState::Probe) {
                     match pr.state {
@@ -247,7 +256,7 @@ impl<S: LogStorage> Raft<S> {
         entries: Vec<Entry>,
         commit: LogIndex,
     ) -> Result<()> {
-        validate_entries(prev, &entries, self.term)?;
+        // The shape of `entries` was checked by `step` (`validate_entries`).
         if prev.index < self.log.committed {
             // Everything up to our commit index is already settled here.
             let committed = self.log.committed;
@@ -390,7 +399,11 @@ impl<S: LogStorage> Raft<S> {
 
 /// Entries must follow `prev` one index at a time, with terms that never go
 /// down and never exceed the sender's term.
-fn validate_entries(prev: EntryId, entries: &[Entry], term: crate::types::Term) -> Result<()> {
+pub(super) fn validate_entries(
+    prev: EntryId,
+    entries: &[Entry],
+    term: crate::types::Term,
+) -> Result<()> {
     let mut expect = prev.index.next();
     let mut last_term = prev.term;
     for e in entries {
