@@ -2,7 +2,8 @@
 //!
 //! In order, stopping at the first failure: rustfmt, clippy (warnings are
 //! errors), the tests (with cargo-nextest when installed, else `cargo test`),
-//! the doctests (nextest does not run them) and rustdoc (warnings are errors).
+//! the doctests (nextest does not run them), rustdoc (warnings are errors),
+//! and a batch of deterministic simulation seeds (3- and 5-node clusters).
 
 use std::process::{ExitCode, Stdio};
 
@@ -40,6 +41,8 @@ pub fn run() -> ExitCode {
         Step::cargo("docs", &["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     );
+    steps.push(crate::sim::step(&["--seeds", crate::sim::CI_SEEDS, "--nodes", "3"]));
+    steps.push(crate::sim::step(&["--seeds", "100", "--start", "1000000", "--nodes", "5"]));
     step::run_all("ci", steps)
 }
 

@@ -6,6 +6,7 @@
 //! stopping at the first failure.
 
 mod ci;
+mod sim;
 mod step;
 
 use std::process::ExitCode;
@@ -15,7 +16,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci      run every check: rustfmt, clippy, the tests, the doctests and rustdoc
+  ci      run every check: rustfmt, clippy, the tests, the doctests, rustdoc
+          and a batch of simulation seeds
+  sim     run the deterministic cluster simulator:
+            sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]
+            sim --seed S [--nodes 3|5] [--steps K] --trace
 ";
 
 fn main() -> ExitCode {
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["ci"] => ci::run(),
+        ["sim", rest @ ..] => sim::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["help" | "-h" | "--help"] => {
             print!("{USAGE}");
             ExitCode::SUCCESS

@@ -53,8 +53,7 @@ fn blank(index: u64, term: u64) -> Entry {
     }
 }
 
-fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> MessageBody {
-    let _ = term;
+fn append(prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> MessageBody {
     MessageBody::AppendEntries {
         prev: EntryId::new(Term(prev.0), LogIndex(prev.1)),
         entries,
@@ -91,7 +90,7 @@ fn no_durable_promise_in(rd: &Ready) {
 #[test]
 fn a_followers_ack_waits_for_its_entries_to_be_durable() {
     let mut n = start(2, &[1, 2, 3]);
-    n.step(msg(1, 2, 2, append(2, (1, 1), vec![blank(2, 2)], 1)))
+    n.step(msg(1, 2, 2, append((1, 1), vec![blank(2, 2)], 1)))
         .unwrap();
     let rd = n.ready().unwrap();
     no_durable_promise_in(&rd);
@@ -103,7 +102,7 @@ fn a_followers_ack_waits_for_its_entries_to_be_durable() {
     persist(&mut n, &batch);
 
     // The term is durable now; the next ack still waits for its entry.
-    n.step(msg(1, 2, 2, append(2, (2, 2), vec![blank(3, 2)], 1)))
+    n.step(msg(1, 2, 2, append((2, 2), vec![blank(3, 2)], 1)))
         .unwrap();
     let rd = n.ready().unwrap();
     assert!(rd.messages.is_empty());
@@ -127,7 +126,7 @@ fn a_followers_ack_waits_for_its_entries_to_be_durable() {
         },
     ))
     .unwrap();
-    n.step(msg(1, 2, 2, append(2, (2, 7), vec![blank(8, 2)], 1)))
+    n.step(msg(1, 2, 2, append((2, 7), vec![blank(8, 2)], 1)))
         .unwrap();
     let rd = n.ready().unwrap();
     assert!(rd.persist.is_none());

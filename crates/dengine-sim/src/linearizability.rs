@@ -19,13 +19,27 @@
 //!   by time. The search repeatedly picks a call event that comes before the first
 //!   remaining return event (a *minimal* operation), applies it to the model and,
 //!   if the model accepts the output, *lifts* the operation (its call and return
-//!   events) out of the list. Reaching a return event means the operation it
-//!   belongs to can no longer be placed: the search backtracks by popping the
-//!   last linearized operation and putting its events back (*unlifting*).
+//!   events) out of the list. When no minimal operation can be placed, the
+//!   operation of the first return event cannot be placed after the current
+//!   prefix: the search backtracks by popping the last linearized operation and
+//!   putting its events back (*unlifting*).
 //! * **Memoization**: every configuration reached, a pair (set of linearized
 //!   operations as a bitset, model state), is cached; a configuration seen before
-//!   is never explored again. This keeps the search polynomial on the histories
-//!   real systems produce.
+//!   is never explored again.
+//!
+//! Two refinements over Porcupine keep the search near-linear on the histories
+//! real systems produce (their concurrency is what makes the search exponential
+//! in the worst case):
+//!
+//! * **Read-only reduction**: an operation the model declares read-only
+//!   ([`Model::is_read_only`]) that fits the current state is committed to:
+//!   if the search fails after it, no other order is tried in its place (this is
+//!   sound, see `Frame::committed` in the source).
+//! * **Search order**: minimal operations are tried read-only first, then those
+//!   that let a stuck first-returning operation fit, then by return time (a lazy,
+//!   *just-in-time* order in the spirit of Lowe's JIT linearization), with
+//!   unknown-outcome operations by call time instead (eagerly). The order only
+//!   affects speed, never the verdict.
 //!
 //! # Time
 //!
@@ -46,7 +60,8 @@
 //!
 //! The result depends only on the history, the model and the step budget: there
 //! is no wall-clock timeout (the `max_steps` budget replaces it), the search
-//! order is fixed by the sorted event list, and hash tables are used only for
+//! order is a total order on the operations (ties broken by position in the
+//! sorted event list), and hash tables are used only for
 //! membership tests, never iterated.
 
 use std::collections::{BTreeMap, HashSet};
@@ -186,6 +201,8 @@ enum Verdict {
 #[derive(Debug)]
 struct PartOutcome {
     verdict: Verdict,
+    /// Read by the tests, to measure the search.
+    #[cfg_attr(not(test), allow(dead_code))]
     steps: u64,
 }
 
@@ -327,8 +344,10 @@ struct Frame<S> {
     /// now (its call precedes every remaining return). If some linearization
     /// extends the current prefix, then one extends it with this operation
     /// first: moving a read-only operation earlier changes no state and breaks
-    /// no real-time order. So when the search fails after it, no alternative
-    /// is tried in its place.
+    /// no real-time order (and one with an unknown outcome left out of that
+    /// linearization can be added there). So when the search fails after it,
+    /// or finds the configuration after it already explored, no alternative is
+    /// tried in its place: the configuration before it fails too.
     committed: bool,
 }
 
@@ -337,7 +356,8 @@ struct Frame<S> {
 struct Level {
     /// Where its candidates (call event nodes) start in the shared candidate stack.
     start: usize,
-    /// The next candidate to try; the level is exhausted at the stack's end.
+    /// The next candidate to try. Only the top level is advanced, so it is
+    /// exhausted when this reaches the end of the candidate stack.
     next: usize,
     /// The first remaining return event (or [`TAIL`]): the operation that must be
     /// linearized before any whose call comes later.
@@ -355,18 +375,30 @@ struct Longest<S> {
 }
 
 /// Pushes the level of the current configuration: the call events before the
-/// first remaining return event (the *minimal* operations), read-only ones
-/// first, then by return time.
+/// first remaining return event (the *minimal* operations), in the order they
+/// are to be tried.
 ///
-/// Trying the operation that returns first before the others makes the search
-/// *lazy*, like Lowe's just-in-time linearization: state-changing operations are
-/// placed when their return forces them or when a read needs their effect,
-/// rather than as soon as they are invoked. Unknown-outcome operations (return at
-/// +infinity) are therefore tried last. Any order is complete; this one finds
-/// linearizations of real histories with little backtracking.
-fn push_level(
+/// Any order is complete; this one finds the linearizations of real histories
+/// with little backtracking:
+/// 1. read-only operations first (they are committed to if they fit, see
+///    [`Frame::committed`]);
+/// 2. then, if the operation of the first return event does not fit the current
+///    state, the operations after which it would;
+/// 3. then by `urgency` (see [`check_part`]): the return time for operations with
+///    a known outcome, so that the search is *lazy*, like Lowe's just-in-time
+///    linearization (a state-changing operation is placed when its return
+///    forces it or a read needs its effect, rather than as soon as it is
+///    invoked), and the call time for those with an unknown outcome (placed
+///    eagerly: their return never forces them, and when one was applied, later
+///    reads need it).
+#[allow(clippy::too_many_arguments)]
+fn push_level<M: Model>(
+    model: &M,
+    ops: &[Operation<M::Input, M::Output>],
+    state: &M::State,
     list: &EventList,
     read_only: &[bool],
+    urgency: &[u64],
     candidates: &mut Vec<usize>,
     levels: &mut Vec<Level>,
 ) {
@@ -376,14 +408,31 @@ fn push_level(
         candidates.push(node);
         node = list.nodes[node].next;
     }
-    candidates[start..].sort_unstable_by_key(|&call| {
-        let Node { op, ret, .. } = list.nodes[call];
-        (!read_only[op], ret)
-    });
+    let first_return = node;
+    let step =
+        |state: &M::State, op: usize| model.step(state, &ops[op].input, ops[op].output.as_ref());
+    // The operation that must be placed first, if it cannot be placed now.
+    let stuck = (first_return != TAIL)
+        .then(|| list.nodes[first_return].op)
+        .filter(|&op| step(state, op).is_none());
+    let mut keyed: Vec<(bool, bool, u64, usize)> = candidates[start..]
+        .iter()
+        .map(|&call| {
+            let op = list.nodes[call].op;
+            let unblocks = stuck.is_some_and(|stuck| {
+                !read_only[op] && step(state, op).is_some_and(|next| step(&next, stuck).is_some())
+            });
+            (!read_only[op], !unblocks, urgency[op], call)
+        })
+        .collect();
+    keyed.sort_unstable();
+    for (slot, (_, _, _, call)) in candidates[start..].iter_mut().zip(keyed) {
+        *slot = call;
+    }
     levels.push(Level {
         start,
         next: start,
-        first_return: node,
+        first_return,
     });
 }
 
@@ -411,6 +460,10 @@ fn check_part<M: Model>(
     }
 
     let read_only: Vec<bool> = ops.iter().map(|op| model.is_read_only(&op.input)).collect();
+    let urgency: Vec<u64> = ops
+        .iter()
+        .map(|op| if op.output.is_some() { op.ret } else { op.call })
+        .collect();
     let mut list = EventList::new(ops);
     let mut linearized = Bitset::new(ops.len());
     let mut cache: HashSet<(Bitset, M::State)> = HashSet::new();
@@ -420,7 +473,16 @@ fn check_part<M: Model>(
     let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut levels: Vec<Level> = Vec::new();
     let mut candidates: Vec<usize> = Vec::new();
-    push_level(&list, &read_only, &mut candidates, &mut levels);
+    push_level(
+        model,
+        ops,
+        &state,
+        &list,
+        &read_only,
+        &urgency,
+        &mut candidates,
+        &mut levels,
+    );
     let mut longest: Option<Longest<M::State>> = None;
     let mut steps = 0;
 
@@ -433,7 +495,11 @@ fn check_part<M: Model>(
         }
         steps += 1;
         let Some(level) = levels.last_mut() else {
-            break; // Unreachable: the loop below returns when it empties `stack`.
+            // Unreachable: `levels` has one more entry than `stack`.
+            return PartOutcome {
+                verdict: Verdict::Unknown,
+                steps,
+            };
         };
         if let Some(&call) = candidates.get(level.next) {
             level.next += 1;
@@ -453,7 +519,16 @@ fn check_part<M: Model>(
                 if op.output.is_some() {
                     remaining -= 1;
                 }
-                push_level(&list, &read_only, &mut candidates, &mut levels);
+                push_level(
+                    model,
+                    ops,
+                    &state,
+                    &list,
+                    &read_only,
+                    &urgency,
+                    &mut candidates,
+                    &mut levels,
+                );
                 continue;
             }
             linearized.clear(index);

@@ -61,11 +61,13 @@ impl<S: LogStorage> Raft<S> {
         }
         let conf = self.tracker.conf().clone();
         if !conf.is_joint() && !conf.voters.contains(&self.id) {
-            // Removed (or demoted): hand over by stepping down; the remaining
-            // voters elect a leader among themselves.
-            tracing::debug!(id = %self.id, "no longer a voter: leader steps down");
-            self.become_follower(self.term, NodeId::NONE);
-            return Ok(());
+            // Removed (or demoted): keep leading, counted in no quorum, and
+            // hand over to a voter once it has the whole log. Stepping down at
+            // once can leave the remaining voters unable to elect anyone: the
+            // removed leader may hold the longest log, and a voter that has
+            // not learnt the new membership committed still needs its vote.
+            tracing::debug!(id = %self.id, "no longer a voter: handing leadership over");
+            self.hand_over_leadership()?;
         }
         if let Some(t) = self.transfer.target
             && !conf.is_voter(t)
@@ -113,6 +115,25 @@ impl<S: LogStorage> Raft<S> {
             index: leave,
             payload: EntryPayload::ConfChange(ConfChange::leave_joint()),
         }])
+    }
+
+    /// A leader that is no longer a voter transfers leadership to the voter
+    /// with the most of its log.
+    pub(crate) fn hand_over_leadership(&mut self) -> Result<()> {
+        if self.role != Role::Leader || self.transfer.target.is_some() {
+            return Ok(());
+        }
+        let me = self.id;
+        let target = self
+            .tracker
+            .iter()
+            .filter(|&(id, p)| id != me && !p.is_learner && self.tracker.conf().voters.contains(&id))
+            .max_by_key(|&(id, p)| (p.matched, std::cmp::Reverse(id)))
+            .map(|(id, _)| id);
+        match target {
+            Some(t) => self.transfer_leader(t),
+            None => Ok(()),
+        }
     }
 
     /// Puts `conf` in force as of log index `index`.

@@ -435,6 +435,9 @@ impl<S: LogStorage> Raft<S> {
         }
         if self.transfer.tick(self.cfg.transfer_timeout_ticks) {
             tracing::debug!(id = %self.id, "leadership transfer timed out");
+            if !self.tracker.conf().is_joint() && !self.tracker.conf().voters.contains(&self.id) {
+                self.hand_over_leadership()?;
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;

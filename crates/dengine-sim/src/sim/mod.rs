@@ -46,12 +46,12 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    /// Defaults for `seed`: 3 nodes, 20,000 fault-phase steps.
+    /// Defaults for `seed`: 3 nodes, 100,000 fault-phase steps.
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
             nodes: 3,
-            steps: 20_000,
+            steps: 100_000,
             trace: false,
             faults: None,
             clients: 4,

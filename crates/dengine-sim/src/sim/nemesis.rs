@@ -211,18 +211,33 @@ impl<W: Workload> Sim<'_, W> {
         };
         let st = raw.status();
         // Only judge from a settled membership.
-        if st.conf_state.is_joint() || st.applying < st.hard_state.commit {
+        // A new leader knows the commit index only once an entry of its
+        // term committed; before that its membership may be stale.
+        let settled = raw.log_term(st.hard_state.commit).ok() == Some(st.hard_state.term);
+        if !settled || st.conf_state.is_joint() || st.applying < st.hard_state.commit {
             return;
         }
         let members = st.conf_state.members();
-        let now = self.now;
-        self.joining
-            .retain(|id, &mut at| !members.contains(id) && now.saturating_sub(at) < 5_000_000);
+        // Stop a removed node only once every member has applied the change
+        // that removed it (as an operator would): before that a member may
+        // still need its vote or its log.
+        let commit = st.hard_state.commit;
+        let lagging = members.iter().any(|m| {
+            self.nodes
+                .get(m)
+                .is_some_and(|n| n.raw.is_some() && n.applied < commit)
+        });
+        if lagging {
+            return;
+        }
+        // A joiner whose change is not committed yet may still become a
+        // member: only nodes that were members and are no more are gone.
+        self.joining.retain(|id, _| !members.contains(id));
         let gone: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|&(id, n)| {
-                !n.removed && !members.contains(id) && !self.joining.contains_key(id)
+            .filter(|&(&id, n)| {
+                !n.removed && id != l && !members.contains(&id) && !self.joining.contains_key(&id)
             })
             .map(|(&id, _)| id)
             .collect();
