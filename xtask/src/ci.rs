@@ -41,8 +41,15 @@ pub fn run() -> ExitCode {
         Step::cargo("docs", &["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     );
-    steps.push(crate::sim::step(&["--seeds", crate::sim::CI_SEEDS, "--nodes", "3"]));
-    steps.push(crate::sim::step(&["--seeds", "100", "--start", "1000000", "--nodes", "5"]));
+    steps.push(crate::sim::step(&[
+        "--seeds",
+        crate::sim::CI_SEEDS,
+        "--nodes",
+        "3",
+    ]));
+    steps.push(crate::sim::step(&[
+        "--seeds", "100", "--start", "1000000", "--nodes", "5",
+    ]));
     step::run_all("ci", steps)
 }
 

@@ -195,7 +195,12 @@ impl Invariants {
         let Some(first) = entries.first() else {
             return;
         };
-        let mut c = self.node_chains.remove(&node).unwrap_or_default();
+        // An empty log's prefix is known: nothing.
+        let empty = || NodeChain {
+            base_hash: Some(0),
+            ..NodeChain::default()
+        };
+        let mut c = self.node_chains.remove(&node).unwrap_or_else(empty);
         if first.index <= c.base {
             // A write below the base cannot happen; restart the chain.
             c = NodeChain::default();

@@ -178,6 +178,10 @@ impl<S: LogStorage> Raft<S> {
             payload: EntryPayload::Blank,
         };
         self.append_entries(vec![noop])?;
+        if self.removed_voter {
+            // Elected to bring the voters up to date, not to stay.
+            self.hand_over_leadership()?;
+        }
         Ok(())
     }
 

@@ -127,7 +127,9 @@ impl<S: LogStorage> Raft<S> {
         let target = self
             .tracker
             .iter()
-            .filter(|&(id, p)| id != me && !p.is_learner && self.tracker.conf().voters.contains(&id))
+            .filter(|&(id, p)| {
+                id != me && !p.is_learner && self.tracker.conf().voters.contains(&id)
+            })
             .max_by_key(|&(id, p)| (p.matched, std::cmp::Reverse(id)))
             .map(|(id, _)| id);
         match target {
@@ -139,7 +141,13 @@ impl<S: LogStorage> Raft<S> {
     /// Puts `conf` in force as of log index `index`.
     pub(crate) fn install_conf(&mut self, index: LogIndex, conf: ConfState) {
         let next = self.log.last_index().next();
+        let was_voter = self.tracker.is_voter(self.id);
         self.tracker.apply_conf(conf.clone(), next);
+        if conf.contains(self.id) {
+            self.removed_voter = false;
+        } else if was_voter {
+            self.removed_voter = true;
+        }
         if index <= self.conf_history.front().map_or(LogIndex::ZERO, |c| c.0) {
             self.conf_history.clear();
         }

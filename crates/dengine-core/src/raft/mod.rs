@@ -64,6 +64,13 @@ pub(crate) struct Raft<S> {
     pub(crate) now: u64,
     rng: Rng,
 
+    /// This node was a voter and the membership in force removed it. It may
+    /// still campaign: it can hold the only copy of the newest entries, and
+    /// a voter that has not yet learnt that the removal committed may still
+    /// need it (in a joint configuration) to elect anyone. Pre-vote and
+    /// stickiness keep it from disturbing a healthy cluster; once elected it
+    /// hands leadership over to a voter. Operators stop removed nodes.
+    pub(crate) removed_voter: bool,
     /// Index of the newest membership change in the log; a new one is
     /// refused until it has been handed out for applying.
     pub(crate) pending_conf_index: LogIndex,
@@ -125,6 +132,7 @@ impl<S: LogStorage> Raft<S> {
             now: 0,
             rng: Rng(cfg.seed ^ cfg.id.0.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             pending_conf_index: LogIndex::ZERO,
+            removed_voter: false,
             uncommitted_bytes: 0,
             uncommitted_queue: VecDeque::new(),
             transfer: transfer::Transfer::default(),
@@ -184,8 +192,12 @@ impl<S: LogStorage> Raft<S> {
     }
 
     /// Whether this node may campaign: it is a voter of the current membership.
+    ///
+    /// A voter that a membership change removed stays a candidate too (see
+    /// `removed_voter`), while a node that never was a voter (a learner or a
+    /// joiner) never campaigns.
     pub(crate) fn promotable(&self) -> bool {
-        self.tracker.is_voter(self.id)
+        self.tracker.is_voter(self.id) || self.removed_voter
     }
 
     pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
