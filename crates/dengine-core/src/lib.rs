@@ -70,6 +70,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod codec;
 pub mod confchange;
 pub mod config;
 pub mod error;
@@ -91,5 +92,5 @@ pub use rawnode::{
     PeerStatus, PersistBatch, Persisted, RawNode, ReadPolicy, ReadState, Ready, Status,
     bootstrap_entry,
 };
-pub use storage::{InitialState, LogStorage};
+pub use storage::{InitialState, LogStorage, LogStore, MetaStore, StoreIdentity};
 pub use types::*;

@@ -3,7 +3,7 @@
 //! crates, the runtime and users can reuse them.
 
 mod cluster;
-mod mem_storage;
+pub mod store_suite;
 
+pub use crate::storage::{MemStorage, MemStorageCore};
 pub use cluster::{Cluster, Envelope, TestNode, log_terms, test_config};
-pub use mem_storage::{MemStorage, MemStorageCore};

@@ -1,10 +1,12 @@
-//! An in-memory [`LogStorage`] that also carries out [`PersistBatch`]es.
+//! An in-memory log store: for tests, examples and nodes that need no
+//! durability. Everything written is "durable" at once (until the process
+//! ends).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::StorageError;
 use crate::rawnode::{PersistBatch, bootstrap_entry};
-use crate::storage::{InitialState, LogStorage};
+use crate::storage::{InitialState, LogStorage, LogStore, MetaStore, StoreIdentity};
 use crate::types::{ConfState, Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// The contents of a [`MemStorage`].
@@ -25,6 +27,8 @@ pub struct MemStorageCore {
     pub applied: LogIndex,
     /// The membership as of `applied`.
     pub conf_state: ConfState,
+    /// Who the store belongs to.
+    pub identity: Option<StoreIdentity>,
 }
 
 impl MemStorageCore {
@@ -233,5 +237,61 @@ impl LogStorage for MemStorage {
 
     fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
         Ok(self.lock().snapshot.clone())
+    }
+}
+
+impl MetaStore for MemStorage {
+    fn identity(&self) -> Result<Option<StoreIdentity>, StorageError> {
+        Ok(self.lock().identity)
+    }
+
+    fn set_identity(&self, id: StoreIdentity) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        match c.identity {
+            Some(old) if old != id => Err(StorageError::Fatal(format!(
+                "store belongs to cluster {} node {}, not cluster {} node {}",
+                old.cluster_id, old.node_id, id.cluster_id, id.node_id
+            ))),
+            _ => {
+                c.identity = Some(id);
+                Ok(())
+            }
+        }
+    }
+
+    fn save_snapshot_meta(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        if meta.last_index > c.snapshot.last_index {
+            c.snapshot = meta.clone();
+        }
+        Ok(())
+    }
+}
+
+impl LogStore for MemStorage {
+    fn write(
+        &self,
+        snapshot: Option<&SnapshotMeta>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        if let Some(meta) = snapshot {
+            let data = std::mem::take(&mut c.snapshot_data);
+            c.install_snapshot(meta.clone(), data);
+        }
+        c.append(entries)?;
+        if let Some(hs) = hard_state {
+            c.hard_state = *hs;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn compact(&self, index: LogIndex) -> Result<(), StorageError> {
+        self.lock().compact(index)
     }
 }

@@ -5,6 +5,10 @@
 //! the node has appended but not yet made durable live in the core's own
 //! unstable log and are never read from here.
 
+mod mem;
+
+pub use mem::{MemStorage, MemStorageCore};
+
 use crate::error::StorageError;
 use crate::types::{ConfState, Entry, HardState, LogIndex, SnapshotMeta, Term};
 
@@ -53,4 +57,52 @@ pub trait LogStorage {
 
     /// The newest snapshot's metadata (default metadata if there is none).
     fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError>;
+}
+
+/// Which cluster and node a store belongs to, recorded when it is created
+/// so that a data directory is never opened by the wrong node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StoreIdentity {
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The node's id.
+    pub node_id: crate::types::NodeId,
+}
+
+/// Metadata of a store: who it belongs to and which snapshot its log
+/// starts from. The hard state is written with the log (see [`LogStore`]).
+pub trait MetaStore {
+    /// The identity recorded in the store, if any.
+    fn identity(&self) -> Result<Option<StoreIdentity>, StorageError>;
+    /// Records the identity (durably). Refuses to overwrite a different one.
+    fn set_identity(&self, id: StoreIdentity) -> Result<(), StorageError>;
+    /// Records the newest snapshot the node made of its own state machine,
+    /// so that [`LogStorage::snapshot_meta`] returns it (durably).
+    fn save_snapshot_meta(&self, meta: &SnapshotMeta) -> Result<(), StorageError>;
+}
+
+/// The write side of durable log storage, implemented by each backend and
+/// checked by one conformance suite (`testing::store_suite`).
+///
+/// Methods take `&self`: the runtime reads the stable log from the protocol
+/// task while a disk thread writes. Writes become durable only at
+/// [`LogStore::sync`], and in the order they were made.
+pub trait LogStore: LogStorage + MetaStore + Send + Sync {
+    /// Writes one persist batch: installs its snapshot as the log's new base
+    /// (keeping later entries only if the log holds the snapshot's last entry
+    /// with its term), appends its entries (first removing any stored entry
+    /// at or after the first one's index), and stores its hard state.
+    fn write(
+        &self,
+        snapshot: Option<&SnapshotMeta>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError>;
+
+    /// Makes every write so far durable (one fsync for a group of writes).
+    fn sync(&self) -> Result<(), StorageError>;
+
+    /// Deletes entries up to `index`, which a snapshot must cover; the
+    /// term of `index` is kept as the log's base.
+    fn compact(&self, index: LogIndex) -> Result<(), StorageError>;
 }
