@@ -106,3 +106,29 @@ pub trait LogStore: LogStorage + MetaStore + Send + Sync {
     /// term of `index` is kept as the log's base.
     fn compact(&self, index: LogIndex) -> Result<(), StorageError>;
 }
+
+impl<T: LogStorage + ?Sized> LogStorage for std::sync::Arc<T> {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        (**self).initial_state()
+    }
+    fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        (**self).entries(lo, hi, max_bytes)
+    }
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        (**self).term(index)
+    }
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        (**self).first_index()
+    }
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        (**self).last_index()
+    }
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        (**self).snapshot_meta()
+    }
+}

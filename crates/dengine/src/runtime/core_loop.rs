@@ -1,0 +1,392 @@
+//! The protocol task: feeds requests, messages, ticks and completions into
+//! the core, and carries out its `Ready`s without ever blocking.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use dengine_core::{
+    ConfState, Entry, LogIndex, MessageBody, NodeId, RawNode, ReadId, Ready, Role, Term,
+};
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
+use tokio::sync::{oneshot, watch};
+
+use super::{ApplyJob, DiskJob, Event, ProposeReply, ReadJob, ReadPolicy, Request, Store};
+use crate::error::Error;
+use crate::state_machine::StateMachine;
+use crate::transport::{SnapshotData, Transport};
+
+/// Requests and events handled before the next `Ready`: the batching that
+/// turns many proposals into one append, one fsync and one message.
+const MAX_BATCH: usize = 4096;
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The highest index known committed.
+    pub commit: LogIndex,
+    /// The highest index applied to the state machine.
+    pub applied: LogIndex,
+    /// The last index in its log.
+    pub last_index: LogIndex,
+    /// The membership in force.
+    pub membership: ConfState,
+    /// Set once the node stopped on a fatal error.
+    pub fatal: Option<String>,
+}
+
+pub(crate) struct CoreLoop<SM: StateMachine> {
+    pub(crate) raw: RawNode<Store>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) requests: Receiver<super::Request<SM>>,
+    pub(crate) events: UnboundedReceiver<Event>,
+    pub(crate) disk: Sender<DiskJob>,
+    pub(crate) apply: Sender<ApplyJob<SM>>,
+    pub(crate) metrics: watch::Sender<Metrics>,
+    pub(crate) tick: std::time::Duration,
+    /// Proposals waiting for their entry to be applied: index → (term, reply).
+    pub(crate) proposals: BTreeMap<LogIndex, (Term, ProposeReply<SM::Response>)>,
+    pub(crate) changes: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<LogIndex, Error>>)>,
+    pub(crate) reads: HashMap<u64, ReadJob<SM>>,
+    pub(crate) next_read: u64,
+    /// Snapshot data by index: made here or received from a leader.
+    pub(crate) snapshots: BTreeMap<LogIndex, SnapshotData>,
+    pub(crate) incoming: BTreeMap<LogIndex, SnapshotData>,
+    pub(crate) applied: LogIndex,
+    pub(crate) fatal: Option<String>,
+}
+
+impl<SM: StateMachine> CoreLoop<SM> {
+    /// Runs until shut down (or a fatal error).
+    pub(crate) async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.on_event(ev);
+                    for _ in 0..MAX_BATCH {
+                        match self.events.try_recv() {
+                            Ok(ev) => self.on_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                req = self.requests.recv() => {
+                    let Some(req) = req else { break };
+                    if self.on_request(req) {
+                        break;
+                    }
+                    let mut stop = false;
+                    for _ in 0..MAX_BATCH {
+                        match self.requests.try_recv() {
+                            Ok(req) => if self.on_request(req) { stop = true; break },
+                            Err(_) => break,
+                        }
+                    }
+                    if stop { break }
+                }
+                _ = ticker.tick() => {
+                    if self.fatal.is_none()
+                        && let Err(e) = self.raw.tick()
+                    {
+                        self.fail(e.into());
+                    }
+                }
+            }
+            if self.fatal.is_none() {
+                self.drain_ready();
+            }
+            self.publish_metrics();
+        }
+        self.stop();
+    }
+
+    fn fail(&mut self, e: Error) {
+        if !e.is_fatal() {
+            tracing::warn!(error = %e, "unexpected error from the core");
+            return;
+        }
+        tracing::error!(error = %e, "node stopping on a fatal error");
+        self.fatal = Some(e.to_string());
+        let fatal = self.fatal.clone();
+        self.metrics.send_modify(|m| m.fatal = fatal);
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            let _ = r.send(Err(e.clone()));
+        }
+        for (_, (_, r)) in std::mem::take(&mut self.changes) {
+            let _ = r.send(Err(e.clone()));
+        }
+        for (_, job) in self.reads.drain() {
+            job(Err(e.clone()));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.disk.send(DiskJob::Stop);
+        let _ = self.apply.send(ApplyJob::Stop);
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            let _ = r.send(Err(Error::Shutdown));
+        }
+        for (_, (_, r)) in std::mem::take(&mut self.changes) {
+            let _ = r.send(Err(Error::Shutdown));
+        }
+        for (_, job) in self.reads.drain() {
+            job(Err(Error::Shutdown));
+        }
+    }
+
+    /// Returns true to shut down.
+    fn on_request(&mut self, req: Request<SM>) -> bool {
+        if let Some(f) = &self.fatal {
+            let e = Error::Storage(f.clone());
+            match req {
+                Request::Propose { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                Request::Read { job, .. } => job(Err(e)),
+                Request::ConfChange { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                Request::Transfer { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                Request::Shutdown => return true,
+            }
+            return false;
+        }
+        match req {
+            Request::Propose { data, reply } => match self.raw.propose(data) {
+                Ok(index) => {
+                    let term = self.raw.status().hard_state.term;
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Request::Read { policy, job } => {
+                let core_policy = match policy {
+                    ReadPolicy::Stale => {
+                        let _ = self.apply.send(ApplyJob::Read(LogIndex::ZERO, job));
+                        return false;
+                    }
+                    ReadPolicy::Lease => dengine_core::ReadPolicy::Lease,
+                    ReadPolicy::Linearizable => dengine_core::ReadPolicy::ReadIndex,
+                };
+                self.next_read += 1;
+                let id = self.next_read;
+                match self.raw.read_index(ReadId(id), core_policy) {
+                    Ok(()) => {
+                        self.reads.insert(id, job);
+                    }
+                    Err(e) => job(Err(e.into())),
+                }
+            }
+            Request::ConfChange { change, reply } => match self.raw.propose_conf_change(change) {
+                Ok(index) => {
+                    let term = self.raw.status().hard_state.term;
+                    self.changes.insert(index, (term, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Request::Transfer { to, reply } => {
+                let _ = reply.send(self.raw.transfer_leader(to).map_err(Error::from));
+            }
+            Request::Shutdown => return true,
+        }
+        false
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let res = match ev {
+            Event::Message(msg, data) => {
+                if let (MessageBody::InstallSnapshot { meta }, Some(d)) = (&msg.body, data) {
+                    self.incoming.insert(meta.last_index, d);
+                }
+                match self.raw.step(msg) {
+                    Err(e) if !e.is_fatal() => {
+                        tracing::debug!(error = %e, "message refused");
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+            Event::SnapshotReport(to, ok) => self.raw.report_snapshot(to, ok),
+            Event::Persisted(batches) => {
+                let mut res = Ok(());
+                for b in batches {
+                    if let Err(e) = self.raw.on_persisted(b.persisted()) {
+                        res = Err(e);
+                        break;
+                    }
+                    for m in b.messages {
+                        self.send(m);
+                    }
+                }
+                res
+            }
+            Event::Applied(index) => {
+                self.applied = index;
+                self.raw.on_applied(index)
+            }
+            Event::SnapshotMade(meta, data) => {
+                let _ = self.disk.send(DiskJob::SaveSnapshot(meta, data));
+                Ok(())
+            }
+            Event::SnapshotSaved(meta, data) => {
+                self.snapshots.insert(meta.last_index, data);
+                while self.snapshots.len() > 2 {
+                    self.snapshots.pop_first();
+                }
+                self.raw.snapshot_created(&meta)
+            }
+            Event::SnapshotFailed => {
+                self.raw.snapshot_failed();
+                Ok(())
+            }
+            Event::Fatal(msg) => {
+                self.fail(Error::Storage(msg));
+                return;
+            }
+        };
+        if let Err(e) = res {
+            self.fail(e.into());
+        }
+    }
+
+    fn send(&self, msg: dengine_core::Message) {
+        let data = match &msg.body {
+            MessageBody::InstallSnapshot { meta } => self.snapshots.get(&meta.last_index).cloned(),
+            _ => None,
+        };
+        self.transport.send(msg, data);
+    }
+
+    fn drain_ready(&mut self) {
+        while self.raw.has_ready() {
+            match self.raw.ready() {
+                Ok(rd) => self.handle_ready(rd),
+                Err(e) => {
+                    self.fail(e.into());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, rd: Ready) {
+        for m in rd.messages {
+            self.send(m);
+        }
+        if let Some(batch) = rd.persist {
+            let data = batch
+                .snapshot
+                .as_ref()
+                .and_then(|m| self.incoming.remove(&m.last_index));
+            if let (Some(meta), Some(d)) = (&batch.snapshot, &data) {
+                // Installed in the state machine after everything handed out
+                // before it (the apply thread works in order).
+                let _ = self.apply.send(ApplyJob::Restore(meta.clone(), d.clone()));
+                self.snapshots.insert(meta.last_index, d.clone());
+                self.incoming.retain(|&i, _| i > meta.last_index);
+            }
+            let _ = self.disk.send(DiskJob::Write(batch, data));
+        }
+        if !rd.committed_entries.is_empty() {
+            self.hand_out(rd.committed_entries);
+        }
+        for rs in rd.read_states {
+            let Some(job) = self.reads.remove(&rs.id.0) else {
+                continue;
+            };
+            match rs.result {
+                Ok(index) => {
+                    let _ = self.apply.send(ApplyJob::Read(index, job));
+                }
+                Err(e) => job(Err(e.into())),
+            }
+        }
+        if let Some(meta) = rd.snapshot_request {
+            let _ = self.apply.send(ApplyJob::Snapshot(meta));
+        }
+        if let Some(to) = rd.compact_to {
+            let _ = self.disk.send(DiskJob::Compact(to));
+        }
+    }
+
+    /// Passes committed entries to the apply thread with the replies that
+    /// wait for them; a reply whose entry was replaced learns it now.
+    fn hand_out(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        // Replies below the first handed-out entry: their entries were
+        // covered by a snapshot, outcome unknown.
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() >= first {
+                break;
+            }
+            let _ = entry.remove().1.send(Err(Error::Timeout));
+        }
+        let mut proposals = Vec::new();
+        let mut changes = Vec::new();
+        for e in &entries {
+            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                if term == e.term {
+                    proposals.push((e.index, reply));
+                } else {
+                    let _ = reply.send(Err(Error::Dropped(e.index)));
+                }
+            }
+            if let Some((term, reply)) = self.changes.remove(&e.index) {
+                if term == e.term {
+                    changes.push((e.index, reply));
+                } else {
+                    let _ = reply.send(Err(Error::Dropped(e.index)));
+                }
+            }
+        }
+        let _ = self
+            .apply
+            .send(ApplyJob::Entries(entries, proposals, changes));
+    }
+
+    fn publish_metrics(&self) {
+        let st = self.raw.status();
+        let m = Metrics {
+            id: st.id,
+            role: st.soft_state.role,
+            term: st.hard_state.term,
+            leader: (!st.soft_state.leader.is_none()).then_some(st.soft_state.leader),
+            commit: st.hard_state.commit,
+            applied: self.applied,
+            last_index: st.last_index,
+            membership: st.conf_state,
+            fatal: self.fatal.clone(),
+        };
+        self.metrics.send_if_modified(|old| {
+            if *old == m {
+                false
+            } else {
+                *old = m;
+                true
+            }
+        });
+    }
+}

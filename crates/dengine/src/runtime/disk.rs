@@ -1,0 +1,88 @@
+//! The disk thread: writes persist batches and makes them durable in
+//! groups, one fsync for everything that was waiting (group commit).
+
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{DiskJob, Event, SnapshotFile, Store};
+use crate::error::Error;
+
+/// Most jobs gathered into one sync.
+const MAX_GROUP: usize = 4096;
+
+pub(crate) fn spawn_disk_thread(
+    store: Store,
+    snapshots: SnapshotFile,
+    jobs: Receiver<DiskJob>,
+    events: UnboundedSender<Event>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("dengine-disk".into())
+        .spawn(move || {
+            if let Err(e) = run(&store, &snapshots, &jobs, &events) {
+                tracing::error!(error = %e, "disk thread stopped");
+                let _ = events.send(Event::Fatal(e.to_string()));
+            }
+        })
+}
+
+fn run(
+    store: &Store,
+    snapshots: &SnapshotFile,
+    jobs: &Receiver<DiskJob>,
+    events: &UnboundedSender<Event>,
+) -> Result<(), Error> {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut written = Vec::new();
+        let mut saved = Vec::new();
+        let mut stop = false;
+        for job in group {
+            match job {
+                DiskJob::Write(batch, data) => {
+                    if let (Some(meta), Some(data)) = (&batch.snapshot, &data) {
+                        // The snapshot's data is durable before the log
+                        // says it starts after it.
+                        snapshots.save(meta, data)?;
+                    }
+                    store.write(
+                        batch.snapshot.as_ref(),
+                        &batch.entries,
+                        batch.hard_state.as_ref(),
+                    )?;
+                    written.push(batch);
+                }
+                DiskJob::Compact(index) => store.compact(index)?,
+                DiskJob::SaveSnapshot(meta, data) => {
+                    snapshots.save(&meta, &data)?;
+                    store.save_snapshot_meta(&meta)?;
+                    saved.push((meta, data));
+                }
+                DiskJob::Stop => stop = true,
+            }
+        }
+        if !written.is_empty() || !saved.is_empty() {
+            store.sync()?;
+        }
+        if !written.is_empty() && events.send(Event::Persisted(written)).is_err() {
+            return Ok(());
+        }
+        for (meta, data) in saved {
+            if events.send(Event::SnapshotSaved(meta, data)).is_err() {
+                return Ok(());
+            }
+        }
+        if stop {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The node runtime: one tokio task drives the protocol core and never
+//! blocks; a disk thread makes writes durable in groups (one fsync for every
+//! write waiting), and an apply thread runs the state machine. Both report
+//! back to the core task as events.
+//!
+//! The durability contract of `dengine_core` is kept here: a persist
+//! batch's messages (acknowledgements, votes) are sent only after the disk
+//! thread's fsync, and the core counts its own entries only once told they
+//! are durable. The leader's appends to followers go out at once, in
+//! parallel with its own write.
+
+mod apply;
+mod core_loop;
+mod disk;
+
+use std::sync::Arc;
+
+use dengine_core::{ConfChange, LogIndex, Message, NodeId, PersistBatch, SnapshotMeta};
+use tokio::sync::oneshot;
+
+pub(crate) use core_loop::CoreLoop;
+pub use core_loop::Metrics;
+
+use crate::error::Error;
+use crate::state_machine::StateMachine;
+use crate::transport::SnapshotData;
+
+/// How a read is made consistent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadPolicy {
+    /// Linearizable: confirmed by a quorum round (ReadIndex).
+    Linearizable,
+    /// Linearizable while the leader's lease holds (no round), under the
+    /// configured clock-drift bound; falls back to a round otherwise.
+    Lease,
+    /// Whatever this node has applied: fast, possibly stale.
+    Stale,
+}
+
+/// A read waiting for the state machine: runs on the apply thread.
+pub(crate) type ReadJob<SM> = Box<dyn FnOnce(Result<&SM, Error>) + Send>;
+
+/// A proposal's answer.
+pub(crate) type ProposeReply<R> = oneshot::Sender<Result<(LogIndex, R), Error>>;
+
+/// Requests from the application.
+pub(crate) enum Request<SM: StateMachine> {
+    Propose {
+        data: Vec<u8>,
+        reply: ProposeReply<SM::Response>,
+    },
+    Read {
+        policy: ReadPolicy,
+        job: ReadJob<SM>,
+    },
+    ConfChange {
+        change: ConfChange,
+        reply: oneshot::Sender<Result<LogIndex, Error>>,
+    },
+    Transfer {
+        to: NodeId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Shutdown,
+}
+
+/// Events from the network, the disk and the apply thread.
+pub(crate) enum Event {
+    Message(Message, Option<SnapshotData>),
+    SnapshotReport(NodeId, bool),
+    Persisted(Vec<PersistBatch>),
+    Applied(LogIndex),
+    SnapshotMade(SnapshotMeta, SnapshotData),
+    SnapshotSaved(SnapshotMeta, SnapshotData),
+    SnapshotFailed,
+    Fatal(String),
+}
+
+/// Work for the disk thread.
+pub(crate) enum DiskJob {
+    Write(PersistBatch, Option<SnapshotData>),
+    Compact(LogIndex),
+    SaveSnapshot(SnapshotMeta, SnapshotData),
+    Stop,
+}
+
+/// Work for the apply thread.
+pub(crate) enum ApplyJob<SM: StateMachine> {
+    Entries(
+        Vec<dengine_core::Entry>,
+        Vec<(LogIndex, ProposeReply<SM::Response>)>,
+        Vec<(LogIndex, oneshot::Sender<Result<LogIndex, Error>>)>,
+    ),
+    Read(LogIndex, ReadJob<SM>),
+    Snapshot(SnapshotMeta),
+    Restore(SnapshotMeta, SnapshotData),
+    Stop,
+}
+
+/// Where snapshots are kept: a file for disk storage, memory otherwise.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotFile(pub(crate) Option<std::path::PathBuf>);
+
+impl SnapshotFile {
+    /// Writes the snapshot durably (temp file, fsync, rename).
+    pub(crate) fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), Error> {
+        let Some(path) = &self.0 else {
+            return Ok(());
+        };
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let io = |e: std::io::Error| Error::Storage(format!("snapshot {}: {e}", path.display()));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let head = dengine_core::codec::encode_snapshot_meta(meta);
+        f.write_all(&(head.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        f.write_all(&head).map_err(io)?;
+        f.write_all(&dengine_core::codec::seal(data)).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot back, checking both checksums.
+    pub(crate) fn load(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Error> {
+        let Some(path) = &self.0 else {
+            return Ok(None);
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Storage(format!("snapshot {}: {e}", path.display()))),
+        };
+        let bad = |what: String| {
+            Error::Storage(format!("snapshot {} is corrupt: {what}", path.display()))
+        };
+        let (len, rest) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| bad("truncated".into()))?;
+        let len = u64::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad("truncated header".into()));
+        }
+        let (head, body) = rest.split_at(len);
+        let meta =
+            dengine_core::codec::decode_snapshot_meta(head).map_err(|e| bad(e.to_string()))?;
+        let data = dengine_core::codec::open(body).map_err(|e| bad(e.to_string()))?;
+        Ok(Some((meta, data.to_vec())))
+    }
+}
+
+/// Shared by the node handle and the runtime.
+pub(crate) struct Channels<SM: StateMachine> {
+    pub(crate) requests: tokio::sync::mpsc::Sender<Request<SM>>,
+    pub(crate) events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+impl<SM: StateMachine> Clone for Channels<SM> {
+    fn clone(&self) -> Self {
+        Channels {
+            requests: self.requests.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+pub(crate) use apply::spawn_apply_thread;
+pub(crate) use disk::spawn_disk_thread;
+
+/// The storage handle the runtime works with.
+pub(crate) type Store = Arc<dyn dengine_core::LogStore>;
