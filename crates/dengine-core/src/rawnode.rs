@@ -341,6 +341,36 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.snapshot_requested = None;
     }
 
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.raft.term
+    }
+
+    /// The role this node plays.
+    pub fn role(&self) -> Role {
+        self.raft.role
+    }
+
+    /// Role and known leader (cheap; [`RawNode::status`] copies more).
+    pub fn soft_state(&self) -> SoftState {
+        self.raft.soft_state()
+    }
+
+    /// Term, vote and commit index.
+    pub fn hard_state(&self) -> HardState {
+        self.raft.hard_state()
+    }
+
+    /// The last index in the log, durable or not.
+    pub fn last_index(&self) -> LogIndex {
+        self.raft.log.last_index()
+    }
+
+    /// The membership in force.
+    pub fn conf_state(&self) -> &ConfState {
+        self.raft.tracker.conf()
+    }
+
     /// The term of the log entry at `index`, durable or not.
     pub fn log_term(&self, index: LogIndex) -> Result<Term> {
         Ok(self.raft.log.term(index)?)

@@ -224,6 +224,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             incoming: Default::default(),
             applied,
             fatal: None,
+            batch: Vec::new(),
         };
         let task = tokio::spawn(core.run());
         let node = Node {

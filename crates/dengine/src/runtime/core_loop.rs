@@ -62,6 +62,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) incoming: BTreeMap<LogIndex, SnapshotData>,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
+    /// Proposals gathered from one batch of requests, proposed together.
+    pub(crate) batch: Vec<(Vec<u8>, ProposeReply<SM::Response>)>,
 }
 
 impl<SM: StateMachine> CoreLoop<SM> {
@@ -94,6 +96,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                             Err(_) => break,
                         }
                     }
+                    self.flush_proposals();
                     if stop { break }
                 }
                 _ = ticker.tick() => {
@@ -166,15 +169,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             return false;
         }
         match req {
-            Request::Propose { data, reply } => match self.raw.propose(data) {
-                Ok(index) => {
-                    let term = self.raw.status().hard_state.term;
-                    self.proposals.insert(index, (term, reply));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            Request::Propose { data, reply } => self.batch.push((data, reply)),
             Request::Read { policy, job } => {
                 let core_policy = match policy {
                     ReadPolicy::Stale => {
@@ -195,7 +190,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             Request::ConfChange { change, reply } => match self.raw.propose_conf_change(change) {
                 Ok(index) => {
-                    let term = self.raw.status().hard_state.term;
+                    let term = self.raw.term();
                     self.changes.insert(index, (term, reply));
                 }
                 Err(e) => {
@@ -208,6 +203,30 @@ impl<SM: StateMachine> CoreLoop<SM> {
             Request::Shutdown => return true,
         }
         false
+    }
+
+    /// Proposes the gathered commands as consecutive entries in one step:
+    /// one append, one replication message per follower, one fsync.
+    fn flush_proposals(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let (data, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match self.raw.propose_batch(data) {
+            Ok((first, _)) => {
+                let term = self.raw.term();
+                for (i, reply) in replies.into_iter().enumerate() {
+                    self.proposals.insert(first.plus(i as u64), (term, reply));
+                }
+            }
+            Err(e) => {
+                let e: Error = e.into();
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -368,25 +387,33 @@ impl<SM: StateMachine> CoreLoop<SM> {
     }
 
     fn publish_metrics(&self) {
-        let st = self.raw.status();
-        let m = Metrics {
-            id: st.id,
-            role: st.soft_state.role,
-            term: st.hard_state.term,
-            leader: (!st.soft_state.leader.is_none()).then_some(st.soft_state.leader),
-            commit: st.hard_state.commit,
-            applied: self.applied,
-            last_index: st.last_index,
-            membership: st.conf_state,
-            fatal: self.fatal.clone(),
-        };
-        self.metrics.send_if_modified(|old| {
-            if *old == m {
-                false
-            } else {
-                *old = m;
-                true
+        let ss = self.raw.soft_state();
+        let hs = self.raw.hard_state();
+        let last_index = self.raw.last_index();
+        let leader = (!ss.leader.is_none()).then_some(ss.leader);
+        self.metrics.send_if_modified(|m| {
+            let same = m.role == ss.role
+                && m.term == hs.term
+                && m.leader == leader
+                && m.commit == hs.commit
+                && m.applied == self.applied
+                && m.last_index == last_index
+                && m.fatal == self.fatal
+                && m.membership == *self.raw.conf_state();
+            if same {
+                return false;
             }
+            m.role = ss.role;
+            m.term = hs.term;
+            m.leader = leader;
+            m.commit = hs.commit;
+            m.applied = self.applied;
+            m.last_index = last_index;
+            m.fatal.clone_from(&self.fatal);
+            if m.membership != *self.raw.conf_state() {
+                m.membership = self.raw.conf_state().clone();
+            }
+            true
         });
     }
 }

@@ -1,0 +1,209 @@
+//! Throughput and latency of a 3-node cluster in one process, over the
+//! in-memory network, measured the way openraft's `benchmarks/minimal`
+//! measures itself: one log entry per proposal, empty payloads, a proposal
+//! is done when applied on the leader.
+//!
+//! ```text
+//! cargo run --release -p dengine --example bench -- [--storage memory|sled|rocksdb]
+//!     [--proposers 1,16,256] [--seconds 5] [--payload 0]
+//! ```
+//! Prints one line per proposer count: proposals/s, p50, p99, max latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, StateMachine, StorageKind};
+
+/// Counts applied commands; nothing else (the protocol is what is measured).
+#[derive(Default)]
+struct Count(u64);
+
+impl StateMachine for Count {
+    type Response = ();
+    fn apply(&mut self, _: dengine::LogIndex, _: &[u8]) {
+        self.0 += 1;
+    }
+    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.0.to_le_bytes())
+    }
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let mut b = [0u8; 8];
+        input.read_exact(&mut b)?;
+        self.0 = u64::from_le_bytes(b);
+        Ok(())
+    }
+}
+
+struct Args {
+    storage: StorageKind,
+    proposers: Vec<usize>,
+    seconds: u64,
+    payload: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        storage: StorageKind::Memory,
+        proposers: vec![1, 16, 256],
+        seconds: 5,
+        payload: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(f) = it.next() {
+        let v = it.next().ok_or(format!("{f} needs a value"))?;
+        match f.as_str() {
+            "--storage" => {
+                a.storage = match v.as_str() {
+                    "memory" => StorageKind::Memory,
+                    "sled" => StorageKind::Sled,
+                    "rocksdb" => StorageKind::Rocksdb,
+                    _ => return Err(format!("unknown storage {v}")),
+                }
+            }
+            "--proposers" => {
+                a.proposers = v
+                    .split(',')
+                    .map(|p| p.parse().map_err(|e| format!("--proposers: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--seconds" => a.seconds = v.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--payload" => a.payload = v.parse().map_err(|e| format!("--payload: {e}"))?,
+            _ => return Err(format!("unknown argument {f}")),
+        }
+    }
+    Ok(a)
+}
+
+async fn cluster(
+    storage: StorageKind,
+    dir: &std::path::Path,
+) -> Result<(Vec<Node<Count>>, usize), dengine::Error> {
+    let net = InMemoryNetwork::new();
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let config = Config {
+            node_id: id,
+            storage: storage.clone(),
+            data_dir: dir.join(format!("n{id}")),
+            tick_ms: 10,
+            election_ticks: 30,
+            heartbeat_ticks: 3,
+            snapshot_threshold: 1_000_000,
+            max_pending_requests: 1 << 20,
+            ..Config::default()
+        };
+        nodes.push(
+            NodeBuilder::new(config, Count::default())
+                .initial_members([1, 2, 3])
+                .network(&net)
+                .build()?,
+        );
+    }
+    let m = nodes[0]
+        .wait_for(Duration::from_secs(10), |m| m.leader.is_some())
+        .await?;
+    let leader = m.leader.map_or(1, |l| l.0) as usize - 1;
+    // Wait until the leader has committed its first entry.
+    nodes[leader]
+        .wait_for(Duration::from_secs(10), |m| {
+            m.commit.0 >= 2 && m.applied.0 >= 2
+        })
+        .await?;
+    Ok((nodes, leader))
+}
+
+async fn run_once(
+    node: &Node<Count>,
+    proposers: usize,
+    seconds: u64,
+    payload: usize,
+) -> (u64, Vec<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..proposers {
+        let node = node.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match node.propose(vec![0u8; payload]).await {
+                    Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+                    Err(e) if e.is_retryable() => tokio::task::yield_now().await,
+                    Err(e) => panic!("proposal failed: {e}"),
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    all.sort_unstable();
+    (all.len() as u64, all)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("dengine-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (nodes, leader) = match cluster(args.storage.clone(), &dir).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("bench: cluster failed to start: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "storage={:?} payload={}B seconds={} (3 nodes, in-process network, done when applied on the leader)",
+            args.storage, args.payload, args.seconds
+        );
+        for &p in &args.proposers {
+            let (n, lat) = run_once(&nodes[leader], p, args.seconds, args.payload).await;
+            println!(
+                "proposers={p:>5}  {:>10.0} proposals/s  p50={:.2}ms  p99={:.2}ms  max={:.2}ms",
+                n as f64 / args.seconds as f64,
+                pct(&lat, 0.50),
+                pct(&lat, 0.99),
+                pct(&lat, 1.0),
+            );
+        }
+        for n in &nodes {
+            let _ = n.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::ExitCode::SUCCESS
+    })
+}
