@@ -225,6 +225,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             applied,
             fatal: None,
             batch: Vec::new(),
+            inline_store: (config.storage == StorageKind::Memory).then(|| store.clone()),
         };
         let task = tokio::spawn(core.run());
         let node = Node {

@@ -62,6 +62,9 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) incoming: BTreeMap<LogIndex, SnapshotData>,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
+    /// Set for the in-memory store: writes cost nothing to make durable, so
+    /// the core task does them itself instead of waking the disk thread.
+    pub(crate) inline_store: Option<Store>,
     /// Proposals gathered from one batch of requests, proposed together.
     pub(crate) batch: Vec<(Vec<u8>, ProposeReply<SM::Response>)>,
 }
@@ -325,7 +328,31 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 self.snapshots.insert(meta.last_index, d.clone());
                 self.incoming.retain(|&i, _| i > meta.last_index);
             }
-            let _ = self.disk.send(DiskJob::Write(batch, data));
+            match &self.inline_store {
+                Some(store) => {
+                    let res = store
+                        .write(
+                            batch.snapshot.as_ref(),
+                            &batch.entries,
+                            batch.hard_state.as_ref(),
+                        )
+                        .and_then(|()| store.sync());
+                    if let Err(e) = res {
+                        self.fail(Error::Storage(e.to_string()));
+                        return;
+                    }
+                    if let Err(e) = self.raw.on_persisted(batch.persisted()) {
+                        self.fail(e.into());
+                        return;
+                    }
+                    for m in batch.messages {
+                        self.send(m);
+                    }
+                }
+                _ => {
+                    let _ = self.disk.send(DiskJob::Write(batch, data));
+                }
+            }
         }
         if !rd.committed_entries.is_empty() {
             self.hand_out(rd.committed_entries);

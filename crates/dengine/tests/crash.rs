@@ -1,0 +1,261 @@
+//! Crash test with real processes: a child process runs a 3-node cluster on
+//! disk under write load and prints every write the cluster acknowledged;
+//! the test kills it with SIGKILL at random moments, restarts it on the same
+//! data, and checks that every acknowledged write is still there.
+//!
+//! The child is this test binary itself, started with `CRASH_CHILD_DIR` set
+//! (it then runs the ignored `crash_child` test).
+
+#![cfg(all(unix, any(feature = "sled", feature = "rocksdb")))]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
+
+#[derive(Default)]
+struct Keys(BTreeSet<String>);
+
+impl StateMachine for Keys {
+    type Response = ();
+    fn apply(&mut self, _: dengine::LogIndex, command: &[u8]) {
+        self.0.insert(String::from_utf8_lossy(command).into_owned());
+    }
+    fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        for k in &self.0 {
+            writeln!(out, "{k}")?;
+        }
+        Ok(())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
+        let mut s = String::new();
+        input.read_to_string(&mut s)?;
+        self.0 = s.lines().map(str::to_string).collect();
+        Ok(())
+    }
+}
+
+fn storage_from_env() -> StorageKind {
+    match std::env::var("CRASH_CHILD_STORAGE").as_deref() {
+        Ok("rocksdb") => StorageKind::Rocksdb,
+        _ => StorageKind::Sled,
+    }
+}
+
+async fn start(dir: &Path, storage: StorageKind) -> (Vec<Node<Keys>>, Node<Keys>) {
+    let net = InMemoryNetwork::new();
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let config = Config {
+            node_id: id,
+            storage: storage.clone(),
+            data_dir: dir.join(format!("n{id}")),
+            tick_ms: 5,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            lease_drift_ticks: 2,
+            snapshot_threshold: 300,
+            compaction_lag: 50,
+            ..Config::default()
+        };
+        let n = NodeBuilder::new(config, Keys::default())
+            .initial_members([1, 2, 3])
+            .network(&net)
+            .build()
+            .unwrap_or_else(|e| panic!("node {id} failed to start: {e}"));
+        nodes.push(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(l) = nodes
+            .iter()
+            .find(|n| n.status().role == dengine::core::Role::Leader)
+        {
+            let l = l.clone();
+            return (nodes, l);
+        }
+        assert!(Instant::now() < deadline, "no leader after restart");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The child: writes under load, printing `ACK <key>` for each
+/// acknowledged write, or (in verify mode) prints `HAVE <key>` for every key.
+#[test]
+#[ignore = "run by crash tests as a child process"]
+fn crash_child() {
+    let Ok(dir) = std::env::var("CRASH_CHILD_DIR") else {
+        return;
+    };
+    let verify = std::env::var("CRASH_CHILD_VERIFY").is_ok();
+    let round: u64 = std::env::var("CRASH_CHILD_ROUND")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let (_nodes, leader) = start(Path::new(&dir), storage_from_env()).await;
+        let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+        if verify {
+            let keys = leader
+                .read(ReadPolicy::Linearizable, |k: &Keys| k.0.clone())
+                .await
+                .expect("verify read");
+            let mut o = out.lock().expect("stdout");
+            for k in keys {
+                writeln!(o, "HAVE {k}").expect("stdout");
+            }
+            writeln!(o, "DONE").expect("stdout");
+            o.flush().expect("stdout");
+            return;
+        }
+        println!("READY");
+        let mut tasks = Vec::new();
+        for w in 0..16u64 {
+            let leader = leader.clone();
+            let out = out.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let key = format!("r{round}-w{w}-{i}");
+                    if leader.propose(key.clone().into_bytes()).await.is_ok() {
+                        let mut o = out.lock().expect("stdout");
+                        writeln!(o, "ACK {key}").expect("stdout");
+                        o.flush().expect("stdout");
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+fn child(dir: &Path, storage: &str, round: u64, verify: bool) -> std::process::Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "crash_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("CRASH_CHILD_DIR", dir)
+    .env("CRASH_CHILD_STORAGE", storage)
+    .env("CRASH_CHILD_ROUND", round.to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    if verify {
+        cmd.env("CRASH_CHILD_VERIFY", "1");
+    }
+    cmd.spawn().expect("spawn child")
+}
+
+fn run_crash_rounds(storage: &str, rounds: u64) {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("dengine-crash-{storage}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    // Deterministic "random" kill times.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ rounds;
+    for round in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let run_for = Duration::from_millis(150 + x % 600);
+        let mut c = child(&dir, storage, round, false);
+        let stdout = c.stdout.take().expect("child stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait for the cluster, then let it write for a while.
+        let start = Instant::now();
+        let mut ready_at = None;
+        while start.elapsed() < Duration::from_secs(30) {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(l) if l == "READY" => ready_at = Some(Instant::now()),
+                Ok(l) => {
+                    if let Some(k) = l.strip_prefix("ACK ") {
+                        acked.insert(k.to_string(), round);
+                    }
+                }
+                Err(_) => {}
+            }
+            if ready_at.is_some_and(|t| t.elapsed() >= run_for) {
+                break;
+            }
+        }
+        assert!(
+            ready_at.is_some(),
+            "round {round}: the child never became ready"
+        );
+        c.kill().expect("SIGKILL");
+        let _ = c.wait();
+        // Acks printed before the kill still count.
+        let _ = reader.join();
+        while let Ok(l) = rx.try_recv() {
+            if let Some(k) = l.strip_prefix("ACK ") {
+                acked.insert(k.to_string(), round);
+            }
+        }
+    }
+    assert!(!acked.is_empty(), "no write was acknowledged");
+
+    let mut v = child(&dir, storage, rounds, true);
+    let stdout = v.stdout.take().expect("child stdout");
+    let mut have = BTreeSet::new();
+    let mut done = false;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line == "DONE" {
+            done = true;
+            break;
+        }
+        if let Some(k) = line.strip_prefix("HAVE ") {
+            have.insert(k.to_string());
+        }
+    }
+    let _ = v.kill();
+    let _ = v.wait();
+    assert!(done, "the verifier did not finish");
+    let lost: Vec<_> = acked.keys().filter(|k| !have.contains(*k)).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost after SIGKILL, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "{storage}: {} acknowledged writes over {rounds} SIGKILLs, none lost",
+        acked.len()
+    );
+}
+
+#[cfg(feature = "sled")]
+#[test]
+fn sigkill_loses_no_acknowledged_write_sled() {
+    run_crash_rounds("sled", 5);
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn sigkill_loses_no_acknowledged_write_rocksdb() {
+    run_crash_rounds("rocksdb", 5);
+}
