@@ -11,6 +11,10 @@ use crate::step::{self, Step};
 
 /// Runs every check.
 pub fn run() -> ExitCode {
+    if let Err(e) = crate::sysdeps::ensure_libclang() {
+        eprintln!("ci: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut steps = vec![
         Step::cargo("fmt", &["fmt", "--all", "--check"]),
         Step::cargo(
@@ -19,6 +23,7 @@ pub fn run() -> ExitCode {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
@@ -28,18 +33,33 @@ pub fn run() -> ExitCode {
     if has_nextest() {
         steps.push(Step::cargo(
             "tests",
-            &["nextest", "run", "--workspace", "--no-fail-fast"],
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ],
         ));
-        steps.push(Step::cargo("doctests", &["test", "--workspace", "--doc"]));
+        steps.push(Step::cargo(
+            "doctests",
+            &["test", "--workspace", "--all-features", "--doc"],
+        ));
     } else {
         println!(
             "cargo-nextest not found: running the tests with `cargo test` (doctests included)"
         );
-        steps.push(Step::cargo("tests", &["test", "--workspace"]));
+        steps.push(Step::cargo(
+            "tests",
+            &["test", "--workspace", "--all-features"],
+        ));
     }
     steps.push(
-        Step::cargo("docs", &["doc", "--workspace", "--no-deps"])
-            .env("RUSTDOCFLAGS", "-D warnings"),
+        Step::cargo(
+            "docs",
+            &["doc", "--workspace", "--all-features", "--no-deps"],
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
     );
     steps.push(crate::sim::step(&[
         "--seeds",

@@ -8,6 +8,7 @@
 mod ci;
 mod sim;
 mod step;
+mod sysdeps;
 
 use std::process::ExitCode;
 
