@@ -5,6 +5,7 @@
 //! sequence of named commands from the workspace root, timing each and
 //! stopping at the first failure.
 
+mod bench;
 mod ci;
 mod sim;
 mod step;
@@ -19,6 +20,8 @@ usage: cargo xtask <command>
 commands:
   ci      run every check: rustfmt, clippy, the tests, the doctests, rustdoc
           and a batch of simulation seeds
+  bench   run the 3-node in-process benchmark (release):
+            bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N]
   sim     run the deterministic cluster simulator:
             sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]
             sim --seed S [--nodes 3|5] [--steps K] --trace
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["ci"] => ci::run(),
+        ["bench", rest @ ..] => bench::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["sim", rest @ ..] => sim::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["help" | "-h" | "--help"] => {
             print!("{USAGE}");
