@@ -225,6 +225,8 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             applied,
             fatal: None,
             batch: Vec::new(),
+            ticks: 0,
+            timeout_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
             inline_store: (config.storage == StorageKind::Memory).then(|| store.clone()),
         };
         let task = tokio::spawn(core.run());
@@ -327,7 +329,8 @@ impl<SM: StateMachine> Node<SM> {
             data: command,
             reply,
         })?;
-        let (index, response) = self.wait(rx).await?;
+        // No timer per proposal: the core answers `Timeout` itself.
+        let (index, response) = rx.await.map_err(|_| Error::Shutdown)??;
         Ok(Proposed { index, response })
     }
 

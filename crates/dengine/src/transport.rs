@@ -5,7 +5,7 @@
 //! single-binary clusters) and can cut nodes off to test failures.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use dengine_core::{Message, MessageBody, NodeId};
 
@@ -33,7 +33,7 @@ struct Net {
 /// Nodes of one process wired together by function calls.
 #[derive(Default, Clone)]
 pub struct InMemoryNetwork {
-    inner: Arc<Mutex<Net>>,
+    inner: Arc<RwLock<Net>>,
 }
 
 impl InMemoryNetwork {
@@ -42,8 +42,15 @@ impl InMemoryNetwork {
         InMemoryNetwork::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Net> {
-        match self.inner.lock() {
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, Net> {
+        match self.inner.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Net> {
+        match self.inner.read() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -88,7 +95,7 @@ impl Transport for MemTransport {
         let is_snapshot = matches!(msg.body, MessageBody::InstallSnapshot { .. });
         let to = msg.to;
         let (target, report) = {
-            let net = self.net.lock();
+            let net = self.net.read();
             let up = !net.down.contains(&self.from) && !net.down.contains(&to);
             let target = net.nodes.get(&to).filter(|_| up).map(|(d, _)| d.clone());
             let report = net.nodes.get(&self.from).map(|(_, r)| r.clone());

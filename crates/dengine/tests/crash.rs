@@ -160,6 +160,12 @@ fn child(dir: &Path, storage: &str, round: u64, verify: bool) -> std::process::C
     cmd.spawn().expect("spawn child")
 }
 
+/// The text after `tag` on a line; libtest may print its own
+/// "test crash_child ... " before the child's first line.
+fn after<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
+    line.find(tag).map(|i| &line[i + tag.len()..])
+}
+
 fn run_crash_rounds(storage: &str, rounds: u64) {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("dengine-crash-{storage}-{}", std::process::id()));
@@ -188,9 +194,9 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
         let mut ready_at = None;
         while start.elapsed() < Duration::from_secs(30) {
             match rx.recv_timeout(Duration::from_millis(10)) {
-                Ok(l) if l == "READY" => ready_at = Some(Instant::now()),
+                Ok(l) if l.ends_with("READY") => ready_at = Some(Instant::now()),
                 Ok(l) => {
-                    if let Some(k) = l.strip_prefix("ACK ") {
+                    if let Some(k) = after(&l, "ACK ") {
                         acked.insert(k.to_string(), round);
                     }
                 }
@@ -209,7 +215,7 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
         // Acks printed before the kill still count.
         let _ = reader.join();
         while let Ok(l) = rx.try_recv() {
-            if let Some(k) = l.strip_prefix("ACK ") {
+            if let Some(k) = after(&l, "ACK ") {
                 acked.insert(k.to_string(), round);
             }
         }
@@ -222,11 +228,11 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
     let mut done = false;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if line == "DONE" {
+        if line.ends_with("DONE") {
             done = true;
             break;
         }
-        if let Some(k) = line.strip_prefix("HAVE ") {
+        if let Some(k) = after(&line, "HAVE ") {
             have.insert(k.to_string());
         }
     }
@@ -234,13 +240,16 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
     let _ = v.wait();
     assert!(done, "the verifier did not finish");
     let lost: Vec<_> = acked.keys().filter(|k| !have.contains(*k)).collect();
-    let _ = std::fs::remove_dir_all(&dir);
+    if lost.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     assert!(
         lost.is_empty(),
-        "{} of {} acknowledged writes lost after SIGKILL, e.g. {:?}",
+        "{} of {} acknowledged writes lost after SIGKILL, e.g. {:?} (data left in {})",
         lost.len(),
         acked.len(),
-        &lost[..lost.len().min(5)]
+        &lost[..lost.len().min(5)],
+        dir.display()
     );
     eprintln!(
         "{storage}: {} acknowledged writes over {rounds} SIGKILLs, none lost",

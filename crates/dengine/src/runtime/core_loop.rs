@@ -53,7 +53,7 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) metrics: watch::Sender<Metrics>,
     pub(crate) tick: std::time::Duration,
     /// Proposals waiting for their entry to be applied: index → (term, reply).
-    pub(crate) proposals: BTreeMap<LogIndex, (Term, ProposeReply<SM::Response>)>,
+    pub(crate) proposals: BTreeMap<LogIndex, (Term, u64, ProposeReply<SM::Response>)>,
     pub(crate) changes: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<LogIndex, Error>>)>,
     pub(crate) reads: HashMap<u64, ReadJob<SM>>,
     pub(crate) next_read: u64,
@@ -65,6 +65,10 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// Set for the in-memory store: writes cost nothing to make durable, so
     /// the core task does them itself instead of waking the disk thread.
     pub(crate) inline_store: Option<Store>,
+    /// Ticks since start.
+    pub(crate) ticks: u64,
+    /// The request timeout in ticks.
+    pub(crate) timeout_ticks: u64,
     /// Proposals gathered from one batch of requests, proposed together.
     pub(crate) batch: Vec<(Vec<u8>, ProposeReply<SM::Response>)>,
 }
@@ -103,6 +107,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     if stop { break }
                 }
                 _ = ticker.tick() => {
+                    self.ticks += 1;
+                    self.expire_proposals();
                     if self.fatal.is_none()
                         && let Err(e) = self.raw.tick()
                     {
@@ -127,7 +133,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         self.fatal = Some(e.to_string());
         let fatal = self.fatal.clone();
         self.metrics.send_modify(|m| m.fatal = fatal);
-        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+        for (_, (_, _, r)) in std::mem::take(&mut self.proposals) {
             let _ = r.send(Err(e.clone()));
         }
         for (_, (_, r)) in std::mem::take(&mut self.changes) {
@@ -141,7 +147,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
     fn stop(&mut self) {
         let _ = self.disk.send(DiskJob::Stop);
         let _ = self.apply.send(ApplyJob::Stop);
-        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+        for (_, (_, _, r)) in std::mem::take(&mut self.proposals) {
             let _ = r.send(Err(Error::Shutdown));
         }
         for (_, (_, r)) in std::mem::take(&mut self.changes) {
@@ -208,6 +214,18 @@ impl<SM: StateMachine> CoreLoop<SM> {
         false
     }
 
+    /// Proposals waiting longer than the request timeout get `Timeout`
+    /// (their outcome is unknown). Done here, on ticks, rather than with a
+    /// timer per request.
+    fn expire_proposals(&mut self) {
+        while let Some(entry) = self.proposals.first_entry() {
+            if self.ticks.saturating_sub(entry.get().1) <= self.timeout_ticks {
+                break;
+            }
+            let _ = entry.remove().2.send(Err(Error::Timeout));
+        }
+    }
+
     /// Proposes the gathered commands as consecutive entries in one step:
     /// one append, one replication message per follower, one fsync.
     fn flush_proposals(&mut self) {
@@ -220,7 +238,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
             Ok((first, _)) => {
                 let term = self.raw.term();
                 for (i, reply) in replies.into_iter().enumerate() {
-                    self.proposals.insert(first.plus(i as u64), (term, reply));
+                    self.proposals
+                        .insert(first.plus(i as u64), (term, self.ticks, reply));
                 }
             }
             Err(e) => {
@@ -388,12 +407,12 @@ impl<SM: StateMachine> CoreLoop<SM> {
             if *entry.key() >= first {
                 break;
             }
-            let _ = entry.remove().1.send(Err(Error::Timeout));
+            let _ = entry.remove().2.send(Err(Error::Timeout));
         }
         let mut proposals = Vec::new();
         let mut changes = Vec::new();
         for e in &entries {
-            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+            if let Some((term, _, reply)) = self.proposals.remove(&e.index) {
                 if term == e.term {
                     proposals.push((e.index, reply));
                 } else {

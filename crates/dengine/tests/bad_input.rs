@@ -1,0 +1,151 @@
+//! Bad input at start gets a clear error and changes nothing: invalid
+//! settings, a data directory of another cluster or node, corrupted data.
+
+#![cfg(feature = "sled")]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dengine::{Config, Error, NodeBuilder, StateMachine, StorageKind};
+
+#[derive(Default)]
+struct Nothing;
+
+impl StateMachine for Nothing {
+    type Response = ();
+    fn apply(&mut self, _: dengine::LogIndex, _: &[u8]) {}
+    fn snapshot(&mut self, _: &mut dyn Write) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn Read) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dengine-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn config(dir: &std::path::Path, node: u64, cluster: u64) -> Config {
+    Config {
+        node_id: node,
+        cluster_id: cluster,
+        data_dir: dir.to_path_buf(),
+        storage: StorageKind::Sled,
+        tick_ms: 5,
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        lease_drift_ticks: 2,
+        ..Config::default()
+    }
+}
+
+/// Starts a single-node cluster in `dir`, writes a few commands, stops.
+async fn make_node_data(dir: &std::path::Path, node: u64, cluster: u64) {
+    let n = NodeBuilder::new(config(dir, node, cluster), Nothing)
+        .initial_members([node])
+        .build()
+        .expect("start");
+    n.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
+        .await
+        .expect("leader");
+    for i in 0..10u8 {
+        n.propose(vec![i]).await.expect("propose");
+    }
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_are_refused_before_anything_is_created() {
+    let dir = temp_dir("settings");
+    let mut c = config(&dir, 1, 1);
+    c.heartbeat_ticks = c.election_ticks;
+    let e = NodeBuilder::new(c, Nothing)
+        .initial_members([1])
+        .build()
+        .err();
+    assert!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("election_tick")),
+        "{e:?}"
+    );
+    let mut c = config(&dir, 1, 1);
+    c.node_id = 0;
+    let e = NodeBuilder::new(c, Nothing)
+        .initial_members([1])
+        .build()
+        .err();
+    assert!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("node_id")),
+        "{e:?}"
+    );
+    assert!(
+        !dir.exists(),
+        "a refused start must not create the data directory"
+    );
+    let e = Config::from_toml("tick_ms = \"fast\"").err();
+    assert!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("tick_ms")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_cluster_or_node_is_refused() {
+    let dir = temp_dir("identity");
+    make_node_data(&dir, 1, 7).await;
+    let e = NodeBuilder::new(config(&dir, 1, 8), Nothing).build().err();
+    assert!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("cluster 7") && m.contains("cluster 8")),
+        "{e:?}"
+    );
+    let e = NodeBuilder::new(config(&dir, 2, 7), Nothing).build().err();
+    assert!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("node 1")),
+        "{e:?}"
+    );
+    // Nothing was overwritten: the rightful owner still starts with its data.
+    let n = NodeBuilder::new(config(&dir, 1, 7), Nothing)
+        .build()
+        .expect("owner starts");
+    let m = n
+        .wait_for(Duration::from_secs(10), |m| m.applied.0 >= 11)
+        .await
+        .expect("the owner's log is intact");
+    assert!(m.last_index.0 >= 11);
+    n.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_snapshot_file_is_refused_at_start() {
+    let dir = temp_dir("corrupt");
+    make_node_data(&dir, 1, 1).await;
+    // A snapshot file whose body does not match its checksum.
+    let path = dir.join("snapshot.bin");
+    let meta = dengine::core::SnapshotMeta {
+        last_index: dengine::LogIndex(3),
+        last_term: dengine::core::Term(2),
+        conf_state: dengine::core::ConfState::with_voters([dengine::NodeId(1)]),
+    };
+    let head = dengine::core::codec::encode_snapshot_meta(&meta);
+    let mut body = dengine::core::codec::seal(b"state");
+    body[5] ^= 0xff;
+    let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&head);
+    bytes.extend_from_slice(&body);
+    std::fs::write(&path, &bytes).expect("write");
+    let e = NodeBuilder::new(config(&dir, 1, 1), Nothing).build().err();
+    assert!(
+        matches!(&e, Some(Error::Storage(m)) if m.contains("snapshot") && m.contains("corrupt")),
+        "{e:?}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        bytes,
+        "the file was left as found"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
