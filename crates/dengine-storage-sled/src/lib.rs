@@ -639,7 +639,26 @@ impl LogStore for SledStore {
             meta_dirty = true;
         }
 
-        self.apply(log_dirty.then_some(log), meta_dirty.then_some(meta))?;
+        if snapshot.is_none() {
+            // The common path (entries and a hard state): two plain batches,
+            // log first. sled recovers a prefix of its writes in order, so a
+            // crash keeps either both, the entries alone, or neither; all
+            // three are safe because nothing unsynced was acknowledged. A
+            // transaction across the trees costs several times more.
+            if log_dirty {
+                self.log
+                    .apply_batch(log)
+                    .map_err(|e| self.sled_err("cannot write the log", e))?;
+            }
+            if meta_dirty {
+                self.meta
+                    .apply_batch(meta)
+                    .map_err(|e| self.sled_err("cannot write the meta tree", e))?;
+            }
+        } else {
+            // A new base and the entries it removes must change together.
+            self.apply(log_dirty.then_some(log), meta_dirty.then_some(meta))?;
+        }
         *s = next;
         Ok(())
     }

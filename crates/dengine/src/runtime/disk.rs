@@ -45,9 +45,18 @@ fn run(
         let mut written = Vec::new();
         let mut saved = Vec::new();
         let mut stop = false;
+        // Consecutive plain writes are merged into one store write: one
+        // transaction and one fsync for the whole group.
+        let mut merged = Merged::default();
         for job in group {
             match job {
+                DiskJob::Write(batch, data) if batch.snapshot.is_none() => {
+                    merged.add(&batch);
+                    written.push(batch);
+                    let _ = data;
+                }
                 DiskJob::Write(batch, data) => {
+                    merged.flush(store)?;
                     if let (Some(meta), Some(data)) = (&batch.snapshot, &data) {
                         // The snapshot's data is durable before the log
                         // says it starts after it.
@@ -60,8 +69,12 @@ fn run(
                     )?;
                     written.push(batch);
                 }
-                DiskJob::Compact(index) => store.compact(index)?,
+                DiskJob::Compact(index) => {
+                    merged.flush(store)?;
+                    store.compact(index)?;
+                }
                 DiskJob::SaveSnapshot(meta, data) => {
+                    merged.flush(store)?;
                     snapshots.save(&meta, &data)?;
                     store.save_snapshot_meta(&meta)?;
                     saved.push((meta, data));
@@ -69,6 +82,7 @@ fn run(
                 DiskJob::Stop => stop = true,
             }
         }
+        merged.flush(store)?;
         if !written.is_empty() || !saved.is_empty() {
             store.sync()?;
         }
@@ -85,4 +99,42 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// Plain writes gathered into one: later entries replace earlier ones from
+/// their first index on (as the store would), the last hard state wins.
+#[derive(Default)]
+struct Merged {
+    entries: Vec<dengine_core::Entry>,
+    hard_state: Option<dengine_core::HardState>,
+}
+
+impl Merged {
+    fn add(&mut self, b: &dengine_core::PersistBatch) {
+        if let Some(first) = b.entries.first() {
+            if let Some(start) = self.entries.first().map(|e| e.index) {
+                if first.index >= start {
+                    self.entries.truncate((first.index.0 - start.0) as usize);
+                } else {
+                    // Rewrites from before this group's entries: write what we
+                    // have first would be wrong order; the new batch replaces it.
+                    self.entries.clear();
+                }
+            }
+            self.entries.extend(b.entries.iter().cloned());
+        }
+        if b.hard_state.is_some() {
+            self.hard_state = b.hard_state;
+        }
+    }
+
+    fn flush(&mut self, store: &Store) -> Result<(), Error> {
+        if self.entries.is_empty() && self.hard_state.is_none() {
+            return Ok(());
+        }
+        store.write(None, &self.entries, self.hard_state.as_ref())?;
+        self.entries.clear();
+        self.hard_state = None;
+        Ok(())
+    }
 }
