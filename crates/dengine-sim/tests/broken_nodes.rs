@@ -1,0 +1,113 @@
+//! A simulator that never fails proves nothing: deliberately broken nodes,
+//! built here through [`dengine_sim::Hooks`] (never behind a flag in the
+//! core), must be caught within a bounded number of seeds, while the real
+//! protocol passes the same fault profiles and seeds.
+//!
+//! Run with `--nocapture` to see, per seed, what each variant broke.
+
+mod common;
+
+use common::{
+    AckBeforeDurable, CommitWhatIsSent, GrantEveryVote, LINEARIZABILITY, SAFETY, Setup, control,
+    crashes_with_slow_disks, elections, first_caught, five_nodes_partitions_crashes,
+};
+use dengine_core::NodeId;
+
+fn expect_caught(setup: &Setup, caught: &common::Caught, expected: &[&str]) {
+    let broken = common::safety_failures(&caught.report);
+    assert!(
+        caught.fired > 0,
+        "{}: seed {} failed without the breakage taking effect",
+        setup.name,
+        caught.seed
+    );
+    assert!(
+        broken.iter().any(|p| expected.contains(p)),
+        "{}: seed {} broke {broken:?}, expected one of {expected:?}",
+        setup.name,
+        caught.seed
+    );
+    assert!(!caught.report.passed());
+}
+
+/// One node grants every vote and pre-vote it is asked for: with three
+/// nodes its vote alone makes any candidate a leader, so two candidates of
+/// one term both win.
+#[test]
+fn a_node_granting_every_vote_breaks_election_safety() {
+    let setup = elections();
+    let expected = ["election safety"];
+    let caught = first_caught(
+        &setup,
+        &expected,
+        || GrantEveryVote {
+            liar: Some(NodeId(1)),
+            pre_votes: true,
+            flipped: 0,
+        },
+        |h| h.flipped,
+    );
+    expect_caught(&setup, &caught, &expected);
+}
+
+/// Every node grants every real vote but answers pre-votes honestly: the
+/// pre-vote round does not hide the double votes.
+#[test]
+fn granting_every_vote_behind_honest_pre_votes_breaks_election_safety() {
+    let setup = elections();
+    let expected = ["election safety"];
+    let caught = first_caught(
+        &setup,
+        &expected,
+        || GrantEveryVote {
+            liar: None,
+            pre_votes: false,
+            flipped: 0,
+        },
+        |h| h.flipped,
+    );
+    expect_caught(&setup, &caught, &expected);
+}
+
+/// Nodes acknowledge appends and grant votes before the write is durable;
+/// a crash then loses what the leader counted on (committed entries, or a
+/// vote that is cast again).
+#[test]
+fn acknowledging_before_durable_is_caught() {
+    let setup = crashes_with_slow_disks();
+    let mut expected = SAFETY.to_vec();
+    expected.push(LINEARIZABILITY);
+    let caught = first_caught(&setup, &expected, AckBeforeDurable::default, |h| {
+        h.asked.get()
+    });
+    expect_caught(&setup, &caught, &expected);
+}
+
+/// The leader tells followers that whatever it sends them is committed:
+/// followers apply entries no majority holds, which a later leader replaces.
+#[test]
+fn followers_committing_what_they_receive_break_state_machine_safety() {
+    let setup = five_nodes_partitions_crashes();
+    let expected = ["state machine safety", LINEARIZABILITY];
+    let caught = first_caught(&setup, &expected, CommitWhatIsSent::default, |h| h.raised);
+    expect_caught(&setup, &caught, &expected);
+}
+
+/// Control group: the real protocol passes the elections setup (default
+/// liveness window included), so the failures above come from the breakage.
+#[test]
+fn real_nodes_pass_the_elections_setup() {
+    control(&elections());
+}
+
+/// Control group for the durability variant.
+#[test]
+fn real_nodes_pass_the_crashes_with_slow_disks_setup() {
+    control(&crashes_with_slow_disks());
+}
+
+/// Control group for the commit variant.
+#[test]
+fn real_nodes_pass_the_five_node_setup() {
+    control(&five_nodes_partitions_crashes());
+}
