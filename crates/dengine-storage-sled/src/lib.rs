@@ -225,12 +225,7 @@ impl SledStore {
         let fail = |what: &str, e: sled::Error| {
             StorageError::Fatal(format!("sled store {}: {what}: {e}", path.display()))
         };
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(options.cache_capacity)
-            .flush_every_ms(options.flush_every_ms)
-            .open()
-            .map_err(|e| fail("cannot open the database", e))?;
+        let db = open_db(&path, &options).map_err(|e| fail("cannot open the database", e))?;
         let log = db
             .open_tree(LOG_TREE)
             .map_err(|e| fail("cannot open the log tree", e))?;
@@ -691,5 +686,43 @@ impl LogStore for SledStore {
         self.apply(Some(log), Some(meta))?;
         s.base = base;
         Ok(())
+    }
+}
+
+/// Opens the raw sled database under a store (for tools and tests that
+/// inspect or repair records), waiting for its lock like [`SledStore::open`].
+pub fn open_raw(path: impl AsRef<Path>) -> Result<sled::Db, StorageError> {
+    let path = path.as_ref();
+    open_db(path, &SledOptions::default()).map_err(|e| {
+        StorageError::Fatal(format!(
+            "sled store {}: cannot open the database: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Opens the sled database, waiting briefly for the directory lock: after a
+/// store is dropped, sled's background threads may hold it a few moments
+/// longer, and a quick reopen (a restart) should not fail because of that.
+fn open_db(path: &Path, options: &SledOptions) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let res = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(options.flush_every_ms)
+            .open();
+        match res {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return Err(sled::Error::Io(e));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }

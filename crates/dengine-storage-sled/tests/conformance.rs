@@ -85,7 +85,7 @@ fn corrupt_log_record(path: &Path, index: LogIndex) {
 /// Opens the raw sled database at `path`, runs `f` on one tree, flushes
 /// and closes it.
 fn with_raw_tree(path: &Path, tree: &str, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(path).expect("open the raw database");
+    let db = dengine_storage_sled::open_raw(path).expect("open the raw database");
     let t = db.open_tree(tree).expect("open the tree");
     f(&t);
     db.flush().expect("flush the raw database");
