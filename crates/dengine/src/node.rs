@@ -186,6 +186,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
         let apply = spawn_apply_thread(state_machine, applied, apply_rx, ev_tx.clone())
             .map_err(|e| Error::Storage(format!("starting the apply thread: {e}")))?;
+        let loop_events = ev_tx.clone();
         let channels = Channels {
             requests: req_tx,
             events: ev_tx,
@@ -212,6 +213,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             transport,
             requests: req_rx,
             events: ev_rx,
+            events_tx: loop_events,
             disk: disk_tx,
             apply: apply_tx,
             metrics: metrics_tx,

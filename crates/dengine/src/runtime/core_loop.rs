@@ -48,6 +48,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) requests: Receiver<super::Request<SM>>,
     pub(crate) events: UnboundedReceiver<Event>,
+    /// For events the loop sends itself.
+    pub(crate) events_tx: tokio::sync::mpsc::UnboundedSender<Event>,
     pub(crate) disk: Sender<DiskJob>,
     pub(crate) apply: Sender<ApplyJob<SM>>,
     pub(crate) metrics: watch::Sender<Metrics>,
@@ -257,7 +259,14 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         let res = match ev {
             Event::Message(msg, data) => {
-                if let (MessageBody::InstallSnapshot { meta }, Some(d)) = (&msg.body, data) {
+                if let MessageBody::InstallSnapshot { meta } = &msg.body {
+                    let Some(d) = data else {
+                        // Installing metadata without the data would leave
+                        // the state machine behind the log.
+                        tracing::warn!(from = %msg.from, index = %meta.last_index,
+                            "snapshot message without its data; dropped");
+                        return;
+                    };
                     self.incoming.insert(meta.last_index, d);
                 }
                 match self.raw.step(msg) {
@@ -313,10 +322,25 @@ impl<SM: StateMachine> CoreLoop<SM> {
 
     fn send(&self, msg: dengine_core::Message) {
         let data = match &msg.body {
-            MessageBody::InstallSnapshot { meta } => self.snapshots.get(&meta.last_index).cloned(),
+            MessageBody::InstallSnapshot { meta } => {
+                let Some(d) = self.snapshots.get(&meta.last_index).cloned() else {
+                    tracing::warn!(to = %msg.to, index = %meta.last_index,
+                        "no data for the snapshot to send; not sent");
+                    let _ = self.raw_report_failed(msg.to);
+                    return;
+                };
+                Some(d)
+            }
             _ => None,
         };
         self.transport.send(msg, data);
+    }
+
+    /// Schedules a failed snapshot report (the progress then probes again).
+    fn raw_report_failed(&self, to: dengine_core::NodeId) -> bool {
+        self.events_tx
+            .send(Event::SnapshotReport(to, false))
+            .is_ok()
     }
 
     fn drain_ready(&mut self) {
