@@ -1,9 +1,12 @@
-//! The read side of durable storage, as the protocol sees it.
+//! Durable storage as the protocol sees it, and the traits backends
+//! implement.
 //!
 //! The core never writes: it tells the runtime what to persist through
-//! [`crate::Ready`], and reads back what is stable through this trait. Entries
-//! the node has appended but not yet made durable live in the core's own
-//! unstable log and are never read from here.
+//! [`crate::Ready`], and reads back what is stable through [`LogStorage`].
+//! Entries the node has appended but not yet made durable live in the core's
+//! own unstable log and are never read from here. The runtime writes through
+//! [`LogStore`] and [`MetaStore`], which every backend implements and which
+//! `testing::store_suite` checks; [`MemStorage`] is the in-memory backend.
 
 mod mem;
 
