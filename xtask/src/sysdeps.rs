@@ -7,36 +7,60 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// Where Debian and others put libclang.
+/// Whether libclang (the library bindgen loads) and clang's builtin headers
+/// are installed, as Debian's `libclang-dev` provides them. Note that
+/// `libclang-cpp` (present on images with LLVM) is a different library.
 fn libclang_present() -> bool {
     if let Ok(dir) = std::env::var("LIBCLANG_PATH")
-        && Path::new(&dir).exists()
+        && has_libclang(Path::new(&dir))
     {
         return true;
     }
-    let dirs = [
+    let mut dirs: Vec<std::path::PathBuf> = [
         "/usr/lib",
         "/usr/lib64",
         "/usr/local/lib",
         "/usr/lib/x86_64-linux-gnu",
-    ];
-    let direct = dirs.iter().any(|d| has_libclang(Path::new(d)));
-    let llvm = std::fs::read_dir("/usr/lib")
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .collect();
+    let llvm_dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib")
         .map(|rd| {
-            rd.flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with("llvm-")
-                    && has_libclang(&e.path().join("lib"))
-            })
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+                .map(|e| e.path().join("lib"))
+                .collect()
         })
-        .unwrap_or(false);
-    direct || llvm
+        .unwrap_or_default();
+    dirs.extend(llvm_dirs.iter().cloned());
+    let library = dirs.iter().any(|d| has_libclang(d));
+    // bindgen also needs clang's own headers (stddef.h and friends).
+    let headers = llvm_dirs.iter().any(|lib| {
+        std::fs::read_dir(lib.join("clang"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|v| v.path().join("include/stddef.h").exists())
+            })
+            .unwrap_or(false)
+    });
+    library && headers
 }
 
+/// A `libclang.so` or `libclang-<version>.so[.N]` (not `libclang-cpp`).
 fn has_libclang(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("libclang"))
+            rd.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix("libclang") else {
+                    return false;
+                };
+                rest.starts_with(".so")
+                    || rest.strip_prefix('-').is_some_and(|v| {
+                        v.starts_with(|c: char| c.is_ascii_digit()) && v.contains(".so")
+                    })
+            })
         })
         .unwrap_or(false)
 }
@@ -78,5 +102,34 @@ pub fn ensure_libclang() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("installing libclang failed. {HINT}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[&str]) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "xtask-sysdeps-{}-{}",
+            std::process::id(),
+            files.join("+")
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in files {
+            std::fs::write(d.join(f), b"").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn libclang_cpp_is_not_libclang() {
+        assert!(!has_libclang(&dir_with(&[
+            "libclang-cpp.so.14",
+            "libclang-cpp.so"
+        ])));
+        assert!(has_libclang(&dir_with(&["libclang-14.so.1"])));
+        assert!(has_libclang(&dir_with(&["libclang.so"])));
     }
 }
