@@ -207,6 +207,8 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             last_index: st.last_index,
             membership: st.conf_state,
             fatal: None,
+            snapshots_installed: 0,
+            snapshot_made_at: applied,
         });
         let core = CoreLoop {
             raw,
@@ -228,6 +230,8 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             fatal: None,
             batch: Vec::new(),
             ticks: 0,
+            snapshots_installed: 0,
+            snapshot_made_at: applied,
             timeout_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
             inline_store: (config.storage == StorageKind::Memory).then(|| store.clone()),
         };

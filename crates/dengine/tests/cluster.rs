@@ -106,10 +106,19 @@ async fn elect_write_kill_leader_elect_again_and_catch_up_by_snapshot() {
     net.heal(dengine::NodeId(lagging));
     // It catches up (by snapshot: the entries it lacks are gone) and holds
     // every acknowledged write.
-    nodes[&lagging]
+    let leader_snap = nodes[&leader].status().snapshot_made_at;
+    assert!(
+        leader_snap.0 > 50,
+        "the leader snapshotted (and compacted) past the follower's log: {leader_snap:?}"
+    );
+    let m = nodes[&lagging]
         .wait_for(WAIT, |m| m.applied >= last)
         .await
         .expect("the lagging follower catches up");
+    assert!(
+        m.snapshots_installed >= 1,
+        "the follower must have caught up through a snapshot install"
+    );
     let all = acked.clone();
     let missing = nodes[&lagging]
         .read(ReadPolicy::Stale, move |kv: &Kv| {

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub last_index: LogIndex,
     /// The membership in force.
     pub membership: ConfState,
+    /// How many snapshots this node installed from a leader since it started.
+    pub snapshots_installed: u64,
+    /// The index of the newest snapshot this node made of its own state.
+    pub snapshot_made_at: LogIndex,
     /// Set once the node stopped on a fatal error.
     pub fatal: Option<String>,
 }
@@ -69,6 +73,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) inline_store: Option<Store>,
     /// Ticks since start.
     pub(crate) ticks: u64,
+    pub(crate) snapshots_installed: u64,
+    pub(crate) snapshot_made_at: LogIndex,
     /// The request timeout in ticks.
     pub(crate) timeout_ticks: u64,
     /// Proposals gathered from one batch of requests, proposed together.
@@ -300,6 +306,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Ok(())
             }
             Event::SnapshotSaved(meta, data) => {
+                self.snapshot_made_at = meta.last_index;
                 self.snapshots.insert(meta.last_index, data);
                 while self.snapshots.len() > 2 {
                     self.snapshots.pop_first();
@@ -368,6 +375,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 // Installed in the state machine after everything handed out
                 // before it (the apply thread works in order).
                 let _ = self.apply.send(ApplyJob::Restore(meta.clone(), d.clone()));
+                self.snapshots_installed += 1;
                 self.snapshots.insert(meta.last_index, d.clone());
                 self.incoming.retain(|&i, _| i > meta.last_index);
             }
@@ -469,6 +477,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 && m.applied == self.applied
                 && m.last_index == last_index
                 && m.fatal == self.fatal
+                && m.snapshots_installed == self.snapshots_installed
+                && m.snapshot_made_at == self.snapshot_made_at
                 && m.membership == *self.raw.conf_state();
             if same {
                 return false;
@@ -480,6 +490,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
             m.applied = self.applied;
             m.last_index = last_index;
             m.fatal.clone_from(&self.fatal);
+            m.snapshots_installed = self.snapshots_installed;
+            m.snapshot_made_at = self.snapshot_made_at;
             if m.membership != *self.raw.conf_state() {
                 m.membership = self.raw.conf_state().clone();
             }
