@@ -32,15 +32,18 @@ pub struct MemStorageCore {
 }
 
 impl MemStorageCore {
-    fn first_index(&self) -> LogIndex {
+    /// The first index in the log.
+    pub fn first_index(&self) -> LogIndex {
         self.base.index.next()
     }
 
-    fn last_index(&self) -> LogIndex {
+    /// The last index in the log (the base's if it is empty).
+    pub fn last_index(&self) -> LogIndex {
         self.entries.last().map_or(self.base.index, |e| e.index)
     }
 
-    fn term_at(&self, index: LogIndex) -> Option<Term> {
+    /// The term at `index`, if the log holds it or it is the base.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
         if index == self.base.index {
             return Some(self.base.term);
         }
@@ -51,6 +54,41 @@ impl MemStorageCore {
         self.entries
             .get((index.0 - first.0) as usize)
             .map(|e| e.term)
+    }
+
+    /// [`LogStorage::term`] over these contents.
+    pub fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index < self.base.index {
+            return Err(StorageError::Compacted(index));
+        }
+        self.term_at(index).ok_or(StorageError::Unavailable(index))
+    }
+
+    /// [`LogStorage::entries`] over these contents.
+    pub fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if lo < self.first_index() {
+            return Err(StorageError::Compacted(lo));
+        }
+        if hi > self.last_index().next() {
+            return Err(StorageError::Unavailable(hi));
+        }
+        let start = (lo.0 - self.first_index().0) as usize;
+        let end = (hi.0 - self.first_index().0) as usize;
+        let mut out = Vec::new();
+        let mut size = 0;
+        for e in &self.entries[start..end] {
+            size += e.size();
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 
     /// Appends `ents`, replacing anything stored at or after the first one.
@@ -191,40 +229,11 @@ impl LogStorage for MemStorage {
         hi: LogIndex,
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let c = self.lock();
-        if lo < c.first_index() {
-            return Err(StorageError::Compacted(lo));
-        }
-        if hi > c.last_index().next() {
-            return Err(StorageError::Unavailable(hi));
-        }
-        let start = (lo.0 - c.first_index().0) as usize;
-        let end = (hi.0 - c.first_index().0) as usize;
-        let mut out = Vec::new();
-        let mut size = 0;
-        for e in &c.entries[start..end] {
-            size += e.size();
-            if !out.is_empty() && size > max_bytes {
-                break;
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
+        self.lock().entries(lo, hi, max_bytes)
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
-        let c = self.lock();
-        let base = c.first_index().prev();
-        if index < base {
-            return Err(StorageError::Compacted(index));
-        }
-        if index == base {
-            return Ok(c.base.term);
-        }
-        if index > c.last_index() {
-            return Err(StorageError::Unavailable(index));
-        }
-        Ok(c.entries[(index.0 - c.first_index().0) as usize].term)
+        self.lock().term(index)
     }
 
     fn first_index(&self) -> Result<LogIndex, StorageError> {
