@@ -84,7 +84,7 @@ async fn cluster(
     for id in 1..=3u64 {
         let config = Config {
             node_id: id,
-            storage: storage.clone(),
+            storage,
             data_dir: dir.join(format!("n{id}")),
             tick_ms: 10,
             election_ticks: 30,
@@ -179,7 +179,7 @@ fn main() -> std::process::ExitCode {
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("dengine-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (nodes, leader) = match cluster(args.storage.clone(), &dir).await {
+        let (nodes, leader) = match cluster(args.storage, &dir).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("bench: cluster failed to start: {e}");

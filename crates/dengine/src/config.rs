@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::error::Error;
 
 /// Where a node keeps its log.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     /// In memory: nothing survives the process (tests, examples).

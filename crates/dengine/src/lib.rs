@@ -58,6 +58,7 @@ pub mod config;
 pub mod error;
 mod node;
 mod runtime;
+pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
 

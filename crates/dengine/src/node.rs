@@ -11,11 +11,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{Config, StorageKind};
 use crate::error::Error;
 use crate::runtime::{
-    Channels, CoreLoop, Event, Metrics, ReadPolicy, Request, SnapshotFile, Store,
-    spawn_apply_thread, spawn_disk_thread,
+    Channels, CoreLoop, Event, Metrics, ReadPolicy, Request, Store, spawn_apply_thread,
+    spawn_disk_thread,
 };
+use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
-use crate::transport::{InMemoryNetwork, SnapshotData, Transport};
+use crate::transport::{InMemoryNetwork, Transport};
 
 /// A proposal's outcome: where it landed and what the state machine said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,18 +156,29 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             store.sync()?;
         }
 
-        let snapshots = SnapshotFile(match config.storage {
-            StorageKind::Memory => None,
-            _ => Some(config.data_dir.join("snapshot.bin")),
-        });
+        let snapshots = match config.storage {
+            StorageKind::Memory => SnapshotStore::memory(),
+            _ => {
+                let dir = config.data_dir.join("snapshots");
+                SnapshotStore::open(dir.clone()).map_err(|e| {
+                    Error::Storage(format!("snapshot directory {}: {e}", dir.display()))
+                })?
+            }
+        };
         let mut applied = LogIndex::ZERO;
         let mut known_snapshots = std::collections::BTreeMap::new();
-        if let Some((meta, data)) = snapshots.load()? {
-            state_machine
-                .restore(&mut &data[..])
-                .map_err(|e| Error::Storage(format!("restoring the snapshot: {e}")))?;
-            applied = meta.last_index;
-            known_snapshots.insert(meta.last_index, Arc::new(data));
+        let latest = snapshots
+            .latest()
+            .map_err(|e| Error::Storage(format!("reading the newest snapshot: {e}")))?;
+        if let Some(data) = latest {
+            let name = data
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            crate::snapshot::restore(&mut state_machine, &data)
+                .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
+            applied = data.meta().last_index;
+            known_snapshots.insert(applied, data);
         }
         let init = store.initial_state()?;
         if init.applied > applied {
@@ -182,10 +194,16 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
         let (apply_tx, apply_rx) = std::sync::mpsc::channel();
-        let disk = spawn_disk_thread(store.clone(), snapshots, disk_rx, ev_tx.clone())
+        let disk = spawn_disk_thread(store.clone(), snapshots.clone(), disk_rx, ev_tx.clone())
             .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
-        let apply = spawn_apply_thread(state_machine, applied, apply_rx, ev_tx.clone())
-            .map_err(|e| Error::Storage(format!("starting the apply thread: {e}")))?;
+        let apply = spawn_apply_thread(
+            state_machine,
+            applied,
+            snapshots.clone(),
+            apply_rx,
+            ev_tx.clone(),
+        )
+        .map_err(|e| Error::Storage(format!("starting the apply thread: {e}")))?;
         let loop_events = ev_tx.clone();
         let channels = Channels {
             requests: req_tx,
@@ -226,6 +244,8 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             next_read: 0,
             snapshots: known_snapshots,
             incoming: Default::default(),
+            snapshot_store: snapshots.clone(),
+            importing: Default::default(),
             applied,
             fatal: None,
             batch: Vec::new(),
@@ -244,6 +264,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
                 metrics: metrics_rx,
                 handles: Mutex::new(Some((task, disk, apply))),
                 network: network.clone(),
+                snapshots,
             }),
         };
         if let Some(net) = network {
@@ -283,6 +304,7 @@ struct Inner<SM: StateMachine> {
     metrics: watch::Receiver<Metrics>,
     handles: Mutex<Option<Handles>>,
     network: Option<InMemoryNetwork>,
+    snapshots: SnapshotStore,
 }
 
 /// A running node. Cheap to clone; every clone talks to the same node.
@@ -436,6 +458,19 @@ impl<SM: StateMachine> Node<SM> {
             .channels
             .events
             .send(Event::Message(msg, snapshot));
+    }
+
+    /// Starts receiving a snapshot a leader is sending (for transports): push
+    /// each frame of the leader's [`SnapshotData::frames`] in order, then
+    /// [`SnapshotReceiver::finish`] and pass the result to
+    /// [`Node::deliver`] with the `InstallSnapshot` message. The frames go
+    /// straight to this node's snapshot directory (or memory for memory
+    /// storage), checked one by one.
+    pub fn snapshot_receiver(
+        &self,
+        meta: dengine_core::SnapshotMeta,
+    ) -> std::io::Result<SnapshotReceiver> {
+        self.inner.snapshots.receiver(meta)
     }
 
     /// Tells the node whether a snapshot it sent to `to` arrived.

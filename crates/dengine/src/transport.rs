@@ -9,8 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use dengine_core::{Message, MessageBody, NodeId};
 
-/// Snapshot data travelling beside an `InstallSnapshot` message.
-pub type SnapshotData = Arc<Vec<u8>>;
+pub use crate::snapshot::SnapshotData;
 
 /// Sends messages to peers. Sending never blocks the protocol task: a
 /// transport queues, and drops what it cannot deliver (Raft retries).

@@ -122,22 +122,39 @@ async fn a_data_dir_of_another_cluster_or_node_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_snapshot_file_is_refused_at_start() {
     let dir = temp_dir("corrupt");
-    make_node_data(&dir, 1, 1).await;
-    // A snapshot file whose body does not match its checksum.
-    let path = dir.join("snapshot.bin");
-    let meta = dengine::core::SnapshotMeta {
-        last_index: dengine::LogIndex(3),
-        last_term: dengine::core::Term(2),
-        conf_state: dengine::core::ConfState::with_voters([dengine::NodeId(1)]),
+    let snapshotting = Config {
+        snapshot_threshold: 4,
+        ..config(&dir, 1, 1)
     };
-    let head = dengine::core::codec::encode_snapshot_meta(&meta);
-    let mut body = dengine::core::codec::seal(b"state");
-    body[5] ^= 0xff;
-    let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&head);
-    bytes.extend_from_slice(&body);
+    let n = NodeBuilder::new(snapshotting.clone(), Nothing)
+        .initial_members([1])
+        .build()
+        .expect("start");
+    n.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
+        .await
+        .expect("leader");
+    for i in 0..12u8 {
+        n.propose(vec![i]).await.expect("propose");
+    }
+    n.wait_for(Duration::from_secs(10), |m| m.snapshot_made_at.0 >= 4)
+        .await
+        .expect("a snapshot was made");
+    n.shutdown().await.expect("shutdown");
+
+    // Flip one bit of the newest snapshot (its end frame's checksum).
+    let mut snaps: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .expect("snapshot dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    snaps.sort();
+    let path = snaps.pop().expect("a snapshot file");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
-    let e = NodeBuilder::new(config(&dir, 1, 1), Nothing).build().err();
+
+    let e = NodeBuilder::new(snapshotting, Nothing).build().err();
     assert!(
         matches!(&e, Some(Error::Storage(m)) if m.contains("snapshot") && m.contains("corrupt")),
         "{e:?}"

@@ -51,7 +51,7 @@ async fn start(dir: &Path, storage: StorageKind) -> (Vec<Node<Keys>>, Node<Keys>
     for id in 1..=3u64 {
         let config = Config {
             node_id: id,
-            storage: storage.clone(),
+            storage,
             data_dir: dir.join(format!("n{id}")),
             tick_ms: 5,
             election_ticks: 10,

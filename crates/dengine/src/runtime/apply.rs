@@ -3,7 +3,6 @@
 //! snapshots.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
@@ -12,22 +11,25 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::{ApplyJob, Event, ReadJob};
 use crate::error::Error;
+use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 
 pub(crate) fn spawn_apply_thread<SM: StateMachine>(
     sm: SM,
     applied: LogIndex,
+    snapshots: SnapshotStore,
     jobs: Receiver<ApplyJob<SM>>,
     events: UnboundedSender<Event>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("dengine-apply".into())
-        .spawn(move || run(sm, applied, &jobs, &events))
+        .spawn(move || run(sm, applied, &snapshots, &jobs, &events))
 }
 
 fn run<SM: StateMachine>(
     mut sm: SM,
     mut applied: LogIndex,
+    snapshots: &SnapshotStore,
     jobs: &Receiver<ApplyJob<SM>>,
     events: &UnboundedSender<Event>,
 ) {
@@ -67,10 +69,15 @@ fn run<SM: StateMachine>(
                     let _ = events.send(Event::SnapshotFailed);
                     continue;
                 }
-                let mut buf = Vec::new();
-                match sm.snapshot(&mut buf) {
-                    Ok(()) => {
-                        let _ = events.send(Event::SnapshotMade(meta, Arc::new(buf)));
+                // Streamed to its file and made durable here, off the core
+                // task and the disk thread.
+                let made = snapshots.writer(meta.clone()).and_then(|mut w| {
+                    sm.snapshot(&mut w)?;
+                    w.finish()
+                });
+                match made {
+                    Ok(data) => {
+                        let _ = events.send(Event::SnapshotMade(meta, data));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "state machine snapshot failed");
@@ -79,7 +86,7 @@ fn run<SM: StateMachine>(
                 }
             }
             ApplyJob::Restore(meta, data) => {
-                if let Err(e) = sm.restore(&mut &data[..]) {
+                if let Err(e) = crate::snapshot::restore(&mut sm, &data) {
                     let _ = events.send(Event::Fatal(format!(
                         "restoring the snapshot at {}: {e}",
                         meta.last_index

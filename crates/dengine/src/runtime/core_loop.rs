@@ -13,8 +13,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::{ApplyJob, DiskJob, Event, ProposeReply, ReadJob, ReadPolicy, Request, Store};
 use crate::error::Error;
+use crate::snapshot::{SnapshotData, SnapshotStore};
 use crate::state_machine::StateMachine;
-use crate::transport::{SnapshotData, Transport};
+use crate::transport::Transport;
 
 /// Requests and events handled before the next `Ready`: the batching that
 /// turns many proposals into one append, one fsync and one message.
@@ -66,6 +67,10 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// Snapshot data by index: made here or received from a leader.
     pub(crate) snapshots: BTreeMap<LogIndex, SnapshotData>,
     pub(crate) incoming: BTreeMap<LogIndex, SnapshotData>,
+    /// Where this node keeps snapshots.
+    pub(crate) snapshot_store: SnapshotStore,
+    /// Snapshots from elsewhere being copied in (by index).
+    pub(crate) importing: std::collections::BTreeSet<LogIndex>,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
     /// Set for the in-memory store: writes cost nothing to make durable, so
@@ -273,6 +278,10 @@ impl<SM: StateMachine> CoreLoop<SM> {
                             "snapshot message without its data; dropped");
                         return;
                     };
+                    if !self.snapshot_store.holds(&d) {
+                        self.import_snapshot(msg, d);
+                        return;
+                    }
                     self.incoming.insert(meta.last_index, d);
                 }
                 match self.raw.step(msg) {
@@ -282,6 +291,11 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     }
                     other => other,
                 }
+            }
+            Event::SnapshotImported(msg, data) => {
+                self.importing.remove(&data.meta().last_index);
+                self.on_event(Event::Message(msg, Some(data)));
+                return;
             }
             Event::SnapshotReport(to, ok) => self.raw.report_snapshot(to, ok),
             Event::Persisted(batches) => {
@@ -313,6 +327,10 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
                 self.raw.snapshot_created(&meta)
             }
+            Event::ImportFailed(index) => {
+                self.importing.remove(&index);
+                Ok(())
+            }
             Event::SnapshotFailed => {
                 self.raw.snapshot_failed();
                 Ok(())
@@ -325,6 +343,28 @@ impl<SM: StateMachine> CoreLoop<SM> {
         if let Err(e) = res {
             self.fail(e.into());
         }
+    }
+
+    /// Copies a snapshot that does not live in this node's store (sent by a
+    /// node of the same process) in, off the core task; the message is
+    /// stepped once the copy is durable. A failed copy drops the message
+    /// (the leader sends again).
+    fn import_snapshot(&mut self, msg: dengine_core::Message, data: SnapshotData) {
+        let index = data.meta().last_index;
+        if !self.importing.insert(index) {
+            return;
+        }
+        let store = self.snapshot_store.clone();
+        let events = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || match store.import(&data) {
+            Ok(local) => {
+                let _ = events.send(Event::SnapshotImported(msg, local));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, index = %index, "copying a snapshot in failed");
+                let _ = events.send(Event::ImportFailed(index));
+            }
+        });
     }
 
     fn send(&self, msg: dengine_core::Message) {
@@ -401,7 +441,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     }
                 }
                 _ => {
-                    let _ = self.disk.send(DiskJob::Write(batch, data));
+                    let _ = self.disk.send(DiskJob::Write(batch));
                 }
             }
         }

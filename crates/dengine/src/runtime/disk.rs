@@ -6,15 +6,16 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{DiskJob, Event, SnapshotFile, Store};
+use super::{DiskJob, Event, Store};
 use crate::error::Error;
+use crate::snapshot::SnapshotStore;
 
 /// Most jobs gathered into one sync.
 const MAX_GROUP: usize = 4096;
 
 pub(crate) fn spawn_disk_thread(
     store: Store,
-    snapshots: SnapshotFile,
+    snapshots: SnapshotStore,
     jobs: Receiver<DiskJob>,
     events: UnboundedSender<Event>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -30,7 +31,7 @@ pub(crate) fn spawn_disk_thread(
 
 fn run(
     store: &Store,
-    snapshots: &SnapshotFile,
+    snapshots: &SnapshotStore,
     jobs: &Receiver<DiskJob>,
     events: &UnboundedSender<Event>,
 ) -> Result<(), Error> {
@@ -45,23 +46,21 @@ fn run(
         let mut written = Vec::new();
         let mut saved = Vec::new();
         let mut stop = false;
+        let mut prune = false;
         // Consecutive plain writes are merged into one store write: one
         // transaction and one fsync for the whole group.
         let mut merged = Merged::default();
         for job in group {
             match job {
-                DiskJob::Write(batch, data) if batch.snapshot.is_none() => {
+                DiskJob::Write(batch) if batch.snapshot.is_none() => {
                     merged.add(&batch);
                     written.push(batch);
-                    let _ = data;
                 }
-                DiskJob::Write(batch, data) => {
+                DiskJob::Write(batch) => {
+                    // The snapshot's data was made durable when it was
+                    // received, before the log says it starts after it.
                     merged.flush(store)?;
-                    if let (Some(meta), Some(data)) = (&batch.snapshot, &data) {
-                        // The snapshot's data is durable before the log
-                        // says it starts after it.
-                        snapshots.save(meta, data)?;
-                    }
+                    prune = true;
                     store.write(
                         batch.snapshot.as_ref(),
                         &batch.entries,
@@ -74,8 +73,9 @@ fn run(
                     store.compact(index)?;
                 }
                 DiskJob::SaveSnapshot(meta, data) => {
+                    // The data is durable already (the apply thread wrote it).
                     merged.flush(store)?;
-                    snapshots.save(&meta, &data)?;
+                    prune = true;
                     store.save_snapshot_meta(&meta)?;
                     saved.push((meta, data));
                 }
@@ -85,6 +85,10 @@ fn run(
         merged.flush(store)?;
         if !written.is_empty() || !saved.is_empty() {
             store.sync()?;
+        }
+        if prune && let Err(e) = snapshots.prune() {
+            // Old snapshots only cost space; the node works on.
+            tracing::warn!(error = %e, "removing old snapshots failed");
         }
         if !written.is_empty() && events.send(Event::Persisted(written)).is_err() {
             return Ok(());

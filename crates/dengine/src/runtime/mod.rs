@@ -22,8 +22,8 @@ pub(crate) use core_loop::CoreLoop;
 pub use core_loop::Metrics;
 
 use crate::error::Error;
+use crate::snapshot::SnapshotData;
 use crate::state_machine::StateMachine;
-use crate::transport::SnapshotData;
 
 /// How a read is made consistent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,13 +72,17 @@ pub(crate) enum Event {
     Applied(LogIndex),
     SnapshotMade(SnapshotMeta, SnapshotData),
     SnapshotSaved(SnapshotMeta, SnapshotData),
+    /// A snapshot from another node, copied into this node's store.
+    SnapshotImported(Message, SnapshotData),
+    /// Copying a snapshot in failed (the message was dropped).
+    ImportFailed(LogIndex),
     SnapshotFailed,
     Fatal(String),
 }
 
 /// Work for the disk thread.
 pub(crate) enum DiskJob {
-    Write(PersistBatch, Option<SnapshotData>),
+    Write(PersistBatch),
     Compact(LogIndex),
     SaveSnapshot(SnapshotMeta, SnapshotData),
     Stop,
@@ -95,63 +99,6 @@ pub(crate) enum ApplyJob<SM: StateMachine> {
     Snapshot(SnapshotMeta),
     Restore(SnapshotMeta, SnapshotData),
     Stop,
-}
-
-/// Where snapshots are kept: a file for disk storage, memory otherwise.
-#[derive(Clone, Debug)]
-pub(crate) struct SnapshotFile(pub(crate) Option<std::path::PathBuf>);
-
-impl SnapshotFile {
-    /// Writes the snapshot durably (temp file, fsync, rename).
-    pub(crate) fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), Error> {
-        let Some(path) = &self.0 else {
-            return Ok(());
-        };
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let io = |e: std::io::Error| Error::Storage(format!("snapshot {}: {e}", path.display()));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        let head = dengine_core::codec::encode_snapshot_meta(meta);
-        f.write_all(&(head.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        f.write_all(&head).map_err(io)?;
-        f.write_all(&dengine_core::codec::seal(data)).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    /// Reads the snapshot back, checking both checksums.
-    pub(crate) fn load(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Error> {
-        let Some(path) = &self.0 else {
-            return Ok(None);
-        };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::Storage(format!("snapshot {}: {e}", path.display()))),
-        };
-        let bad = |what: String| {
-            Error::Storage(format!("snapshot {} is corrupt: {what}", path.display()))
-        };
-        let (len, rest) = bytes
-            .split_first_chunk::<8>()
-            .ok_or_else(|| bad("truncated".into()))?;
-        let len = u64::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(bad("truncated header".into()));
-        }
-        let (head, body) = rest.split_at(len);
-        let meta =
-            dengine_core::codec::decode_snapshot_meta(head).map_err(|e| bad(e.to_string()))?;
-        let data = dengine_core::codec::open(body).map_err(|e| bad(e.to_string()))?;
-        Ok(Some((meta, data.to_vec())))
-    }
 }
 
 /// Shared by the node handle and the runtime.
