@@ -82,6 +82,10 @@
 //! units do not share RocksDB's build-script output with `cargo build`).
 #![deny(missing_docs)]
 
+/// The rocksdb crate this store is built on (so users open other databases
+/// with the same version).
+pub use rocksdb;
+
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

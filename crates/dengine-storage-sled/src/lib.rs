@@ -102,6 +102,10 @@
 //! [`codec::encode_identity`]: dengine_core::codec::encode_identity
 #![deny(missing_docs)]
 
+/// The sled crate this store is built on (so users open other trees with
+/// the same version).
+pub use sled;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -704,7 +708,11 @@ pub fn open_raw(path: impl AsRef<Path>) -> Result<sled::Db, StorageError> {
 /// Opens the sled database, waiting briefly for the directory lock: after a
 /// store is dropped, sled's background threads may hold it a few moments
 /// longer, and a quick reopen (a restart) should not fail because of that.
-fn open_db(path: &Path, options: &SledOptions) -> Result<sled::Db, sled::Error> {
+/// Opens a sled database with `options`, waiting up to 5 s for the
+/// directory lock a process that just closed it may still hold (sled lets
+/// go of it asynchronously). The key-value state machine opens its own
+/// database with this too.
+pub fn open_db(path: &Path, options: &SledOptions) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let res = sled::Config::new()

@@ -56,11 +56,13 @@
 
 pub mod config;
 pub mod error;
+pub mod kv;
 mod node;
 mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
+pub mod typed;
 
 pub use config::{Config, StorageKind};
 pub use dengine_core as core;
@@ -70,3 +72,4 @@ pub use node::{Node, NodeBuilder, Proposed};
 pub use runtime::{Metrics, ReadPolicy};
 pub use state_machine::StateMachine;
 pub use transport::{InMemoryNetwork, Transport};
+pub use typed::{Typed, TypedStateMachine};

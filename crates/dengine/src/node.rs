@@ -165,21 +165,32 @@ impl<SM: StateMachine> NodeBuilder<SM> {
                 })?
             }
         };
-        let mut applied = LogIndex::ZERO;
+        // A state machine that keeps its own state may be at or past the
+        // newest snapshot already; otherwise it starts from the snapshot.
+        let mut applied = state_machine.applied_index().unwrap_or(LogIndex::ZERO);
         let mut known_snapshots = std::collections::BTreeMap::new();
         let latest = snapshots
             .latest()
             .map_err(|e| Error::Storage(format!("reading the newest snapshot: {e}")))?;
         if let Some(data) = latest {
-            let name = data
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            crate::snapshot::restore(&mut state_machine, &data)
-                .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
-            applied = data.meta().last_index;
-            known_snapshots.insert(applied, data);
+            let index = data.meta().last_index;
+            if applied < index {
+                let name = data
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                crate::snapshot::restore(&mut state_machine, &data)
+                    .and_then(|()| state_machine.flush(index))
+                    .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
+                applied = index;
+            }
+            known_snapshots.insert(index, data);
         }
+        let snapshot_at = known_snapshots
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(LogIndex::ZERO);
         let init = store.initial_state()?;
         if init.applied > applied {
             return Err(Error::Storage(format!(
@@ -226,7 +237,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             membership: st.conf_state,
             fatal: None,
             snapshots_installed: 0,
-            snapshot_made_at: applied,
+            snapshot_made_at: snapshot_at,
         });
         let core = CoreLoop {
             raw,
@@ -251,7 +262,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             batch: Vec::new(),
             ticks: 0,
             snapshots_installed: 0,
-            snapshot_made_at: applied,
+            snapshot_made_at: snapshot_at,
             timeout_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
             inline_store: (config.storage == StorageKind::Memory).then(|| store.clone()),
         };
@@ -505,5 +516,24 @@ impl<SM: StateMachine> Node<SM> {
             }
         }
         Ok(())
+    }
+}
+
+impl<T: crate::typed::TypedStateMachine> Node<crate::typed::Typed<T>> {
+    /// Proposes a typed command (encoded with [`crate::typed::encode`]);
+    /// resolves with the state machine's response once it is applied here.
+    pub async fn propose_command(
+        &self,
+        command: &T::Command,
+    ) -> Result<Proposed<T::Response>, Error> {
+        let bytes = crate::typed::encode(command).map_err(|e| Error::Invalid(e.to_string()))?;
+        let p = self.propose(bytes).await?;
+        match p.response {
+            Ok(response) => Ok(Proposed {
+                index: p.index,
+                response,
+            }),
+            Err(e) => Err(Error::Invalid(e.to_string())),
+        }
     }
 }

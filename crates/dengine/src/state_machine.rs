@@ -22,6 +22,29 @@ pub trait StateMachine: Send + 'static {
     /// fit in one buffer of the state machine's making).
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()>;
 
-    /// Replaces the state with a snapshot read from `input`.
+    /// Replaces the state with a snapshot read from `input`. The runtime
+    /// calls [`StateMachine::flush`] with the snapshot's index afterwards.
     fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()>;
+
+    /// Called after each batch of [`StateMachine::apply`] calls (and after a
+    /// restore) with the index through which the log is now applied,
+    /// before any read runs against the state and before the batch's
+    /// proposers get their responses. A state machine that stages writes
+    /// makes them visible here, and one that keeps its state on disk
+    /// writes them (with `applied`) in one atomic batch. An error stops
+    /// the node: its state can no longer be trusted. Default: nothing.
+    fn flush(&mut self, applied: LogIndex) -> std::io::Result<()> {
+        let _ = applied;
+        Ok(())
+    }
+
+    /// For a state machine that keeps its state durably itself: the index
+    /// its state reflects after a restart (what the last successful
+    /// [`StateMachine::flush`] stored). The runtime then restores a
+    /// snapshot only if it is newer, and re-applies nothing at or below
+    /// this index. Default `None`: the state is rebuilt from the newest
+    /// snapshot and the log at every start.
+    fn applied_index(&self) -> Option<LogIndex> {
+        None
+    }
 }

@@ -37,9 +37,17 @@ fn run<SM: StateMachine>(
     while let Ok(job) = jobs.recv() {
         match job {
             ApplyJob::Entries(entries, proposals, changes) => {
+                let Some(last) = entries.last().map(|e| e.index) else {
+                    continue;
+                };
+                let before = applied;
                 let mut proposals: BTreeMap<LogIndex, _> = proposals.into_iter().collect();
                 let mut changes: BTreeMap<LogIndex, _> = changes.into_iter().collect();
+                let mut answers = Vec::new();
+                let mut change_answers = Vec::new();
                 for e in entries {
+                    // A state machine that keeps its own state may be past
+                    // entries the log hands out again after a restart.
                     if e.index <= applied {
                         continue;
                     }
@@ -47,19 +55,42 @@ fn run<SM: StateMachine>(
                         EntryPayload::Normal(data) => {
                             let r = sm.apply(e.index, data);
                             if let Some(reply) = proposals.remove(&e.index) {
-                                let _ = reply.send(Ok((e.index, r)));
+                                answers.push((reply, e.index, r));
                             }
                         }
                         EntryPayload::ConfChange(_) => {
                             if let Some(reply) = changes.remove(&e.index) {
-                                let _ = reply.send(Ok(e.index));
+                                change_answers.push((reply, e.index));
                             }
                         }
                         EntryPayload::Blank => {}
                     }
                     applied = e.index;
                 }
-                if events.send(Event::Applied(applied)).is_err() {
+                // Nobody hears of the batch before the state machine holds
+                // it (and stored it, if it keeps its own state).
+                if applied > before
+                    && let Err(e) = sm.flush(applied)
+                {
+                    let msg =
+                        format!("state machine failed to store entries through {applied}: {e}");
+                    for (reply, _, _) in answers {
+                        let _ = reply.send(Err(Error::Storage(msg.clone())));
+                    }
+                    for (reply, _) in change_answers {
+                        let _ = reply.send(Err(Error::Storage(msg.clone())));
+                    }
+                    let _ = events.send(Event::Fatal(msg));
+                    break;
+                }
+                for (reply, index, r) in answers {
+                    let _ = reply.send(Ok((index, r)));
+                }
+                for (reply, index) in change_answers {
+                    let _ = reply.send(Ok(index));
+                }
+                // The core handed out no more than `last`.
+                if events.send(Event::Applied(applied.min(last))).is_err() {
                     break;
                 }
             }
@@ -86,7 +117,9 @@ fn run<SM: StateMachine>(
                 }
             }
             ApplyJob::Restore(meta, data) => {
-                if let Err(e) = crate::snapshot::restore(&mut sm, &data) {
+                let restored = crate::snapshot::restore(&mut sm, &data)
+                    .and_then(|()| sm.flush(meta.last_index));
+                if let Err(e) = restored {
                     let _ = events.send(Event::Fatal(format!(
                         "restoring the snapshot at {}: {e}",
                         meta.last_index

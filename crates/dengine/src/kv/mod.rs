@@ -1,0 +1,602 @@
+//! The replicated key-value store the standalone server runs: etcd's v3
+//! data model (revisions; per key create and mod revisions and a version;
+//! ranges; conditional transactions) as a [`StateMachine`] whose state
+//! lives on the node's storage backend.
+//!
+//! Writes are [`KvCommand`]s proposed with [`KvCommand::encode`]; reads
+//! run on the state machine under a [`crate::ReadPolicy`]:
+//!
+//! ```
+//! use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
+//! use dengine::{Config, NodeBuilder, ReadPolicy, StorageKind};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config { storage: StorageKind::Memory, ..Config::default() };
+//! let kv = KvStateMachine::open(&config)?;
+//! let node = NodeBuilder::new(config, kv).initial_members([1]).build()?;
+//! node.wait_for(std::time::Duration::from_secs(5), |m| m.leader.is_some()).await?;
+//! let put = KvCommand::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), prev_kv: false });
+//! let done = node.propose(put.encode()).await?.response?;
+//! assert_eq!(done.revision, 2);
+//! let got = node
+//!     .read(ReadPolicy::Linearizable, |kv: &KvStateMachine| kv.get(b"k"))
+//!     .await??;
+//! assert_eq!(got.map(|kv| kv.value), Some(b"v".to_vec()));
+//! node.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## On disk
+//! Records live in a database of their own under `data_dir/kv` (sled or
+//! RocksDB, as [`crate::Config::storage`] says), each sealed with a CRC32
+//! and all checked when the store opens. Writes of a batch of entries go
+//! in one atomic write together with the index they reach, without fsync:
+//! the Raft log is the durable record, and after a crash the node replays
+//! the log from the index the store says it holds (or restores the newest
+//! snapshot if the store is behind it). Snapshots stream every record; a
+//! restore first forgets the stored index, so a crash in the middle of one
+//! is repaired by restoring again.
+
+mod backend;
+mod types;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+#[cfg(feature = "rocksdb")]
+pub use backend::RocksBackend;
+#[cfg(feature = "sled")]
+pub use backend::SledBackend;
+pub use backend::{Change, KvBackend, MemoryBackend, Visit};
+pub use types::*;
+
+use crate::LogIndex;
+use crate::config::{Config, StorageKind};
+use crate::error::Error;
+use crate::state_machine::StateMachine;
+
+/// Record keys: user keys under `k`, the store's own state under `m`.
+const KEY_PREFIX: u8 = b'k';
+const KEYS_END: &[u8] = b"l";
+const META_KEY: &[u8] = b"m";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"DKV1";
+const SNAPSHOT_END: u32 = u32::MAX;
+/// Restores write in batches of about this many bytes.
+const RESTORE_BATCH: usize = 4 << 20;
+
+fn record_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(KEY_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+fn encode_record(kv: &KeyValue) -> Vec<u8> {
+    let mut body = Vec::with_capacity(24 + kv.value.len());
+    body.extend_from_slice(&kv.create_revision.to_le_bytes());
+    body.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    body.extend_from_slice(&kv.version.to_le_bytes());
+    body.extend_from_slice(&kv.value);
+    dengine_core::codec::seal(&body)
+}
+
+fn decode_record(key: &[u8], record: &[u8]) -> Result<KeyValue, KvError> {
+    let corrupt = |what: String| {
+        KvError::Storage(format!(
+            "record of key {:?} is corrupt: {what}",
+            String::from_utf8_lossy(key)
+        ))
+    };
+    let body = dengine_core::codec::open(record).map_err(|e| corrupt(e.to_string()))?;
+    let int = |i: usize| -> Result<i64, KvError> {
+        body.get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
+            .ok_or_else(|| corrupt("truncated".into()))
+    };
+    Ok(KeyValue {
+        key: key.to_vec(),
+        create_revision: int(0)?,
+        mod_revision: int(1)?,
+        version: int(2)?,
+        value: body[24..].to_vec(),
+    })
+}
+
+fn encode_meta(applied: LogIndex, revision: i64) -> Vec<u8> {
+    let mut body = applied.0.to_le_bytes().to_vec();
+    body.extend_from_slice(&revision.to_le_bytes());
+    dengine_core::codec::seal(&body)
+}
+
+fn decode_meta(record: &[u8]) -> Result<(LogIndex, i64), KvError> {
+    let bad = |what: &str| KvError::Storage(format!("the store's own record is corrupt: {what}"));
+    let body = dengine_core::codec::open(record).map_err(|e| bad(&e.to_string()))?;
+    let (a, r) = body
+        .split_first_chunk::<8>()
+        .ok_or_else(|| bad("truncated"))?;
+    let r: [u8; 8] = r.try_into().map_err(|_| bad("wrong length"))?;
+    Ok((LogIndex(u64::from_le_bytes(*a)), i64::from_le_bytes(r)))
+}
+
+fn storage(e: io::Error) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
+/// The key-value state machine (see the [module docs](self)).
+pub struct KvStateMachine {
+    backend: Box<dyn KvBackend>,
+    /// Writes of the entries applied since the last flush: record key →
+    /// record (`None`: removed). Reads during apply see them first.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    revision: i64,
+    /// The index the stored state reflects (durable backends only).
+    applied: Option<LogIndex>,
+    /// A storage failure during apply: the node must stop.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for KvStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStateMachine")
+            .field("revision", &self.revision)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvStateMachine {
+    /// A store in memory.
+    pub fn in_memory() -> KvStateMachine {
+        KvStateMachine {
+            backend: Box::new(MemoryBackend::default()),
+            pending: BTreeMap::new(),
+            revision: 1,
+            applied: None,
+            failed: None,
+        }
+    }
+
+    /// Opens the store on `backend`, checking every record.
+    pub fn with_backend(backend: Box<dyn KvBackend>) -> Result<KvStateMachine, KvError> {
+        let (applied, revision) = match backend.get(META_KEY).map_err(storage)? {
+            Some(m) => {
+                let (a, r) = decode_meta(&m)?;
+                (Some(a), r)
+            }
+            None => (None, 1),
+        };
+        let mut bad = None;
+        backend
+            .scan(&[KEY_PREFIX], Some(KEYS_END), &mut |k, v| {
+                if let Err(e) = decode_record(&k[1..], v) {
+                    bad = Some(e);
+                    return Ok(false);
+                }
+                Ok(true)
+            })
+            .map_err(storage)?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        Ok(KvStateMachine {
+            backend,
+            pending: BTreeMap::new(),
+            revision,
+            applied,
+            failed: None,
+        })
+    }
+
+    /// Opens the store for a node with these settings: in memory, or in
+    /// `data_dir/kv` on the configured backend.
+    pub fn open(config: &Config) -> Result<KvStateMachine, Error> {
+        let dir = config.data_dir.join("kv");
+        let fail = |e: String| Error::Storage(format!("key-value store {}: {e}", dir.display()));
+        let backend: Box<dyn KvBackend> = match config.storage {
+            StorageKind::Memory => return Ok(KvStateMachine::in_memory()),
+            #[cfg(feature = "sled")]
+            StorageKind::Sled => {
+                std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+                Box::new(SledBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+            }
+            #[cfg(feature = "rocksdb")]
+            StorageKind::Rocksdb => {
+                std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+                Box::new(RocksBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::Config(format!(
+                    "storage {other:?} is not compiled in"
+                )));
+            }
+        };
+        KvStateMachine::with_backend(backend).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The store's current revision (1 before the first write, as etcd).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The key's current value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+        self.lookup(key)
+    }
+
+    /// Reads keys (see [`RangeRequest`]).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let mut out = RangeResponse::default();
+        self.visit(&req.key, &req.range_end, &mut |mut kv| {
+            out.count += 1;
+            if req.count_only {
+                return Ok(true);
+            }
+            if req.limit > 0 && out.kvs.len() as u64 >= req.limit {
+                out.more = true;
+                return Ok(true);
+            }
+            if req.keys_only {
+                kv.value.clear();
+            }
+            out.kvs.push(kv);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn lookup(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+        let rk = record_key(key);
+        let record = match self.pending.get(&rk) {
+            Some(staged) => staged.clone(),
+            None => self.backend.get(&rk).map_err(storage)?,
+        };
+        record.map(|r| decode_record(key, &r)).transpose()
+    }
+
+    /// Visits the keys of a range in order (staged writes included).
+    fn visit(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        f: &mut dyn FnMut(KeyValue) -> Result<bool, KvError>,
+    ) -> Result<(), KvError> {
+        let (start, end) = range_bounds(key, range_end);
+        if end == Some(start) {
+            if let Some(kv) = self.lookup(key)? {
+                f(kv)?;
+            }
+            return Ok(());
+        }
+        let start = record_key(start);
+        let end = end.map_or_else(|| KEYS_END.to_vec(), record_key);
+        if end <= start {
+            return Ok(());
+        }
+        let staged: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+            self.pending.range(start.clone()..end.clone()).collect();
+        let mut failure = None;
+        if staged.is_empty() {
+            // The common read path: stream straight from the backend.
+            self.backend
+                .scan(
+                    &start,
+                    Some(&end),
+                    &mut |k, v| match decode_record(&k[1..], v).and_then(&mut *f) {
+                        Ok(go_on) => Ok(go_on),
+                        Err(e) => {
+                            failure = Some(e);
+                            Ok(false)
+                        }
+                    },
+                )
+                .map_err(storage)?;
+            return failure.map_or(Ok(()), Err);
+        }
+        // Staged writes in the range: merge them over the stored records.
+        let mut stored = Vec::new();
+        self.backend
+            .scan(&start, Some(&end), &mut |k, v| {
+                stored.push((k.to_vec(), v.to_vec()));
+                Ok(true)
+            })
+            .map_err(storage)?;
+        let mut merged: BTreeMap<&[u8], &[u8]> = stored
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        for (k, v) in staged {
+            match v {
+                Some(v) => merged.insert(k, v),
+                None => merged.remove(k.as_slice()),
+            };
+        }
+        for (k, v) in merged {
+            if !f(decode_record(&k[1..], v)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn stage(&mut self, kv: &KeyValue) {
+        self.pending
+            .insert(record_key(&kv.key), Some(encode_record(kv)));
+    }
+
+    fn put(&mut self, rev: i64, req: &PutRequest) -> Result<OpResponse, KvError> {
+        let prev = self.lookup(&req.key)?;
+        let kv = KeyValue {
+            key: req.key.clone(),
+            value: req.value.clone(),
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+        };
+        self.stage(&kv);
+        Ok(OpResponse::Put {
+            prev_kv: prev.filter(|_| req.prev_kv),
+        })
+    }
+
+    fn delete(&mut self, req: &DeleteRangeRequest) -> Result<OpResponse, KvError> {
+        let mut found = Vec::new();
+        self.visit(&req.key, &req.range_end, &mut |kv| {
+            found.push(kv);
+            Ok(true)
+        })?;
+        for kv in &found {
+            self.pending.insert(record_key(&kv.key), None);
+        }
+        Ok(OpResponse::DeleteRange {
+            deleted: found.len() as i64,
+            prev_kvs: if req.prev_kv { found } else { Vec::new() },
+        })
+    }
+
+    fn holds(&self, c: &Compare) -> Result<bool, KvError> {
+        let mut all = true;
+        let mut any = false;
+        self.visit(&c.key, &c.range_end, &mut |kv| {
+            any = true;
+            all = compare(&kv, c);
+            Ok(all)
+        })?;
+        if !any {
+            // As etcd: a value comparison on no key fails; the counters of
+            // a missing key are 0.
+            return Ok(
+                !matches!(c.target, CompareTarget::Value(_)) && compare(&KeyValue::default(), c)
+            );
+        }
+        Ok(all)
+    }
+
+    /// Runs a command; `Err` of kind `InvalidRequest` changed nothing.
+    fn execute(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
+        validate(cmd)?;
+        let rev = self.revision + 1;
+        let (op, wrote) = match cmd {
+            KvCommand::Put(p) => (self.put(rev, p)?, true),
+            KvCommand::DeleteRange(d) => {
+                let op = self.delete(d)?;
+                let wrote = matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
+                (op, wrote)
+            }
+            KvCommand::Txn(t) => {
+                let mut succeeded = true;
+                for c in &t.compare {
+                    if !self.holds(c)? {
+                        succeeded = false;
+                        break;
+                    }
+                }
+                let branch = if succeeded { &t.success } else { &t.failure };
+                let mut wrote = false;
+                let mut responses = Vec::with_capacity(branch.len());
+                for op in branch {
+                    responses.push(match op {
+                        TxnOp::Range(r) => OpResponse::Range(self.range(r)?),
+                        TxnOp::Put(p) => {
+                            wrote = true;
+                            self.put(rev, p)?
+                        }
+                        TxnOp::DeleteRange(d) => {
+                            let op = self.delete(d)?;
+                            wrote |= matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
+                            op
+                        }
+                    });
+                }
+                (
+                    OpResponse::Txn {
+                        succeeded,
+                        responses,
+                    },
+                    wrote,
+                )
+            }
+        };
+        if wrote {
+            self.revision = rev;
+        }
+        Ok(KvResponse {
+            revision: self.revision,
+            op,
+        })
+    }
+}
+
+fn compare(kv: &KeyValue, c: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ord = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::CreateRevision(v) => kv.create_revision.cmp(v),
+        CompareTarget::ModRevision(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+    };
+    match c.op {
+        CompareOp::Equal => ord == Ordering::Equal,
+        CompareOp::NotEqual => ord != Ordering::Equal,
+        CompareOp::Greater => ord == Ordering::Greater,
+        CompareOp::Less => ord == Ordering::Less,
+    }
+}
+
+/// Refuses malformed commands before anything runs, so a refused command
+/// changes nothing on any replica.
+fn validate(cmd: &KvCommand) -> Result<(), KvError> {
+    let no_key = || KvError::InvalidRequest("key is not provided".into());
+    match cmd {
+        KvCommand::Put(p) if p.key.is_empty() => Err(no_key()),
+        KvCommand::DeleteRange(d) if d.key.is_empty() => Err(no_key()),
+        KvCommand::Txn(t) => {
+            if t.compare.iter().any(|c| c.key.is_empty()) {
+                return Err(no_key());
+            }
+            for branch in [&t.success, &t.failure] {
+                let mut puts = std::collections::BTreeSet::new();
+                for op in branch {
+                    match op {
+                        TxnOp::Put(p) if p.key.is_empty() => return Err(no_key()),
+                        TxnOp::Put(p) if !puts.insert(&p.key) => {
+                            return Err(KvError::InvalidRequest(
+                                "duplicate key given in txn request".into(),
+                            ));
+                        }
+                        TxnOp::DeleteRange(d) if d.key.is_empty() => return Err(no_key()),
+                        TxnOp::Range(r) if r.key.is_empty() => return Err(no_key()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    type Response = Result<KvResponse, KvError>;
+
+    fn apply(&mut self, _index: LogIndex, command: &[u8]) -> Self::Response {
+        if let Some(f) = &self.failed {
+            return Err(KvError::Storage(f.clone()));
+        }
+        let cmd: KvCommand =
+            crate::typed::decode(command).map_err(|e| KvError::InvalidRequest(e.to_string()))?;
+        let out = self.execute(&cmd);
+        if let Err(KvError::Storage(e)) = &out {
+            // The replicas that could read their records went on; this one
+            // cannot, and stops at the next flush.
+            self.failed = Some(e.clone());
+        }
+        out
+    }
+
+    fn flush(&mut self, applied: LogIndex) -> io::Result<()> {
+        if let Some(f) = &self.failed {
+            return Err(io::Error::other(f.clone()));
+        }
+        let mut changes: Vec<Change> = std::mem::take(&mut self.pending).into_iter().collect();
+        changes.push((META_KEY.to_vec(), Some(encode_meta(applied, self.revision))));
+        if let Err(e) = self.backend.write(changes) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.applied = Some(applied);
+        Ok(())
+    }
+
+    fn applied_index(&self) -> Option<LogIndex> {
+        self.applied.filter(|_| self.backend.durable())
+    }
+
+    fn snapshot(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            return Err(io::Error::other("snapshot asked for before a flush"));
+        }
+        out.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&self.revision.to_le_bytes())?;
+        let mut failure = None;
+        self.backend
+            .scan(&[KEY_PREFIX], Some(KEYS_END), &mut |k, v| {
+                // Damage is never passed on to another replica.
+                if let Err(e) = decode_record(&k[1..], v) {
+                    failure = Some(e);
+                    return Ok(false);
+                }
+                out.write_all(&(k.len() as u32 - 1).to_le_bytes())?;
+                out.write_all(&k[1..])?;
+                out.write_all(&(v.len() as u32).to_le_bytes())?;
+                out.write_all(v)?;
+                Ok(true)
+            })?;
+        if let Some(e) = failure {
+            return Err(io::Error::other(e.to_string()));
+        }
+        out.write_all(&SNAPSHOT_END.to_le_bytes())
+    }
+
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("key-value snapshot: {what}"),
+            )
+        };
+        // Forget the stored index first: a crash from here on leaves a
+        // store that says it holds nothing, and the next start restores
+        // again.
+        self.applied = None;
+        self.pending.clear();
+        self.failed = None;
+        self.backend.write(vec![(META_KEY.to_vec(), None)])?;
+        self.backend.clear()?;
+        let mut magic = [0u8; 4];
+        input.read_exact(&mut magic)?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(bad("not a key-value snapshot"));
+        }
+        let mut b8 = [0u8; 8];
+        input.read_exact(&mut b8)?;
+        let revision = i64::from_le_bytes(b8);
+        let mut batch: Vec<Change> = Vec::new();
+        let mut batch_bytes = 0;
+        fn u32_of(input: &mut dyn Read) -> io::Result<u32> {
+            let mut b = [0u8; 4];
+            input.read_exact(&mut b)?;
+            Ok(u32::from_le_bytes(b))
+        }
+        loop {
+            let klen = u32_of(input)?;
+            if klen == SNAPSHOT_END {
+                break;
+            }
+            let mut key = vec![0u8; klen as usize];
+            input.read_exact(&mut key)?;
+            let vlen = u32_of(input)? as usize;
+            if vlen > 1 << 30 {
+                return Err(bad("record too large"));
+            }
+            let mut record = vec![0u8; vlen];
+            input.read_exact(&mut record)?;
+            decode_record(&key, &record).map_err(|e| bad(&e.to_string()))?;
+            batch_bytes += key.len() + record.len();
+            batch.push((record_key(&key), Some(record)));
+            if batch_bytes >= RESTORE_BATCH {
+                self.backend.write(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
+        }
+        self.backend.write(batch)?;
+        self.revision = revision;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

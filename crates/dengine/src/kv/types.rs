@@ -1,0 +1,209 @@
+//! The key-value store's requests, responses and errors (the shapes of
+//! etcd's v3 KV API, so the server maps them one to one).
+
+use serde::{Deserialize, Serialize};
+
+/// A key's current value and history counters, as etcd reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (empty for `keys_only` ranges).
+    pub value: Vec<u8>,
+    /// The store revision that created the key (since its last deletion).
+    pub create_revision: i64,
+    /// The store revision of the key's last change.
+    pub mod_revision: i64,
+    /// How many times the key was written since it was created (1 after
+    /// the first put).
+    pub version: i64,
+}
+
+/// Which keys a request covers, as in etcd: `range_end` empty means the
+/// key alone; `[0]` means every key at or after `key`; anything else means
+/// `key <= k < range_end`.
+pub(crate) fn range_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (&'a [u8], Option<&'a [u8]>) {
+    match range_end {
+        [] => (key, Some(key)),
+        [0] => (key, None),
+        end => (key, Some(end)),
+    }
+}
+
+/// Reads keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    /// The first key (or the only one).
+    pub key: Vec<u8>,
+    /// See [`RangeRequest`]'s key rules: empty, `[0]`, or an exclusive end.
+    pub range_end: Vec<u8>,
+    /// At most this many keys are returned (0: no limit); `count` still
+    /// counts them all.
+    pub limit: u64,
+    /// Leave values out.
+    pub keys_only: bool,
+    /// Return only the count.
+    pub count_only: bool,
+}
+
+/// The keys a range found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    /// The keys, in order, at most `limit`.
+    pub kvs: Vec<KeyValue>,
+    /// How many keys the range holds in all.
+    pub count: i64,
+    /// Whether keys were left out by the limit.
+    pub more: bool,
+}
+
+/// Sets a key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// The key (not empty).
+    pub key: Vec<u8>,
+    /// The new value.
+    pub value: Vec<u8>,
+    /// Return the value it replaced.
+    pub prev_kv: bool,
+}
+
+/// Removes keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    /// The first key (or the only one).
+    pub key: Vec<u8>,
+    /// As in [`RangeRequest`].
+    pub range_end: Vec<u8>,
+    /// Return the removed keys.
+    pub prev_kv: bool,
+}
+
+/// What a comparison looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's version (0 if it does not exist).
+    Version(i64),
+    /// The key's create revision (0 if it does not exist).
+    CreateRevision(i64),
+    /// The key's mod revision (0 if it does not exist).
+    ModRevision(i64),
+    /// The key's value (a missing key fails the comparison).
+    Value(Vec<u8>),
+}
+
+/// How the key's field is compared with the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    /// Field == target.
+    Equal,
+    /// Field > target.
+    Greater,
+    /// Field < target.
+    Less,
+    /// Field != target.
+    NotEqual,
+}
+
+/// One condition of a transaction; over a range, every key must pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key (or first key).
+    pub key: Vec<u8>,
+    /// As in [`RangeRequest`].
+    pub range_end: Vec<u8>,
+    /// The field and the value to compare with.
+    pub target: CompareTarget,
+    /// The comparison.
+    pub op: CompareOp,
+}
+
+/// One operation of a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Read (sees the branch's earlier writes).
+    Range(RangeRequest),
+    /// Set a key.
+    Put(PutRequest),
+    /// Remove keys.
+    DeleteRange(DeleteRangeRequest),
+}
+
+/// If every comparison holds, run `success`, else `failure`, atomically,
+/// at one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    /// The conditions.
+    pub compare: Vec<Compare>,
+    /// Run when all hold.
+    pub success: Vec<TxnOp>,
+    /// Run otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// A write proposed to the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// Set a key.
+    Put(PutRequest),
+    /// Remove keys.
+    DeleteRange(DeleteRangeRequest),
+    /// A conditional, atomic group of operations.
+    Txn(TxnRequest),
+}
+
+impl KvCommand {
+    /// The bytes to propose.
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data of vectors, integers and enums always encodes.
+        crate::typed::encode(self).unwrap_or_default()
+    }
+}
+
+/// What one operation did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResponse {
+    /// A range's result.
+    Range(RangeResponse),
+    /// A put's result.
+    Put {
+        /// The replaced key, if asked for and present.
+        prev_kv: Option<KeyValue>,
+    },
+    /// A delete's result.
+    DeleteRange {
+        /// How many keys were removed.
+        deleted: i64,
+        /// The removed keys, if asked for.
+        prev_kvs: Vec<KeyValue>,
+    },
+    /// A transaction's result.
+    Txn {
+        /// Whether every comparison held.
+        succeeded: bool,
+        /// The chosen branch's results, in order.
+        responses: Vec<OpResponse>,
+    },
+}
+
+/// The answer to a [`KvCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvResponse {
+    /// The store's revision after the command.
+    pub revision: i64,
+    /// What the command did.
+    pub op: OpResponse,
+}
+
+/// Why a key-value request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The request is malformed (refused the same way on every replica;
+    /// nothing changed).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The store's data is unreadable or a write failed: the node stops.
+    #[error("key-value storage: {0}")]
+    Storage(String),
+}
