@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{Config, StorageKind};
 use crate::error::Error;
 use crate::runtime::{
-    Channels, CoreLoop, Event, Metrics, ReadPolicy, Request, Store, spawn_apply_thread,
-    spawn_disk_thread,
+    Channels, CoreLoop, Event, Metrics, ProposalQueue, ReadPolicy, Request, Store,
+    spawn_apply_task, spawn_disk_thread,
 };
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
@@ -202,19 +202,19 @@ impl<SM: StateMachine> NodeBuilder<SM> {
 
         let raw = RawNode::new(config.core_config(), store.clone())?;
         let (req_tx, req_rx) = mpsc::channel(config.max_pending_requests);
+        let queue = Arc::new(ProposalQueue::new(config.max_pending_requests));
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
-        let (apply_tx, apply_rx) = std::sync::mpsc::channel();
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let disk = spawn_disk_thread(store.clone(), snapshots.clone(), disk_rx, ev_tx.clone())
             .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
-        let apply = spawn_apply_thread(
+        let apply = spawn_apply_task(
             state_machine,
             applied,
             snapshots.clone(),
             apply_rx,
             ev_tx.clone(),
-        )
-        .map_err(|e| Error::Storage(format!("starting the apply thread: {e}")))?;
+        );
         let loop_events = ev_tx.clone();
         let channels = Channels {
             requests: req_tx,
@@ -250,6 +250,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             metrics: metrics_tx,
             tick: config.tick(),
             proposals: Default::default(),
+            queue: queue.clone(),
             changes: Default::default(),
             reads: Default::default(),
             next_read: 0,
@@ -276,6 +277,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
                 handles: Mutex::new(Some((task, disk, apply))),
                 network: network.clone(),
                 snapshots,
+                queue,
             }),
         };
         if let Some(net) = network {
@@ -305,7 +307,7 @@ impl Transport for NoTransport {
 type Handles = (
     tokio::task::JoinHandle<()>,
     std::thread::JoinHandle<()>,
-    std::thread::JoinHandle<()>,
+    tokio::task::JoinHandle<()>,
 );
 
 struct Inner<SM: StateMachine> {
@@ -316,6 +318,7 @@ struct Inner<SM: StateMachine> {
     handles: Mutex<Option<Handles>>,
     network: Option<InMemoryNetwork>,
     snapshots: SnapshotStore,
+    queue: Arc<ProposalQueue<SM::Response>>,
 }
 
 /// A running node. Cheap to clone; every clone talks to the same node.
@@ -364,10 +367,10 @@ impl<SM: StateMachine> Node<SM> {
     /// this node, with the state machine's response.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Proposed<SM::Response>, Error> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Request::Propose {
-            data: command,
-            reply,
-        })?;
+        self.inner
+            .queue
+            .push((command, reply))
+            .map_err(|(e, _)| e)?;
         // No timer per proposal: the core answers `Timeout` itself.
         let (index, response) = rx.await.map_err(|_| Error::Shutdown)??;
         Ok(Proposed { index, response })
@@ -506,9 +509,9 @@ impl<SM: StateMachine> Node<SM> {
         };
         if let Some((task, disk, apply)) = handles {
             let _ = task.await;
+            let _ = apply.await;
             let joined = tokio::task::spawn_blocking(move || {
                 let _ = disk.join();
-                let _ = apply.join();
             })
             .await;
             if joined.is_err() {

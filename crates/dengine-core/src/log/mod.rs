@@ -143,14 +143,21 @@ impl<S: LogStorage> RaftLog<S> {
     /// The follower side of AppendEntries: if `prev` matches, appends what
     /// is new in `ents` (truncating a conflicting suffix). Never truncates a
     /// committed entry.
-    pub(crate) fn maybe_append(&mut self, prev: EntryId, ents: &[Entry]) -> Res<AppendOutcome> {
+    pub(crate) fn maybe_append(
+        &mut self,
+        prev: EntryId,
+        mut ents: Vec<Entry>,
+    ) -> Res<AppendOutcome> {
         if !self.matches(prev)? {
             return Ok(AppendOutcome::Mismatch);
         }
         let last_new = prev.index.plus(ents.len() as u64);
+        // Only entries this log already has a slot for can match; the first
+        // past its end is new without asking storage for a term.
+        let last = self.last_index();
         let mut start = ents.len();
         for (i, e) in ents.iter().enumerate() {
-            if !self.matches(e.id())? {
+            if e.index > last || !self.matches(e.id())? {
                 start = i;
                 break;
             }
@@ -159,13 +166,14 @@ impl<S: LogStorage> RaftLog<S> {
             if first_new.index <= self.committed {
                 return Ok(AppendOutcome::ConflictsWithCommitted(first_new.index));
             }
-            self.unstable.truncate_and_append(&ents[start..]);
+            ents.drain(..start);
+            self.unstable.truncate_and_append(ents);
         }
         Ok(AppendOutcome::Appended(last_new))
     }
 
     /// Appends entries at the end of the log (leader side).
-    pub(crate) fn append(&mut self, ents: &[Entry]) {
+    pub(crate) fn append(&mut self, ents: Vec<Entry>) {
         self.unstable.truncate_and_append(ents);
     }
 
@@ -199,7 +207,9 @@ impl<S: LogStorage> RaftLog<S> {
             }
         }
         if hi > off {
-            for e in self.unstable.slice(lo.max(off), hi) {
+            let tail = self.unstable.slice(lo.max(off), hi);
+            out.reserve(tail.len());
+            for e in tail {
                 size += e.size();
                 if !out.is_empty() && size > max_bytes {
                     break;

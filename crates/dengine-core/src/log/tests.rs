@@ -49,7 +49,7 @@ fn build(base: (u64, u64), terms: &[u64], stable: u64, committed: u64) -> RaftLo
         .enumerate()
         .map(|(k, &t)| ent(stable + 1 + k as u64, t))
         .collect();
-    log.append(&tail);
+    log.append(tail.clone());
     log.committed = LogIndex(committed);
     log
 }
@@ -174,7 +174,7 @@ proptest! {
 
         let prev = EntryId::new(Term(term_at(&leader, p)), LogIndex(p));
         let sent = &entries(&leader, 1)[p as usize..q as usize];
-        let outcome = log.maybe_append(prev, sent).unwrap();
+        let outcome = log.maybe_append(prev, sent.to_vec()).unwrap();
         let (want, after) = model_append(&follower, &leader, committed, p, q);
         prop_assert_eq!(outcome, want);
         assert_log(&log, &after)?;
@@ -270,7 +270,7 @@ proptest! {
                     let committed = log.committed.0;
                     let prev = EntryId::new(Term(term_at(&leader, p)), LogIndex(p));
                     let sent = &entries(&leader, 1)[p as usize..q as usize];
-                    let outcome = log.maybe_append(prev, sent).unwrap();
+                    let outcome = log.maybe_append(prev, sent.to_vec()).unwrap();
                     let (want, after) = model_append(&before, &leader, committed, p, q);
                     prop_assert_eq!(outcome, want);
                     prop_assert!(
@@ -293,7 +293,7 @@ proptest! {
         }
         // Everything from the current leader, after `prev = (0, 0)`.
         let all = entries(&leader, 1);
-        let outcome = log.maybe_append(EntryId::default(), &all).unwrap();
+        let outcome = log.maybe_append(EntryId::default(), all.clone()).unwrap();
         prop_assert_eq!(outcome, AppendOutcome::Appended(LogIndex(leader.len() as u64)));
         prop_assert_eq!(&terms_of(&log)[..leader.len()], &leader[..]);
     }

@@ -121,7 +121,7 @@ impl Unstable {
     }
 
     /// Appends `ents`, first truncating anything at or after `ents[0].index`.
-    pub(crate) fn truncate_and_append(&mut self, ents: &[Entry]) {
+    pub(crate) fn truncate_and_append(&mut self, ents: Vec<Entry>) {
         let Some(first) = ents.first() else {
             return;
         };
@@ -139,7 +139,12 @@ impl Unstable {
         if self.offset_in_progress > from {
             self.offset_in_progress = from;
         }
-        self.entries.extend_from_slice(ents);
+        if self.entries.is_empty() {
+            // Taken as it is: no copy.
+            self.entries = ents;
+        } else {
+            self.entries.extend(ents);
+        }
     }
 
     /// Entries in `[lo, hi)`, which must lie within the unstable range.
@@ -166,11 +171,11 @@ mod tests {
     #[test]
     fn stable_to_ignores_overwritten_entries() {
         let mut u = Unstable::new(LogIndex(5));
-        u.truncate_and_append(&[ent(5, 1), ent(6, 1)]);
+        u.truncate_and_append(vec![ent(5, 1), ent(6, 1)]);
         let (_, handed) = u.take_to_persist();
         assert_eq!(handed.len(), 2);
         // A conflicting append overwrites index 6 with term 2 before the ack.
-        u.truncate_and_append(&[ent(6, 2)]);
+        u.truncate_and_append(vec![ent(6, 2)]);
         u.stable_to(EntryId::new(Term(1), LogIndex(6)));
         assert_eq!(
             u.offset,
@@ -189,9 +194,9 @@ mod tests {
     #[test]
     fn truncate_below_offset_replaces_tail() {
         let mut u = Unstable::new(LogIndex(5));
-        u.truncate_and_append(&[ent(5, 1), ent(6, 1)]);
+        u.truncate_and_append(vec![ent(5, 1), ent(6, 1)]);
         u.take_to_persist();
-        u.truncate_and_append(&[ent(3, 2)]);
+        u.truncate_and_append(vec![ent(3, 2)]);
         assert_eq!(u.offset, LogIndex(3));
         assert_eq!(u.offset_in_progress, LogIndex(3));
         let (_, ents) = u.take_to_persist();
@@ -201,7 +206,7 @@ mod tests {
     #[test]
     fn snapshot_terms_and_restore() {
         let mut u = Unstable::new(LogIndex(1));
-        u.truncate_and_append(&[ent(1, 1)]);
+        u.truncate_and_append(vec![ent(1, 1)]);
         u.restore(SnapshotMeta {
             last_index: LogIndex(10),
             last_term: Term(3),

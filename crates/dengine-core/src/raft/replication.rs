@@ -20,7 +20,7 @@ impl<S: LogStorage> Raft<S> {
         let bytes: u64 = ents.iter().map(Entry::size).sum();
         self.uncommitted_bytes += bytes;
         self.uncommitted_queue.push_back((last.index, bytes));
-        self.log.append(&ents);
+        self.log.append(ents);
         self.bcast_append()
     }
 
@@ -268,7 +268,7 @@ impl<S: LogStorage> Raft<S> {
             );
             return Ok(());
         }
-        match self.log.maybe_append(prev, &entries)? {
+        match self.log.maybe_append(prev, entries)? {
             AppendOutcome::Appended(last_new) => {
                 self.log.commit_to(commit.min(last_new));
                 self.send(

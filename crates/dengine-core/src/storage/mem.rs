@@ -79,16 +79,18 @@ impl MemStorageCore {
         }
         let start = (lo.0 - self.first_index().0) as usize;
         let end = (hi.0 - self.first_index().0) as usize;
-        let mut out = Vec::new();
+        // Count first, then copy in one go (no regrowth of the result).
+        let range = &self.entries[start..end];
+        let mut take = 0;
         let mut size = 0;
-        for e in &self.entries[start..end] {
+        for e in range {
             size += e.size();
-            if !out.is_empty() && size > max_bytes {
+            if take > 0 && size > max_bytes {
                 break;
             }
-            out.push(e.clone());
+            take += 1;
         }
-        Ok(out)
+        Ok(range[..take].to_vec())
     }
 
     /// Appends `ents`, replacing anything stored at or after the first one.

@@ -1,65 +1,88 @@
-//! The apply thread: runs the application's state machine on committed
+//! The apply task: runs the application's state machine on committed
 //! entries in order, answers proposals and reads, takes and restores
 //! snapshots.
+//!
+//! It is a task on the runtime rather than a thread of its own: waking the
+//! proposers it answers is then a push onto a worker's queue instead of a
+//! system call, which at high load is a large share of the work. Applying
+//! is expected to be quick (a state machine on disk writes without fsync);
+//! snapshots and restores, which read or write the whole state, run on
+//! the blocking pool.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::Receiver;
-use std::thread::JoinHandle;
 
 use dengine_core::{EntryPayload, LogIndex};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
 
 use super::{ApplyJob, Event, ReadJob};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 
-pub(crate) fn spawn_apply_thread<SM: StateMachine>(
+pub(crate) fn spawn_apply_task<SM: StateMachine>(
     sm: SM,
     applied: LogIndex,
     snapshots: SnapshotStore,
-    jobs: Receiver<ApplyJob<SM>>,
+    jobs: UnboundedReceiver<ApplyJob<SM>>,
     events: UnboundedSender<Event>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("dengine-apply".into())
-        .spawn(move || run(sm, applied, &snapshots, &jobs, &events))
+) -> JoinHandle<()> {
+    tokio::spawn(run(sm, applied, snapshots, jobs, events))
 }
 
-fn run<SM: StateMachine>(
+/// Runs `f` with the state machine on the blocking pool; the state machine
+/// comes back with the result (`None` if `f` panicked: it is lost).
+async fn off_runtime<SM: StateMachine, R: Send + 'static>(
+    mut sm: SM,
+    f: impl FnOnce(&mut SM) -> R + Send + 'static,
+) -> Option<(SM, R)> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut sm);
+        (sm, r)
+    })
+    .await
+    .ok()
+}
+
+async fn run<SM: StateMachine>(
     mut sm: SM,
     mut applied: LogIndex,
-    snapshots: &SnapshotStore,
-    jobs: &Receiver<ApplyJob<SM>>,
-    events: &UnboundedSender<Event>,
+    snapshots: SnapshotStore,
+    mut jobs: UnboundedReceiver<ApplyJob<SM>>,
+    events: UnboundedSender<Event>,
 ) {
     let mut reads: BTreeMap<LogIndex, Vec<ReadJob<SM>>> = BTreeMap::new();
-    while let Ok(job) = jobs.recv() {
+    while let Some(job) = jobs.recv().await {
         match job {
             ApplyJob::Entries(entries, proposals, changes) => {
                 let Some(last) = entries.last().map(|e| e.index) else {
                     continue;
                 };
                 let before = applied;
-                let mut proposals: BTreeMap<LogIndex, _> = proposals.into_iter().collect();
-                let mut changes: BTreeMap<LogIndex, _> = changes.into_iter().collect();
-                let mut answers = Vec::new();
-                let mut change_answers = Vec::new();
+                // Both come in index order, as the entries do.
+                let mut answers = Vec::with_capacity(proposals.len());
+                let mut change_answers = Vec::with_capacity(changes.len());
+                let mut proposals = proposals.into_iter().peekable();
+                let mut changes = changes.into_iter().peekable();
                 for e in entries {
                     // A state machine that keeps its own state may be past
                     // entries the log hands out again after a restart.
                     if e.index <= applied {
                         continue;
                     }
+                    // Replies have entries of their own kind at their index;
+                    // none can wait below this one.
+                    while proposals.next_if(|(i, _)| *i < e.index).is_some() {}
+                    while changes.next_if(|(i, _)| *i < e.index).is_some() {}
                     match &e.payload {
                         EntryPayload::Normal(data) => {
                             let r = sm.apply(e.index, data);
-                            if let Some(reply) = proposals.remove(&e.index) {
+                            if let Some((_, reply)) = proposals.next_if(|(i, _)| *i == e.index) {
                                 answers.push((reply, e.index, r));
                             }
                         }
                         EntryPayload::ConfChange(_) => {
-                            if let Some(reply) = changes.remove(&e.index) {
+                            if let Some((_, reply)) = changes.next_if(|(i, _)| *i == e.index) {
                                 change_answers.push((reply, e.index));
                             }
                         }
@@ -100,12 +123,23 @@ fn run<SM: StateMachine>(
                     let _ = events.send(Event::SnapshotFailed);
                     continue;
                 }
-                // Streamed to its file and made durable here, off the core
-                // task and the disk thread.
-                let made = snapshots.writer(meta.clone()).and_then(|mut w| {
-                    sm.snapshot(&mut w)?;
-                    w.finish()
-                });
+                // Streamed to its file and made durable off the runtime.
+                let store = snapshots.clone();
+                let m = meta.clone();
+                let Some((back, made)) = off_runtime(sm, move |sm| {
+                    store.writer(m).and_then(|mut w| {
+                        sm.snapshot(&mut w)?;
+                        w.finish()
+                    })
+                })
+                .await
+                else {
+                    let _ = events.send(Event::Fatal(
+                        "the state machine panicked in snapshot".into(),
+                    ));
+                    break;
+                };
+                sm = back;
                 match made {
                     Ok(data) => {
                         let _ = events.send(Event::SnapshotMade(meta, data));
@@ -117,8 +151,17 @@ fn run<SM: StateMachine>(
                 }
             }
             ApplyJob::Restore(meta, data) => {
-                let restored = crate::snapshot::restore(&mut sm, &data)
-                    .and_then(|()| sm.flush(meta.last_index));
+                let index = meta.last_index;
+                let Some((back, restored)) = off_runtime(sm, move |sm| {
+                    crate::snapshot::restore(sm, &data).and_then(|()| sm.flush(index))
+                })
+                .await
+                else {
+                    let _ =
+                        events.send(Event::Fatal("the state machine panicked in restore".into()));
+                    break;
+                };
+                sm = back;
                 if let Err(e) = restored {
                     let _ = events.send(Event::Fatal(format!(
                         "restoring the snapshot at {}: {e}",

@@ -11,7 +11,8 @@ use dengine_core::{
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::sync::{oneshot, watch};
 
-use super::{ApplyJob, DiskJob, Event, ProposeReply, ReadJob, ReadPolicy, Request, Store};
+use super::pending::{Pending, Proposal, ProposalQueue};
+use super::{ApplyJob, DiskJob, Event, ReadJob, ReadPolicy, Request, Store};
 use crate::error::Error;
 use crate::snapshot::{SnapshotData, SnapshotStore};
 use crate::state_machine::StateMachine;
@@ -56,11 +57,13 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// For events the loop sends itself.
     pub(crate) events_tx: tokio::sync::mpsc::UnboundedSender<Event>,
     pub(crate) disk: Sender<DiskJob>,
-    pub(crate) apply: Sender<ApplyJob<SM>>,
+    pub(crate) apply: tokio::sync::mpsc::UnboundedSender<ApplyJob<SM>>,
     pub(crate) metrics: watch::Sender<Metrics>,
     pub(crate) tick: std::time::Duration,
-    /// Proposals waiting for their entry to be applied: index → (term, reply).
-    pub(crate) proposals: BTreeMap<LogIndex, (Term, u64, ProposeReply<SM::Response>)>,
+    /// Proposals waiting for their entries to be applied.
+    pub(crate) proposals: Pending<SM::Response>,
+    /// Where proposals arrive from the application.
+    pub(crate) queue: Arc<ProposalQueue<SM::Response>>,
     pub(crate) changes: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<LogIndex, Error>>)>,
     pub(crate) reads: HashMap<u64, ReadJob<SM>>,
     pub(crate) next_read: u64,
@@ -83,7 +86,7 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// The request timeout in ticks.
     pub(crate) timeout_ticks: u64,
     /// Proposals gathered from one batch of requests, proposed together.
-    pub(crate) batch: Vec<(Vec<u8>, ProposeReply<SM::Response>)>,
+    pub(crate) batch: Vec<Proposal<SM::Response>>,
 }
 
 impl<SM: StateMachine> CoreLoop<SM> {
@@ -116,9 +119,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
                             Err(_) => break,
                         }
                     }
-                    self.flush_proposals();
                     if stop { break }
                 }
+                _ = self.queue.notify.notified() => {}
                 _ = ticker.tick() => {
                     self.ticks += 1;
                     self.expire_proposals();
@@ -129,6 +132,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     }
                 }
             }
+            self.take_proposals();
             if self.fatal.is_none() {
                 self.drain_ready();
             }
@@ -146,9 +150,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
         self.fatal = Some(e.to_string());
         let fatal = self.fatal.clone();
         self.metrics.send_modify(|m| m.fatal = fatal);
-        for (_, (_, _, r)) in std::mem::take(&mut self.proposals) {
-            let _ = r.send(Err(e.clone()));
-        }
+        self.queue.close(&e);
+        self.proposals.fail_all(&e);
         for (_, (_, r)) in std::mem::take(&mut self.changes) {
             let _ = r.send(Err(e.clone()));
         }
@@ -160,9 +163,11 @@ impl<SM: StateMachine> CoreLoop<SM> {
     fn stop(&mut self) {
         let _ = self.disk.send(DiskJob::Stop);
         let _ = self.apply.send(ApplyJob::Stop);
-        for (_, (_, _, r)) in std::mem::take(&mut self.proposals) {
+        self.queue.close(&Error::Shutdown);
+        for (_, r) in self.batch.drain(..) {
             let _ = r.send(Err(Error::Shutdown));
         }
+        self.proposals.fail_all(&Error::Shutdown);
         for (_, (_, r)) in std::mem::take(&mut self.changes) {
             let _ = r.send(Err(Error::Shutdown));
         }
@@ -176,9 +181,6 @@ impl<SM: StateMachine> CoreLoop<SM> {
         if let Some(f) = &self.fatal {
             let e = Error::Storage(f.clone());
             match req {
-                Request::Propose { reply, .. } => {
-                    let _ = reply.send(Err(e));
-                }
                 Request::Read { job, .. } => job(Err(e)),
                 Request::ConfChange { reply, .. } => {
                     let _ = reply.send(Err(e));
@@ -191,7 +193,6 @@ impl<SM: StateMachine> CoreLoop<SM> {
             return false;
         }
         match req {
-            Request::Propose { data, reply } => self.batch.push((data, reply)),
             Request::Read { policy, job } => {
                 let core_policy = match policy {
                     ReadPolicy::Stale => {
@@ -231,12 +232,20 @@ impl<SM: StateMachine> CoreLoop<SM> {
     /// (their outcome is unknown). Done here, on ticks, rather than with a
     /// timer per request.
     fn expire_proposals(&mut self) {
-        while let Some(entry) = self.proposals.first_entry() {
-            if self.ticks.saturating_sub(entry.get().1) <= self.timeout_ticks {
-                break;
+        self.proposals.expire(self.ticks, self.timeout_ticks);
+    }
+
+    /// Takes what proposers queued and proposes it in one batch.
+    fn take_proposals(&mut self) {
+        self.queue.take(&mut self.batch);
+        if let Some(f) = &self.fatal {
+            let e = Error::Storage(f.clone());
+            for (_, r) in self.batch.drain(..) {
+                let _ = r.send(Err(e.clone()));
             }
-            let _ = entry.remove().2.send(Err(Error::Timeout));
+            return;
         }
+        self.flush_proposals();
     }
 
     /// Proposes the gathered commands as consecutive entries in one step:
@@ -245,15 +254,16 @@ impl<SM: StateMachine> CoreLoop<SM> {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        let (data, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let mut data = Vec::with_capacity(self.batch.len());
+        let mut replies = Vec::with_capacity(self.batch.len());
+        for (d, r) in self.batch.drain(..) {
+            data.push(d);
+            replies.push(r);
+        }
         match self.raw.propose_batch(data) {
             Ok((first, _)) => {
                 let term = self.raw.term();
-                for (i, reply) in replies.into_iter().enumerate() {
-                    self.proposals
-                        .insert(first.plus(i as u64), (term, self.ticks, reply));
-                }
+                self.proposals.insert(first, term, self.ticks, replies);
             }
             Err(e) => {
                 let e: Error = e.into();
@@ -470,27 +480,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
     /// Passes committed entries to the apply thread with the replies that
     /// wait for them; a reply whose entry was replaced learns it now.
     fn hand_out(&mut self, entries: Vec<Entry>) {
-        let Some(first) = entries.first().map(|e| e.index) else {
+        if entries.is_empty() {
             return;
-        };
-        // Replies below the first handed-out entry: their entries were
-        // covered by a snapshot, outcome unknown.
-        while let Some(entry) = self.proposals.first_entry() {
-            if *entry.key() >= first {
-                break;
-            }
-            let _ = entry.remove().2.send(Err(Error::Timeout));
         }
-        let mut proposals = Vec::new();
+        let proposals = self.proposals.take_for(&entries);
         let mut changes = Vec::new();
-        for e in &entries {
-            if let Some((term, _, reply)) = self.proposals.remove(&e.index) {
-                if term == e.term {
-                    proposals.push((e.index, reply));
-                } else {
-                    let _ = reply.send(Err(Error::Dropped(e.index)));
-                }
-            }
+        let any_changes = !self.changes.is_empty();
+        for e in entries.iter().filter(|_| any_changes) {
             if let Some((term, reply)) = self.changes.remove(&e.index) {
                 if term == e.term {
                     changes.push((e.index, reply));

@@ -12,6 +12,7 @@
 mod apply;
 mod core_loop;
 mod disk;
+mod pending;
 
 use std::sync::Arc;
 
@@ -45,10 +46,6 @@ pub(crate) type ProposeReply<R> = oneshot::Sender<Result<(LogIndex, R), Error>>;
 
 /// Requests from the application.
 pub(crate) enum Request<SM: StateMachine> {
-    Propose {
-        data: Vec<u8>,
-        reply: ProposeReply<SM::Response>,
-    },
     Read {
         policy: ReadPolicy,
         job: ReadJob<SM>,
@@ -116,8 +113,9 @@ impl<SM: StateMachine> Clone for Channels<SM> {
     }
 }
 
-pub(crate) use apply::spawn_apply_thread;
+pub(crate) use apply::spawn_apply_task;
 pub(crate) use disk::spawn_disk_thread;
+pub(crate) use pending::ProposalQueue;
 
 /// The storage handle the runtime works with.
 pub(crate) type Store = Arc<dyn dengine_core::LogStore>;
