@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N]`:
+//! `cargo xtask bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N] [--runs N]`:
 //! runs the in-process 3-node benchmark (`crates/dengine/examples/bench.rs`)
 //! in release mode for each storage backend. RocksDB needs a release build
 //! of RocksDB (~12 minutes the first time).

@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! cargo run --release -p dengine --example bench -- [--storage memory|sled|rocksdb]
-//!     [--proposers 1,16,256] [--seconds 5] [--payload 0]
+//!     [--proposers 1,16,256] [--seconds 5] [--payload 0] [--runs 1]
 //! ```
-//! Prints one line per proposer count: proposals/s, p50, p99, max latency.
+//! Prints one line per proposer count: proposals/s, p50, p99, max latency
+//! (with `--runs N`, each run on a fresh cluster, then the median run by
+//! throughput, as openraft reports medians).
 //! Throughput counts every proposal; latency is timed on every 8th proposal
 //! of each proposer (a uniform sample: reading the clock twice per
 //! proposal costs more than a tenth of the CPU at a million proposals/s,
@@ -47,6 +49,7 @@ struct Args {
     proposers: Vec<usize>,
     seconds: u64,
     payload: usize,
+    runs: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -55,6 +58,7 @@ fn parse() -> Result<Args, String> {
         proposers: vec![1, 16, 256],
         seconds: 5,
         payload: 0,
+        runs: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
@@ -76,6 +80,12 @@ fn parse() -> Result<Args, String> {
             }
             "--seconds" => a.seconds = v.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--payload" => a.payload = v.parse().map_err(|e| format!("--payload: {e}"))?,
+            "--runs" => {
+                a.runs = v.parse().map_err(|e| format!("--runs: {e}"))?;
+                if a.runs == 0 {
+                    return Err("--runs must be at least 1".into());
+                }
+            }
             _ => return Err(format!("unknown argument {f}")),
         }
     }
@@ -164,6 +174,13 @@ async fn run_once(
     (total, all)
 }
 
+/// One result line: throughput and latency percentiles of a run.
+fn print_line(label: &str, p: usize, (rate, p50, p99, max): (f64, f64, f64, f64)) {
+    println!(
+        "{label:<8}proposers={p:>5}  {rate:>10.0} proposals/s  p50={p50:.2}ms  p99={p99:.2}ms  max={max:.2}ms"
+    );
+}
+
 fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -192,33 +209,46 @@ fn main() -> std::process::ExitCode {
         }
     };
     rt.block_on(async {
-        let dir = std::env::temp_dir().join(format!("dengine-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (nodes, leader) = match cluster(args.storage, &dir).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("bench: cluster failed to start: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
-        };
         println!(
-            "storage={:?} payload={}B seconds={} (3 nodes, in-process network, done when applied on the leader)",
-            args.storage, args.payload, args.seconds
+            "storage={:?} payload={}B seconds={} runs={} (3 nodes, in-process network, done when applied on the leader)",
+            args.storage, args.payload, args.seconds, args.runs
         );
         for &p in &args.proposers {
-            let (n, lat) = run_once(&nodes[leader], p, args.seconds, args.payload).await;
-            println!(
-                "proposers={p:>5}  {:>10.0} proposals/s  p50={:.2}ms  p99={:.2}ms  max={:.2}ms",
-                n as f64 / args.seconds as f64,
-                pct(&lat, 0.50),
-                pct(&lat, 0.99),
-                pct(&lat, 1.0),
-            );
+            let mut results = Vec::new();
+            for run in 0..args.runs {
+                // A fresh cluster per run: runs do not inherit a long log.
+                let dir = std::env::temp_dir().join(format!(
+                    "dengine-bench-{}-{p}-{run}",
+                    std::process::id()
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                let (nodes, leader) = match cluster(args.storage, &dir).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("bench: cluster failed to start: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                };
+                let (n, lat) = run_once(&nodes[leader], p, args.seconds, args.payload).await;
+                let r = (
+                    n as f64 / args.seconds as f64,
+                    pct(&lat, 0.50),
+                    pct(&lat, 0.99),
+                    pct(&lat, 1.0),
+                );
+                if args.runs > 1 {
+                    print_line(&format!("  run {}", run + 1), p, r);
+                }
+                results.push(r);
+                for n in &nodes {
+                    let _ = n.shutdown().await;
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            results.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let label = if args.runs > 1 { "median" } else { "" };
+            print_line(label, p, results[results.len() / 2]);
         }
-        for n in &nodes {
-            let _ = n.shutdown().await;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
         std::process::ExitCode::SUCCESS
     })
 }
