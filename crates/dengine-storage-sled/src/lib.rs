@@ -25,46 +25,76 @@
 //! One sled database per node, in the directory given to
 //! [`SledStore::open`], with two trees:
 //!
-//! - `log`: key = the entry's index as a big-endian `u64` (so sled's key
-//!   order is log order), value = [`codec::encode_entry`].
+//! - `log`: the entries in **runs** of consecutive entries, one sled key
+//!   per run. Key = the index of the run's first entry as a big-endian
+//!   `u64` ([`log_key`]; sled's key order is log order). Value = the run's
+//!   entries in index order, each as its length (`u32`, little-endian)
+//!   followed by its record ([`codec::encode_entry`], sealed with its own
+//!   CRC32). Runs are contiguous: each one starts right after the one
+//!   before it ends, and the last one ends at the last index.
 //! - `meta`: `hard_state` ([`codec::encode_hard_state`]), `base` (the id of
 //!   the entry just before the first one, [`codec::encode_entry_id`]),
 //!   `snapshot` ([`codec::encode_snapshot_meta`]) and `identity`
 //!   ([`codec::encode_identity`]). A missing key means the default value.
 //!
-//! Every value is a record sealed with a CRC32 by the core's codec.
+//! Every record is sealed with a CRC32 by the core's codec.
+//!
+//! Each write stores its entries as new runs of at most
+//! [`RUN_MAX_ENTRIES`] entries and [`RUN_MAX_BYTES`] (6 KiB, kept small
+//! for sled's sake: see "Large values" below) bytes; a larger entry gets
+//! a run of its own. A write never extends an existing run. Runs
+//! exist because sled copies a B-tree leaf on every insert: one key per
+//! entry made an append of n entries cost n leaf copies, one key per run
+//! costs one. Replacing a suffix from index `i` removes every run starting
+//! at or after `i` and rewrites the run holding `i` cut just before it.
+//! Compaction removes only the runs that end at or below the new base: the
+//! run holding the base stays whole, and its entries up to the base are
+//! ignored (they go when the whole run is compacted).
 //!
 //! ## Checks on open
 //!
 //! [`SledStore::open`] reads **every** record and checks it: its checksum,
-//! that it parses to the end, that log keys run consecutively from
-//! `base + 1`, that each entry's own index matches its key, and that the
-//! snapshot covers the base. Any problem fails the open with
-//! [`StorageError::Fatal`] naming the directory and the index (or meta key),
-//! for example `sled store /data/n1: log entry 7 is corrupt: checksum
-//! mismatch (...)`. Nothing is skipped or repaired silently: a store that
-//! does not open needs an operator (restore the node from its peers).
-//! Reading the whole log makes opening O(log size); keep the log compacted.
-//! Records read later (by [`LogStorage::entries`] and [`LogStorage::term`])
-//! are checked again, and a failure there is also `Fatal`.
+//! that it parses to the end, that each entry's own index is its place
+//! (the run's key plus its position in the run), that the runs are
+//! contiguous and the first one holds `base + 1`, that no run lies wholly
+//! at or below the base, and that the snapshot covers the base. Any
+//! problem fails the open with [`StorageError::Fatal`] naming the
+//! directory and the index (or meta key), for example `sled store
+//! /data/n1: log entry 7 is corrupt: checksum mismatch (...)` or `log
+//! entry 9 is missing`. Nothing is skipped or repaired silently: a store
+//! that does not open needs an operator (restore the node from its peers).
+//! Reading the whole log makes opening O(log size); keep the log
+//! compacted. [`LogStorage::entries`] reads the runs again and checks each
+//! entry it returns (a failure there is also `Fatal`);
+//! [`LogStorage::term`] is answered from memory (see below).
+//!
+//! A store written by an older version of this crate (one key per entry)
+//! does not open: its first record is reported as such.
 //!
 //! ## Writes, atomicity and durability
 //!
-//! [`LogStore::write`] builds one [`sled::Batch`] per tree and applies them
-//! together in one sled transaction over both trees, which sled recovers
-//! atomically: after a crash the store holds either the whole persist
-//! batch (snapshot install, entries, hard state) or none of it, so the log
-//! and its base never disagree. [`LogStore::compact`] works the same way.
-//! Writes are durable only once [`LogStore::sync`] (`Db::flush`, which
-//! fsyncs) returns; sled recovers its log as a prefix, so writes are
-//! durable in the order they were made. [`MetaStore::set_identity`] and
-//! [`MetaStore::save_snapshot_meta`] flush before returning.
+//! [`LogStore::write`] builds one [`sled::Batch`] per tree. sled applies a
+//! batch atomically, also across a crash, and recovers its log as a
+//! prefix of the writes made: so a write's log changes (the runs of a
+//! replaced suffix removed, the run holding its start cut, the new runs
+//! added) survive a crash all together or not at all. A plain write
+//! (entries and a hard state) applies the log batch, then the meta batch:
+//! a crash keeps both, the entries alone, or neither, all safe because
+//! nothing unsynced was acknowledged. A write that installs a snapshot,
+//! and [`LogStore::compact`], change the base and the runs together in
+//! one sled transaction over both trees, so the log and its base never
+//! disagree. Writes are durable only once [`LogStore::sync`] (`Db::flush`,
+//! which fsyncs) returns, and in the order they were made.
+//! [`MetaStore::set_identity`] and [`MetaStore::save_snapshot_meta`]
+//! flush before returning.
 //!
-//! First/last index, base, hard state, snapshot metadata and identity are
-//! cached in memory behind a lock; entries are read from sled (which has
-//! its own cache). Readers share the lock; a write holds it exclusively
-//! while its batches are applied (in memory, no fsync), so a reader never
-//! sees half of a write. `sync` does not take the lock.
+//! First/last index, base, hard state, snapshot metadata, identity and the
+//! term of every entry (kept as the indexes where the term changes, a
+//! handful per log) are cached in memory behind a lock; `term` never reads
+//! sled, entries are read from sled (which has its own cache). Readers
+//! share the lock; a write holds it exclusively while its batches are
+//! applied (in memory, no fsync), so a reader never sees half of a write.
+//! `sync` does not take the lock.
 //!
 //! ## sled: what is worth knowing
 //!
@@ -80,6 +110,15 @@
 //!   segments. The directory is routinely several times the live data,
 //!   and more under heavy rewriting; sled is known for this.
 //!   [`SledStore::size_on_disk`] reports what it uses.
+//! - **Large values.** sled writes any page or update larger than a
+//!   quarter of its 512 KiB segment to a file of its own under `blobs/`,
+//!   and never fsyncs those files (sled issue #1077): after a power
+//!   failure or an OS crash (not a process crash) such a file may be
+//!   incomplete although sled's fsynced log refers to it, and sled then
+//!   reports the page as corrupt. A leaf page holds up to about 17 keys,
+//!   so runs are capped at [`RUN_MAX_BYTES`] to keep the pages of the log
+//!   under that size; entries of more than a few KiB (a run each) can
+//!   still get there, as they could with one key per entry.
 //! - **Memory.** sled keeps a page cache of up to
 //!   [`SledOptions::cache_capacity`] (sled's default: 1 GiB, lowered to the
 //!   memory limit of a cgroup if there is one) on top of its own
@@ -129,10 +168,67 @@ pub const KEY_BASE: &[u8] = b"base";
 pub const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// Meta key of the store's identity.
 pub const KEY_IDENTITY: &[u8] = b"identity";
+/// The most entries a write puts in one run (readers accept any number).
+pub const RUN_MAX_ENTRIES: usize = 1024;
+/// A write starts a new run rather than let one grow past this many bytes;
+/// an entry larger than that gets a run of its own (readers accept any
+/// size).
+///
+/// Small on purpose: sled writes any page or update larger than a quarter
+/// of its 512 KiB segment (128 KiB) to a file of its own under `blobs/`,
+/// which it never fsyncs, and a leaf page holds up to about 17 keys. With
+/// runs of at most 6 KiB a leaf stays under 128 KiB, so entries smaller
+/// than this do not end up in blob files, as with one key per entry.
+/// (Measured: no blob file with entries of 0 to 7 KB in batches of 1 to
+/// 1024; with 1 MiB runs there were hundreds.)
+pub const RUN_MAX_BYTES: usize = 6 * 1024;
 
-/// The `log` tree's key of an index: big-endian, so keys sort as indexes.
+/// The `log` tree's key of the run starting at `index`: big-endian, so
+/// keys sort as indexes.
 pub fn log_key(index: LogIndex) -> [u8; 8] {
     index.0.to_be_bytes()
+}
+
+/// The records of a run's value, in order: each one is its length (`u32`,
+/// little-endian) and that many bytes. Framing that does not fit the value
+/// (a torn run) yields [`CodecError::Truncated`], then nothing more.
+struct Records<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Records<'a> {
+    fn new(run: &'a [u8]) -> Records<'a> {
+        Records { rest: run }
+    }
+
+    /// Whether no bytes are left after the records read so far.
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<&'a [u8], CodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let framed = self.rest.split_first_chunk::<4>().and_then(|(len, rest)| {
+            let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+            (len <= rest.len()).then(|| rest.split_at(len))
+        });
+        match framed {
+            Some((record, rest)) => {
+                self.rest = rest;
+                Some(Ok(record))
+            }
+            None => {
+                self.rest = &[];
+                Some(Err(CodecError::Truncated))
+            }
+        }
+    }
 }
 
 /// Tuning of the underlying sled database. The defaults are sled's.
@@ -170,6 +266,56 @@ impl SledOptions {
     }
 }
 
+/// The term of every entry of the log: the id of the first entry of each
+/// stretch of one term, in index order. The first stretch may start at or
+/// below the base.
+#[derive(Clone, Debug, Default)]
+struct Terms(Vec<EntryId>);
+
+impl Terms {
+    /// The term at `index`, if a stretch starts at or before it (the caller
+    /// knows that `index` is in the log).
+    fn get(&self, index: LogIndex) -> Option<Term> {
+        let n = self.0.partition_point(|id| id.index <= index);
+        self.0.get(n.checked_sub(1)?).map(|id| id.term)
+    }
+
+    /// Records an entry appended at the end of the log.
+    fn push(&mut self, id: EntryId) {
+        if self.0.last().map(|last| last.term) != Some(id.term) {
+            self.0.push(id);
+        }
+    }
+
+    /// Forgets the entries from `index` on.
+    fn truncate(&mut self, index: LogIndex) {
+        let n = self.0.partition_point(|id| id.index < index);
+        self.0.truncate(n);
+    }
+
+    /// Forgets the stretches that end at or below `index`.
+    fn compact(&mut self, index: LogIndex) {
+        let n = self.0.partition_point(|id| id.index <= index.next());
+        if n > 1 {
+            self.0.drain(..n - 1);
+        }
+    }
+}
+
+/// What [`LogStorage::entries`] is collecting.
+struct Take {
+    /// The next index wanted.
+    next: LogIndex,
+    /// The end of the range wanted (exclusive).
+    hi: LogIndex,
+    max_bytes: u64,
+    /// The size of the entries in `out`.
+    size: u64,
+    out: Vec<Entry>,
+    /// Whether `max_bytes` is reached.
+    full: bool,
+}
+
 /// What is cached of the store (everything but the entries).
 #[derive(Clone, Debug, Default)]
 struct State {
@@ -177,6 +323,8 @@ struct State {
     base: EntryId,
     /// The last index in the log (`base.index` if the log is empty).
     last: LogIndex,
+    /// The terms of the entries `base + 1 ..= last`.
+    terms: Terms,
     hard_state: HardState,
     snapshot: SnapshotMeta,
     identity: Option<StoreIdentity>,
@@ -269,8 +417,12 @@ impl SledStore {
         self.fatal(format_args!("{what}: {e}"))
     }
 
-    fn corrupt_entry(&self, index: u64, e: CodecError) -> StorageError {
+    fn corrupt_entry(&self, index: LogIndex, e: CodecError) -> StorageError {
         self.fatal(format_args!("log entry {index} is corrupt: {e}"))
+    }
+
+    fn missing_entry(&self, index: LogIndex) -> StorageError {
+        self.fatal(format_args!("log entry {index} is missing"))
     }
 
     fn read_state(&self) -> Result<RwLockReadGuard<'_, State>, StorageError> {
@@ -304,6 +456,54 @@ impl SledStore {
             .map_err(|e| self.fatal(format_args!("meta record `{name}` is corrupt: {e}")))
     }
 
+    /// The first index of the run stored under `key`.
+    fn run_start(&self, key: &[u8], after: LogIndex) -> Result<LogIndex, StorageError> {
+        match <[u8; 8]>::try_from(key) {
+            Ok(raw) => Ok(LogIndex(u64::from_be_bytes(raw))),
+            Err(_) => Err(self.fatal(format_args!(
+                "the log holds a key of {} bytes after entry {after} (keys are 8 bytes)",
+                key.len()
+            ))),
+        }
+    }
+
+    /// The error for a record at `index` (in the run starting at `start`,
+    /// stored as `run`) whose framing is torn: or, if the whole run is one
+    /// entry record, for a store in the old one-key-per-entry layout.
+    fn torn_record(&self, start: LogIndex, index: LogIndex, run: &[u8]) -> StorageError {
+        if index == start && codec::decode_entry(run).is_ok_and(|e| e.index == start) {
+            return self.fatal(format_args!(
+                "log entry {start} is stored in the old layout (one key per entry), \
+                 which this version does not read: restore the node from its peers"
+            ));
+        }
+        self.corrupt_entry(index, CodecError::Truncated)
+    }
+
+    /// Decodes and checks the record found at `index` in the run starting at
+    /// `start`.
+    fn check_entry(
+        &self,
+        start: LogIndex,
+        index: LogIndex,
+        raw: &[u8],
+    ) -> Result<Entry, StorageError> {
+        let entry = codec::decode_entry(raw).map_err(|e| self.corrupt_entry(index, e))?;
+        if entry.index > index {
+            return Err(self.fatal(format_args!(
+                "log entry {index} is missing: the run at {start} holds entry {} in its place",
+                entry.index
+            )));
+        }
+        if entry.index < index {
+            return Err(self.fatal(format_args!(
+                "log entry {index} is corrupt: its record holds entry {}",
+                entry.index
+            )));
+        }
+        Ok(entry)
+    }
+
     /// Reads and checks everything; returns what to cache.
     fn load(&self) -> Result<State, StorageError> {
         let hard_state = self
@@ -328,72 +528,68 @@ impl SledStore {
                 base.index, snapshot.last_index, base.index
             )));
         }
-        let mut expected = base.index.next();
+        let first = LogIndex(base.index.0.checked_add(1).ok_or_else(|| {
+            self.fatal(format_args!(
+                "the log's base (index {}) is too large",
+                base.index
+            ))
+        })?);
+        let mut terms = Terms::default();
+        // Where the next run must start; `None` before the first run, which
+        // may start at or below the base but must hold `first`.
+        let mut next: Option<LogIndex> = None;
         for item in self.log.iter() {
+            let after = next.map_or(base.index, LogIndex::prev);
             let (key, value) = item.map_err(|e| {
-                self.sled_err(
-                    &format!("cannot read the log at entry {expected} (or after)"),
-                    e,
-                )
+                self.sled_err(&format!("cannot read the log after entry {after}"), e)
             })?;
-            let Ok(raw_key) = <[u8; 8]>::try_from(key.as_ref()) else {
+            let start = self.run_start(&key, after)?;
+            let expected = next.unwrap_or(first);
+            if start > expected {
                 return Err(self.fatal(format_args!(
-                    "the log holds a key of {} bytes after entry {} (keys are 8 bytes)",
-                    key.len(),
-                    expected.prev()
-                )));
-            };
-            let index = u64::from_be_bytes(raw_key);
-            if index != expected.0 {
-                return Err(if index < expected.0 {
-                    self.fatal(format_args!(
-                        "log entry {index} is stored but the log starts after its base \
-                         (entry {})",
-                        base.index
-                    ))
-                } else {
-                    self.fatal(format_args!(
-                        "log entry {expected} is missing (the next stored entry is {index})"
-                    ))
-                });
-            }
-            let entry = codec::decode_entry(&value).map_err(|e| self.corrupt_entry(index, e))?;
-            if entry.index.0 != index {
-                return Err(self.fatal(format_args!(
-                    "log entry {index} is corrupt: its record holds entry {}",
-                    entry.index
+                    "log entry {expected} is missing (the next stored entry is {start})"
                 )));
             }
-            expected = expected.next();
+            if next.is_some() && start < expected {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is stored twice: the run at {start} overlaps \
+                     the run before it, which ends at entry {after}"
+                )));
+            }
+            let mut index = start;
+            for record in Records::new(&value) {
+                let record = record.map_err(|_| self.torn_record(start, index, &value))?;
+                let entry = self.check_entry(start, index, record)?;
+                if index > base.index {
+                    terms.push(entry.id());
+                }
+                index = LogIndex(index.0.checked_add(1).ok_or_else(|| {
+                    self.fatal(format_args!("the run at {start} runs past the last index"))
+                })?);
+            }
+            if index == start {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is missing: the run stored under it is empty"
+                )));
+            }
+            if index <= first {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is stored but the log starts after its base \
+                     (entry {}): the run at {start} ends at entry {}",
+                    base.index,
+                    index.prev()
+                )));
+            }
+            next = Some(index);
         }
         Ok(State {
             base,
-            last: expected.prev(),
+            last: next.map_or(base.index, LogIndex::prev),
+            terms,
             hard_state,
             snapshot,
             identity,
         })
-    }
-
-    /// Reads and checks the entry at `index`, which the log must hold.
-    fn read_entry(&self, index: LogIndex) -> Result<Entry, StorageError> {
-        let raw = self
-            .log
-            .get(log_key(index))
-            .map_err(|e| self.sled_err(&format!("cannot read log entry {index}"), e))?
-            .ok_or_else(|| self.fatal(format_args!("log entry {index} is missing")))?;
-        self.check_entry(index, &raw)
-    }
-
-    fn check_entry(&self, index: LogIndex, raw: &[u8]) -> Result<Entry, StorageError> {
-        let entry = codec::decode_entry(raw).map_err(|e| self.corrupt_entry(index.0, e))?;
-        if entry.index != index {
-            return Err(self.fatal(format_args!(
-                "log entry {index} is corrupt: its record holds entry {}",
-                entry.index
-            )));
-        }
-        Ok(entry)
     }
 
     /// The term at `index` if the log (or its base) holds it.
@@ -404,7 +600,149 @@ impl SledStore {
         if index < s.base.index || index > s.last {
             return Ok(None);
         }
-        Ok(Some(self.read_entry(index)?.term))
+        match s.terms.get(index) {
+            Some(t) => Ok(Some(t)),
+            None => Err(self.fatal(format_args!(
+                "the term of log entry {index} is not cached (a bug)"
+            ))),
+        }
+    }
+
+    /// Moves the entries of the run `(key, run)` that `take` still wants
+    /// to it, checking each.
+    fn take_from_run(&self, key: &[u8], run: &[u8], take: &mut Take) -> Result<(), StorageError> {
+        let start = self.run_start(key, take.next.prev())?;
+        let mut index = start;
+        for record in Records::new(run) {
+            if index >= take.hi {
+                break;
+            }
+            let record = record.map_err(|e| self.corrupt_entry(index, e))?;
+            if index == take.next {
+                let e = self.check_entry(start, index, record)?;
+                take.size = take.size.saturating_add(e.size());
+                if !take.out.is_empty() && take.size > take.max_bytes {
+                    take.full = true;
+                    return Ok(());
+                }
+                take.out.push(e);
+                take.next = index.next();
+            }
+            index = index.next();
+        }
+        Ok(())
+    }
+
+    /// Adds to `batch` the removal of the log from `from` on (`from` is at
+    /// most the last index): the runs starting at or after `from` go, and
+    /// the run holding `from` is cut before it (or goes, if what is left of
+    /// it would lie at or below the base, that is if `from` is `first`).
+    fn truncate_runs(
+        &self,
+        batch: &mut sled::Batch,
+        from: LogIndex,
+        first: LogIndex,
+    ) -> Result<(), StorageError> {
+        let held = self
+            .log
+            .range(..log_key(from))
+            .next_back()
+            .transpose()
+            .map_err(|e| self.sled_err(&format!("cannot read the run holding entry {from}"), e))?;
+        if let Some((key, run)) = held {
+            let start = self.run_start(&key, from.prev())?;
+            let mut records = Records::new(&run);
+            let mut index = start;
+            while index < from {
+                match records.next() {
+                    Some(Ok(_)) => index = index.next(),
+                    Some(Err(e)) => return Err(self.corrupt_entry(index, e)),
+                    None => break,
+                }
+            }
+            // Cut only if the run goes on past `from - 1`; otherwise the
+            // next run starts at `from` and is removed with the rest below.
+            if index == from && !records.is_empty() {
+                if from <= first {
+                    batch.remove(key);
+                } else {
+                    let kept = run.len() - records.rest.len();
+                    batch.insert(key, &run[..kept]);
+                }
+            }
+        }
+        for key in self.log.range(log_key(from)..).keys() {
+            let key =
+                key.map_err(|e| self.sled_err(&format!("cannot read the log after {from}"), e))?;
+            batch.remove(key);
+        }
+        Ok(())
+    }
+
+    /// Adds to `batch` the removal of the runs that end at or below `index`
+    /// (at most `s.last`); returns whether there are any.
+    fn compact_runs(
+        &self,
+        batch: &mut sled::Batch,
+        s: &State,
+        index: LogIndex,
+    ) -> Result<bool, StorageError> {
+        // A run ends where the next one starts, so of the runs starting at
+        // or before `index + 1` every one but the last ends at or below
+        // `index`. The last one holds `index + 1` unless it is the last run
+        // of the log and the log ends at `index`.
+        let mut removed = false;
+        let mut held = None;
+        for key in self.log.range(..=log_key(index.next())).keys() {
+            let key = key.map_err(|e| {
+                self.sled_err(&format!("cannot read the log up to entry {index}"), e)
+            })?;
+            if let Some(prev) = held.replace(key) {
+                batch.remove(prev);
+                removed = true;
+            }
+        }
+        if let Some(key) = held
+            && s.last <= index
+            && self.run_start(&key, index)? <= index
+        {
+            batch.remove(key);
+            removed = true;
+        }
+        Ok(removed)
+    }
+
+    /// Adds `entries` (consecutive) to `batch` as new runs.
+    fn insert_runs(&self, batch: &mut sled::Batch, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut start = LogIndex::ZERO;
+        let mut run: Vec<u8> = Vec::new();
+        let mut count = 0;
+        for e in entries {
+            let record = codec::encode_entry(e);
+            let len = u32::try_from(record.len()).map_err(|_| {
+                self.fatal(format_args!(
+                    "log entry {} is too large to store ({} bytes)",
+                    e.index,
+                    record.len()
+                ))
+            })?;
+            if count > 0
+                && (count == RUN_MAX_ENTRIES || run.len() + 4 + record.len() > RUN_MAX_BYTES)
+            {
+                batch.insert(&log_key(start)[..], std::mem::take(&mut run));
+                count = 0;
+            }
+            if count == 0 {
+                start = e.index;
+            }
+            run.extend_from_slice(&len.to_le_bytes());
+            run.extend_from_slice(&record);
+            count += 1;
+        }
+        if count > 0 {
+            batch.insert(&log_key(start)[..], run);
+        }
+        Ok(())
     }
 
     /// Applies a batch to each tree, atomically across both.
@@ -471,30 +809,47 @@ impl LogStorage for SledStore {
         if hi > s.last.next() {
             return Err(StorageError::Unavailable(hi));
         }
-        let mut out = Vec::new();
         if lo >= hi {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let mut size = 0u64;
-        let mut expected = lo;
-        for item in self.log.range(log_key(lo)..log_key(hi)) {
-            let (key, value) =
-                item.map_err(|e| self.sled_err(&format!("cannot read log entry {expected}"), e))?;
-            if key.as_ref() != log_key(expected) {
-                return Err(self.fatal(format_args!("log entry {expected} is missing")));
+        let mut take = Take {
+            next: lo,
+            hi,
+            max_bytes,
+            size: 0,
+            out: Vec::new(),
+            full: false,
+        };
+        // The run holding `lo` is the last one starting at or before it.
+        let held = self
+            .log
+            .range(..=log_key(lo))
+            .next_back()
+            .transpose()
+            .map_err(|e| self.sled_err(&format!("cannot read log entry {lo}"), e))?;
+        let Some((key, run)) = held else {
+            return Err(self.missing_entry(lo));
+        };
+        self.take_from_run(&key, &run, &mut take)?;
+        if !take.full && take.next < hi {
+            // The following runs, each starting where the one before ends.
+            for item in self.log.range(log_key(take.next)..log_key(hi)) {
+                let (key, run) = item.map_err(|e| {
+                    self.sled_err(&format!("cannot read log entry {}", take.next), e)
+                })?;
+                if key.as_ref() != log_key(take.next) {
+                    return Err(self.missing_entry(take.next));
+                }
+                self.take_from_run(&key, &run, &mut take)?;
+                if take.full || take.next >= hi {
+                    break;
+                }
             }
-            let e = self.check_entry(expected, &value)?;
-            size = size.saturating_add(e.size());
-            if !out.is_empty() && size > max_bytes {
-                return Ok(out);
-            }
-            out.push(e);
-            expected = expected.next();
         }
-        if expected < hi {
-            return Err(self.fatal(format_args!("log entry {expected} is missing")));
+        if !take.full && take.next < hi {
+            return Err(self.missing_entry(take.next));
         }
-        Ok(out)
+        Ok(take.out)
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
@@ -583,15 +938,19 @@ impl LogStore for SledStore {
             // Keep the entries after the snapshot only if the log holds the
             // snapshot's last entry (log matching then vouches for them).
             let keep = self.term_at(&s, snap.last_index)? == Some(snap.last_term);
-            let drop_to = if keep { snap.last_index } else { s.last };
-            for i in s.first().0..=drop_to.0 {
-                log.remove(&log_key(LogIndex(i))[..]);
-                log_dirty = true;
+            if keep {
+                log_dirty |= self.compact_runs(&mut log, &s, snap.last_index)?;
+                next.terms.compact(snap.last_index);
+            } else {
+                for key in self.log.iter().keys() {
+                    let key = key.map_err(|e| self.sled_err("cannot read the log", e))?;
+                    log.remove(key);
+                    log_dirty = true;
+                }
+                next.last = snap.last_index;
+                next.terms = Terms::default();
             }
             next.base = snap.last_id();
-            if !keep {
-                next.last = snap.last_index;
-            }
             next.snapshot = snap.clone();
             meta.insert(KEY_BASE, codec::encode_entry_id(&next.base));
             meta.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(snap));
@@ -620,15 +979,23 @@ impl LogStore for SledStore {
                         e.index
                     )));
                 }
-                log.insert(&log_key(index)[..], codec::encode_entry(e));
                 index = index.next();
             }
-            let new_last = index.prev();
-            // Remove the rest of a replaced suffix.
-            for i in new_last.next().0..=next.last.0 {
-                log.remove(&log_key(LogIndex(i))[..]);
+            if first.index <= next.last {
+                // Replace the suffix from `first.index`. `truncate_runs`
+                // reads the tree as it was before this write; from the run
+                // holding `first.index` on it is what `next` holds too (a
+                // matching snapshot only removes runs that end below
+                // `first.index`, and after one that did not match
+                // `next.last` is the snapshot, so this does not run).
+                self.truncate_runs(&mut log, first.index, next.first())?;
+                next.terms.truncate(first.index);
             }
-            next.last = new_last;
+            self.insert_runs(&mut log, entries)?;
+            for e in entries {
+                next.terms.push(e.id());
+            }
+            next.last = index.prev();
             log_dirty = true;
         }
 
@@ -640,9 +1007,14 @@ impl LogStore for SledStore {
 
         if snapshot.is_none() {
             // The common path (entries and a hard state): two plain batches,
-            // log first. sled recovers a prefix of its writes in order, so a
-            // crash keeps either both, the entries alone, or neither; all
-            // three are safe because nothing unsynced was acknowledged. A
+            // log first. sled applies a batch atomically and recovers a
+            // prefix of its writes in order, so a crash keeps either both,
+            // the log batch alone, or neither; all three are safe because
+            // nothing unsynced was acknowledged. The log batch holds the
+            // whole change of the log (the replaced suffix's runs removed,
+            // the run holding its start cut, the new runs), so the log
+            // after a crash is the old one or the new one, never the old
+            // one cut short or the new runs over an old suffix. A
             // transaction across the trees costs several times more.
             if log_dirty {
                 self.log
@@ -655,7 +1027,7 @@ impl LogStore for SledStore {
                     .map_err(|e| self.sled_err("cannot write the meta tree", e))?;
             }
         } else {
-            // A new base and the entries it removes must change together.
+            // A new base and the runs it removes must change together.
             self.apply(log_dirty.then_some(log), meta_dirty.then_some(meta))?;
         }
         *s = next;
@@ -681,14 +1053,14 @@ impl LogStore for SledStore {
             .term_at(&s, index)?
             .ok_or(StorageError::Unavailable(index))?;
         let mut log = sled::Batch::default();
-        for i in s.first().0..=index.0 {
-            log.remove(&log_key(LogIndex(i))[..]);
-        }
+        let removed = self.compact_runs(&mut log, &s, index)?;
         let base = EntryId::new(term, index);
         let mut meta = sled::Batch::default();
         meta.insert(KEY_BASE, codec::encode_entry_id(&base));
-        self.apply(Some(log), Some(meta))?;
+        // The base and the runs it removes change together.
+        self.apply(removed.then_some(log), Some(meta))?;
         s.base = base;
+        s.terms.compact(index);
         Ok(())
     }
 }
