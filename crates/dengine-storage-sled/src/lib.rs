@@ -156,6 +156,14 @@ use dengine_core::{
 };
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+mod load;
+mod options;
+mod run;
+
+pub use options::{SledOptions, open_db, open_raw};
+pub use run::{RUN_MAX_BYTES, RUN_MAX_ENTRIES, log_key};
+use run::{Records, Take, Terms};
+
 /// Name of the tree holding the log.
 pub const LOG_TREE: &str = "log";
 /// Name of the tree holding the metadata.
@@ -168,154 +176,6 @@ pub const KEY_BASE: &[u8] = b"base";
 pub const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// Meta key of the store's identity.
 pub const KEY_IDENTITY: &[u8] = b"identity";
-/// The most entries a write puts in one run (readers accept any number).
-pub const RUN_MAX_ENTRIES: usize = 1024;
-/// A write starts a new run rather than let one grow past this many bytes;
-/// an entry larger than that gets a run of its own (readers accept any
-/// size).
-///
-/// Small on purpose: sled writes any page or update larger than a quarter
-/// of its 512 KiB segment (128 KiB) to a file of its own under `blobs/`,
-/// which it never fsyncs, and a leaf page holds up to about 17 keys. With
-/// runs of at most 6 KiB a leaf stays under 128 KiB, so entries smaller
-/// than this do not end up in blob files, as with one key per entry.
-/// (Measured: no blob file with entries of 0 to 7 KB in batches of 1 to
-/// 1024; with 1 MiB runs there were hundreds.)
-pub const RUN_MAX_BYTES: usize = 6 * 1024;
-
-/// The `log` tree's key of the run starting at `index`: big-endian, so
-/// keys sort as indexes.
-pub fn log_key(index: LogIndex) -> [u8; 8] {
-    index.0.to_be_bytes()
-}
-
-/// The records of a run's value, in order: each one is its length (`u32`,
-/// little-endian) and that many bytes. Framing that does not fit the value
-/// (a torn run) yields [`CodecError::Truncated`], then nothing more.
-struct Records<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Records<'a> {
-    fn new(run: &'a [u8]) -> Records<'a> {
-        Records { rest: run }
-    }
-
-    /// Whether no bytes are left after the records read so far.
-    fn is_empty(&self) -> bool {
-        self.rest.is_empty()
-    }
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<&'a [u8], CodecError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let framed = self.rest.split_first_chunk::<4>().and_then(|(len, rest)| {
-            let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
-            (len <= rest.len()).then(|| rest.split_at(len))
-        });
-        match framed {
-            Some((record, rest)) => {
-                self.rest = rest;
-                Some(Ok(record))
-            }
-            None => {
-                self.rest = &[];
-                Some(Err(CodecError::Truncated))
-            }
-        }
-    }
-}
-
-/// Tuning of the underlying sled database. The defaults are sled's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SledOptions {
-    /// Upper bound of sled's page cache in bytes (default 1 GiB).
-    pub cache_capacity: u64,
-    /// How often sled flushes and fsyncs in the background on its own, in
-    /// milliseconds; `None` to flush only at [`LogStore::sync`] (default
-    /// 500). Durability never depends on it.
-    pub flush_every_ms: Option<u64>,
-}
-
-impl Default for SledOptions {
-    fn default() -> Self {
-        SledOptions {
-            cache_capacity: 1024 * 1024 * 1024,
-            flush_every_ms: Some(500),
-        }
-    }
-}
-
-impl SledOptions {
-    /// Sets [`SledOptions::cache_capacity`].
-    pub fn cache_capacity(mut self, bytes: u64) -> Self {
-        self.cache_capacity = bytes;
-        self
-    }
-
-    /// Sets [`SledOptions::flush_every_ms`].
-    pub fn flush_every_ms(mut self, every: Option<u64>) -> Self {
-        self.flush_every_ms = every;
-        self
-    }
-}
-
-/// The term of every entry of the log: the id of the first entry of each
-/// stretch of one term, in index order. The first stretch may start at or
-/// below the base.
-#[derive(Clone, Debug, Default)]
-struct Terms(Vec<EntryId>);
-
-impl Terms {
-    /// The term at `index`, if a stretch starts at or before it (the caller
-    /// knows that `index` is in the log).
-    fn get(&self, index: LogIndex) -> Option<Term> {
-        let n = self.0.partition_point(|id| id.index <= index);
-        self.0.get(n.checked_sub(1)?).map(|id| id.term)
-    }
-
-    /// Records an entry appended at the end of the log.
-    fn push(&mut self, id: EntryId) {
-        if self.0.last().map(|last| last.term) != Some(id.term) {
-            self.0.push(id);
-        }
-    }
-
-    /// Forgets the entries from `index` on.
-    fn truncate(&mut self, index: LogIndex) {
-        let n = self.0.partition_point(|id| id.index < index);
-        self.0.truncate(n);
-    }
-
-    /// Forgets the stretches that end at or below `index`.
-    fn compact(&mut self, index: LogIndex) {
-        let n = self.0.partition_point(|id| id.index <= index.next());
-        if n > 1 {
-            self.0.drain(..n - 1);
-        }
-    }
-}
-
-/// What [`LogStorage::entries`] is collecting.
-struct Take {
-    /// The next index wanted.
-    next: LogIndex,
-    /// The end of the range wanted (exclusive).
-    hi: LogIndex,
-    max_bytes: u64,
-    /// The size of the entries in `out`.
-    size: u64,
-    out: Vec<Entry>,
-    /// Whether `max_bytes` is reached.
-    full: bool,
-}
-
 /// What is cached of the store (everything but the entries).
 #[derive(Clone, Debug, Default)]
 struct State {
@@ -437,161 +297,6 @@ impl SledStore {
             .map_err(|_| self.fatal("state lock poisoned by a panic"))
     }
 
-    /// Reads one meta record, checking it.
-    fn load_meta<T>(
-        &self,
-        key: &[u8],
-        decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
-    ) -> Result<Option<T>, StorageError> {
-        let name = String::from_utf8_lossy(key);
-        let Some(raw) = self
-            .meta
-            .get(key)
-            .map_err(|e| self.sled_err(&format!("cannot read meta record `{name}`"), e))?
-        else {
-            return Ok(None);
-        };
-        decode(&raw)
-            .map(Some)
-            .map_err(|e| self.fatal(format_args!("meta record `{name}` is corrupt: {e}")))
-    }
-
-    /// The first index of the run stored under `key`.
-    fn run_start(&self, key: &[u8], after: LogIndex) -> Result<LogIndex, StorageError> {
-        match <[u8; 8]>::try_from(key) {
-            Ok(raw) => Ok(LogIndex(u64::from_be_bytes(raw))),
-            Err(_) => Err(self.fatal(format_args!(
-                "the log holds a key of {} bytes after entry {after} (keys are 8 bytes)",
-                key.len()
-            ))),
-        }
-    }
-
-    /// The error for a record at `index` (in the run starting at `start`,
-    /// stored as `run`) whose framing is torn: or, if the whole run is one
-    /// entry record, for a store in the old one-key-per-entry layout.
-    fn torn_record(&self, start: LogIndex, index: LogIndex, run: &[u8]) -> StorageError {
-        if index == start && codec::decode_entry(run).is_ok_and(|e| e.index == start) {
-            return self.fatal(format_args!(
-                "log entry {start} is stored in the old layout (one key per entry), \
-                 which this version does not read: restore the node from its peers"
-            ));
-        }
-        self.corrupt_entry(index, CodecError::Truncated)
-    }
-
-    /// Decodes and checks the record found at `index` in the run starting at
-    /// `start`.
-    fn check_entry(
-        &self,
-        start: LogIndex,
-        index: LogIndex,
-        raw: &[u8],
-    ) -> Result<Entry, StorageError> {
-        let entry = codec::decode_entry(raw).map_err(|e| self.corrupt_entry(index, e))?;
-        if entry.index > index {
-            return Err(self.fatal(format_args!(
-                "log entry {index} is missing: the run at {start} holds entry {} in its place",
-                entry.index
-            )));
-        }
-        if entry.index < index {
-            return Err(self.fatal(format_args!(
-                "log entry {index} is corrupt: its record holds entry {}",
-                entry.index
-            )));
-        }
-        Ok(entry)
-    }
-
-    /// Reads and checks everything; returns what to cache.
-    fn load(&self) -> Result<State, StorageError> {
-        let hard_state = self
-            .load_meta(KEY_HARD_STATE, codec::decode_hard_state)?
-            .unwrap_or_default();
-        let base = self
-            .load_meta(KEY_BASE, codec::decode_entry_id)?
-            .unwrap_or_default();
-        let snapshot = self
-            .load_meta(KEY_SNAPSHOT, codec::decode_snapshot_meta)?
-            .unwrap_or_default();
-        let identity =
-            self.load_meta(KEY_IDENTITY, codec::decode_identity)?
-                .map(|(cluster_id, node_id)| StoreIdentity {
-                    cluster_id,
-                    node_id,
-                });
-        if base.index > snapshot.last_index {
-            return Err(self.fatal(format_args!(
-                "the log's base (index {}) is past the snapshot (index {}): \
-                 entries up to {} were compacted without a snapshot covering them",
-                base.index, snapshot.last_index, base.index
-            )));
-        }
-        let first = LogIndex(base.index.0.checked_add(1).ok_or_else(|| {
-            self.fatal(format_args!(
-                "the log's base (index {}) is too large",
-                base.index
-            ))
-        })?);
-        let mut terms = Terms::default();
-        // Where the next run must start; `None` before the first run, which
-        // may start at or below the base but must hold `first`.
-        let mut next: Option<LogIndex> = None;
-        for item in self.log.iter() {
-            let after = next.map_or(base.index, LogIndex::prev);
-            let (key, value) = item.map_err(|e| {
-                self.sled_err(&format!("cannot read the log after entry {after}"), e)
-            })?;
-            let start = self.run_start(&key, after)?;
-            let expected = next.unwrap_or(first);
-            if start > expected {
-                return Err(self.fatal(format_args!(
-                    "log entry {expected} is missing (the next stored entry is {start})"
-                )));
-            }
-            if next.is_some() && start < expected {
-                return Err(self.fatal(format_args!(
-                    "log entry {start} is stored twice: the run at {start} overlaps \
-                     the run before it, which ends at entry {after}"
-                )));
-            }
-            let mut index = start;
-            for record in Records::new(&value) {
-                let record = record.map_err(|_| self.torn_record(start, index, &value))?;
-                let entry = self.check_entry(start, index, record)?;
-                if index > base.index {
-                    terms.push(entry.id());
-                }
-                index = LogIndex(index.0.checked_add(1).ok_or_else(|| {
-                    self.fatal(format_args!("the run at {start} runs past the last index"))
-                })?);
-            }
-            if index == start {
-                return Err(self.fatal(format_args!(
-                    "log entry {start} is missing: the run stored under it is empty"
-                )));
-            }
-            if index <= first {
-                return Err(self.fatal(format_args!(
-                    "log entry {start} is stored but the log starts after its base \
-                     (entry {}): the run at {start} ends at entry {}",
-                    base.index,
-                    index.prev()
-                )));
-            }
-            next = Some(index);
-        }
-        Ok(State {
-            base,
-            last: next.map_or(base.index, LogIndex::prev),
-            terms,
-            hard_state,
-            snapshot,
-            identity,
-        })
-    }
-
     /// The term at `index` if the log (or its base) holds it.
     fn term_at(&self, s: &State, index: LogIndex) -> Result<Option<Term>, StorageError> {
         if index == s.base.index {
@@ -666,7 +371,7 @@ impl SledStore {
                 if from <= first {
                     batch.remove(key);
                 } else {
-                    let kept = run.len() - records.rest.len();
+                    let kept = run.len() - records.remaining();
                     batch.insert(key, &run[..kept]);
                 }
             }
@@ -1062,47 +767,5 @@ impl LogStore for SledStore {
         s.base = base;
         s.terms.compact(index);
         Ok(())
-    }
-}
-
-/// Opens the raw sled database under a store (for tools and tests that
-/// inspect or repair records), waiting for its lock like [`SledStore::open`].
-pub fn open_raw(path: impl AsRef<Path>) -> Result<sled::Db, StorageError> {
-    let path = path.as_ref();
-    open_db(path, &SledOptions::default()).map_err(|e| {
-        StorageError::Fatal(format!(
-            "sled store {}: cannot open the database: {e}",
-            path.display()
-        ))
-    })
-}
-
-/// Opens the sled database, waiting briefly for the directory lock: after a
-/// store is dropped, sled's background threads may hold it a few moments
-/// longer, and a quick reopen (a restart) should not fail because of that.
-/// Opens a sled database with `options`, waiting up to 5 s for the
-/// directory lock a process that just closed it may still hold (sled lets
-/// go of it asynchronously). The key-value state machine opens its own
-/// database with this too.
-pub fn open_db(path: &Path, options: &SledOptions) -> Result<sled::Db, sled::Error> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let res = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity)
-            .flush_every_ms(options.flush_every_ms)
-            .open();
-        match res {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock") =>
-            {
-                if std::time::Instant::now() >= deadline {
-                    return Err(sled::Error::Io(e));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
     }
 }

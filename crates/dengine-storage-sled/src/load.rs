@@ -1,0 +1,163 @@
+//! Opening a store: every record read and checked before it is used.
+
+use dengine_core::codec::{self, CodecError};
+use dengine_core::{LogIndex, StorageError, StoreIdentity};
+
+use super::*;
+
+impl SledStore {
+    /// Reads one meta record, checking it.
+    pub(crate) fn load_meta<T>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
+    ) -> Result<Option<T>, StorageError> {
+        let name = String::from_utf8_lossy(key);
+        let Some(raw) = self
+            .meta
+            .get(key)
+            .map_err(|e| self.sled_err(&format!("cannot read meta record `{name}`"), e))?
+        else {
+            return Ok(None);
+        };
+        decode(&raw)
+            .map(Some)
+            .map_err(|e| self.fatal(format_args!("meta record `{name}` is corrupt: {e}")))
+    }
+
+    /// The first index of the run stored under `key`.
+    pub(crate) fn run_start(&self, key: &[u8], after: LogIndex) -> Result<LogIndex, StorageError> {
+        match <[u8; 8]>::try_from(key) {
+            Ok(raw) => Ok(LogIndex(u64::from_be_bytes(raw))),
+            Err(_) => Err(self.fatal(format_args!(
+                "the log holds a key of {} bytes after entry {after} (keys are 8 bytes)",
+                key.len()
+            ))),
+        }
+    }
+
+    /// The error for a record at `index` (in the run starting at `start`,
+    /// stored as `run`) whose framing is torn: or, if the whole run is one
+    /// entry record, for a store in the old one-key-per-entry layout.
+    pub(crate) fn torn_record(&self, start: LogIndex, index: LogIndex, run: &[u8]) -> StorageError {
+        if index == start && codec::decode_entry(run).is_ok_and(|e| e.index == start) {
+            return self.fatal(format_args!(
+                "log entry {start} is stored in the old layout (one key per entry), \
+                 which this version does not read: restore the node from its peers"
+            ));
+        }
+        self.corrupt_entry(index, CodecError::Truncated)
+    }
+
+    /// Decodes and checks the record found at `index` in the run starting at
+    /// `start`.
+    pub(crate) fn check_entry(
+        &self,
+        start: LogIndex,
+        index: LogIndex,
+        raw: &[u8],
+    ) -> Result<Entry, StorageError> {
+        let entry = codec::decode_entry(raw).map_err(|e| self.corrupt_entry(index, e))?;
+        if entry.index > index {
+            return Err(self.fatal(format_args!(
+                "log entry {index} is missing: the run at {start} holds entry {} in its place",
+                entry.index
+            )));
+        }
+        if entry.index < index {
+            return Err(self.fatal(format_args!(
+                "log entry {index} is corrupt: its record holds entry {}",
+                entry.index
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// Reads and checks everything; returns what to cache.
+    pub(crate) fn load(&self) -> Result<State, StorageError> {
+        let hard_state = self
+            .load_meta(KEY_HARD_STATE, codec::decode_hard_state)?
+            .unwrap_or_default();
+        let base = self
+            .load_meta(KEY_BASE, codec::decode_entry_id)?
+            .unwrap_or_default();
+        let snapshot = self
+            .load_meta(KEY_SNAPSHOT, codec::decode_snapshot_meta)?
+            .unwrap_or_default();
+        let identity =
+            self.load_meta(KEY_IDENTITY, codec::decode_identity)?
+                .map(|(cluster_id, node_id)| StoreIdentity {
+                    cluster_id,
+                    node_id,
+                });
+        if base.index > snapshot.last_index {
+            return Err(self.fatal(format_args!(
+                "the log's base (index {}) is past the snapshot (index {}): \
+                 entries up to {} were compacted without a snapshot covering them",
+                base.index, snapshot.last_index, base.index
+            )));
+        }
+        let first = LogIndex(base.index.0.checked_add(1).ok_or_else(|| {
+            self.fatal(format_args!(
+                "the log's base (index {}) is too large",
+                base.index
+            ))
+        })?);
+        let mut terms = Terms::default();
+        // Where the next run must start; `None` before the first run, which
+        // may start at or below the base but must hold `first`.
+        let mut next: Option<LogIndex> = None;
+        for item in self.log.iter() {
+            let after = next.map_or(base.index, LogIndex::prev);
+            let (key, value) = item.map_err(|e| {
+                self.sled_err(&format!("cannot read the log after entry {after}"), e)
+            })?;
+            let start = self.run_start(&key, after)?;
+            let expected = next.unwrap_or(first);
+            if start > expected {
+                return Err(self.fatal(format_args!(
+                    "log entry {expected} is missing (the next stored entry is {start})"
+                )));
+            }
+            if next.is_some() && start < expected {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is stored twice: the run at {start} overlaps \
+                     the run before it, which ends at entry {after}"
+                )));
+            }
+            let mut index = start;
+            for record in Records::new(&value) {
+                let record = record.map_err(|_| self.torn_record(start, index, &value))?;
+                let entry = self.check_entry(start, index, record)?;
+                if index > base.index {
+                    terms.push(entry.id());
+                }
+                index = LogIndex(index.0.checked_add(1).ok_or_else(|| {
+                    self.fatal(format_args!("the run at {start} runs past the last index"))
+                })?);
+            }
+            if index == start {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is missing: the run stored under it is empty"
+                )));
+            }
+            if index <= first {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is stored but the log starts after its base \
+                     (entry {}): the run at {start} ends at entry {}",
+                    base.index,
+                    index.prev()
+                )));
+            }
+            next = Some(index);
+        }
+        Ok(State {
+            base,
+            last: next.map_or(base.index, LogIndex::prev),
+            terms,
+            hard_state,
+            snapshot,
+            identity,
+        })
+    }
+}
