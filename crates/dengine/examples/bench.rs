@@ -7,6 +7,7 @@
 //! cargo run --release -p dengine --example bench -- [--storage memory|sled|rocksdb]
 //!     [--proposers 1,16,256] [--seconds 5] [--payload 0] [--runs 1]
 //! ```
+//! Settings can be overridden with `DENGINE_<FIELD>=value` as for any node.
 //! Prints one line per proposer count: proposals/s, p50, p99, max latency
 //! (with `--runs N`, each run on a fresh cluster, then the median run by
 //! throughput, as openraft reports medians).
@@ -99,7 +100,7 @@ async fn cluster(
     let net = InMemoryNetwork::new();
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
-        let config = Config {
+        let mut config = Config {
             node_id: id,
             storage,
             data_dir: dir.join(format!("n{id}")),
@@ -110,6 +111,8 @@ async fn cluster(
             max_pending_requests: 1 << 20,
             ..Config::default()
         };
+        // Any setting can be tuned for a run with DENGINE_<FIELD>=value.
+        config.apply_env(std::env::vars())?;
         nodes.push(
             NodeBuilder::new(config, Count::default())
                 .initial_members([1, 2, 3])
