@@ -4,7 +4,11 @@
 //! data, and checks that every acknowledged write is still there.
 //!
 //! The child is this test binary itself, started with `CRASH_CHILD_DIR` set
-//! (it then runs the ignored `crash_child` test).
+//! (it then runs the ignored `crash_child` test). With `CRASH_CHILD_SM=kv`
+//! it runs the key-value state machine, which keeps its own state on disk:
+//! then no write may be lost and none may be applied twice after a restart
+//! (every key is written once, so each has version 1 and the store's
+//! revision is one more than the number of keys).
 
 #![cfg(all(unix, any(feature = "sled", feature = "rocksdb")))]
 
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
 use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
 
 #[derive(Default)]
@@ -45,7 +50,71 @@ fn storage_from_env() -> StorageKind {
     }
 }
 
-async fn start(dir: &Path, storage: StorageKind) -> (Vec<Node<Keys>>, Node<Keys>) {
+/// What the child proposes and reads: the same test on either state machine.
+trait Machine: StateMachine + Sized {
+    fn open(config: &Config) -> Self;
+    fn command(key: &str) -> Vec<u8>;
+    fn ok(response: &Self::Response) -> bool;
+    /// Every key held, and a line of extra facts to check.
+    fn contents(&self) -> (Vec<String>, String);
+}
+
+impl Machine for Keys {
+    fn open(_: &Config) -> Self {
+        Keys::default()
+    }
+    fn command(key: &str) -> Vec<u8> {
+        key.as_bytes().to_vec()
+    }
+    fn ok(_: &()) -> bool {
+        true
+    }
+    fn contents(&self) -> (Vec<String>, String) {
+        (self.0.iter().cloned().collect(), String::new())
+    }
+}
+
+impl Machine for KvStateMachine {
+    fn open(config: &Config) -> Self {
+        KvStateMachine::open(config).unwrap_or_else(|e| panic!("kv store: {e}"))
+    }
+    fn command(key: &str) -> Vec<u8> {
+        KvCommand::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            prev_kv: false,
+        })
+        .encode()
+    }
+    fn ok(response: &Self::Response) -> bool {
+        response.is_ok()
+    }
+    fn contents(&self) -> (Vec<String>, String) {
+        let all = self
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("range: {e}"));
+        let max_version = all.kvs.iter().map(|kv| kv.version).max().unwrap_or(0);
+        let keys = all
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        (
+            keys,
+            format!(
+                "revision={} keys={} max_version={max_version}",
+                self.revision(),
+                all.count
+            ),
+        )
+    }
+}
+
+async fn start<SM: Machine>(dir: &Path, storage: StorageKind) -> (Vec<Node<SM>>, Node<SM>) {
     let net = InMemoryNetwork::new();
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
@@ -61,7 +130,8 @@ async fn start(dir: &Path, storage: StorageKind) -> (Vec<Node<Keys>>, Node<Keys>
             compaction_lag: 50,
             ..Config::default()
         };
-        let n = NodeBuilder::new(config, Keys::default())
+        let sm = SM::open(&config);
+        let n = NodeBuilder::new(config, sm)
             .initial_members([1, 2, 3])
             .network(&net)
             .build()
@@ -100,18 +170,28 @@ fn crash_child() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async move {
-        let (_nodes, leader) = start(Path::new(&dir), storage_from_env()).await;
+    let dir = PathBuf::from(dir);
+    if std::env::var("CRASH_CHILD_SM").as_deref() == Ok("kv") {
+        rt.block_on(child_main::<KvStateMachine>(dir, verify, round));
+    } else {
+        rt.block_on(child_main::<Keys>(dir, verify, round));
+    }
+}
+
+async fn child_main<SM: Machine>(dir: PathBuf, verify: bool, round: u64) {
+    {
+        let (_nodes, leader) = start::<SM>(&dir, storage_from_env()).await;
         let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
         if verify {
-            let keys = leader
-                .read(ReadPolicy::Linearizable, |k: &Keys| k.0.clone())
+            let (keys, facts) = leader
+                .read(ReadPolicy::Linearizable, |sm: &SM| sm.contents())
                 .await
                 .expect("verify read");
             let mut o = out.lock().expect("stdout");
             for k in keys {
                 writeln!(o, "HAVE {k}").expect("stdout");
             }
+            writeln!(o, "FACTS {facts}").expect("stdout");
             writeln!(o, "DONE").expect("stdout");
             o.flush().expect("stdout");
             return;
@@ -124,7 +204,8 @@ fn crash_child() {
             tasks.push(tokio::spawn(async move {
                 for i in 0.. {
                     let key = format!("r{round}-w{w}-{i}");
-                    if leader.propose(key.clone().into_bytes()).await.is_ok() {
+                    let done = leader.propose(SM::command(&key)).await;
+                    if done.is_ok_and(|p| SM::ok(&p.response)) {
                         let mut o = out.lock().expect("stdout");
                         writeln!(o, "ACK {key}").expect("stdout");
                         o.flush().expect("stdout");
@@ -135,10 +216,10 @@ fn crash_child() {
         for t in tasks {
             let _ = t.await;
         }
-    });
+    }
 }
 
-fn child(dir: &Path, storage: &str, round: u64, verify: bool) -> std::process::Child {
+fn child(dir: &Path, storage: &str, sm: &str, round: u64, verify: bool) -> std::process::Child {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -151,6 +232,7 @@ fn child(dir: &Path, storage: &str, round: u64, verify: bool) -> std::process::C
     ])
     .env("CRASH_CHILD_DIR", dir)
     .env("CRASH_CHILD_STORAGE", storage)
+    .env("CRASH_CHILD_SM", sm)
     .env("CRASH_CHILD_ROUND", round.to_string())
     .stdout(Stdio::piped())
     .stderr(Stdio::null());
@@ -166,9 +248,11 @@ fn after<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
     line.find(tag).map(|i| &line[i + tag.len()..])
 }
 
-fn run_crash_rounds(storage: &str, rounds: u64) {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("dengine-crash-{storage}-{}", std::process::id()));
+fn run_crash_rounds(storage: &str, sm: &str, rounds: u64) {
+    let dir: PathBuf = std::env::temp_dir().join(format!(
+        "dengine-crash-{storage}-{sm}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
     // Deterministic "random" kill times.
@@ -178,7 +262,7 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
         x ^= x >> 7;
         x ^= x << 17;
         let run_for = Duration::from_millis(150 + x % 600);
-        let mut c = child(&dir, storage, round, false);
+        let mut c = child(&dir, storage, sm, round, false);
         let stdout = c.stdout.take().expect("child stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -222,9 +306,10 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
     }
     assert!(!acked.is_empty(), "no write was acknowledged");
 
-    let mut v = child(&dir, storage, rounds, true);
+    let mut v = child(&dir, storage, sm, rounds, true);
     let stdout = v.stdout.take().expect("child stdout");
     let mut have = BTreeSet::new();
+    let mut facts = String::new();
     let mut done = false;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
@@ -234,6 +319,9 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
         }
         if let Some(k) = after(&line, "HAVE ") {
             have.insert(k.to_string());
+        }
+        if let Some(f) = after(&line, "FACTS ") {
+            facts = f.to_string();
         }
     }
     let _ = v.kill();
@@ -251,8 +339,18 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
         &lost[..lost.len().min(5)],
         dir.display()
     );
+    if sm == "kv" {
+        // Every key was put once: applied twice, it would have version 2
+        // and the revision would run ahead of the key count.
+        let want = format!(
+            "revision={} keys={} max_version=1",
+            have.len() + 1,
+            have.len()
+        );
+        assert_eq!(facts, want, "a write was applied twice after a restart");
+    }
     eprintln!(
-        "{storage}: {} acknowledged writes over {rounds} SIGKILLs, none lost",
+        "{storage}/{sm}: {} acknowledged writes over {rounds} SIGKILLs, none lost ({facts})",
         acked.len()
     );
 }
@@ -260,11 +358,23 @@ fn run_crash_rounds(storage: &str, rounds: u64) {
 #[cfg(feature = "sled")]
 #[test]
 fn sigkill_loses_no_acknowledged_write_sled() {
-    run_crash_rounds("sled", 5);
+    run_crash_rounds("sled", "keys", 5);
+}
+
+#[cfg(feature = "sled")]
+#[test]
+fn sigkill_loses_no_write_and_applies_none_twice_kv_on_sled() {
+    run_crash_rounds("sled", "kv", 5);
 }
 
 #[cfg(feature = "rocksdb")]
 #[test]
 fn sigkill_loses_no_acknowledged_write_rocksdb() {
-    run_crash_rounds("rocksdb", 5);
+    run_crash_rounds("rocksdb", "keys", 5);
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn sigkill_loses_no_write_and_applies_none_twice_kv_on_rocksdb() {
+    run_crash_rounds("rocksdb", "kv", 5);
 }
