@@ -496,8 +496,9 @@ impl<SM: StateMachine> Node<SM> {
             .send(Event::SnapshotReport(to, delivered));
     }
 
-    /// Stops the node: pending requests fail with `Shutdown`, the disk and
-    /// apply threads finish what they have, and storage is closed.
+    /// Stops the node: pending requests fail with `Shutdown`, the disk
+    /// thread and the apply task finish what they have, and storage is
+    /// closed.
     pub async fn shutdown(&self) -> Result<(), Error> {
         if let Some(net) = &self.inner.network {
             net.unregister(self.inner.id);

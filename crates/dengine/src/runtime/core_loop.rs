@@ -423,7 +423,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 .and_then(|m| self.incoming.remove(&m.last_index));
             if let (Some(meta), Some(d)) = (&batch.snapshot, &data) {
                 // Installed in the state machine after everything handed out
-                // before it (the apply thread works in order).
+                // before it (the apply task works in order).
                 let _ = self.apply.send(ApplyJob::Restore(meta.clone(), d.clone()));
                 self.snapshots_installed += 1;
                 self.snapshots.insert(meta.last_index, d.clone());
@@ -477,7 +477,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
     }
 
-    /// Passes committed entries to the apply thread with the replies that
+    /// Passes committed entries to the apply task with the replies that
     /// wait for them; a reply whose entry was replaced learns it now.
     fn hand_out(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {

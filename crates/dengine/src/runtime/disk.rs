@@ -73,7 +73,7 @@ fn run(
                     store.compact(index)?;
                 }
                 DiskJob::SaveSnapshot(meta, data) => {
-                    // The data is durable already (the apply thread wrote it).
+                    // The data is durable already (the apply task wrote it).
                     merged.flush(store)?;
                     prune = true;
                     store.save_snapshot_meta(&meta)?;

@@ -1,6 +1,6 @@
 //! The node runtime: one tokio task drives the protocol core and never
 //! blocks; a disk thread makes writes durable in groups (one fsync for every
-//! write waiting), and an apply thread runs the state machine. Both report
+//! write waiting), and an apply task runs the state machine. Both report
 //! back to the core task as events.
 //!
 //! The durability contract of `dengine_core` is kept here: a persist
@@ -38,7 +38,7 @@ pub enum ReadPolicy {
     Stale,
 }
 
-/// A read waiting for the state machine: runs on the apply thread.
+/// A read waiting for the state machine: runs on the apply task.
 pub(crate) type ReadJob<SM> = Box<dyn FnOnce(Result<&SM, Error>) + Send>;
 
 /// A proposal's answer.
@@ -61,7 +61,7 @@ pub(crate) enum Request<SM: StateMachine> {
     Shutdown,
 }
 
-/// Events from the network, the disk and the apply thread.
+/// Events from the network, the disk and the apply task.
 pub(crate) enum Event {
     Message(Message, Option<SnapshotData>),
     SnapshotReport(NodeId, bool),
@@ -85,7 +85,7 @@ pub(crate) enum DiskJob {
     Stop,
 }
 
-/// Work for the apply thread.
+/// Work for the apply task.
 pub(crate) enum ApplyJob<SM: StateMachine> {
     Entries(
         Vec<dengine_core::Entry>,
