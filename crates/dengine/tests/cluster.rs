@@ -74,6 +74,18 @@ async fn write(node: &Node<Kv>, k: &str, v: &str) -> dengine::LogIndex {
         .index
 }
 
+/// The keys of `acked` that `node` does not hold, read under `policy`.
+async fn missing(node: &Node<Kv>, policy: ReadPolicy, acked: &[String]) -> Vec<String> {
+    let all = acked.to_vec();
+    node.read(policy, move |kv: &Kv| {
+        all.into_iter()
+            .filter(|k| !kv.0.contains_key(k))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("read")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elect_write_kill_leader_elect_again_and_catch_up_by_snapshot_memory() {
     scenario(StorageKind::Memory).await;
@@ -142,16 +154,7 @@ async fn scenario(storage: StorageKind) {
         m.snapshots_installed >= 1,
         "the follower must have caught up through a snapshot install"
     );
-    let all = acked.clone();
-    let missing = nodes[&lagging]
-        .read(ReadPolicy::Stale, move |kv: &Kv| {
-            all.iter()
-                .filter(|k| !kv.0.contains_key(*k))
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .await
-        .expect("stale read");
+    let missing = missing(&nodes[&lagging], ReadPolicy::Stale, &acked).await;
     assert!(missing.is_empty(), "follower misses {missing:?}");
 
     // Kill the leader: the other two elect a new one and go on.
@@ -166,16 +169,7 @@ async fn scenario(storage: StorageKind) {
     }
 
     // No acknowledged write is lost.
-    let all = acked.clone();
-    let missing = nodes[&leader2]
-        .read(ReadPolicy::Linearizable, move |kv: &Kv| {
-            all.iter()
-                .filter(|k| !kv.0.contains_key(*k))
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .await
-        .expect("read");
+    let missing = missing(&nodes[&leader2], ReadPolicy::Linearizable, &acked).await;
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
 
     if storage != StorageKind::Memory {
@@ -189,16 +183,7 @@ async fn scenario(storage: StorageKind) {
         back.wait_for(WAIT, |m| m.applied >= last)
             .await
             .expect("the restarted node catches up");
-        let all = acked.clone();
-        let missing = back
-            .read(ReadPolicy::Stale, move |kv: &Kv| {
-                all.iter()
-                    .filter(|k| !kv.0.contains_key(*k))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .expect("stale read");
+        let missing = missing(&back, ReadPolicy::Stale, &acked).await;
         assert!(missing.is_empty(), "the restarted node misses {missing:?}");
         nodes.insert(leader, back);
     }
