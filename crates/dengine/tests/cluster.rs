@@ -75,7 +75,7 @@ async fn write(node: &Node<Kv>, k: &str, v: &str) -> dengine::LogIndex {
 }
 
 /// The keys of `acked` that `node` does not hold, read under `policy`.
-async fn missing(node: &Node<Kv>, policy: ReadPolicy, acked: &[String]) -> Vec<String> {
+async fn missing_writes(node: &Node<Kv>, policy: ReadPolicy, acked: &[String]) -> Vec<String> {
     let all = acked.to_vec();
     node.read(policy, move |kv: &Kv| {
         all.into_iter()
@@ -154,7 +154,7 @@ async fn scenario(storage: StorageKind) {
         m.snapshots_installed >= 1,
         "the follower must have caught up through a snapshot install"
     );
-    let missing = missing(&nodes[&lagging], ReadPolicy::Stale, &acked).await;
+    let missing = missing_writes(&nodes[&lagging], ReadPolicy::Stale, &acked).await;
     assert!(missing.is_empty(), "follower misses {missing:?}");
 
     // Kill the leader: the other two elect a new one and go on.
@@ -169,7 +169,7 @@ async fn scenario(storage: StorageKind) {
     }
 
     // No acknowledged write is lost.
-    let missing = missing(&nodes[&leader2], ReadPolicy::Linearizable, &acked).await;
+    let missing = missing_writes(&nodes[&leader2], ReadPolicy::Linearizable, &acked).await;
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
 
     if storage != StorageKind::Memory {
@@ -183,7 +183,7 @@ async fn scenario(storage: StorageKind) {
         back.wait_for(WAIT, |m| m.applied >= last)
             .await
             .expect("the restarted node catches up");
-        let missing = missing(&back, ReadPolicy::Stale, &acked).await;
+        let missing = missing_writes(&back, ReadPolicy::Stale, &acked).await;
         assert!(missing.is_empty(), "the restarted node misses {missing:?}");
         nodes.insert(leader, back);
     }
