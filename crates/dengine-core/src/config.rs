@@ -52,6 +52,11 @@ pub struct Config {
     /// Most entries handed out for applying in one [`crate::Ready`] by size
     /// (always at least one). Default 4 MiB.
     pub max_apply_bytes: u64,
+    /// Most bytes of entries handed out for applying and not yet reported
+    /// applied: past it the core waits for the state machine (back-pressure
+    /// from a slow state machine, instead of a growing queue). One batch
+    /// always goes out. Default 64 MiB.
+    pub max_applying_bytes: u64,
 }
 
 impl Config {
@@ -74,6 +79,7 @@ impl Config {
             lease_drift_ticks: 2,
             transfer_timeout_ticks: 10,
             max_apply_bytes: 4 << 20,
+            max_applying_bytes: 64 << 20,
         }
     }
 
@@ -103,6 +109,9 @@ impl Config {
         }
         if self.transfer_timeout_ticks == 0 {
             return bad("transfer_timeout_ticks must be at least 1");
+        }
+        if self.max_apply_bytes == 0 || self.max_applying_bytes == 0 {
+            return bad("max_apply_bytes and max_applying_bytes must be at least 1");
         }
         Ok(())
     }

@@ -284,7 +284,7 @@ impl<S: LogStorage> RawNode<S> {
             || r.hard_state_changed()
             || r.log.has_to_persist()
             || !r.msgs.is_empty()
-            || r.log.has_next_committed()
+            || r.log.can_hand_out(r.cfg.max_applying_bytes)
             || r.reads.has_ready()
             || (r.role == Role::Leader && r.reads.wants_round())
             || r.compact_to.is_some()
@@ -462,7 +462,9 @@ impl<S: LogStorage> Raft<S> {
 
         // Hand out committed entries first: a membership change among them
         // takes effect now and may produce entries and messages below.
-        let committed = self.log.next_committed(self.cfg.max_apply_bytes)?;
+        let committed = self
+            .log
+            .next_committed(self.cfg.max_apply_bytes, self.cfg.max_applying_bytes)?;
         for e in &committed {
             if let EntryPayload::ConfChange(cc) = &e.payload {
                 self.apply_committed_conf_change(e.index, cc)?;

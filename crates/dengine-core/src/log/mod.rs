@@ -31,6 +31,10 @@ pub(crate) struct RaftLog<S> {
     pub(crate) applying: LogIndex,
     /// Highest index the runtime reported applied.
     pub(crate) applied: LogIndex,
+    /// Entries handed out and not yet reported applied: (last index, bytes)
+    /// per hand-out, and their total.
+    applying_batches: std::collections::VecDeque<(LogIndex, u64)>,
+    applying_bytes: u64,
 }
 
 type Res<T> = Result<T, StorageError>;
@@ -47,6 +51,8 @@ impl<S: LogStorage> RaftLog<S> {
             committed: committed.max(applied).min(last),
             applying: applied,
             applied,
+            applying_batches: Default::default(),
+            applying_bytes: 0,
         })
     }
 
@@ -242,16 +248,26 @@ impl<S: LogStorage> RaftLog<S> {
         self.applying < self.committed.min(self.stable_last_index())
     }
 
-    /// The next committed and durable entries to apply, at most `max_bytes`;
-    /// marks them handed out.
-    pub(crate) fn next_committed(&mut self, max_bytes: u64) -> Res<Vec<Entry>> {
+    /// Whether entries can be handed out now: some are ready and those
+    /// handed out earlier weigh less than `max_applying` bytes.
+    pub(crate) fn can_hand_out(&self, max_applying: u64) -> bool {
+        self.has_next_committed() && self.applying_bytes < max_applying
+    }
+
+    /// The next committed and durable entries to apply, at most `max_bytes`
+    /// (none while `max_applying` bytes wait to be applied); marks them
+    /// handed out.
+    pub(crate) fn next_committed(&mut self, max_bytes: u64, max_applying: u64) -> Res<Vec<Entry>> {
         let hi = self.committed.min(self.stable_last_index());
-        if self.applying >= hi {
+        if self.applying >= hi || self.applying_bytes >= max_applying {
             return Ok(Vec::new());
         }
         let ents = self.slice(self.applying.next(), hi.next(), max_bytes)?;
         if let Some(last) = ents.last() {
             self.applying = last.index;
+            let bytes: u64 = ents.iter().map(Entry::size).sum();
+            self.applying_batches.push_back((last.index, bytes));
+            self.applying_bytes += bytes;
         }
         Ok(ents)
     }
@@ -259,6 +275,13 @@ impl<S: LogStorage> RaftLog<S> {
     pub(crate) fn applied_to(&mut self, index: LogIndex) {
         if index > self.applied {
             self.applied = index;
+        }
+        while let Some(&(last, bytes)) = self.applying_batches.front() {
+            if last > index {
+                break;
+            }
+            self.applying_batches.pop_front();
+            self.applying_bytes -= bytes;
         }
     }
 
@@ -282,6 +305,9 @@ impl<S: LogStorage> RaftLog<S> {
     pub(crate) fn restore(&mut self, snap: SnapshotMeta) {
         self.committed = snap.last_index;
         self.applying = snap.last_index;
+        // Whatever was handed out before is superseded by the snapshot.
+        self.applying_batches.clear();
+        self.applying_bytes = 0;
         self.unstable.restore(snap);
     }
 

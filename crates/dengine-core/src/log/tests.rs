@@ -337,3 +337,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hand_outs_stop_while_too_many_bytes_wait_to_be_applied() {
+    // Ten stable, committed entries of term 1.
+    let mut log = build((0, 0), &[1; 10], 10, 10);
+    let one = ent(1, 1).size();
+    // Two entries per hand-out; at most three entries' worth outstanding.
+    let (per_ready, outstanding) = (2 * one, 3 * one);
+    let first = log.next_committed(per_ready, outstanding).unwrap();
+    assert_eq!(first.len(), 2);
+    let second = log.next_committed(per_ready, outstanding).unwrap();
+    assert_eq!(
+        second.len(),
+        2,
+        "under the bound when asked: one more batch"
+    );
+    assert!(!log.can_hand_out(outstanding), "four entries wait now");
+    assert!(
+        log.next_committed(per_ready, outstanding)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        log.has_next_committed(),
+        "still committed and not handed out"
+    );
+    // Applying the first batch frees its bytes.
+    log.applied_to(LogIndex(2));
+    assert!(log.can_hand_out(outstanding));
+    let third = log.next_committed(per_ready, outstanding).unwrap();
+    assert_eq!(third.first().map(|e| e.index), Some(LogIndex(5)));
+    // Applying everything handed out frees it all.
+    log.applied_to(LogIndex(6));
+    assert_eq!(log.next_committed(u64::MAX, outstanding).unwrap().len(), 4);
+}
