@@ -264,13 +264,15 @@ impl KvStateMachine {
         range_end: &[u8],
         f: &mut dyn FnMut(KeyValue) -> Result<bool, KvError>,
     ) -> Result<(), KvError> {
-        let (start, end) = range_bounds(key, range_end);
-        if end == Some(start) {
-            if let Some(kv) = self.lookup(key)? {
-                f(kv)?;
+        let (start, end) = match KeyRange::new(key, range_end) {
+            KeyRange::Single(key) => {
+                if let Some(kv) = self.lookup(key)? {
+                    f(kv)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            KeyRange::Span(start, end) => (start, end),
+        };
         let start = record_key(start);
         let end = end.map_or_else(|| KEYS_END.to_vec(), record_key);
         if end <= start {
@@ -598,5 +600,7 @@ impl StateMachine for KvStateMachine {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -21,12 +21,22 @@ pub struct KeyValue {
 
 /// Which keys a request covers, as in etcd: `range_end` empty means the
 /// key alone; `[0]` means every key at or after `key`; anything else means
-/// `key <= k < range_end`.
-pub(crate) fn range_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (&'a [u8], Option<&'a [u8]>) {
-    match range_end {
-        [] => (key, Some(key)),
-        [0] => (key, None),
-        end => (key, Some(end)),
+/// `key <= k < range_end` (empty if `range_end <= key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyRange<'a> {
+    /// One key.
+    Single(&'a [u8]),
+    /// Keys from the first, to the end (`None`) or before the second.
+    Span(&'a [u8], Option<&'a [u8]>),
+}
+
+impl<'a> KeyRange<'a> {
+    pub(crate) fn new(key: &'a [u8], range_end: &'a [u8]) -> KeyRange<'a> {
+        match range_end {
+            [] => KeyRange::Single(key),
+            [0] => KeyRange::Span(key, None),
+            end => KeyRange::Span(key, Some(end)),
+        }
     }
 }
 
