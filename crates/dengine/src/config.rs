@@ -68,6 +68,13 @@ pub struct Config {
     pub max_uncommitted_bytes: u64,
     /// How long a propose or read waits before `Timeout`, in milliseconds. Default 5,000.
     pub request_timeout_ms: u64,
+    /// Most bytes of committed entries handed to the state machine in one
+    /// batch. Default 4 MiB.
+    pub max_apply_bytes: u64,
+    /// Most bytes of entries handed to the state machine and not yet
+    /// applied; past it the node waits for the state machine instead of
+    /// queueing more. Default 64 MiB.
+    pub max_applying_bytes: u64,
 }
 
 impl Default for Config {
@@ -91,6 +98,8 @@ impl Default for Config {
             max_pending_requests: 65_536,
             max_uncommitted_bytes: 64 << 20,
             request_timeout_ms: 5_000,
+            max_apply_bytes: 4 << 20,
+            max_applying_bytes: 64 << 20,
         }
     }
 }
@@ -154,6 +163,8 @@ impl Config {
                 "max_pending_requests" => self.max_pending_requests = num()? as usize,
                 "max_uncommitted_bytes" => self.max_uncommitted_bytes = num()?,
                 "request_timeout_ms" => self.request_timeout_ms = num()?,
+                "max_apply_bytes" => self.max_apply_bytes = num()?,
+                "max_applying_bytes" => self.max_applying_bytes = num()?,
                 _ => return Err(Error::Config(format!("unknown setting {k}"))),
             }
         }
@@ -205,6 +216,8 @@ impl Config {
         c.compaction_lag = self.compaction_lag;
         c.max_uncommitted_bytes = self.max_uncommitted_bytes;
         c.transfer_timeout_ticks = self.election_ticks;
+        c.max_apply_bytes = self.max_apply_bytes;
+        c.max_applying_bytes = self.max_applying_bytes;
         c
     }
 
@@ -234,6 +247,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.tick_ms, 7);
+        c.apply_env([("DENGINE_MAX_APPLYING_BYTES".to_string(), "1024".to_string())])
+            .unwrap();
+        assert_eq!(c.core_config().max_applying_bytes, 1024);
     }
 
     #[test]
@@ -244,6 +260,8 @@ mod tests {
         assert!(e.to_string().contains("nod_id"), "{e}");
         let e = Config::from_toml("storage = \"memory\"\nheartbeat_ticks = 30").unwrap_err();
         assert!(e.to_string().contains("election_tick"), "{e}");
+        let e = Config::from_toml("storage = \"memory\"\nmax_applying_bytes = 0").unwrap_err();
+        assert!(e.to_string().contains("max_applying_bytes"), "{e}");
         let mut c = Config::default();
         let e = c
             .apply_env([("DENGINE_TICK_MS".to_string(), "soon".to_string())])
