@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! cargo run --release -p dengine --example bench -- [--storage memory|sled|rocksdb]
-//!     [--proposers 1,16,256] [--seconds 5] [--payload 0] [--runs 1]
+//!     [--proposers 1,16,256] [--seconds 5] [--payload 0] [--runs 1] [--sm count|kv]
 //! ```
+//! `--sm count` (the default) measures the protocol alone; `--sm kv` runs
+//! the key-value state machine on the node's backend (puts over 100,000
+//! keys).
 //! Settings can be overridden with `DENGINE_<FIELD>=value` as for any node.
 //! Prints one line per proposer count: proposals/s, p50, p99, max latency
 //! (with `--runs N`, each run on a fresh cluster, then the median run by
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use dengine::kv::{KvCommand, KvStateMachine, PutRequest};
 use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, StateMachine, StorageKind};
 
 /// Counts applied commands; nothing else (the protocol is what is measured).
@@ -45,12 +49,47 @@ impl StateMachine for Count {
 /// Latency is timed on one proposal in this many.
 const SAMPLE: u64 = 8;
 
+/// What the benchmark runs: how to open the state machine and what a
+/// proposal is.
+trait Bench: StateMachine + Sized {
+    fn open(config: &Config) -> Result<Self, dengine::Error>;
+    /// The `seq`-th command of a proposer.
+    fn command(proposer: u64, seq: u64, payload: usize) -> Vec<u8>;
+}
+
+impl Bench for Count {
+    fn open(_: &Config) -> Result<Self, dengine::Error> {
+        Ok(Count::default())
+    }
+    fn command(_: u64, _: u64, payload: usize) -> Vec<u8> {
+        vec![0u8; payload]
+    }
+}
+
+/// The key-value store on the node's backend: puts of `payload`-byte
+/// values over 100,000 keys.
+impl Bench for KvStateMachine {
+    fn open(config: &Config) -> Result<Self, dengine::Error> {
+        KvStateMachine::open(config)
+    }
+    fn command(proposer: u64, seq: u64, payload: usize) -> Vec<u8> {
+        let key = (proposer.wrapping_mul(7919) + seq.wrapping_mul(104_729)) % 100_000;
+        KvCommand::Put(PutRequest {
+            key: format!("key{key:06}").into_bytes(),
+            value: vec![b'v'; payload],
+            prev_kv: false,
+        })
+        .encode()
+    }
+}
+
 struct Args {
     storage: StorageKind,
     proposers: Vec<usize>,
     seconds: u64,
     payload: usize,
     runs: usize,
+    sm: String,
 }
 
 fn parse() -> Result<Args, String> {
@@ -60,6 +99,7 @@ fn parse() -> Result<Args, String> {
         seconds: 5,
         payload: 0,
         runs: 1,
+        sm: "count".to_string(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
@@ -81,6 +121,12 @@ fn parse() -> Result<Args, String> {
             }
             "--seconds" => a.seconds = v.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--payload" => a.payload = v.parse().map_err(|e| format!("--payload: {e}"))?,
+            "--sm" => {
+                if v != "count" && v != "kv" {
+                    return Err(format!("unknown --sm {v} (count or kv)"));
+                }
+                a.sm = v;
+            }
             "--runs" => {
                 a.runs = v.parse().map_err(|e| format!("--runs: {e}"))?;
                 if a.runs == 0 {
@@ -93,10 +139,10 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-async fn cluster(
+async fn cluster<SM: Bench>(
     storage: StorageKind,
     dir: &std::path::Path,
-) -> Result<(Vec<Node<Count>>, usize), dengine::Error> {
+) -> Result<(Vec<Node<SM>>, usize), dengine::Error> {
     let net = InMemoryNetwork::new();
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
@@ -114,7 +160,7 @@ async fn cluster(
         // Any setting can be tuned for a run with DENGINE_<FIELD>=value.
         config.apply_env(std::env::vars())?;
         nodes.push(
-            NodeBuilder::new(config, Count::default())
+            NodeBuilder::new(config.clone(), SM::open(&config)?)
                 .initial_members([1, 2, 3])
                 .network(&net)
                 .build()?,
@@ -133,15 +179,15 @@ async fn cluster(
     Ok((nodes, leader))
 }
 
-async fn run_once(
-    node: &Node<Count>,
+async fn run_once<SM: Bench>(
+    node: &Node<SM>,
     proposers: usize,
     seconds: u64,
     payload: usize,
 ) -> (u64, Vec<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..proposers {
+    for proposer in 0..proposers as u64 {
         let node = node.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -149,7 +195,7 @@ async fn run_once(
             let mut done = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = done.is_multiple_of(SAMPLE).then(Instant::now);
-                match node.propose(vec![0u8; payload]).await {
+                match node.propose(SM::command(proposer, done, payload)).await {
                     Ok(_) => {
                         done += 1;
                         if let Some(t) = t {
@@ -211,21 +257,30 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
+    let code = rt.block_on(async {
+        match args.sm.as_str() {
+            "kv" => measure::<KvStateMachine>(&args).await,
+            _ => measure::<Count>(&args).await,
+        }
+    });
+    code
+}
+
+/// Runs every proposer count `args.runs` times and prints the lines.
+async fn measure<SM: Bench>(args: &Args) -> std::process::ExitCode {
+    {
         println!(
-            "storage={:?} payload={}B seconds={} runs={} (3 nodes, in-process network, done when applied on the leader)",
-            args.storage, args.payload, args.seconds, args.runs
+            "storage={:?} sm={} payload={}B seconds={} runs={} (3 nodes, in-process network, done when applied on the leader)",
+            args.storage, args.sm, args.payload, args.seconds, args.runs
         );
         for &p in &args.proposers {
             let mut results = Vec::new();
             for run in 0..args.runs {
                 // A fresh cluster per run: runs do not inherit a long log.
-                let dir = std::env::temp_dir().join(format!(
-                    "dengine-bench-{}-{p}-{run}",
-                    std::process::id()
-                ));
+                let dir = std::env::temp_dir()
+                    .join(format!("dengine-bench-{}-{p}-{run}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
-                let (nodes, leader) = match cluster(args.storage, &dir).await {
+                let (nodes, leader) = match cluster::<SM>(args.storage, &dir).await {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("bench: cluster failed to start: {e}");
@@ -253,5 +308,5 @@ fn main() -> std::process::ExitCode {
             print_line(label, p, results[results.len() / 2]);
         }
         std::process::ExitCode::SUCCESS
-    })
+    }
 }
