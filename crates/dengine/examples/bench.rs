@@ -257,13 +257,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(async {
+    rt.block_on(async {
         match args.sm.as_str() {
             "kv" => measure::<KvStateMachine>(&args).await,
             _ => measure::<Count>(&args).await,
         }
-    });
-    code
+    })
 }
 
 /// Runs every proposer count `args.runs` times and prints the lines.

@@ -40,7 +40,33 @@ fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound
     )
 }
 
-/// Records in memory (tests, the memory storage kind).
+/// No records at all: for a store that lives in memory only (the state
+/// machine keeps every key itself).
+pub(crate) struct NoBackend;
+
+impl KvBackend for NoBackend {
+    fn get(&self, _: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    fn scan(&self, _: &[u8], _: Option<&[u8]>, _: &mut Visit<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&mut self, _: Vec<Change>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn clear(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+}
+
+/// Records in memory (tests, and a model of a backend).
 #[derive(Default, Debug)]
 pub struct MemoryBackend(BTreeMap<Vec<u8>, Vec<u8>>);
 

@@ -128,8 +128,12 @@ fn storage(e: io::Error) -> KvError {
 /// The key-value state machine (see the [module docs](self)).
 pub struct KvStateMachine {
     backend: Box<dyn KvBackend>,
-    /// Writes of the entries applied since the last flush: record key →
-    /// record (`None`: removed). Reads during apply see them first.
+    /// Every key's current value. Applying and reading use this alone; the
+    /// backend holds the same records, written at each flush (as etcd keeps
+    /// its index in memory and its values in a file it maps).
+    keys: BTreeMap<Vec<u8>, KeyValue>,
+    /// Writes of the entries applied since the last flush, for the backend:
+    /// record key → record (`None`: removed).
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     revision: i64,
     /// The index the stored state reflects (durable backends only).
@@ -151,7 +155,8 @@ impl KvStateMachine {
     /// A store in memory.
     pub fn in_memory() -> KvStateMachine {
         KvStateMachine {
-            backend: Box::new(MemoryBackend::default()),
+            backend: Box::new(backend::NoBackend),
+            keys: BTreeMap::new(),
             pending: BTreeMap::new(),
             revision: 1,
             applied: None,
@@ -169,20 +174,29 @@ impl KvStateMachine {
             None => (None, 1),
         };
         let mut bad = None;
+        let mut keys = BTreeMap::new();
         backend
-            .scan(&[KEY_PREFIX], Some(KEYS_END), &mut |k, v| {
-                if let Err(e) = decode_record(&k[1..], v) {
-                    bad = Some(e);
-                    return Ok(false);
-                }
-                Ok(true)
-            })
+            .scan(
+                &[KEY_PREFIX],
+                Some(KEYS_END),
+                &mut |k, v| match decode_record(&k[1..], v) {
+                    Ok(kv) => {
+                        keys.insert(kv.key.clone(), kv);
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        Ok(false)
+                    }
+                },
+            )
             .map_err(storage)?;
         if let Some(e) = bad {
             return Err(e);
         }
         Ok(KvStateMachine {
             backend,
+            keys,
             pending: BTreeMap::new(),
             revision,
             applied,
@@ -249,84 +263,45 @@ impl KvStateMachine {
     }
 
     fn lookup(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
-        let rk = record_key(key);
-        let record = match self.pending.get(&rk) {
-            Some(staged) => staged.clone(),
-            None => self.backend.get(&rk).map_err(storage)?,
-        };
-        record.map(|r| decode_record(key, &r)).transpose()
+        Ok(self.keys.get(key).cloned())
     }
 
-    /// Visits the keys of a range in order (staged writes included).
+    /// Visits the keys of a range in order.
     fn visit(
         &self,
         key: &[u8],
         range_end: &[u8],
         f: &mut dyn FnMut(KeyValue) -> Result<bool, KvError>,
     ) -> Result<(), KvError> {
+        use std::ops::Bound;
         let (start, end) = match KeyRange::new(key, range_end) {
             KeyRange::Single(key) => {
-                if let Some(kv) = self.lookup(key)? {
-                    f(kv)?;
+                if let Some(kv) = self.keys.get(key) {
+                    f(kv.clone())?;
                 }
                 return Ok(());
             }
             KeyRange::Span(start, end) => (start, end),
         };
-        let start = record_key(start);
-        let end = end.map_or_else(|| KEYS_END.to_vec(), record_key);
-        if end <= start {
+        if end.is_some_and(|e| e <= start) {
             return Ok(());
         }
-        let staged: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
-            self.pending.range(start.clone()..end.clone()).collect();
-        let mut failure = None;
-        if staged.is_empty() {
-            // The common read path: stream straight from the backend.
-            self.backend
-                .scan(
-                    &start,
-                    Some(&end),
-                    &mut |k, v| match decode_record(&k[1..], v).and_then(&mut *f) {
-                        Ok(go_on) => Ok(go_on),
-                        Err(e) => {
-                            failure = Some(e);
-                            Ok(false)
-                        }
-                    },
-                )
-                .map_err(storage)?;
-            return failure.map_or(Ok(()), Err);
-        }
-        // Staged writes in the range: merge them over the stored records.
-        let mut stored = Vec::new();
-        self.backend
-            .scan(&start, Some(&end), &mut |k, v| {
-                stored.push((k.to_vec(), v.to_vec()));
-                Ok(true)
-            })
-            .map_err(storage)?;
-        let mut merged: BTreeMap<&[u8], &[u8]> = stored
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        for (k, v) in staged {
-            match v {
-                Some(v) => merged.insert(k, v),
-                None => merged.remove(k.as_slice()),
-            };
-        }
-        for (k, v) in merged {
-            if !f(decode_record(&k[1..], v)?)? {
+        let bounds = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        for kv in self.keys.range::<[u8], _>(bounds).map(|(_, kv)| kv) {
+            if !f(kv.clone())? {
                 break;
             }
         }
         Ok(())
     }
 
-    fn stage(&mut self, kv: &KeyValue) {
+    fn stage(&mut self, kv: KeyValue) {
         self.pending
-            .insert(record_key(&kv.key), Some(encode_record(kv)));
+            .insert(record_key(&kv.key), Some(encode_record(&kv)));
+        self.keys.insert(kv.key.clone(), kv);
     }
 
     fn put(&mut self, rev: i64, req: &PutRequest) -> Result<OpResponse, KvError> {
@@ -338,7 +313,7 @@ impl KvStateMachine {
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
         };
-        self.stage(&kv);
+        self.stage(kv);
         Ok(OpResponse::Put {
             prev_kv: prev.filter(|_| req.prev_kv),
         })
@@ -352,6 +327,7 @@ impl KvStateMachine {
         })?;
         for kv in &found {
             self.pending.insert(record_key(&kv.key), None);
+            self.keys.remove(&kv.key);
         }
         Ok(OpResponse::DeleteRange {
             deleted: found.len() as i64,
@@ -523,22 +499,12 @@ impl StateMachine for KvStateMachine {
         }
         out.write_all(SNAPSHOT_MAGIC)?;
         out.write_all(&self.revision.to_le_bytes())?;
-        let mut failure = None;
-        self.backend
-            .scan(&[KEY_PREFIX], Some(KEYS_END), &mut |k, v| {
-                // Damage is never passed on to another replica.
-                if let Err(e) = decode_record(&k[1..], v) {
-                    failure = Some(e);
-                    return Ok(false);
-                }
-                out.write_all(&(k.len() as u32 - 1).to_le_bytes())?;
-                out.write_all(&k[1..])?;
-                out.write_all(&(v.len() as u32).to_le_bytes())?;
-                out.write_all(v)?;
-                Ok(true)
-            })?;
-        if let Some(e) = failure {
-            return Err(io::Error::other(e.to_string()));
+        for kv in self.keys.values() {
+            let record = encode_record(kv);
+            out.write_all(&(kv.key.len() as u32).to_le_bytes())?;
+            out.write_all(&kv.key)?;
+            out.write_all(&(record.len() as u32).to_le_bytes())?;
+            out.write_all(&record)?;
         }
         out.write_all(&SNAPSHOT_END.to_le_bytes())
     }
@@ -555,6 +521,7 @@ impl StateMachine for KvStateMachine {
         // again.
         self.applied = None;
         self.pending.clear();
+        self.keys.clear();
         self.failed = None;
         self.backend.write(vec![(META_KEY.to_vec(), None)])?;
         self.backend.clear()?;
@@ -586,9 +553,10 @@ impl StateMachine for KvStateMachine {
             }
             let mut record = vec![0u8; vlen];
             input.read_exact(&mut record)?;
-            decode_record(&key, &record).map_err(|e| bad(&e.to_string()))?;
+            let kv = decode_record(&key, &record).map_err(|e| bad(&e.to_string()))?;
             batch_bytes += key.len() + record.len();
             batch.push((record_key(&key), Some(record)));
+            self.keys.insert(key, kv);
             if batch_bytes >= RESTORE_BATCH {
                 self.backend.write(std::mem::take(&mut batch))?;
                 batch_bytes = 0;
