@@ -28,10 +28,13 @@
 //! # }
 //! ```
 //!
-//! ## On disk
-//! Records live in a database of their own under `data_dir/kv` (sled or
-//! RocksDB, as [`crate::Config::storage`] says), each sealed with a CRC32
-//! and all checked when the store opens. Writes of a batch of entries go
+//! ## In memory and on disk
+//! Every key and value is kept in an in-memory index, which applying and
+//! reading use alone (as etcd keeps its index in memory): memory use is
+//! about the size of the data. The records also live in a database of
+//! their own under `data_dir/kv` (sled or RocksDB, as
+//! [`crate::Config::storage`] says), each sealed with a CRC32, all read and
+//! checked when the store opens. Writes of a batch of entries go
 //! in one atomic write together with the index they reach, without fsync:
 //! the Raft log is the durable record, and after a crash the node replays
 //! the log from the index the store says it holds (or restores the newest
