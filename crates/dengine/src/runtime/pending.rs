@@ -329,6 +329,35 @@ mod tests {
     }
 
     #[test]
+    fn pushes_from_many_threads_are_all_taken_and_the_count_returns_to_zero() {
+        let q: std::sync::Arc<ProposalQueue<()>> = std::sync::Arc::new(ProposalQueue::new(1 << 20));
+        let pushers: Vec<_> = (0..4)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..5_000 {
+                        let (tx, _rx) = oneshot::channel();
+                        q.push((Vec::new(), tx)).map_err(|_| ()).expect("room");
+                    }
+                })
+            })
+            .collect();
+        let mut taken = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while taken < 20_000 {
+            let mut into = Vec::new();
+            q.take(&mut into);
+            taken += into.len();
+            assert!(std::time::Instant::now() < deadline, "only {taken} taken");
+        }
+        for p in pushers {
+            p.join().expect("pusher");
+        }
+        assert_eq!(taken, 20_000);
+        assert_eq!(q.len.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn the_queue_bounds_closes_and_wakes_only_when_it_was_empty() {
         let q: ProposalQueue<()> = ProposalQueue::new(2);
         let (tx, mut rx) = replies(3);
