@@ -21,7 +21,7 @@ commands:
   ci      run every check: rustfmt, clippy, the tests, the doctests, rustdoc
           and a batch of simulation seeds
   bench   run the 3-node in-process benchmark (release):
-            bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N]
+            bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N] [--runs N] [--sm count|kv]
   sim     run the deterministic cluster simulator:
             sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]
             sim --seed S [--nodes 3|5] [--steps K] --trace
