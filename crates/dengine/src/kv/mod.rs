@@ -538,6 +538,17 @@ impl StateMachine for KvStateMachine {
         let revision = i64::from_le_bytes(b8);
         let mut batch: Vec<Change> = Vec::new();
         let mut batch_bytes = 0;
+        fn read_len(input: &mut dyn Read, len: usize) -> io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            input.take(len as u64).read_to_end(&mut out)?;
+            if out.len() != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "key-value snapshot: truncated record",
+                ));
+            }
+            Ok(out)
+        }
         fn u32_of(input: &mut dyn Read) -> io::Result<u32> {
             let mut b = [0u8; 4];
             input.read_exact(&mut b)?;
@@ -548,14 +559,11 @@ impl StateMachine for KvStateMachine {
             if klen == SNAPSHOT_END {
                 break;
             }
-            let mut key = vec![0u8; klen as usize];
-            input.read_exact(&mut key)?;
+            // Read as far as the stream goes, never allocating what a
+            // length field merely claims.
+            let key = read_len(input, klen as usize)?;
             let vlen = u32_of(input)? as usize;
-            if vlen > 1 << 30 {
-                return Err(bad("record too large"));
-            }
-            let mut record = vec![0u8; vlen];
-            input.read_exact(&mut record)?;
+            let record = read_len(input, vlen)?;
             let kv = decode_record(&key, &record).map_err(|e| bad(&e.to_string()))?;
             batch_bytes += key.len() + record.len();
             batch.push((record_key(&key), Some(record)));

@@ -316,6 +316,12 @@ fn a_snapshot_restores_the_same_store_and_bad_snapshots_are_refused() {
     flipped[40] ^= 1;
     assert!(c.restore(&mut &flipped[..]).is_err(), "a damaged record");
     assert!(c.restore(&mut &b"nope"[..]).is_err(), "not a snapshot");
+    // A length field claiming 4 GiB is refused without allocating it.
+    let mut huge = b"DKV1".to_vec();
+    huge.extend_from_slice(&2i64.to_le_bytes());
+    huge.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
+    huge.extend_from_slice(b"k");
+    assert!(c.restore(&mut &huge[..]).is_err(), "a huge key length");
 }
 
 #[test]
