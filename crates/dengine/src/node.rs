@@ -168,29 +168,24 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         // A state machine that keeps its own state may be at or past the
         // newest snapshot already; otherwise it starts from the snapshot.
         let mut applied = state_machine.applied_index().unwrap_or(LogIndex::ZERO);
-        let mut known_snapshots = std::collections::BTreeMap::new();
         let latest = snapshots
             .latest()
             .map_err(|e| Error::Storage(format!("reading the newest snapshot: {e}")))?;
+        let mut snapshot_at = LogIndex::ZERO;
+        let mut known_snapshots = std::collections::BTreeMap::new();
         if let Some(data) = latest {
-            let index = data.meta().last_index;
-            if applied < index {
+            snapshot_at = data.meta().last_index;
+            if applied < snapshot_at {
                 let name = data
                     .path()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
                 crate::snapshot::restore(&mut state_machine, &data)
-                    .and_then(|()| state_machine.flush(index))
                     .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
-                applied = index;
+                applied = snapshot_at;
             }
-            known_snapshots.insert(index, data);
+            known_snapshots.insert(snapshot_at, data);
         }
-        let snapshot_at = known_snapshots
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(LogIndex::ZERO);
         let init = store.initial_state()?;
         if init.applied > applied {
             return Err(Error::Storage(format!(

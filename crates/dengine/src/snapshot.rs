@@ -32,6 +32,23 @@ fn corrupt(what: impl std::fmt::Display) -> io::Error {
     )
 }
 
+/// A frame header's `(payload length, crc32)`.
+fn header(head: &[u8; HEADER]) -> (usize, u32) {
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    (len, crc)
+}
+
+/// Checks the metadata frame's payload against what the snapshot is said
+/// to be.
+fn check_meta(payload: &[u8], expected: &SnapshotMeta, said_by: &str) -> io::Result<()> {
+    let meta = decode_snapshot_meta(payload).map_err(corrupt)?;
+    if &meta != expected {
+        return Err(corrupt(format!("metadata differs from the {said_by}'s")));
+    }
+    Ok(())
+}
+
 fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + bytes.len());
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -151,13 +168,14 @@ impl SnapshotData {
     }
 }
 
-/// Restores `sm` from `data`, then reads whatever the state machine left
-/// unread, so the whole snapshot's checksums are verified either way.
+/// Restores `sm` from `data`, reads whatever the state machine left unread
+/// (so the whole snapshot's checksums are verified either way), and tells
+/// it the index it now reflects ([`crate::StateMachine::flush`]).
 pub(crate) fn restore<SM: crate::StateMachine>(sm: &mut SM, data: &SnapshotData) -> io::Result<()> {
     let mut r = data.reader();
     sm.restore(&mut r)?;
     io::copy(&mut r, &mut io::sink())?;
-    Ok(())
+    sm.flush(data.meta().last_index)
 }
 
 /// Iterates over a snapshot's raw frames (header included), each checked.
@@ -168,15 +186,14 @@ pub struct Frames {
 }
 
 impl Frames {
-    /// The next frame: `(frame bytes with header, payload length)`.
+    /// The next frame, header included, its checksum checked.
     fn next_frame(&mut self) -> io::Result<Option<Vec<u8>>> {
         if self.done {
             return Ok(None);
         }
         let mut head = [0u8; HEADER];
         self.data.read_exact_at(&mut head, self.offset)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let (len, crc) = header(&head);
         if len > MAX_FRAME {
             return Err(corrupt(format!(
                 "frame at byte {} claims {len} bytes",
@@ -242,10 +259,7 @@ impl Read for SnapshotReader {
             let payload = &frame[HEADER..];
             if !self.seen_meta {
                 self.seen_meta = true;
-                let meta = decode_snapshot_meta(payload).map_err(corrupt)?;
-                if meta != self.frames.data.meta {
-                    return Err(corrupt("metadata differs from the snapshot's"));
-                }
+                check_meta(payload, &self.frames.data.meta, "snapshot")?;
                 continue;
             }
             if payload.is_empty() {
@@ -378,8 +392,7 @@ impl SnapshotReceiver {
         let (head, payload) = frame_bytes
             .split_first_chunk::<HEADER>()
             .ok_or_else(|| corrupt("frame shorter than its header"))?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let (len, crc) = header(head);
         if len != payload.len() || len > MAX_FRAME {
             return Err(corrupt("frame length mismatch"));
         }
@@ -387,10 +400,7 @@ impl SnapshotReceiver {
             return Err(corrupt("frame checksum mismatch"));
         }
         if !self.seen_meta {
-            let meta = decode_snapshot_meta(payload).map_err(corrupt)?;
-            if meta != self.meta {
-                return Err(corrupt("metadata differs from the message's"));
-            }
+            check_meta(payload, &self.meta, "message")?;
             self.seen_meta = true;
         } else if payload.is_empty() {
             self.ended = true;

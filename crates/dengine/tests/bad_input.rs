@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod common;
 use dengine::{Config, Error, NodeBuilder, StateMachine, StorageKind};
 
 #[derive(Default)]
@@ -31,15 +32,8 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn config(dir: &std::path::Path, node: u64, cluster: u64) -> Config {
     Config {
-        node_id: node,
         cluster_id: cluster,
-        data_dir: dir.to_path_buf(),
-        storage: StorageKind::Sled,
-        tick_ms: 5,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        lease_drift_ticks: 2,
-        ..Config::default()
+        ..common::fast(node, StorageKind::Sled, dir.to_path_buf())
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+mod common;
 use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
 
 /// A string map; commands are `key=value`.
@@ -38,16 +39,9 @@ impl StateMachine for Kv {
 
 fn config(id: u64, storage: StorageKind, dir: &std::path::Path) -> Config {
     Config {
-        node_id: id,
-        storage,
-        data_dir: dir.join(format!("node-{id}")),
-        tick_ms: 5,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        lease_drift_ticks: 2,
         snapshot_threshold: 30,
         compaction_lag: 0,
-        ..Config::default()
+        ..common::fast(id, storage, dir.join(format!("node-{id}")))
     }
 }
 

@@ -13,35 +13,15 @@
 #![cfg(all(unix, any(feature = "sled", feature = "rocksdb")))]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::Strings;
 use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
 use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
-
-#[derive(Default)]
-struct Keys(BTreeSet<String>);
-
-impl StateMachine for Keys {
-    type Response = ();
-    fn apply(&mut self, _: dengine::LogIndex, command: &[u8]) {
-        self.0.insert(String::from_utf8_lossy(command).into_owned());
-    }
-    fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
-        for k in &self.0 {
-            writeln!(out, "{k}")?;
-        }
-        Ok(())
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
-        let mut s = String::new();
-        input.read_to_string(&mut s)?;
-        self.0 = s.lines().map(str::to_string).collect();
-        Ok(())
-    }
-}
 
 fn storage_from_env() -> StorageKind {
     match std::env::var("CRASH_CHILD_STORAGE").as_deref() {
@@ -59,9 +39,9 @@ trait Machine: StateMachine + Sized {
     fn contents(&self) -> (Vec<String>, String);
 }
 
-impl Machine for Keys {
+impl Machine for Strings {
     fn open(_: &Config) -> Self {
-        Keys::default()
+        Strings::default()
     }
     fn command(key: &str) -> Vec<u8> {
         key.as_bytes().to_vec()
@@ -119,16 +99,9 @@ async fn start<SM: Machine>(dir: &Path, storage: StorageKind) -> (Vec<Node<SM>>,
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let config = Config {
-            node_id: id,
-            storage,
-            data_dir: dir.join(format!("n{id}")),
-            tick_ms: 5,
-            election_ticks: 10,
-            heartbeat_ticks: 1,
-            lease_drift_ticks: 2,
             snapshot_threshold: 300,
             compaction_lag: 50,
-            ..Config::default()
+            ..common::fast(id, storage, dir.join(format!("n{id}")))
         };
         let sm = SM::open(&config);
         let n = NodeBuilder::new(config, sm)
@@ -174,7 +147,7 @@ fn crash_child() {
     if std::env::var("CRASH_CHILD_SM").as_deref() == Ok("kv") {
         rt.block_on(child_main::<KvStateMachine>(dir, verify, round));
     } else {
-        rt.block_on(child_main::<Keys>(dir, verify, round));
+        rt.block_on(child_main::<Strings>(dir, verify, round));
     }
 }
 

@@ -8,41 +8,19 @@
 #![cfg(feature = "sled")]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+mod common;
+use common::Strings;
 use dengine::core::{Message, MessageBody, NodeId};
 use dengine::snapshot::SnapshotData;
-use dengine::{Config, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind, Transport};
-
-/// A set of strings; snapshots of a few hundred KiB (several frames).
-#[derive(Default)]
-struct Set(std::collections::BTreeSet<String>);
-
-impl StateMachine for Set {
-    type Response = ();
-    fn apply(&mut self, _: dengine::LogIndex, command: &[u8]) {
-        self.0.insert(String::from_utf8_lossy(command).into_owned());
-    }
-    fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
-        for k in &self.0 {
-            writeln!(out, "{k}")?;
-        }
-        Ok(())
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
-        let mut s = String::new();
-        input.read_to_string(&mut s)?;
-        self.0 = s.lines().map(str::to_string).collect();
-        Ok(())
-    }
-}
+use dengine::{Config, Node, NodeBuilder, ReadPolicy, StorageKind, Transport};
 
 #[derive(Default)]
 struct Net {
-    nodes: RwLock<BTreeMap<NodeId, Node<Set>>>,
+    nodes: RwLock<BTreeMap<NodeId, Node<Strings>>>,
     /// Nodes cut off.
     down: RwLock<Vec<NodeId>>,
     /// Damage one frame of the next snapshot sent.
@@ -57,7 +35,7 @@ struct Link {
 }
 
 impl Net {
-    fn node(&self, id: NodeId) -> Option<Node<Set>> {
+    fn node(&self, id: NodeId) -> Option<Node<Strings>> {
         let down = self.down.read().ok()?;
         if down.contains(&id) {
             return None;
@@ -118,18 +96,14 @@ impl Transport for Link {
     }
 }
 
+/// Snapshots every 50 entries, nothing kept behind them (a follower cut
+/// off for a while needs a snapshot to catch up; with 2 KB entries one is
+/// several frames).
 fn config(id: u64, dir: &std::path::Path) -> Config {
     Config {
-        node_id: id,
-        storage: StorageKind::Sled,
-        data_dir: dir.join(format!("n{id}")),
-        tick_ms: 5,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        lease_drift_ticks: 2,
         snapshot_threshold: 50,
         compaction_lag: 0,
-        ..Config::default()
+        ..common::fast(id, StorageKind::Sled, dir.join(format!("n{id}")))
     }
 }
 
@@ -142,14 +116,14 @@ async fn snapshots_travel_frame_by_frame_and_a_damaged_one_is_sent_again() {
             from: NodeId(id),
             net: net.clone(),
         });
-        let node = NodeBuilder::new(config(id, dir.path()), Set::default())
+        let node = NodeBuilder::new(config(id, dir.path()), Strings::default())
             .initial_members([1, 2, 3])
             .transport(link)
             .build()
             .expect("start");
         net.nodes.write().expect("lock").insert(NodeId(id), node);
     }
-    let nodes: BTreeMap<NodeId, Node<Set>> = net.nodes.read().expect("lock").clone();
+    let nodes: BTreeMap<NodeId, Node<Strings>> = net.nodes.read().expect("lock").clone();
     let any = &nodes[&NodeId(1)];
     let m = any
         .wait_for(Duration::from_secs(10), |m| m.leader.is_some())
@@ -183,7 +157,7 @@ async fn snapshots_travel_frame_by_frame_and_a_damaged_one_is_sent_again() {
     );
     assert!(net.installed_via_frames.load(Ordering::SeqCst) >= 1);
     let count = nodes[&lagging]
-        .read(ReadPolicy::Stale, |s: &Set| s.0.len())
+        .read(ReadPolicy::Stale, |s: &Strings| s.0.len())
         .await
         .expect("read");
     assert_eq!(count, 400, "every write is on the follower");

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod common;
 use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest, RangeResponse};
 use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StorageKind};
 
@@ -13,16 +14,9 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn config(id: u64, storage: StorageKind, dir: &std::path::Path) -> Config {
     Config {
-        node_id: id,
-        storage,
-        data_dir: dir.join(format!("node-{id}")),
-        tick_ms: 5,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        lease_drift_ticks: 2,
         snapshot_threshold: 25,
         compaction_lag: 5,
-        ..Config::default()
+        ..common::fast(id, storage, dir.join(format!("node-{id}")))
     }
 }
 

@@ -4,7 +4,8 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use dengine::{Config, Error, LogIndex, NodeBuilder, StateMachine, StorageKind};
+mod common;
+use dengine::{Error, LogIndex, NodeBuilder, StateMachine, StorageKind};
 
 /// Applies everything; its flush fails from `fail_from` on.
 struct Flaky {
@@ -34,14 +35,7 @@ impl StateMachine for Flaky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_flush_fails_the_batch_and_stops_the_node() {
-    let config = Config {
-        storage: StorageKind::Memory,
-        tick_ms: 5,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        lease_drift_ticks: 2,
-        ..Config::default()
-    };
+    let config = common::fast(1, StorageKind::Memory, "unused".into());
     let sm = Flaky {
         fail_from: 5,
         flushed: LogIndex(0),

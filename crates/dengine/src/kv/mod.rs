@@ -141,7 +141,8 @@ pub struct KvStateMachine {
     revision: i64,
     /// The index the stored state reflects (durable backends only).
     applied: Option<LogIndex>,
-    /// A storage failure during apply: the node must stop.
+    /// A failed write to the backend: every later flush fails, and the node
+    /// stops.
     failed: Option<String>,
 }
 
@@ -241,119 +242,88 @@ impl KvStateMachine {
 
     /// The key's current value.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
-        self.lookup(key)
+        Ok(self.keys.get(key).cloned())
     }
 
     /// Reads keys (see [`RangeRequest`]).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
         let mut out = RangeResponse::default();
-        self.visit(&req.key, &req.range_end, &mut |mut kv| {
+        for kv in self.in_range(&req.key, &req.range_end) {
             out.count += 1;
             if req.count_only {
-                return Ok(true);
+                continue;
             }
             if req.limit > 0 && out.kvs.len() as u64 >= req.limit {
                 out.more = true;
-                return Ok(true);
+                continue;
             }
-            if req.keys_only {
-                kv.value.clear();
-            }
-            out.kvs.push(kv);
-            Ok(true)
-        })?;
+            out.kvs.push(if req.keys_only {
+                KeyValue {
+                    key: kv.key.clone(),
+                    value: Vec::new(),
+                    ..*kv
+                }
+            } else {
+                kv.clone()
+            });
+        }
         Ok(out)
     }
 
-    fn lookup(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
-        Ok(self.keys.get(key).cloned())
-    }
-
-    /// Visits the keys of a range in order.
-    fn visit(
-        &self,
-        key: &[u8],
-        range_end: &[u8],
-        f: &mut dyn FnMut(KeyValue) -> Result<bool, KvError>,
-    ) -> Result<(), KvError> {
-        use std::ops::Bound;
-        let (start, end) = match KeyRange::new(key, range_end) {
-            KeyRange::Single(key) => {
-                if let Some(kv) = self.keys.get(key) {
-                    f(kv.clone())?;
-                }
-                return Ok(());
-            }
-            KeyRange::Span(start, end) => (start, end),
+    /// The keys of a range, in order.
+    fn in_range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+    ) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let bounds = match KeyRange::new(key, range_end) {
+            KeyRange::Single(key) => (Included(key), Included(key)),
+            KeyRange::Span(start, None) => (Included(start), Unbounded),
+            // Empty (a map range whose end precedes its start panics).
+            KeyRange::Span(start, Some(end)) if end <= start => (Included(start), Excluded(start)),
+            KeyRange::Span(start, Some(end)) => (Included(start), Excluded(end)),
         };
-        if end.is_some_and(|e| e <= start) {
-            return Ok(());
-        }
-        let bounds = (
-            Bound::Included(start),
-            end.map_or(Bound::Unbounded, Bound::Excluded),
-        );
-        for kv in self.keys.range::<[u8], _>(bounds).map(|(_, kv)| kv) {
-            if !f(kv.clone())? {
-                break;
-            }
-        }
-        Ok(())
+        self.keys.range::<[u8], _>(bounds).map(|(_, kv)| kv)
     }
 
-    fn stage(&mut self, kv: KeyValue) {
-        self.pending
-            .insert(record_key(&kv.key), Some(encode_record(&kv)));
-        self.keys.insert(kv.key.clone(), kv);
-    }
-
-    fn put(&mut self, rev: i64, req: &PutRequest) -> Result<OpResponse, KvError> {
-        let prev = self.lookup(&req.key)?;
+    fn put(&mut self, rev: i64, req: &PutRequest) -> OpResponse {
+        let prev = self.keys.get(&req.key);
         let kv = KeyValue {
             key: req.key.clone(),
             value: req.value.clone(),
-            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            create_revision: prev.map_or(rev, |p| p.create_revision),
             mod_revision: rev,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            version: prev.map_or(1, |p| p.version + 1),
         };
-        self.stage(kv);
-        Ok(OpResponse::Put {
-            prev_kv: prev.filter(|_| req.prev_kv),
-        })
+        let prev_kv = prev.filter(|_| req.prev_kv).cloned();
+        self.pending
+            .insert(record_key(&kv.key), Some(encode_record(&kv)));
+        self.keys.insert(kv.key.clone(), kv);
+        OpResponse::Put { prev_kv }
     }
 
-    fn delete(&mut self, req: &DeleteRangeRequest) -> Result<OpResponse, KvError> {
-        let mut found = Vec::new();
-        self.visit(&req.key, &req.range_end, &mut |kv| {
-            found.push(kv);
-            Ok(true)
-        })?;
+    fn delete(&mut self, req: &DeleteRangeRequest) -> OpResponse {
+        let found: Vec<KeyValue> = self.in_range(&req.key, &req.range_end).cloned().collect();
         for kv in &found {
             self.pending.insert(record_key(&kv.key), None);
             self.keys.remove(&kv.key);
         }
-        Ok(OpResponse::DeleteRange {
+        OpResponse::DeleteRange {
             deleted: found.len() as i64,
             prev_kvs: if req.prev_kv { found } else { Vec::new() },
-        })
+        }
     }
 
-    fn holds(&self, c: &Compare) -> Result<bool, KvError> {
-        let mut all = true;
-        let mut any = false;
-        self.visit(&c.key, &c.range_end, &mut |kv| {
-            any = true;
-            all = compare(&kv, c);
-            Ok(all)
-        })?;
-        if !any {
+    fn holds(&self, c: &Compare) -> bool {
+        let mut keys = self.in_range(&c.key, &c.range_end).peekable();
+        if keys.peek().is_none() {
             // As etcd: a value comparison on no key fails; the counters of
             // a missing key are 0.
-            return Ok(
-                !matches!(c.target, CompareTarget::Value(_)) && compare(&KeyValue::default(), c)
-            );
+            return !matches!(c.target, CompareTarget::Value(_))
+                && compare(&KeyValue::default(), c);
         }
-        Ok(all)
+        keys.all(|kv| compare(kv, c))
     }
 
     /// Runs a command; `Err` of kind `InvalidRequest` changed nothing.
@@ -361,20 +331,14 @@ impl KvStateMachine {
         validate(cmd)?;
         let rev = self.revision + 1;
         let (op, wrote) = match cmd {
-            KvCommand::Put(p) => (self.put(rev, p)?, true),
+            KvCommand::Put(p) => (self.put(rev, p), true),
             KvCommand::DeleteRange(d) => {
-                let op = self.delete(d)?;
+                let op = self.delete(d);
                 let wrote = matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
                 (op, wrote)
             }
             KvCommand::Txn(t) => {
-                let mut succeeded = true;
-                for c in &t.compare {
-                    if !self.holds(c)? {
-                        succeeded = false;
-                        break;
-                    }
-                }
+                let succeeded = t.compare.iter().all(|c| self.holds(c));
                 let branch = if succeeded { &t.success } else { &t.failure };
                 let mut wrote = false;
                 let mut responses = Vec::with_capacity(branch.len());
@@ -383,10 +347,10 @@ impl KvStateMachine {
                         TxnOp::Range(r) => OpResponse::Range(self.range(r)?),
                         TxnOp::Put(p) => {
                             wrote = true;
-                            self.put(rev, p)?
+                            self.put(rev, p)
                         }
                         TxnOp::DeleteRange(d) => {
-                            let op = self.delete(d)?;
+                            let op = self.delete(d);
                             wrote |= matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
                             op
                         }
@@ -469,13 +433,7 @@ impl StateMachine for KvStateMachine {
         }
         let cmd: KvCommand =
             crate::typed::decode(command).map_err(|e| KvError::InvalidRequest(e.to_string()))?;
-        let out = self.execute(&cmd);
-        if let Err(KvError::Storage(e)) = &out {
-            // The replicas that could read their records went on; this one
-            // cannot, and stops at the next flush.
-            self.failed = Some(e.clone());
-        }
-        out
+        self.execute(&cmd)
     }
 
     fn flush(&mut self, applied: LogIndex) -> io::Result<()> {

@@ -151,11 +151,8 @@ async fn run<SM: StateMachine>(
                 }
             }
             ApplyJob::Restore(meta, data) => {
-                let index = meta.last_index;
-                let Some((back, restored)) = off_runtime(sm, move |sm| {
-                    crate::snapshot::restore(sm, &data).and_then(|()| sm.flush(index))
-                })
-                .await
+                let Some((back, restored)) =
+                    off_runtime(sm, move |sm| crate::snapshot::restore(sm, &data)).await
                 else {
                     let _ =
                         events.send(Event::Fatal("the state machine panicked in restore".into()));

@@ -85,7 +85,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) snapshot_made_at: LogIndex,
     /// The request timeout in ticks.
     pub(crate) timeout_ticks: u64,
-    /// Proposals gathered from one batch of requests, proposed together.
+    /// Proposals taken from the queue, proposed together (the buffer is
+    /// kept, so taking does not allocate).
     pub(crate) batch: Vec<Proposal<SM::Response>>,
 }
 
@@ -164,9 +165,6 @@ impl<SM: StateMachine> CoreLoop<SM> {
         let _ = self.disk.send(DiskJob::Stop);
         let _ = self.apply.send(ApplyJob::Stop);
         self.queue.close(&Error::Shutdown);
-        for (_, r) in self.batch.drain(..) {
-            let _ = r.send(Err(Error::Shutdown));
-        }
         self.proposals.fail_all(&Error::Shutdown);
         for (_, (_, r)) in std::mem::take(&mut self.changes) {
             let _ = r.send(Err(Error::Shutdown));
@@ -235,16 +233,10 @@ impl<SM: StateMachine> CoreLoop<SM> {
         self.proposals.expire(self.ticks, self.timeout_ticks);
     }
 
-    /// Takes what proposers queued and proposes it in one batch.
+    /// Takes what proposers queued and proposes it in one batch. (Once the
+    /// node failed, the queue is closed and answers proposers itself.)
     fn take_proposals(&mut self) {
         self.queue.take(&mut self.batch);
-        if let Some(f) = &self.fatal {
-            let e = Error::Storage(f.clone());
-            for (_, r) in self.batch.drain(..) {
-                let _ = r.send(Err(e.clone()));
-            }
-            return;
-        }
         self.flush_proposals();
     }
 

@@ -165,9 +165,10 @@ impl<R> Pending<R> {
         first: LogIndex,
         term: Term,
         tick: u64,
-        replies: impl IntoIterator<Item = ProposeReply<R>>,
+        replies: Vec<ProposeReply<R>>,
     ) {
-        let replies: VecDeque<_> = replies.into_iter().collect();
+        // Taken over as it is, not copied.
+        let replies = VecDeque::from(replies);
         if !replies.is_empty() {
             self.batches.insert((first, term), Batch { tick, replies });
         }

@@ -1,0 +1,48 @@
+//! Shared by the integration tests: fast settings and a small state
+//! machine. (Each test binary uses part of it.)
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use dengine::{Config, StateMachine, StorageKind};
+
+/// Settings for node `id` with 5 ms ticks, so a cluster elects a leader in
+/// tens of milliseconds.
+pub fn fast(id: u64, storage: StorageKind, data_dir: PathBuf) -> Config {
+    Config {
+        node_id: id,
+        storage,
+        data_dir,
+        tick_ms: 5,
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        lease_drift_ticks: 2,
+        ..Config::default()
+    }
+}
+
+/// A set of strings: each command adds itself; a snapshot is one line per
+/// string.
+#[derive(Default)]
+pub struct Strings(pub BTreeSet<String>);
+
+impl StateMachine for Strings {
+    type Response = ();
+    fn apply(&mut self, _: dengine::LogIndex, command: &[u8]) {
+        self.0.insert(String::from_utf8_lossy(command).into_owned());
+    }
+    fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        for k in &self.0 {
+            writeln!(out, "{k}")?;
+        }
+        Ok(())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
+        let mut s = String::new();
+        input.read_to_string(&mut s)?;
+        self.0 = s.lines().map(str::to_string).collect();
+        Ok(())
+    }
+}
