@@ -477,13 +477,15 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         let proposals = self.proposals.take_for(&entries);
         let mut changes = Vec::new();
-        let any_changes = !self.changes.is_empty();
-        for e in entries.iter().filter(|_| any_changes) {
-            if let Some((term, reply)) = self.changes.remove(&e.index) {
-                if term == e.term {
-                    changes.push((e.index, reply));
-                } else {
-                    let _ = reply.send(Err(Error::Dropped(e.index)));
+        // Membership changes are rare: skip the lookups when none waits.
+        if !self.changes.is_empty() {
+            for e in &entries {
+                if let Some((term, reply)) = self.changes.remove(&e.index) {
+                    if term == e.term {
+                        changes.push((e.index, reply));
+                    } else {
+                        let _ = reply.send(Err(Error::Dropped(e.index)));
+                    }
                 }
             }
         }
