@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! dengine-sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]
-//! dengine-sim --seed S [--nodes 3|5] [--steps K] [--trace]
+//! dengine-sim --seed S [--nodes 3|5] [--steps K] [--trace] [--keep-going]
 //! ```
+//!
+//! A seed stops at the step that first breaks a safety property;
+//! `--keep-going` runs it on to its end instead (to see what followed).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +23,12 @@ struct Args {
     steps: u64,
     trace: bool,
     threads: usize,
+    keep_going: bool,
 }
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: dengine-sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]\n       dengine-sim --seed S [--nodes 3|5] [--steps K] [--trace]"
+        "usage: dengine-sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]\n       dengine-sim --seed S [--nodes 3|5] [--steps K] [--trace] [--keep-going]"
     );
     ExitCode::from(2)
 }
@@ -38,6 +42,7 @@ fn parse() -> Result<Args, String> {
         steps: SimOptions::new(0).steps,
         trace: false,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        keep_going: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +60,7 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = val("--steps")?,
             "--threads" => a.threads = val("--threads")?.max(1) as usize,
             "--trace" => a.trace = true,
+            "--keep-going" => a.keep_going = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -69,6 +75,7 @@ fn options(a: &Args, seed: u64) -> SimOptions {
     o.nodes = a.nodes;
     o.steps = a.steps;
     o.trace = a.trace;
+    o.stop_at_first_violation = !a.keep_going;
     o
 }
 
@@ -104,8 +111,13 @@ fn main() -> ExitCode {
             println!("{line}");
         }
         println!(
-            "seed {seed}: {} steps, {:.1}s virtual, ops ok {} failed {} unknown {}, faults: {}",
+            "seed {seed}: {} steps{}, {:.1}s virtual, ops ok {} failed {} unknown {}, faults: {}",
             r.steps,
+            if r.stopped_at_violation {
+                " (stopped at the first violation)"
+            } else {
+                ""
+            },
             r.virtual_us as f64 / 1e6,
             r.ops_ok,
             r.ops_failed,
@@ -148,8 +160,13 @@ fn main() -> ExitCode {
                     total_steps.fetch_add(r.steps, Ordering::Relaxed);
                     if !r.passed() {
                         let text = format!(
-                            "FAIL seed {seed} ({}):\n{}    replay: {}",
+                            "FAIL seed {seed} ({}){}:\n{}    replay: {}",
                             r.profile.describe(),
+                            if r.stopped_at_violation {
+                                format!(", stopped at step {}", r.steps)
+                            } else {
+                                String::new()
+                            },
                             describe_failure(&r),
                             replay_command(&args, seed)
                         );
