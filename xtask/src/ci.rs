@@ -83,8 +83,6 @@ fn no_native_link(step: Step) -> Step {
     let dir = dir.to_string_lossy();
     step.env("ROCKSDB_LIB_DIR", &dir)
         .env("ROCKSDB_STATIC", "1")
-        .env("SNAPPY_LIB_DIR", &dir)
-        .env("SNAPPY_STATIC", "1")
 }
 
 /// Whether `cargo nextest` is installed and runs.
