@@ -44,8 +44,10 @@
 //! 5. **`Ready::read_states`**: a read with `Ok(index)` may be served once
 //!    the state machine applied `index`.
 //! 6. **`Ready::snapshot_request`** / **`Ready::compact_to`**: take a
-//!    snapshot at the given index and report it; delete log entries up to
-//!    `compact_to`.
+//!    snapshot at the given index (the last entry handed out, so once every
+//!    committed entry handed out so far is applied) and report it; delete
+//!    log entries up to `compact_to`. A failed snapshot is asked for again
+//!    after a backoff.
 //!
 //! Several `Ready`s may be in flight at once (pipelining): take the next one
 //! while the disk writes the previous batch.

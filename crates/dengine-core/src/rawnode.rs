@@ -86,7 +86,8 @@ pub struct Ready {
     /// Reads whose outcome is known.
     pub read_states: Vec<ReadState>,
     /// Take a snapshot of the state machine as of exactly this metadata's
-    /// index (the applied index when asked), then report it with
+    /// index: the last entry handed out to apply, this `Ready`'s committed
+    /// entries included (so apply them first), then report it with
     /// [`RawNode::snapshot_created`] or [`RawNode::snapshot_failed`].
     pub snapshot_request: Option<SnapshotMeta>,
     /// Log entries up to this index may be deleted (a snapshot covers them).
@@ -317,12 +318,16 @@ impl<S: LogStorage> RawNode<S> {
     }
 
     /// Reports that the snapshot asked for in [`Ready::snapshot_request`]
-    /// is stored: the core will let the log be compacted behind it.
+    /// is stored: the core will let the log be compacted behind it. The
+    /// snapshot may be at any index up to what was handed out to apply.
     pub fn snapshot_created(&mut self, meta: &SnapshotMeta) -> Result<()> {
         self.guard(|r| {
             r.snapshot_requested = None;
-            if meta.last_index > r.log.applied {
-                return Err(Error::InvalidReport("snapshot past the applied index"));
+            r.snapshot_failures = 0;
+            if meta.last_index > r.log.applying {
+                return Err(Error::InvalidReport(
+                    "snapshot past what was handed out to apply",
+                ));
             }
             if meta.last_index > r.last_snapshot_index {
                 r.last_snapshot_index = meta.last_index;
@@ -335,10 +340,28 @@ impl<S: LogStorage> RawNode<S> {
         })
     }
 
-    /// Reports that a requested snapshot could not be made; it will be asked
-    /// for again later.
+    /// Reports that a requested snapshot could not be made. It is asked
+    /// for again after a backoff that doubles with each failure in a row
+    /// (from two election timeouts up to 64), so a state machine that
+    /// keeps failing is not asked in a loop.
     pub fn snapshot_failed(&mut self) {
-        self.raft.snapshot_requested = None;
+        let r = &mut self.raft;
+        r.snapshot_requested = None;
+        r.snapshot_failures = r.snapshot_failures.saturating_add(1);
+        let doublings = r.snapshot_failures.min(6);
+        let wait = u64::from(r.cfg.election_tick) << doublings;
+        r.snapshot_retry_at = r.now.saturating_add(wait);
+    }
+
+    /// The index of the snapshot received from a leader that waits to be
+    /// made durable and installed, if any.
+    pub fn pending_snapshot_index(&self) -> Option<LogIndex> {
+        self.raft.log.pending_snapshot().map(|m| m.last_index)
+    }
+
+    /// The node a leadership transfer is under way to, if any.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.raft.transfer.target
     }
 
     /// The current term.
@@ -438,8 +461,9 @@ impl<S: LogStorage> Raft<S> {
         let t = self.cfg.snapshot_threshold;
         t > 0
             && self.snapshot_requested.is_none()
+            && self.now >= self.snapshot_retry_at
             && self.log.pending_snapshot().is_none()
-            && self.log.applied.0 >= self.last_snapshot_index.0 + t
+            && self.log.applied.0 >= self.last_snapshot_index.0.saturating_add(t)
     }
 
     /// Whether `m` promises something that must be durable first.
@@ -500,7 +524,12 @@ impl<S: LogStorage> Raft<S> {
         }
 
         if self.should_request_snapshot() {
-            let index = self.log.applied;
+            // At the last index handed out (this Ready's entries included),
+            // not the last reported applied: the runtime's apply worker
+            // takes the request after every entry handed out before it, so
+            // it is exactly there when it makes the snapshot, however far
+            // its reports lag under load.
+            let index = self.log.applying;
             let term = self.log.term(index)?;
             rd.snapshot_request = Some(SnapshotMeta {
                 last_index: index,

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dengine::kv::{KvCommand, KvStateMachine, PutRequest};
-use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, StateMachine, StorageKind};
+use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, NodeId, StateMachine, StorageKind};
 
 /// Counts applied commands; nothing else (the protocol is what is measured).
 #[derive(Default)]
@@ -32,7 +32,7 @@ struct Count(u64);
 
 impl StateMachine for Count {
     type Response = ();
-    fn apply(&mut self, _: dengine::LogIndex, _: &[u8]) {
+    fn apply(&mut self, _: dengine::EntryId, _: &[u8]) {
         self.0 += 1;
     }
     fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -161,9 +161,10 @@ async fn cluster<SM: Bench>(
         config.apply_env(std::env::vars())?;
         nodes.push(
             NodeBuilder::new(config.clone(), SM::open(&config)?)
-                .initial_members([1, 2, 3])
+                .initial_members([1, 2, 3].map(NodeId))
                 .network(&net)
-                .build()?,
+                .build()
+                .await?,
         );
     }
     let m = nodes[0]

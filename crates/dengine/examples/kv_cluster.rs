@@ -13,11 +13,11 @@ use dengine::kv::{
     Compare, CompareOp, CompareTarget, KvCommand, KvResponse, KvStateMachine, OpResponse,
     PutRequest, RangeRequest, TxnOp, TxnRequest,
 };
-use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StorageKind};
+use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, NodeId, ReadPolicy, StorageKind};
 
 type Kv = Node<KvStateMachine>;
 
-fn start(
+async fn start(
     id: u64,
     storage: StorageKind,
     dir: &std::path::Path,
@@ -31,9 +31,10 @@ fn start(
     };
     let kv = KvStateMachine::open(&config)?;
     Ok(NodeBuilder::new(config, kv)
-        .initial_members([1, 2, 3])
+        .initial_members([1, 2, 3].map(NodeId))
         .network(net)
-        .build()?)
+        .build()
+        .await?)
 }
 
 async fn leader(nodes: &BTreeMap<u64, Kv>) -> Result<&Kv, Box<dyn std::error::Error>> {
@@ -121,7 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let net = InMemoryNetwork::new();
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        nodes.insert(id, start(id, storage, &dir, &net)?);
+        nodes.insert(id, start(id, storage, &dir, &net).await?);
     }
 
     let l = leader(&nodes).await?;

@@ -41,6 +41,13 @@ pub enum Error {
     /// Storage failed or holds corrupt data; the node has stopped.
     #[error("fatal storage error: {0}")]
     Storage(String),
+    /// The node stopped on a fatal error (a task died, the state machine
+    /// panicked or failed to store its state); the text says why.
+    #[error("node stopped: {0}")]
+    Fatal(String),
+    /// A leadership transfer ended without the target becoming leader.
+    #[error("leadership transfer failed: {0}")]
+    TransferFailed(String),
 }
 
 impl Error {
@@ -53,12 +60,13 @@ impl Error {
                 | Error::Overloaded
                 | Error::Dropped(_)
                 | Error::TransferInProgress
+                | Error::TransferFailed(_)
         )
     }
 
     /// Whether the node has stopped for good.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Storage(_) | Error::Shutdown)
+        matches!(self, Error::Storage(_) | Error::Shutdown | Error::Fatal(_))
     }
 }
 

@@ -7,7 +7,7 @@
 //! [`core`]); this crate runs it on tokio with durable storage.
 //!
 //! ```
-//! use dengine::{Config, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
+//! use dengine::{Config, NodeBuilder, NodeId, ReadPolicy, StateMachine, StorageKind};
 //!
 //! /// Counts the bytes it was sent.
 //! #[derive(Default)]
@@ -15,7 +15,7 @@
 //!
 //! impl StateMachine for Counter {
 //!     type Response = u64;
-//!     fn apply(&mut self, _index: dengine::LogIndex, command: &[u8]) -> u64 {
+//!     fn apply(&mut self, _at: dengine::EntryId, command: &[u8]) -> u64 {
 //!         self.0 += command.len() as u64;
 //!         self.0
 //!     }
@@ -34,8 +34,8 @@
 //! # async fn main() -> Result<(), dengine::Error> {
 //! let config = Config { storage: StorageKind::Memory, ..Config::default() };
 //! let node = NodeBuilder::new(config, Counter::default())
-//!     .initial_members([1])
-//!     .build()?;
+//!     .initial_members([1].map(NodeId))
+//!     .build().await?;
 //! node.wait_for(std::time::Duration::from_secs(5), |m| m.leader.is_some()).await?;
 //! let out = node.propose(b"hello".to_vec()).await?;
 //! assert_eq!(out.response, 5);
@@ -66,10 +66,10 @@ pub mod typed;
 
 pub use config::{Config, StorageKind};
 pub use dengine_core as core;
-pub use dengine_core::{LogIndex, NodeId};
+pub use dengine_core::{EntryId, LogIndex, NodeId, Term};
 pub use error::Error;
 pub use node::{Node, NodeBuilder, Proposed};
 pub use runtime::{Metrics, ReadPolicy};
 pub use state_machine::StateMachine;
-pub use transport::{InMemoryNetwork, Transport};
+pub use transport::{InMemoryNetwork, SnapshotDone, Transport, Unreachable};
 pub use typed::{Typed, TypedStateMachine};

@@ -10,13 +10,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, StorageKind};
 use crate::error::Error;
+use crate::runtime::supervisor::Threads;
 use crate::runtime::{
-    Channels, CoreLoop, Event, Metrics, ProposalQueue, ReadPolicy, Request, Store,
-    spawn_apply_task, spawn_disk_thread,
+    Channels, CoreLoop, Metrics, ProposalQueue, ReadLimit, ReadPolicy, Request, Store, TickClock,
+    spawn_apply_thread, spawn_disk_thread, supervise,
 };
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
-use crate::transport::{InMemoryNetwork, Transport};
+use crate::transport::{InMemoryNetwork, SnapshotDone, Transport, Unreachable};
 
 /// A proposal's outcome: where it landed and what the state machine said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +54,8 @@ impl<SM: StateMachine> NodeBuilder<SM> {
     /// The voters of a new cluster, this node among them. Only used when
     /// the node's storage is empty; a node started without members joins an
     /// existing cluster once a member adds it.
-    pub fn initial_members(mut self, members: impl IntoIterator<Item = u64>) -> Self {
-        self.initial_members = members.into_iter().map(NodeId).collect();
+    pub fn initial_members(mut self, members: impl IntoIterator<Item = NodeId>) -> Self {
+        self.initial_members = members.into_iter().collect();
         self
     }
 
@@ -76,40 +77,14 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         self
     }
 
-    fn open_store(config: &Config) -> Result<Store, Error> {
-        match config.storage {
-            StorageKind::Memory => Ok(Arc::new(dengine_core::storage::MemStorage::new())),
-            #[cfg(feature = "sled")]
-            StorageKind::Sled => {
-                std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                    Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
-                })?;
-                let s = dengine_storage_sled::SledStore::open(config.data_dir.join("log"))?;
-                Ok(Arc::new(s))
-            }
-            #[cfg(feature = "rocksdb")]
-            StorageKind::Rocksdb => {
-                std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                    Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
-                })?;
-                let s = dengine_storage_rocksdb::RocksStore::open(config.data_dir.join("log"))?;
-                Ok(Arc::new(s))
-            }
-            #[allow(unreachable_patterns)]
-            _ => Err(Error::Config(format!(
-                "storage {:?} is not compiled in",
-                config.storage
-            ))),
-        }
-    }
-
     /// Validates the settings, opens storage (checking it belongs to this
     /// cluster and node), restores the state machine and starts the node.
-    /// Must be called inside a tokio runtime.
-    pub fn build(self) -> Result<Node<SM>, Error> {
+    /// Must be called inside a tokio runtime; opening storage and restoring
+    /// a snapshot run on the blocking pool, never on the async workers.
+    pub async fn build(self) -> Result<Node<SM>, Error> {
         let NodeBuilder {
             config,
-            mut state_machine,
+            state_machine,
             transport,
             network,
             initial_members,
@@ -117,102 +92,46 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         } = self;
         config.validate()?;
         let id = NodeId(config.node_id);
-        let store = match store {
-            Some(s) => s,
-            None => Self::open_store(&config)?,
+        let opened = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                open_and_restore(&config, store, initial_members, state_machine)
+            })
+            .await
+            .map_err(|e| Error::Fatal(format!("opening the node's storage panicked: {e}")))??
         };
-        let identity = StoreIdentity {
-            cluster_id: config.cluster_id,
-            node_id: id,
-        };
-        match store.identity()? {
-            Some(found) if found != identity => {
-                return Err(Error::Config(format!(
-                    "data in {} belongs to cluster {} node {}, not cluster {} node {}",
-                    config.data_dir.display(),
-                    found.cluster_id,
-                    found.node_id,
-                    config.cluster_id,
-                    config.node_id
-                )));
-            }
-            Some(_) => {}
-            None => store.set_identity(identity)?,
-        }
-        let fresh = store.last_index()? == LogIndex::ZERO
-            && store.initial_state()?.hard_state == Default::default();
-        if fresh && !initial_members.is_empty() {
-            if !initial_members.contains(&id) {
-                return Err(Error::Config(format!(
-                    "initial_members {initial_members:?} must include this node {id}"
-                )));
-            }
-            let hs = dengine_core::HardState {
-                term: dengine_core::Term(1),
-                vote: NodeId::NONE,
-                commit: LogIndex(1),
-            };
-            store.write(None, &[bootstrap_entry(initial_members)], Some(&hs))?;
-            store.sync()?;
-        }
+        let Opened {
+            raw,
+            store,
+            state_machine,
+            applied,
+            snapshots,
+            known_snapshot,
+        } = opened;
+        let snapshot_at = known_snapshot
+            .as_ref()
+            .map_or(LogIndex::ZERO, |d| d.meta().last_index);
 
-        let snapshots = match config.storage {
-            StorageKind::Memory => SnapshotStore::memory(),
-            _ => {
-                let dir = config.data_dir.join("snapshots");
-                SnapshotStore::open(dir.clone()).map_err(|e| {
-                    Error::Storage(format!("snapshot directory {}: {e}", dir.display()))
-                })?
-            }
-        };
-        // A state machine that keeps its own state may be at or past the
-        // newest snapshot already; otherwise it starts from the snapshot.
-        let mut applied = state_machine.applied_index().unwrap_or(LogIndex::ZERO);
-        let latest = snapshots
-            .latest()
-            .map_err(|e| Error::Storage(format!("reading the newest snapshot: {e}")))?;
-        let mut snapshot_at = LogIndex::ZERO;
-        let mut known_snapshots = std::collections::BTreeMap::new();
-        if let Some(data) = latest {
-            snapshot_at = data.meta().last_index;
-            if applied < snapshot_at {
-                let name = data
-                    .path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                crate::snapshot::restore(&mut state_machine, &data)
-                    .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
-                applied = snapshot_at;
-            }
-            known_snapshots.insert(snapshot_at, data);
-        }
-        let init = store.initial_state()?;
-        if init.applied > applied {
-            return Err(Error::Storage(format!(
-                "the log starts after a snapshot at {} that is missing from {}",
-                init.applied,
-                config.data_dir.display()
-            )));
-        }
-
-        let raw = RawNode::new(config.core_config(), store.clone())?;
         let (req_tx, req_rx) = mpsc::channel(config.max_pending_requests);
+        let (inbox_tx, inbox_rx) = mpsc::channel(crate::runtime::INBOX);
         let queue = Arc::new(ProposalQueue::new(config.max_pending_requests));
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
-        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (apply_tx, apply_rx) = std::sync::mpsc::channel();
         let disk = spawn_disk_thread(store.clone(), snapshots.clone(), disk_rx, ev_tx.clone())
             .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
-        let apply = spawn_apply_task(
+        let apply = spawn_apply_thread(
             state_machine,
             applied,
             snapshots.clone(),
             apply_rx,
             ev_tx.clone(),
-        );
+        )
+        .map_err(|e| Error::Storage(format!("starting the apply thread: {e}")))?;
         let loop_events = ev_tx.clone();
         let channels = Channels {
             requests: req_tx,
+            inbox: inbox_tx,
             events: ev_tx,
         };
         let transport = match (transport, &network) {
@@ -233,87 +152,249 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             fatal: None,
             snapshots_installed: 0,
             snapshot_made_at: snapshot_at,
+            snapshot_failures: 0,
         });
+        let timeout_ticks = (config.request_timeout_ms / config.tick_ms).max(1);
         let core = CoreLoop {
             raw,
             transport,
             requests: req_rx,
+            inbox: inbox_rx,
             events: ev_rx,
             events_tx: loop_events,
             disk: disk_tx,
             apply: apply_tx,
-            metrics: metrics_tx,
-            tick: config.tick(),
+            metrics: metrics_tx.clone(),
+            clock: TickClock::new(config.tick(), std::time::Instant::now()),
             proposals: Default::default(),
             queue: queue.clone(),
             changes: Default::default(),
             reads: Default::default(),
             next_read: 0,
-            snapshots: known_snapshots,
+            snapshots: known_snapshot
+                .into_iter()
+                .map(|d| (d.meta().last_index, d))
+                .collect(),
             incoming: Default::default(),
             snapshot_store: snapshots.clone(),
             importing: Default::default(),
             applied,
             fatal: None,
             batch: Vec::new(),
-            ticks: 0,
             snapshots_installed: 0,
             snapshot_made_at: snapshot_at,
-            timeout_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
+            snapshot_failures: 0,
+            timeout_ticks,
             inline_store: (config.storage == StorageKind::Memory).then(|| store.clone()),
+            disk_jobs: 0,
+            transfer: None,
         };
         let task = tokio::spawn(core.run());
+        let supervisor = tokio::spawn(supervise(
+            task,
+            Threads { disk, apply },
+            metrics_tx,
+            queue.clone(),
+        ));
+        let reads = ReadLimit::new(config.max_pending_requests);
         let node = Node {
             inner: Arc::new(Inner {
                 id,
                 config,
                 channels,
                 metrics: metrics_rx,
-                handles: Mutex::new(Some((task, disk, apply))),
+                supervisor: Mutex::new(Some(supervisor)),
                 network: network.clone(),
                 snapshots,
                 queue,
+                reads,
             }),
         };
         if let Some(net) = network {
-            let a = node.channels().events.clone();
-            let b = node.channels().events.clone();
+            let inbox = node.channels().inbox.clone();
             net.register(
                 id,
-                Arc::new(move |m: Message, d: Option<SnapshotData>| {
-                    let _ = a.send(Event::Message(m, d));
-                }),
-                Arc::new(move |to: NodeId, ok: bool| {
-                    let _ = b.send(Event::SnapshotReport(to, ok));
-                }),
+                Arc::new(move |m: Message, d: Option<SnapshotData>| inbox.try_send((m, d)).is_ok()),
             );
         }
         Ok(node)
     }
 }
 
-struct NoTransport;
-impl Transport for NoTransport {
-    fn send(&self, msg: Message, _: Option<SnapshotData>) {
-        tracing::trace!(to = %msg.to, "no transport configured; message dropped");
+/// What opening a node's storage gives.
+struct Opened<SM> {
+    raw: RawNode<Store>,
+    store: Store,
+    state_machine: SM,
+    applied: LogIndex,
+    snapshots: SnapshotStore,
+    /// The snapshot the log starts after, if any.
+    known_snapshot: Option<SnapshotData>,
+}
+
+/// The blocking part of starting a node: opens the store (checking it
+/// belongs to this cluster and node), writes the first entry of a new
+/// cluster, and brings the state machine to the snapshot the log starts
+/// after.
+fn open_and_restore<SM: StateMachine>(
+    config: &Config,
+    store: Option<Store>,
+    initial_members: Vec<NodeId>,
+    mut state_machine: SM,
+) -> Result<Opened<SM>, Error> {
+    let id = NodeId(config.node_id);
+    let store = match store {
+        Some(s) => s,
+        None => open_store(config)?,
+    };
+    let identity = StoreIdentity {
+        cluster_id: config.cluster_id,
+        node_id: id,
+    };
+    match store.identity()? {
+        Some(found) if found != identity => {
+            return Err(Error::Config(format!(
+                "data in {} belongs to cluster {} node {}, not cluster {} node {}",
+                config.data_dir.display(),
+                found.cluster_id,
+                found.node_id,
+                config.cluster_id,
+                config.node_id
+            )));
+        }
+        Some(_) => {}
+        None => store.set_identity(identity)?,
+    }
+    let fresh = store.last_index()? == LogIndex::ZERO
+        && store.initial_state()?.hard_state == Default::default();
+    if fresh && !initial_members.is_empty() {
+        if !initial_members.contains(&id) {
+            return Err(Error::Config(format!(
+                "initial_members {initial_members:?} must include this node {id}"
+            )));
+        }
+        let hs = dengine_core::HardState {
+            term: dengine_core::Term(1),
+            vote: NodeId::NONE,
+            commit: LogIndex(1),
+        };
+        store.write(None, &[bootstrap_entry(initial_members)], Some(&hs))?;
+        store.sync()?;
+    }
+
+    let snapshots = match config.storage {
+        StorageKind::Memory => SnapshotStore::memory(),
+        _ => {
+            let dir = config.data_dir.join("snapshots");
+            SnapshotStore::open(dir.clone())
+                .map_err(|e| Error::Storage(format!("snapshot directory {}: {e}", dir.display())))?
+        }
+    };
+    // The snapshot to start from is the one the log says it starts after:
+    // a newer file was made or received but never recorded (a crash came
+    // between), so nothing may rely on it.
+    let meta = store.snapshot_meta()?;
+    let snapshot_dir = config.data_dir.join("snapshots");
+    snapshots.remove_newer_than(meta.last_index).map_err(|e| {
+        Error::Storage(format!(
+            "removing unrecorded snapshots in {}: {e}",
+            snapshot_dir.display()
+        ))
+    })?;
+    let known = if meta.last_index == LogIndex::ZERO {
+        None
+    } else {
+        snapshots.find(&meta).map_err(|e| {
+            Error::Storage(format!(
+                "reading the snapshot at {} in {}: {e}",
+                meta.last_index,
+                snapshot_dir.display()
+            ))
+        })?
+    };
+    // A state machine that keeps its own state may be at or past the
+    // snapshot already; otherwise it starts from the snapshot.
+    let mut applied = state_machine.applied_index().unwrap_or(LogIndex::ZERO);
+    if let Some(data) = &known
+        && applied < data.meta().last_index
+    {
+        let name = data
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        crate::snapshot::restore(&mut state_machine, data)
+            .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
+        applied = data.meta().last_index;
+    }
+    if meta.last_index > applied {
+        return Err(Error::Storage(format!(
+            "the log starts after a snapshot at {} that is missing from {}",
+            meta.last_index,
+            snapshot_dir.display()
+        )));
+    }
+    let raw = RawNode::new(config.core_config(), store.clone())?;
+    Ok(Opened {
+        raw,
+        store,
+        state_machine,
+        applied,
+        snapshots,
+        known_snapshot: known,
+    })
+}
+
+fn open_store(config: &Config) -> Result<Store, Error> {
+    match config.storage {
+        StorageKind::Memory => Ok(Arc::new(dengine_core::storage::MemStorage::new())),
+        #[cfg(feature = "sled")]
+        StorageKind::Sled => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
+            })?;
+            let s = dengine_storage_sled::SledStore::open(config.data_dir.join("log"))?;
+            Ok(Arc::new(s))
+        }
+        #[cfg(feature = "rocksdb")]
+        StorageKind::Rocksdb => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
+            })?;
+            let s = dengine_storage_rocksdb::RocksStore::open(config.data_dir.join("log"))?;
+            Ok(Arc::new(s))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(Error::Config(format!(
+            "storage {:?} is not compiled in",
+            config.storage
+        ))),
     }
 }
 
-type Handles = (
-    tokio::task::JoinHandle<()>,
-    std::thread::JoinHandle<()>,
-    tokio::task::JoinHandle<()>,
-);
+struct NoTransport;
+impl Transport for NoTransport {
+    fn send(&self, msg: Message) -> Result<(), Unreachable> {
+        tracing::trace!(to = %msg.to, "no transport configured; message dropped");
+        Err(Unreachable)
+    }
+
+    fn send_snapshot(&self, msg: Message, _: SnapshotData, done: SnapshotDone) {
+        tracing::trace!(to = %msg.to, "no transport configured; snapshot dropped");
+        done.failed();
+    }
+}
 
 struct Inner<SM: StateMachine> {
     id: NodeId,
     config: Config,
     channels: Channels<SM>,
     metrics: watch::Receiver<Metrics>,
-    handles: Mutex<Option<Handles>>,
+    /// Ends once the node's tasks and threads are all done.
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     network: Option<InMemoryNetwork>,
     snapshots: SnapshotStore,
     queue: Arc<ProposalQueue<SM::Response>>,
+    reads: Arc<ReadLimit>,
 }
 
 /// A running node. Cheap to clone; every clone talks to the same node.
@@ -346,14 +427,16 @@ impl<SM: StateMachine> Node<SM> {
             .try_send(req)
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => Error::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
+                mpsc::error::TrySendError::Closed(_) => self.stopped(),
             })
     }
 
+    /// Waits for an answer, at most the request timeout.
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
         match tokio::time::timeout(self.inner.config.request_timeout(), rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Error::Shutdown),
+            // The answer was dropped unanswered: the node stopped.
+            Ok(Err(_)) => Err(self.stopped()),
             Err(_) => Err(Error::Timeout),
         }
     }
@@ -366,8 +449,9 @@ impl<SM: StateMachine> Node<SM> {
             .queue
             .push((command, reply))
             .map_err(|(e, _)| e)?;
-        // No timer per proposal: the core answers `Timeout` itself.
-        let (index, response) = rx.await.map_err(|_| Error::Shutdown)??;
+        // The core answers `Timeout` itself on its ticks; the timer here
+        // bounds the wait even if the core cannot answer at all.
+        let (index, response) = self.wait(rx).await?;
         Ok(Proposed { index, response })
     }
 
@@ -377,9 +461,11 @@ impl<SM: StateMachine> Node<SM> {
         policy: ReadPolicy,
         query: impl FnOnce(&SM) -> R + Send + 'static,
     ) -> Result<R, Error> {
+        let slot = self.inner.reads.acquire()?;
         let (tx, rx) = oneshot::channel();
         let job = Box::new(move |sm: Result<&SM, Error>| {
             let _ = tx.send(sm.map(query));
+            drop(slot);
         });
         self.submit(Request::Read { policy, job })?;
         self.wait(rx).await
@@ -401,27 +487,24 @@ impl<SM: StateMachine> Node<SM> {
     }
 
     /// Adds `id` as a learner (it receives the log but does not vote).
-    pub async fn add_learner(&self, id: u64) -> Result<LogIndex, Error> {
-        self.one_step(ConfChangeStep::AddLearner(NodeId(id))).await
+    pub async fn add_learner(&self, id: NodeId) -> Result<LogIndex, Error> {
+        self.one_step(ConfChangeStep::AddLearner(id)).await
     }
 
     /// Makes `id` a voter (adding it, or promoting a learner).
-    pub async fn add_voter(&self, id: u64) -> Result<LogIndex, Error> {
-        self.one_step(ConfChangeStep::AddVoter(NodeId(id))).await
+    pub async fn add_voter(&self, id: NodeId) -> Result<LogIndex, Error> {
+        self.one_step(ConfChangeStep::AddVoter(id)).await
     }
 
     /// Removes `id` from the cluster.
-    pub async fn remove_node(&self, id: u64) -> Result<LogIndex, Error> {
-        self.one_step(ConfChangeStep::Remove(NodeId(id))).await
+    pub async fn remove_node(&self, id: NodeId) -> Result<LogIndex, Error> {
+        self.one_step(ConfChangeStep::Remove(id)).await
     }
 
     /// Hands leadership to `to` (this node must be the leader).
-    pub async fn transfer_leadership(&self, to: u64) -> Result<(), Error> {
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Request::Transfer {
-            to: NodeId(to),
-            reply,
-        })?;
+        self.submit(Request::Transfer { to, reply })?;
         self.wait(rx).await
     }
 
@@ -460,13 +543,19 @@ impl<SM: StateMachine> Node<SM> {
             .unwrap_or(Err(Error::Timeout))
     }
 
-    /// Hands an inbound message (from a custom transport) to the node.
-    pub fn deliver(&self, msg: Message, snapshot: Option<SnapshotData>) {
-        let _ = self
-            .inner
+    /// Hands an inbound message (from a custom transport) to the node, with
+    /// the snapshot data of an `InstallSnapshot` message. The node's inbox
+    /// is bounded: when it is full the message is dropped and this says
+    /// `Overloaded` (Raft sends again); `Shutdown` once the node stopped.
+    pub fn deliver(&self, msg: Message, snapshot: Option<SnapshotData>) -> Result<(), Error> {
+        self.inner
             .channels
-            .events
-            .send(Event::Message(msg, snapshot));
+            .inbox
+            .try_send((msg, snapshot))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => self.stopped(),
+            })
     }
 
     /// Starts receiving a snapshot a leader is sending (for transports): push
@@ -482,39 +571,34 @@ impl<SM: StateMachine> Node<SM> {
         self.inner.snapshots.receiver(meta)
     }
 
-    /// Tells the node whether a snapshot it sent to `to` arrived.
-    pub fn report_snapshot(&self, to: NodeId, delivered: bool) {
-        let _ = self
-            .inner
-            .channels
-            .events
-            .send(Event::SnapshotReport(to, delivered));
-    }
-
     /// Stops the node: pending requests fail with `Shutdown`, the disk
-    /// thread and the apply task finish what they have, and storage is
-    /// closed.
+    /// thread and the apply thread finish what they have, and storage is
+    /// closed. Returns once all of them are done.
     pub async fn shutdown(&self) -> Result<(), Error> {
         if let Some(net) = &self.inner.network {
             net.unregister(self.inner.id);
         }
+        // Fails only if the core task is gone already.
         let _ = self.inner.channels.requests.send(Request::Shutdown).await;
-        let handles = match self.inner.handles.lock() {
+        let supervisor = match self.inner.supervisor.lock() {
             Ok(mut h) => h.take(),
             Err(p) => p.into_inner().take(),
         };
-        if let Some((task, disk, apply)) = handles {
-            let _ = task.await;
-            let _ = apply.await;
-            let joined = tokio::task::spawn_blocking(move || {
-                let _ = disk.join();
-            })
-            .await;
-            if joined.is_err() {
-                return Err(Error::Shutdown);
-            }
+        if let Some(s) = supervisor
+            && s.await.is_err()
+        {
+            return Err(Error::Shutdown);
         }
         Ok(())
+    }
+
+    /// The error for a request to a node whose core task is gone: why it
+    /// stopped if it failed, else `Shutdown`.
+    fn stopped(&self) -> Error {
+        match &self.inner.metrics.borrow().fatal {
+            Some(why) => Error::Fatal(why.clone()),
+            None => Error::Shutdown,
+        }
     }
 }
 

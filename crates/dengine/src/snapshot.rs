@@ -10,10 +10,12 @@
 //! holds the snapshot's metadata; the last is empty and marks the end, so a
 //! truncated stream is told apart from a short one.
 
-use std::fs::File;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dengine_core::codec::{decode_snapshot_meta, encode_snapshot_meta};
 use dengine_core::{LogIndex, SnapshotMeta};
@@ -156,6 +158,18 @@ impl SnapshotData {
         }
     }
 
+    /// The frames from byte `offset` on: to resume a transfer where the
+    /// receiver stopped ([`SnapshotReceiver::received_len`]). `offset`
+    /// must be the start of a frame; anything else fails as corrupt when
+    /// the first frame is read (its checksum cannot match).
+    pub fn frames_from(&self, offset: u64) -> Frames {
+        Frames {
+            data: self.clone(),
+            offset,
+            done: offset > self.len(),
+        }
+    }
+
     /// The state machine's bytes, checked as they are read.
     pub fn reader(&self) -> SnapshotReader {
         SnapshotReader {
@@ -276,11 +290,30 @@ impl Read for SnapshotReader {
     }
 }
 
+/// A temporary file that is removed when dropped unless it was kept: an
+/// attempt that fails (or is abandoned) leaves nothing behind.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e,
+                "removing an unfinished snapshot file failed");
+        }
+    }
+}
+
 /// Where frames go while a snapshot is written.
 enum Sink {
     File {
         out: BufWriter<File>,
-        tmp: PathBuf,
+        tmp: TempFile,
         path: PathBuf,
     },
     Memory(Vec<u8>),
@@ -301,11 +334,12 @@ impl Sink {
     fn finish(self, meta: SnapshotMeta) -> io::Result<SnapshotData> {
         let body = match self {
             Sink::Memory(v) => Body::Memory(v),
-            Sink::File { out, tmp, path } => {
+            Sink::File { out, mut tmp, path } => {
                 let file = out.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all()?;
                 drop(file);
-                std::fs::rename(&tmp, &path)?;
+                std::fs::rename(&tmp.path, &path)?;
+                tmp.keep = true;
                 if let Some(dir) = path.parent() {
                     File::open(dir)?.sync_all()?;
                 }
@@ -381,10 +415,28 @@ pub struct SnapshotReceiver {
     sink: Sink,
     seen_meta: bool,
     ended: bool,
+    /// Bytes of good frames taken so far.
+    received: u64,
+    /// Keeps other receivers of the same snapshot out while this one lives.
+    _claim: ReceiveClaim,
 }
 
 impl SnapshotReceiver {
+    /// What the snapshot is said to be.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Bytes of good frames taken so far: after a failed frame (or a lost
+    /// connection) the sender resumes with
+    /// [`SnapshotData::frames_from`] at this offset.
+    pub fn received_len(&self) -> u64 {
+        self.received
+    }
+
     /// Takes the next frame, exactly as [`SnapshotData::frames`] gave it.
+    /// A frame that fails its checks is refused and changes nothing: the
+    /// receiver still takes the frame that should have come.
     pub fn push(&mut self, frame_bytes: &[u8]) -> io::Result<()> {
         if self.ended {
             return Err(corrupt("frame after the end frame"));
@@ -401,11 +453,15 @@ impl SnapshotReceiver {
         }
         if !self.seen_meta {
             check_meta(payload, &self.meta, "message")?;
+        }
+        self.sink.put(frame_bytes)?;
+        if !self.seen_meta {
             self.seen_meta = true;
         } else if payload.is_empty() {
             self.ended = true;
         }
-        self.sink.put(frame_bytes)
+        self.received += frame_bytes.len() as u64;
+        Ok(())
     }
 
     /// Makes the received snapshot durable; fails unless the end frame
@@ -418,19 +474,48 @@ impl SnapshotReceiver {
     }
 }
 
+/// The file name (without extension) of the snapshot `meta` describes.
+fn file_name(meta: &SnapshotMeta) -> String {
+    format!("snap-{:020}-{:020}", meta.last_index.0, meta.last_term.0)
+}
+
 /// A node's snapshots: files `snap-<index>-<term>.snap` in one directory
 /// (disk storage), or memory.
 #[derive(Clone, Debug)]
 pub(crate) struct SnapshotStore {
     dir: Option<PathBuf>,
+    /// Snapshots (index, term) being received right now.
+    receiving: Arc<Mutex<HashSet<(u64, u64)>>>,
 }
 
-const KEEP: usize = 2;
+/// A snapshot being received; released when the receiver is dropped.
+#[derive(Debug)]
+struct ReceiveClaim {
+    key: (u64, u64),
+    receiving: Arc<Mutex<HashSet<(u64, u64)>>>,
+}
+
+impl Drop for ReceiveClaim {
+    fn drop(&mut self) {
+        let mut set = match self.receiving.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        set.remove(&self.key);
+    }
+}
+
+/// Makes temporary names unique within the process (and with the process
+/// id, across processes sharing a directory by mistake).
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 impl SnapshotStore {
     /// Snapshots kept in memory only.
     pub(crate) fn memory() -> SnapshotStore {
-        SnapshotStore { dir: None }
+        SnapshotStore {
+            dir: None,
+            receiving: Default::default(),
+        }
     }
 
     /// Snapshots kept in `dir` (created if missing); unfinished files of an
@@ -443,17 +528,34 @@ impl SnapshotStore {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(SnapshotStore { dir: Some(dir) })
+        Ok(SnapshotStore {
+            dir: Some(dir),
+            receiving: Default::default(),
+        })
     }
 
     fn sink(&self, meta: &SnapshotMeta, kind: &str) -> io::Result<Sink> {
         let Some(dir) = &self.dir else {
             return Ok(Sink::Memory(Vec::new()));
         };
-        let name = format!("snap-{:020}-{:020}", meta.last_index.0, meta.last_term.0);
+        let name = file_name(meta);
         let path = dir.join(format!("{name}.snap"));
-        let tmp = dir.join(format!("{name}.{kind}.tmp"));
-        let out = BufWriter::with_capacity(CHUNK_SIZE + HEADER, File::create(&tmp)?);
+        // Every attempt writes a file of its own, created new: two writers
+        // can never interleave their frames in one file.
+        let (file, tmp) = loop {
+            let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!("{name}.{kind}.{}-{n}.tmp", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(f) => break (f, tmp),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let tmp = TempFile {
+            path: tmp,
+            keep: false,
+        };
+        let out = BufWriter::with_capacity(CHUNK_SIZE + HEADER, file);
         Ok(Sink::File { out, tmp, path })
     }
 
@@ -463,14 +565,38 @@ impl SnapshotStore {
         SnapshotWriter::new(meta, sink)
     }
 
-    /// A receiver for a snapshot sent by a leader.
+    /// A receiver for a snapshot sent by a leader. Only one receiver of a
+    /// given snapshot exists at a time: a second gets `AlreadyExists` until
+    /// the first is finished or dropped.
     pub(crate) fn receiver(&self, meta: SnapshotMeta) -> io::Result<SnapshotReceiver> {
+        let key = (meta.last_index.0, meta.last_term.0);
+        {
+            let mut set = match self.receiving.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !set.insert(key) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "snapshot at index {} (term {}) is already being received",
+                        meta.last_index, meta.last_term
+                    ),
+                ));
+            }
+        }
+        let claim = ReceiveClaim {
+            key,
+            receiving: self.receiving.clone(),
+        };
         let sink = self.sink(&meta, "recv")?;
         Ok(SnapshotReceiver {
             meta,
             sink,
             seen_meta: false,
             ended: false,
+            received: 0,
+            _claim: claim,
         })
     }
 
@@ -520,12 +646,64 @@ impl SnapshotStore {
         Ok(out)
     }
 
+    /// The snapshot `meta` names, from disk, its metadata checked against
+    /// `meta` (the body is checked as it is read). `None` if there is no
+    /// such file (or the store is in memory).
+    pub(crate) fn find(&self, meta: &SnapshotMeta) -> io::Result<Option<SnapshotData>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = dir.join(format!("{}.snap", file_name(meta)));
+        if !path.exists() {
+            return Ok(None);
+        }
+        let data = Self::open_file(path)?;
+        if data.meta() != meta {
+            return Err(corrupt(format!(
+                "{} holds the metadata of another snapshot",
+                data.path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(Some(data))
+    }
+
+    /// Removes every snapshot file newer than `index`: made or received
+    /// but never recorded in the log (a crash came between), so nothing
+    /// may start from them.
+    pub(crate) fn remove_newer_than(&self, index: LogIndex) -> io::Result<()> {
+        for (i, path) in self.files()? {
+            if i > index {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the file of a snapshot that will not be used (a received
+    /// snapshot the core declined). Readers that hold it open keep it.
+    pub(crate) fn discard(&self, data: &SnapshotData) {
+        if let (Some(dir), Some(path)) = (&self.dir, data.path())
+            && path.parent() == Some(dir.as_path())
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "removing a declined snapshot failed");
+        }
+    }
+
     /// The newest snapshot on disk, its metadata checked (the body is
     /// checked as it is read).
+    #[cfg(test)]
     pub(crate) fn latest(&self) -> io::Result<Option<SnapshotData>> {
         let Some((_, path)) = self.files()?.pop() else {
             return Ok(None);
         };
+        Self::open_file(path).map(Some)
+    }
+
+    fn open_file(path: PathBuf) -> io::Result<SnapshotData> {
         let file = File::open(&path)?;
         let len = file.metadata()?.len();
         let placeholder = SnapshotMeta {
@@ -542,16 +720,17 @@ impl SnapshotStore {
             .next()
             .ok_or_else(|| corrupt("empty file"))??;
         data.meta = decode_snapshot_meta(&first[HEADER..]).map_err(corrupt)?;
-        Ok(Some(data))
+        Ok(data)
     }
 
-    /// Removes all but the newest snapshots (a transfer reading an older
-    /// one keeps its open file).
-    pub(crate) fn prune(&self) -> io::Result<()> {
-        let files = self.files()?;
-        let old = files.len().saturating_sub(KEEP);
-        for (_, path) in &files[..old] {
-            std::fs::remove_file(path)?;
+    /// Removes the snapshots older than `recorded`, the one the log now
+    /// starts after (a transfer reading an older one keeps its open file).
+    /// Newer files (being received, or made but not yet recorded) stay.
+    pub(crate) fn prune(&self, recorded: LogIndex) -> io::Result<()> {
+        for (index, path) in self.files()? {
+            if index < recorded {
+                std::fs::remove_file(path)?;
+            }
         }
         Ok(())
     }

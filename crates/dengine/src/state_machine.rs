@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use dengine_core::LogIndex;
+use dengine_core::{EntryId, LogIndex};
 
 /// A deterministic state machine replicated by the cluster.
 ///
@@ -15,8 +15,10 @@ pub trait StateMachine: Send + 'static {
     /// What a proposer gets back.
     type Response: Send + 'static;
 
-    /// Applies a committed command.
-    fn apply(&mut self, index: LogIndex, command: &[u8]) -> Self::Response;
+    /// Applies a committed command. `at` is the entry's place in the log:
+    /// its index, and the term of the leader that proposed it (an etcd
+    /// response header's `raft_term`, say).
+    fn apply(&mut self, at: EntryId, command: &[u8]) -> Self::Response;
 
     /// Writes the whole state as a stream (snapshots are never required to
     /// fit in one buffer of the state machine's making).

@@ -7,25 +7,90 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
-use dengine_core::{Message, MessageBody, NodeId};
+use dengine_core::{Message, NodeId};
+use tokio::sync::mpsc::UnboundedSender;
 
+use crate::runtime::Event;
 pub use crate::snapshot::SnapshotData;
+
+/// A peer could not be reached (no connection, or its send queue is
+/// full): the message was dropped. Raft sends again; the core also stops
+/// streaming appends to that peer until it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable;
 
 /// Sends messages to peers. Sending never blocks the protocol task: a
 /// transport queues, and drops what it cannot deliver (Raft retries).
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `msg` (with `snapshot` data for snapshot messages). The
-    /// transport must report the outcome of a snapshot send through the
-    /// sender's [`crate::Node::report_snapshot`].
-    fn send(&self, msg: Message, snapshot: Option<SnapshotData>);
+    /// Queues `msg` for its peer (`msg.to`). `Err(Unreachable)` when the
+    /// peer is known to be unreachable or its queue is full.
+    fn send(&self, msg: Message) -> Result<(), Unreachable>;
+
+    /// Sends a snapshot: the `InstallSnapshot` message and its data,
+    /// streamed frame by frame ([`SnapshotData::frames`]) into the peer's
+    /// [`crate::Node::snapshot_receiver`]. Report the outcome through
+    /// `done` (dropping it unreported counts as a failure).
+    fn send_snapshot(&self, msg: Message, data: SnapshotData, done: SnapshotDone);
 }
 
-type Deliver = Arc<dyn Fn(Message, Option<SnapshotData>) + Send + Sync>;
-type Report = Arc<dyn Fn(NodeId, bool) + Send + Sync>;
+/// How a snapshot send ended, reported back to the sending node once.
+/// Dropped without a report, it reports a failure (the leader then probes
+/// the follower and sends again).
+pub struct SnapshotDone {
+    to: NodeId,
+    events: Option<UnboundedSender<Event>>,
+}
+
+impl SnapshotDone {
+    pub(crate) fn new(to: NodeId, events: UnboundedSender<Event>) -> SnapshotDone {
+        SnapshotDone {
+            to,
+            events: Some(events),
+        }
+    }
+
+    /// The peer the snapshot is for.
+    pub fn to(&self) -> NodeId {
+        self.to
+    }
+
+    /// The peer received the whole snapshot and took it.
+    pub fn delivered(mut self) {
+        self.report(true);
+    }
+
+    /// The transfer failed.
+    pub fn failed(mut self) {
+        self.report(false);
+    }
+
+    fn report(&mut self, delivered: bool) {
+        if let Some(events) = self.events.take() {
+            let _ = events.send(Event::SnapshotReport(self.to, delivered));
+        }
+    }
+}
+
+impl Drop for SnapshotDone {
+    fn drop(&mut self) {
+        self.report(false);
+    }
+}
+
+impl std::fmt::Debug for SnapshotDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotDone")
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+/// Hands a message to a node of the network; false if it was dropped.
+pub(crate) type Deliver = Arc<dyn Fn(Message, Option<SnapshotData>) -> bool + Send + Sync>;
 
 #[derive(Default)]
 struct Net {
-    nodes: BTreeMap<NodeId, (Deliver, Report)>,
+    nodes: BTreeMap<NodeId, Deliver>,
     down: BTreeSet<NodeId>,
 }
 
@@ -56,8 +121,8 @@ impl InMemoryNetwork {
     }
 
     /// Registers how to reach node `id`.
-    pub(crate) fn register(&self, id: NodeId, deliver: Deliver, report: Report) {
-        self.lock().nodes.insert(id, (deliver, report));
+    pub(crate) fn register(&self, id: NodeId, deliver: Deliver) {
+        self.lock().nodes.insert(id, deliver);
     }
 
     /// Forgets node `id` (it shut down).
@@ -82,6 +147,13 @@ impl InMemoryNetwork {
             net: self.clone(),
         })
     }
+
+    /// How `from` reaches `to` now, if it can.
+    fn route(&self, from: NodeId, to: NodeId) -> Option<Deliver> {
+        let net = self.read();
+        let up = !net.down.contains(&from) && !net.down.contains(&to);
+        net.nodes.get(&to).filter(|_| up).cloned()
+    }
 }
 
 struct MemTransport {
@@ -90,22 +162,21 @@ struct MemTransport {
 }
 
 impl Transport for MemTransport {
-    fn send(&self, msg: Message, snapshot: Option<SnapshotData>) {
-        let is_snapshot = matches!(msg.body, MessageBody::InstallSnapshot { .. });
-        let to = msg.to;
-        let (target, report) = {
-            let net = self.net.read();
-            let up = !net.down.contains(&self.from) && !net.down.contains(&to);
-            let target = net.nodes.get(&to).filter(|_| up).map(|(d, _)| d.clone());
-            let report = net.nodes.get(&self.from).map(|(_, r)| r.clone());
-            (target, report)
-        };
-        let delivered = target.is_some();
-        if let Some(deliver) = target {
-            deliver(msg, snapshot);
+    fn send(&self, msg: Message) -> Result<(), Unreachable> {
+        match self.net.route(self.from, msg.to) {
+            Some(deliver) => {
+                // A full inbox drops the message like a lossy link would.
+                deliver(msg, None);
+                Ok(())
+            }
+            None => Err(Unreachable),
         }
-        if is_snapshot && let Some(report) = report {
-            report(to, delivered);
+    }
+
+    fn send_snapshot(&self, msg: Message, data: SnapshotData, done: SnapshotDone) {
+        match self.net.route(self.from, msg.to) {
+            Some(deliver) if deliver(msg, Some(data)) => done.delivered(),
+            _ => done.failed(),
         }
     }
 }

@@ -14,8 +14,8 @@ use std::io::{Read, Write};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::LogIndex;
 use crate::state_machine::StateMachine;
+use crate::{EntryId, LogIndex};
 
 /// A command that could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +47,7 @@ pub trait TypedStateMachine: Send + 'static {
     type Response: Send + 'static;
 
     /// Applies a committed command (see [`StateMachine::apply`]).
-    fn apply(&mut self, index: LogIndex, command: Self::Command) -> Self::Response;
+    fn apply(&mut self, at: EntryId, command: Self::Command) -> Self::Response;
 
     /// See [`StateMachine::snapshot`].
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()>;
@@ -75,9 +75,9 @@ pub struct Typed<T>(pub T);
 impl<T: TypedStateMachine> StateMachine for Typed<T> {
     type Response = Result<T::Response, CommandError>;
 
-    fn apply(&mut self, index: LogIndex, command: &[u8]) -> Self::Response {
+    fn apply(&mut self, at: EntryId, command: &[u8]) -> Self::Response {
         let command = decode::<T::Command>(command)?;
-        Ok(self.0.apply(index, command))
+        Ok(self.0.apply(at, command))
     }
 
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
@@ -100,6 +100,7 @@ impl<T: TypedStateMachine> StateMachine for Typed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Term;
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     enum Cmd {
@@ -131,7 +132,7 @@ mod tests {
     impl TypedStateMachine for Sum {
         type Command = Cmd;
         type Response = u64;
-        fn apply(&mut self, _: LogIndex, c: Cmd) -> u64 {
+        fn apply(&mut self, _: EntryId, c: Cmd) -> u64 {
             if let Cmd::Add(n) = c {
                 self.0 += n;
             }
@@ -152,8 +153,11 @@ mod tests {
     fn typed_applies_decoded_commands_and_refuses_the_rest_untouched() {
         let mut sm = Typed(Sum::default());
         let add = encode(&Cmd::Add(5)).expect("encode");
-        assert_eq!(sm.apply(LogIndex(1), &add), Ok(5));
-        assert!(sm.apply(LogIndex(2), b"\xff\xff").is_err());
+        assert_eq!(sm.apply(EntryId::new(Term(1), LogIndex(1)), &add), Ok(5));
+        assert!(
+            sm.apply(EntryId::new(Term(1), LogIndex(2)), b"\xff\xff")
+                .is_err()
+        );
         assert_eq!(sm.0.0, 5, "a bad command changes nothing");
     }
 }

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod common;
-use dengine::{Config, Error, NodeBuilder, StateMachine, StorageKind};
+use dengine::{Config, Error, NodeBuilder, NodeId, StateMachine, StorageKind};
 
 #[derive(Default)]
 struct Nothing;
 
 impl StateMachine for Nothing {
     type Response = ();
-    fn apply(&mut self, _: dengine::LogIndex, _: &[u8]) {}
+    fn apply(&mut self, _: dengine::EntryId, _: &[u8]) {}
     fn snapshot(&mut self, _: &mut dyn Write) -> std::io::Result<()> {
         Ok(())
     }
@@ -40,8 +40,9 @@ fn config(dir: &std::path::Path, node: u64, cluster: u64) -> Config {
 /// Starts a single-node cluster in `dir`, writes a few commands, stops.
 async fn make_node_data(dir: &std::path::Path, node: u64, cluster: u64) {
     let n = NodeBuilder::new(config(dir, node, cluster), Nothing)
-        .initial_members([node])
+        .initial_members([NodeId(node)])
         .build()
+        .await
         .expect("start");
     n.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
         .await
@@ -58,8 +59,9 @@ async fn invalid_settings_are_refused_before_anything_is_created() {
     let mut c = config(&dir, 1, 1);
     c.heartbeat_ticks = c.election_ticks;
     let e = NodeBuilder::new(c, Nothing)
-        .initial_members([1])
+        .initial_members([1].map(NodeId))
         .build()
+        .await
         .err();
     assert!(
         matches!(&e, Some(Error::Config(m)) if m.contains("election_tick")),
@@ -68,8 +70,9 @@ async fn invalid_settings_are_refused_before_anything_is_created() {
     let mut c = config(&dir, 1, 1);
     c.node_id = 0;
     let e = NodeBuilder::new(c, Nothing)
-        .initial_members([1])
+        .initial_members([1].map(NodeId))
         .build()
+        .await
         .err();
     assert!(
         matches!(&e, Some(Error::Config(m)) if m.contains("node_id")),
@@ -90,12 +93,18 @@ async fn invalid_settings_are_refused_before_anything_is_created() {
 async fn a_data_dir_of_another_cluster_or_node_is_refused() {
     let dir = temp_dir("identity");
     make_node_data(&dir, 1, 7).await;
-    let e = NodeBuilder::new(config(&dir, 1, 8), Nothing).build().err();
+    let e = NodeBuilder::new(config(&dir, 1, 8), Nothing)
+        .build()
+        .await
+        .err();
     assert!(
         matches!(&e, Some(Error::Config(m)) if m.contains("cluster 7") && m.contains("cluster 8")),
         "{e:?}"
     );
-    let e = NodeBuilder::new(config(&dir, 2, 7), Nothing).build().err();
+    let e = NodeBuilder::new(config(&dir, 2, 7), Nothing)
+        .build()
+        .await
+        .err();
     assert!(
         matches!(&e, Some(Error::Config(m)) if m.contains("node 1")),
         "{e:?}"
@@ -103,6 +112,7 @@ async fn a_data_dir_of_another_cluster_or_node_is_refused() {
     // Nothing was overwritten: the rightful owner still starts with its data.
     let n = NodeBuilder::new(config(&dir, 1, 7), Nothing)
         .build()
+        .await
         .expect("owner starts");
     let m = n
         .wait_for(Duration::from_secs(10), |m| m.applied.0 >= 11)
@@ -121,8 +131,9 @@ async fn a_corrupted_snapshot_file_is_refused_at_start() {
         ..config(&dir, 1, 1)
     };
     let n = NodeBuilder::new(snapshotting.clone(), Nothing)
-        .initial_members([1])
+        .initial_members([1].map(NodeId))
         .build()
+        .await
         .expect("start");
     n.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
         .await
@@ -148,7 +159,7 @@ async fn a_corrupted_snapshot_file_is_refused_at_start() {
     bytes[last] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
 
-    let e = NodeBuilder::new(snapshotting, Nothing).build().err();
+    let e = NodeBuilder::new(snapshotting, Nothing).build().await.err();
     assert!(
         matches!(&e, Some(Error::Storage(m)) if m.contains("snapshot") && m.contains("corrupt")),
         "{e:?}"

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 mod common;
-use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
+use dengine::{
+    Config, InMemoryNetwork, Node, NodeBuilder, NodeId, ReadPolicy, StateMachine, StorageKind,
+};
 
 /// A string map; commands are `key=value`.
 #[derive(Default)]
@@ -13,7 +15,7 @@ struct Kv(BTreeMap<String, String>);
 
 impl StateMachine for Kv {
     type Response = ();
-    fn apply(&mut self, _: dengine::LogIndex, command: &[u8]) {
+    fn apply(&mut self, _: dengine::EntryId, command: &[u8]) {
         let s = String::from_utf8_lossy(command);
         if let Some((k, v)) = s.split_once('=') {
             self.0.insert(k.to_string(), v.to_string());
@@ -108,9 +110,10 @@ async fn scenario(storage: StorageKind) {
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
         let n = NodeBuilder::new(config(id), Kv::default())
-            .initial_members([1, 2, 3])
+            .initial_members([1, 2, 3].map(NodeId))
             .network(&net)
             .build()
+            .await
             .expect("node starts");
         nodes.insert(id, n);
     }
@@ -173,6 +176,7 @@ async fn scenario(storage: StorageKind) {
         let back = NodeBuilder::new(config(leader), Kv::default())
             .network(&net)
             .build()
+            .await
             .expect("the old leader restarts");
         back.wait_for(WAIT, |m| m.applied >= last)
             .await

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 mod common;
 use common::Strings;
 use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
-use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StateMachine, StorageKind};
+use dengine::{
+    Config, InMemoryNetwork, Node, NodeBuilder, NodeId, ReadPolicy, StateMachine, StorageKind,
+};
 
 fn storage_from_env() -> StorageKind {
     match std::env::var("CRASH_CHILD_STORAGE").as_deref() {
@@ -105,9 +107,10 @@ async fn start<SM: Machine>(dir: &Path, storage: StorageKind) -> (Vec<Node<SM>>,
         };
         let sm = SM::open(&config);
         let n = NodeBuilder::new(config, sm)
-            .initial_members([1, 2, 3])
+            .initial_members([1, 2, 3].map(NodeId))
             .network(&net)
             .build()
+            .await
             .unwrap_or_else(|e| panic!("node {id} failed to start: {e}"));
         nodes.push(n);
     }

@@ -1,7 +1,7 @@
 //! A transport of the application's own, the way a network transport
 //! works: messages go through `Node::deliver`, snapshots travel frame by
 //! frame into `Node::snapshot_receiver`, and the sender hears the outcome
-//! through `Node::report_snapshot`. The first snapshot sent is damaged on
+//! through the `SnapshotDone` it was given. The first snapshot sent is damaged on
 //! the way: the receiver refuses it, the leader sends again, and the
 //! follower catches up with every write.
 
@@ -16,7 +16,9 @@ mod common;
 use common::Strings;
 use dengine::core::{Message, MessageBody, NodeId};
 use dengine::snapshot::SnapshotData;
-use dengine::{Config, Node, NodeBuilder, ReadPolicy, StorageKind, Transport};
+use dengine::{
+    Config, Node, NodeBuilder, ReadPolicy, SnapshotDone, StorageKind, Transport, Unreachable,
+};
 
 #[derive(Default)]
 struct Net {
@@ -45,25 +47,25 @@ impl Net {
 }
 
 impl Transport for Link {
-    fn send(&self, msg: Message, snapshot: Option<SnapshotData>) {
-        let (Some(from), Some(to)) = (self.net.node(self.from), self.net.node(msg.to)) else {
-            if matches!(msg.body, MessageBody::InstallSnapshot { .. })
-                && let Ok(nodes) = self.net.nodes.read()
-                && let Some(n) = nodes.get(&self.from)
-            {
-                n.report_snapshot(msg.to, false);
-            }
+    fn send(&self, msg: Message) -> Result<(), Unreachable> {
+        let (Some(_), Some(to)) = (self.net.node(self.from), self.net.node(msg.to)) else {
+            return Err(Unreachable);
+        };
+        // A full inbox drops the message, as a lossy link would.
+        let _ = to.deliver(msg, None);
+        Ok(())
+    }
+
+    fn send_snapshot(&self, msg: Message, data: SnapshotData, done: SnapshotDone) {
+        let (Some(_), Some(to)) = (self.net.node(self.from), self.net.node(msg.to)) else {
+            done.failed();
             return;
         };
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
-            to.deliver(msg, None);
+            done.failed();
             return;
         };
         let (meta, net) = (meta.clone(), self.net.clone());
-        let Some(data) = snapshot else {
-            from.report_snapshot(msg.to, false);
-            return;
-        };
         // As a network transport would: stream the frames off the
         // protocol task, rebuild on the receiver, report back.
         std::thread::spawn(move || {
@@ -80,16 +82,14 @@ impl Transport for Link {
                 }
                 rx.finish()
             })();
-            let target = msg.to;
-            match outcome {
-                Ok(local) => {
+            match outcome.map(|local| to.deliver(msg, Some(local))) {
+                Ok(Ok(())) => {
                     net.installed_via_frames.fetch_add(1, Ordering::SeqCst);
-                    to.deliver(msg, Some(local));
-                    from.report_snapshot(target, true);
+                    done.delivered();
                 }
-                Err(_) => {
+                _ => {
                     net.refused.fetch_add(1, Ordering::SeqCst);
-                    from.report_snapshot(target, false);
+                    done.failed();
                 }
             }
         });
@@ -117,9 +117,10 @@ async fn snapshots_travel_frame_by_frame_and_a_damaged_one_is_sent_again() {
             net: net.clone(),
         });
         let node = NodeBuilder::new(config(id, dir.path()), Strings::default())
-            .initial_members([1, 2, 3])
+            .initial_members([1, 2, 3].map(NodeId))
             .transport(link)
             .build()
+            .await
             .expect("start");
         net.nodes.write().expect("lock").insert(NodeId(id), node);
     }

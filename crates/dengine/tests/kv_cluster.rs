@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest, RangeResponse};
-use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, ReadPolicy, StorageKind};
+use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, NodeId, ReadPolicy, StorageKind};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -20,7 +20,7 @@ fn config(id: u64, storage: StorageKind, dir: &std::path::Path) -> Config {
     }
 }
 
-fn start(
+async fn start(
     id: u64,
     storage: StorageKind,
     dir: &std::path::Path,
@@ -29,9 +29,10 @@ fn start(
     let c = config(id, storage, dir);
     let kv = KvStateMachine::open(&c).expect("the store opens");
     NodeBuilder::new(c, kv)
-        .initial_members([1, 2, 3])
+        .initial_members([1, 2, 3].map(NodeId))
         .network(net)
         .build()
+        .await
         .expect("node starts")
 }
 
@@ -74,12 +75,22 @@ async fn contents(node: &Node<KvStateMachine>) -> (RangeResponse, i64) {
     .expect("read")
 }
 
+async fn start_all(
+    storage: StorageKind,
+    dir: &std::path::Path,
+    net: &InMemoryNetwork,
+) -> BTreeMap<u64, Node<KvStateMachine>> {
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(id, storage, dir, net).await);
+    }
+    nodes
+}
+
 async fn scenario(storage: StorageKind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = InMemoryNetwork::new();
-    let mut nodes: BTreeMap<u64, _> = (1..=3)
-        .map(|id| (id, start(id, storage, dir.path(), &net)))
-        .collect();
+    let mut nodes: BTreeMap<u64, _> = start_all(storage, dir.path(), &net).await;
     let l = leader(&nodes).await;
     for i in 0..60 {
         put(&nodes[&l], &format!("k{}", i % 20), &format!("v{i}")).await;
@@ -97,7 +108,7 @@ async fn scenario(storage: StorageKind) {
     for i in 60..120 {
         last = put(&nodes[&l], &format!("k{}", i % 30), &format!("v{i}")).await;
     }
-    nodes.insert(f, start(f, storage, dir.path(), &net));
+    nodes.insert(f, start(f, storage, dir.path(), &net).await);
     for n in nodes.values() {
         n.wait_for(WAIT, |m| m.applied >= last)
             .await
@@ -114,9 +125,7 @@ async fn scenario(storage: StorageKind) {
     for (_, n) in std::mem::take(&mut nodes) {
         n.shutdown().await.expect("shutdown");
     }
-    nodes = (1..=3)
-        .map(|id| (id, start(id, storage, dir.path(), &net)))
-        .collect();
+    nodes = start_all(storage, dir.path(), &net).await;
     let l = leader(&nodes).await;
     let last = put(&nodes[&l], "after", "restart").await;
     for n in nodes.values() {
@@ -150,9 +159,7 @@ async fn kv_replicas_agree_through_snapshots_and_restarts_on_rocksdb() {
 async fn kv_replicas_agree_in_memory() {
     let net = InMemoryNetwork::new();
     let dir = std::path::Path::new("unused");
-    let nodes: BTreeMap<u64, _> = (1..=3)
-        .map(|id| (id, start(id, StorageKind::Memory, dir, &net)))
-        .collect();
+    let nodes: BTreeMap<u64, _> = start_all(StorageKind::Memory, dir, &net).await;
     let l = leader(&nodes).await;
     let mut last = dengine::LogIndex(0);
     for i in 0..80 {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 mod common;
-use dengine::{Error, LogIndex, NodeBuilder, StateMachine, StorageKind};
+use dengine::{Error, LogIndex, NodeBuilder, NodeId, StateMachine, StorageKind};
 
 /// Applies everything; its flush fails from `fail_from` on.
 struct Flaky {
@@ -15,8 +15,8 @@ struct Flaky {
 
 impl StateMachine for Flaky {
     type Response = LogIndex;
-    fn apply(&mut self, index: LogIndex, _: &[u8]) -> LogIndex {
-        index
+    fn apply(&mut self, at: dengine::EntryId, _: &[u8]) -> LogIndex {
+        at.index
     }
     fn flush(&mut self, applied: LogIndex) -> std::io::Result<()> {
         if applied.0 >= self.fail_from {
@@ -41,8 +41,9 @@ async fn a_failed_flush_fails_the_batch_and_stops_the_node() {
         flushed: LogIndex(0),
     };
     let node = NodeBuilder::new(config, sm)
-        .initial_members([1])
+        .initial_members([1].map(NodeId))
         .build()
+        .await
         .expect("start");
     node.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
         .await
@@ -53,7 +54,7 @@ async fn a_failed_flush_fails_the_batch_and_stops_the_node() {
     }
     let e = node.propose(vec![1]).await.expect_err("its flush failed");
     assert!(
-        matches!(&e, Error::Storage(m) if m.contains("disk full")),
+        matches!(&e, Error::Fatal(m) if m.contains("disk full")),
         "{e:?}"
     );
     let m = node

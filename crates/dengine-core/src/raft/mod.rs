@@ -93,6 +93,11 @@ pub(crate) struct Raft<S> {
     pub(crate) conf_changed: bool,
     /// A snapshot was requested at this index and not yet reported.
     pub(crate) snapshot_requested: Option<LogIndex>,
+    /// Snapshot attempts that failed in a row (reset by a success).
+    pub(crate) snapshot_failures: u32,
+    /// No snapshot is requested before this tick (`now`): backoff after a
+    /// failure, so a failing state machine is not asked again at once.
+    pub(crate) snapshot_retry_at: u64,
     /// The index of the newest snapshot in storage (or being installed).
     pub(crate) last_snapshot_index: LogIndex,
     /// The snapshot index the log may be compacted behind, not yet handed out.
@@ -142,6 +147,8 @@ impl<S: LogStorage> Raft<S> {
             conf_history: VecDeque::from([(applied, init.conf_state)]),
             conf_changed: false,
             snapshot_requested: None,
+            snapshot_failures: 0,
+            snapshot_retry_at: 0,
             last_snapshot_index: LogIndex::ZERO,
             compact_to: None,
             prev_soft: SoftState {

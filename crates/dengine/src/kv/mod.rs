@@ -8,13 +8,13 @@
 //!
 //! ```
 //! use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
-//! use dengine::{Config, NodeBuilder, ReadPolicy, StorageKind};
+//! use dengine::{Config, NodeBuilder, NodeId, ReadPolicy, StorageKind};
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config { storage: StorageKind::Memory, ..Config::default() };
 //! let kv = KvStateMachine::open(&config)?;
-//! let node = NodeBuilder::new(config, kv).initial_members([1]).build()?;
+//! let node = NodeBuilder::new(config, kv).initial_members([1].map(NodeId)).build().await?;
 //! node.wait_for(std::time::Duration::from_secs(5), |m| m.leader.is_some()).await?;
 //! let put = KvCommand::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), prev_kv: false });
 //! let done = node.propose(put.encode()).await?.response?;
@@ -55,10 +55,10 @@ pub use backend::SledBackend;
 pub use backend::{Change, KvBackend, MemoryBackend, Visit};
 pub use types::*;
 
-use crate::LogIndex;
 use crate::config::{Config, StorageKind};
 use crate::error::Error;
 use crate::state_machine::StateMachine;
+use crate::{EntryId, LogIndex};
 
 /// Record keys: user keys under `k`, the store's own state under `m`.
 const KEY_PREFIX: u8 = b'k';
@@ -427,7 +427,7 @@ fn validate(cmd: &KvCommand) -> Result<(), KvError> {
 impl StateMachine for KvStateMachine {
     type Response = Result<KvResponse, KvError>;
 
-    fn apply(&mut self, _index: LogIndex, command: &[u8]) -> Self::Response {
+    fn apply(&mut self, _at: EntryId, command: &[u8]) -> Self::Response {
         if let Some(f) = &self.failed {
             return Err(KvError::Storage(f.clone()));
         }

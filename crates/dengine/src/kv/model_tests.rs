@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::Term;
 
 /// etcd's KV semantics on a map, written as plainly as possible.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -210,7 +211,7 @@ fn same_as_model(
         }
         for cmd in &batch {
             index += 1;
-            match sm.apply(LogIndex(index), &cmd.encode()) {
+            match sm.apply(EntryId::new(Term(1), LogIndex(index)), &cmd.encode()) {
                 Ok(r) => {
                     model.apply(cmd);
                     prop_assert_eq!(r.revision, model.revision, "{:?}", cmd);

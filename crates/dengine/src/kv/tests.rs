@@ -1,4 +1,5 @@
 use super::*;
+use crate::Term;
 
 fn put(k: &str, v: &str) -> KvCommand {
     KvCommand::Put(PutRequest {
@@ -33,7 +34,12 @@ fn run(
     let out: Vec<_> = cmds
         .iter()
         .enumerate()
-        .map(|(i, c)| sm.apply(LogIndex(first + i as u64), &c.encode()))
+        .map(|(i, c)| {
+            sm.apply(
+                EntryId::new(Term(1), LogIndex(first + i as u64)),
+                &c.encode(),
+            )
+        })
         .collect();
     sm.flush(LogIndex(first + cmds.len() as u64 - 1))
         .expect("flush");
@@ -279,7 +285,7 @@ fn malformed_commands_are_refused_and_change_nothing() {
         "{out:?}"
     );
     assert!(matches!(
-        sm.apply(LogIndex(5), b"\xff garbage"),
+        sm.apply(EntryId::new(Term(1), LogIndex(5)), b"\xff garbage"),
         Err(KvError::InvalidRequest(_))
     ));
     assert_eq!(sm.range(&range("\0", &[0])).expect("all"), before);
@@ -375,10 +381,13 @@ impl KvBackend for Failing {
 fn a_failed_write_stops_the_state_machine() {
     let mut sm =
         KvStateMachine::with_backend(Box::new(Failing(MemoryBackend::default()))).expect("open");
-    assert!(sm.apply(LogIndex(1), &put("a", "1").encode()).is_ok());
+    assert!(
+        sm.apply(EntryId::new(Term(1), LogIndex(1)), &put("a", "1").encode())
+            .is_ok()
+    );
     assert!(sm.flush(LogIndex(1)).is_err());
     assert!(matches!(
-        sm.apply(LogIndex(2), &put("b", "1").encode()),
+        sm.apply(EntryId::new(Term(1), LogIndex(2)), &put("b", "1").encode()),
         Err(KvError::Storage(_))
     ));
     assert!(sm.flush(LogIndex(2)).is_err());
@@ -391,8 +400,11 @@ fn survives_restart(open: &dyn Fn() -> Box<dyn KvBackend>) {
         let mut sm = KvStateMachine::with_backend(open()).expect("open");
         assert_eq!(sm.applied_index(), None);
         run(&mut sm, 1, &[put("a", "1"), put("b", "2")]);
-        sm.apply(LogIndex(3), &put("c", "lost").encode())
-            .expect("apply");
+        sm.apply(
+            EntryId::new(Term(1), LogIndex(3)),
+            &put("c", "lost").encode(),
+        )
+        .expect("apply");
         // Dropped before its flush.
     }
     let mut sm = KvStateMachine::with_backend(open()).expect("reopen");

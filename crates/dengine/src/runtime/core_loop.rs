@@ -1,29 +1,37 @@
 //! The protocol task: feeds requests, messages, ticks and completions into
 //! the core, and carries out its `Ready`s without ever blocking.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::time::Instant;
 
 use dengine_core::{
-    ConfState, Entry, LogIndex, MessageBody, NodeId, RawNode, ReadId, Ready, Role, Term,
+    ConfState, Entry, LogIndex, Message, MessageBody, NodeId, RawNode, ReadId, Ready, Role, Term,
 };
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::sync::{oneshot, watch};
 
 use super::pending::{Pending, Proposal, ProposalQueue};
-use super::{ApplyJob, DiskJob, Event, ReadJob, ReadPolicy, Request, Store};
+use super::{
+    ApplyJob, DiskJob, Event, Inbound, MAX_DISK_JOBS, ReadJob, ReadPolicy, Request, Store,
+    TickClock,
+};
 use crate::error::Error;
 use crate::snapshot::{SnapshotData, SnapshotStore};
 use crate::state_machine::StateMachine;
-use crate::transport::Transport;
+use crate::transport::{SnapshotDone, Transport};
 
 /// Requests and events handled before the next `Ready`: the batching that
 /// turns many proposals into one append, one fsync and one message.
 const MAX_BATCH: usize = 4096;
 
+/// Snapshot handles kept to send to followers (the newest ones).
+const KEEP_SNAPSHOTS: usize = 2;
+
 /// What a node reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Metrics {
     /// This node.
     pub id: NodeId,
@@ -35,7 +43,7 @@ pub struct Metrics {
     pub leader: Option<NodeId>,
     /// The highest index known committed.
     pub commit: LogIndex,
-    /// The highest index applied to the state machine.
+    /// The highest index applied to the state machine (never goes back).
     pub applied: LogIndex,
     /// The last index in its log.
     pub last_index: LogIndex,
@@ -45,61 +53,85 @@ pub struct Metrics {
     pub snapshots_installed: u64,
     /// The index of the newest snapshot this node made of its own state.
     pub snapshot_made_at: LogIndex,
-    /// Set once the node stopped on a fatal error.
+    /// How many snapshots of its own state failed since it started.
+    pub snapshot_failures: u64,
+    /// Set once the node stopped on a fatal error: why.
     pub fatal: Option<String>,
+}
+
+/// A leadership transfer waiting to be seen through.
+pub(crate) struct PendingTransfer {
+    to: NodeId,
+    /// The tick it gives up at.
+    deadline: u64,
+    reply: oneshot::Sender<Result<(), Error>>,
 }
 
 pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) raw: RawNode<Store>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) requests: Receiver<super::Request<SM>>,
+    /// Messages from peers (bounded: dropped when full).
+    pub(crate) inbox: Receiver<Inbound>,
     pub(crate) events: UnboundedReceiver<Event>,
-    /// For events the loop sends itself.
+    /// For events the loop sends itself (and snapshot reports).
     pub(crate) events_tx: tokio::sync::mpsc::UnboundedSender<Event>,
     pub(crate) disk: Sender<DiskJob>,
-    pub(crate) apply: tokio::sync::mpsc::UnboundedSender<ApplyJob<SM>>,
+    pub(crate) apply: Sender<ApplyJob<SM>>,
     pub(crate) metrics: watch::Sender<Metrics>,
-    pub(crate) tick: std::time::Duration,
+    pub(crate) clock: TickClock,
     /// Proposals waiting for their entries to be applied.
     pub(crate) proposals: Pending<SM::Response>,
     /// Where proposals arrive from the application.
     pub(crate) queue: Arc<ProposalQueue<SM::Response>>,
     pub(crate) changes: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<LogIndex, Error>>)>,
-    pub(crate) reads: HashMap<u64, ReadJob<SM>>,
+    /// Reads waiting for the core, by id, with the tick they came at (ids
+    /// and ticks grow together, so the oldest is first).
+    pub(crate) reads: BTreeMap<u64, (u64, ReadJob<SM>)>,
     pub(crate) next_read: u64,
-    /// Snapshot data by index: made here or received from a leader.
+    /// Snapshots this node can send: the newest made or installed.
     pub(crate) snapshots: BTreeMap<LogIndex, SnapshotData>,
+    /// Snapshots received from a leader, waiting for the core to install.
     pub(crate) incoming: BTreeMap<LogIndex, SnapshotData>,
     /// Where this node keeps snapshots.
     pub(crate) snapshot_store: SnapshotStore,
     /// Snapshots from elsewhere being copied in (by index).
-    pub(crate) importing: std::collections::BTreeSet<LogIndex>,
+    pub(crate) importing: BTreeSet<LogIndex>,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
     /// Set for the in-memory store: writes cost nothing to make durable, so
     /// the core task does them itself instead of waking the disk thread.
     pub(crate) inline_store: Option<Store>,
-    /// Ticks since start.
-    pub(crate) ticks: u64,
     pub(crate) snapshots_installed: u64,
     pub(crate) snapshot_made_at: LogIndex,
+    pub(crate) snapshot_failures: u64,
     /// The request timeout in ticks.
     pub(crate) timeout_ticks: u64,
     /// Proposals taken from the queue, proposed together (the buffer is
     /// kept, so taking does not allocate).
     pub(crate) batch: Vec<Proposal<SM::Response>>,
+    /// Persist batches with the disk thread, not yet reported durable.
+    pub(crate) disk_jobs: usize,
+    pub(crate) transfer: Option<PendingTransfer>,
 }
 
 impl<SM: StateMachine> CoreLoop<SM> {
-    /// Runs until shut down (or a fatal error).
+    /// Runs until shut down.
     pub(crate) async fn run(mut self) {
-        let mut ticker = tokio::time::interval(self.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sleep = tokio::time::sleep_until(self.clock.deadline().into());
+        tokio::pin!(sleep);
         loop {
+            let deadline = tokio::time::Instant::from_std(self.clock.deadline());
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            // Not biased: no source can starve another. Time does not
+            // depend on the timer winning either: every branch first makes
+            // up the ticks that are due.
             tokio::select! {
-                biased;
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break };
+                    self.catch_up();
                     self.on_event(ev);
                     for _ in 0..MAX_BATCH {
                         match self.events.try_recv() {
@@ -108,8 +140,21 @@ impl<SM: StateMachine> CoreLoop<SM> {
                         }
                     }
                 }
+                msg = self.inbox.recv() => {
+                    let Some((msg, data)) = msg else { break };
+                    self.catch_up();
+                    self.on_message(msg, data);
+                    for _ in 0..MAX_BATCH {
+                        match self.inbox.try_recv() {
+                            Ok((msg, data)) => self.on_message(msg, data),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 req = self.requests.recv() => {
                     let Some(req) = req else { break };
+                    // Reads are served against the clock as it is now.
+                    self.catch_up();
                     if self.on_request(req) {
                         break;
                     }
@@ -123,23 +168,49 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     if stop { break }
                 }
                 _ = self.queue.notify.notified() => {}
-                _ = ticker.tick() => {
-                    self.ticks += 1;
-                    self.expire_proposals();
-                    if self.fatal.is_none()
-                        && let Err(e) = self.raw.tick()
-                    {
-                        self.fail(e.into());
-                    }
-                }
+                _ = &mut sleep => {}
             }
-            self.take_proposals();
+            self.catch_up();
             if self.fatal.is_none() {
+                self.take_proposals();
                 self.drain_ready();
+                self.check_transfer();
             }
             self.publish_metrics();
         }
         self.stop();
+    }
+
+    /// Ticks the core once for every tick period that has passed, then
+    /// expires what waited too long.
+    fn catch_up(&mut self) {
+        let due = self.clock.due(Instant::now());
+        if due == 0 {
+            return;
+        }
+        if self.fatal.is_none() {
+            for _ in 0..due {
+                if let Err(e) = self.raw.tick() {
+                    self.fail(e.into());
+                    break;
+                }
+            }
+        }
+        let now = self.clock.ticks();
+        self.proposals.expire(now, self.timeout_ticks);
+        while let Some(entry) = self.reads.first_entry() {
+            if entry.get().0.saturating_add(self.timeout_ticks) > now {
+                break;
+            }
+            let (_, job) = entry.remove();
+            job(Err(Error::Timeout));
+        }
+        if let Some(t) = &self.transfer
+            && t.deadline <= now
+            && let Some(t) = self.transfer.take()
+        {
+            let _ = t.reply.send(Err(Error::Timeout));
+        }
     }
 
     fn fail(&mut self, e: Error) {
@@ -147,17 +218,35 @@ impl<SM: StateMachine> CoreLoop<SM> {
             tracing::warn!(error = %e, "unexpected error from the core");
             return;
         }
+        if self.fatal.is_some() {
+            return;
+        }
         tracing::error!(error = %e, "node stopping on a fatal error");
-        self.fatal = Some(e.to_string());
-        let fatal = self.fatal.clone();
-        self.metrics.send_modify(|m| m.fatal = fatal);
+        let why = match e {
+            Error::Fatal(why) => why,
+            other => other.to_string(),
+        };
+        self.fatal = Some(why.clone());
+        let e = Error::Fatal(why);
         self.queue.close(&e);
-        self.proposals.fail_all(&e);
+        self.answer_all(&e);
+        // The node stops: no more writes, applies or messages. Requests are
+        // still answered (with the cause) until it is shut down.
+        let _ = self.disk.send(DiskJob::Stop);
+        let _ = self.apply.send(ApplyJob::Stop);
+    }
+
+    /// Answers everything waiting with `e`.
+    fn answer_all(&mut self, e: &Error) {
+        self.proposals.fail_all(e);
         for (_, (_, r)) in std::mem::take(&mut self.changes) {
             let _ = r.send(Err(e.clone()));
         }
-        for (_, job) in self.reads.drain() {
+        for (_, (_, job)) in std::mem::take(&mut self.reads) {
             job(Err(e.clone()));
+        }
+        if let Some(t) = self.transfer.take() {
+            let _ = t.reply.send(Err(e.clone()));
         }
     }
 
@@ -165,19 +254,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
         let _ = self.disk.send(DiskJob::Stop);
         let _ = self.apply.send(ApplyJob::Stop);
         self.queue.close(&Error::Shutdown);
-        self.proposals.fail_all(&Error::Shutdown);
-        for (_, (_, r)) in std::mem::take(&mut self.changes) {
-            let _ = r.send(Err(Error::Shutdown));
-        }
-        for (_, job) in self.reads.drain() {
-            job(Err(Error::Shutdown));
-        }
+        self.answer_all(&Error::Shutdown);
     }
 
     /// Returns true to shut down.
     fn on_request(&mut self, req: Request<SM>) -> bool {
         if let Some(f) = &self.fatal {
-            let e = Error::Storage(f.clone());
+            let e = Error::Fatal(f.clone());
             match req {
                 Request::Read { job, .. } => job(Err(e)),
                 Request::ConfChange { reply, .. } => {
@@ -204,7 +287,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 let id = self.next_read;
                 match self.raw.read_index(ReadId(id), core_policy) {
                     Ok(()) => {
-                        self.reads.insert(id, job);
+                        self.reads.insert(id, (self.clock.ticks(), job));
                     }
                     Err(e) => job(Err(e.into())),
                 }
@@ -219,23 +302,63 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
             },
             Request::Transfer { to, reply } => {
-                let _ = reply.send(self.raw.transfer_leader(to).map_err(Error::from));
+                if self.raw.soft_state().leader == to {
+                    let _ = reply.send(Ok(()));
+                } else if let Err(e) = self.raw.transfer_leader(to) {
+                    let _ = reply.send(Err(e.into()));
+                } else {
+                    if let Some(old) = self.transfer.take() {
+                        let _ = old.reply.send(Err(Error::TransferFailed(format!(
+                            "superseded by a transfer to {to}"
+                        ))));
+                    }
+                    self.transfer = Some(PendingTransfer {
+                        to,
+                        deadline: self.clock.ticks().saturating_add(self.timeout_ticks),
+                        reply,
+                    });
+                }
             }
             Request::Shutdown => return true,
         }
         false
     }
 
-    /// Proposals waiting longer than the request timeout get `Timeout`
-    /// (their outcome is unknown). Done here, on ticks, rather than with a
-    /// timer per request.
-    fn expire_proposals(&mut self) {
-        self.proposals.expire(self.ticks, self.timeout_ticks);
+    /// Answers a leadership transfer once leadership has moved (or cannot).
+    fn check_transfer(&mut self) {
+        let Some(t) = &self.transfer else { return };
+        let ss = self.raw.soft_state();
+        let outcome = if ss.leader == t.to {
+            Some(Ok(()))
+        } else if ss.role == Role::Leader && self.raw.transfer_target() != Some(t.to) {
+            // Still leading and no longer handing over: the core gave up
+            // (the target did not catch up within an election timeout).
+            Some(Err(Error::TransferFailed(format!(
+                "{} did not take over in time",
+                t.to
+            ))))
+        } else if ss.role != Role::Leader && !ss.leader.is_none() {
+            Some(Err(Error::TransferFailed(format!(
+                "{} became leader instead of {}",
+                ss.leader, t.to
+            ))))
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome
+            && let Some(t) = self.transfer.take()
+        {
+            let _ = t.reply.send(outcome);
+        }
     }
 
-    /// Takes what proposers queued and proposes it in one batch. (Once the
-    /// node failed, the queue is closed and answers proposers itself.)
+    /// Takes what proposers queued and proposes it in one batch, unless the
+    /// disk is too far behind (the queue then fills, and proposers hear
+    /// `Overloaded`).
     fn take_proposals(&mut self) {
+        if self.disk_jobs >= MAX_DISK_JOBS {
+            return;
+        }
         self.queue.take(&mut self.batch);
         self.flush_proposals();
     }
@@ -255,7 +378,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
         match self.raw.propose_batch(data) {
             Ok((first, _)) => {
                 let term = self.raw.term();
-                self.proposals.insert(first, term, self.ticks, replies);
+                self.proposals
+                    .insert(first, term, self.clock.ticks(), replies);
             }
             Err(e) => {
                 let e: Error = e.into();
@@ -266,41 +390,72 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
     }
 
+    /// A message from a peer.
+    fn on_message(&mut self, msg: Message, data: Option<SnapshotData>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        // With the disk this far behind, new entries would only queue up:
+        // drop them (the leader sends again) and take everything else.
+        if self.disk_jobs >= MAX_DISK_JOBS
+            && matches!(&msg.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
+        {
+            return;
+        }
+        if let MessageBody::InstallSnapshot { meta } = &msg.body {
+            let Some(d) = data else {
+                // Installing metadata without the data would leave the
+                // state machine behind the log.
+                tracing::warn!(from = %msg.from, index = %meta.last_index,
+                    "snapshot message without its data; dropped");
+                return;
+            };
+            if d.meta() != meta {
+                tracing::warn!(from = %msg.from, index = %meta.last_index,
+                    "snapshot data for another snapshot than its message; dropped");
+                return;
+            }
+            if !self.snapshot_store.holds(&d) {
+                self.import_snapshot(msg, d);
+                return;
+            }
+            let index = meta.last_index;
+            self.incoming.insert(index, d);
+            self.step(msg);
+            // A snapshot the core declined (stale, or one is being
+            // installed already) is not kept: neither its handle nor its
+            // file.
+            if self.raw.pending_snapshot_index() != Some(index)
+                && let Some(d) = self.incoming.remove(&index)
+            {
+                self.snapshot_store.discard(&d);
+            }
+            return;
+        }
+        self.step(msg);
+    }
+
+    fn step(&mut self, msg: Message) {
+        match self.raw.step(msg) {
+            Err(e) if !e.is_fatal() => tracing::debug!(error = %e, "message refused"),
+            Err(e) => self.fail(e.into()),
+            Ok(()) => {}
+        }
+    }
+
     fn on_event(&mut self, ev: Event) {
         if self.fatal.is_some() {
             return;
         }
         let res = match ev {
-            Event::Message(msg, data) => {
-                if let MessageBody::InstallSnapshot { meta } = &msg.body {
-                    let Some(d) = data else {
-                        // Installing metadata without the data would leave
-                        // the state machine behind the log.
-                        tracing::warn!(from = %msg.from, index = %meta.last_index,
-                            "snapshot message without its data; dropped");
-                        return;
-                    };
-                    if !self.snapshot_store.holds(&d) {
-                        self.import_snapshot(msg, d);
-                        return;
-                    }
-                    self.incoming.insert(meta.last_index, d);
-                }
-                match self.raw.step(msg) {
-                    Err(e) if !e.is_fatal() => {
-                        tracing::debug!(error = %e, "message refused");
-                        Ok(())
-                    }
-                    other => other,
-                }
-            }
             Event::SnapshotImported(msg, data) => {
                 self.importing.remove(&data.meta().last_index);
-                self.on_event(Event::Message(msg, Some(data)));
+                self.on_message(msg, Some(data));
                 return;
             }
             Event::SnapshotReport(to, ok) => self.raw.report_snapshot(to, ok),
             Event::Persisted(batches) => {
+                self.disk_jobs = self.disk_jobs.saturating_sub(batches.len());
                 let mut res = Ok(());
                 for b in batches {
                     if let Err(e) = self.raw.on_persisted(b.persisted()) {
@@ -314,7 +469,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 res
             }
             Event::Applied(index) => {
-                self.applied = index;
+                self.applied = self.applied.max(index);
                 self.raw.on_applied(index)
             }
             Event::SnapshotMade(meta, data) => {
@@ -323,22 +478,22 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             Event::SnapshotSaved(meta, data) => {
                 self.snapshot_made_at = meta.last_index;
-                self.snapshots.insert(meta.last_index, data);
-                while self.snapshots.len() > 2 {
-                    self.snapshots.pop_first();
-                }
+                self.keep_snapshot(data);
                 self.raw.snapshot_created(&meta)
             }
             Event::ImportFailed(index) => {
                 self.importing.remove(&index);
                 Ok(())
             }
-            Event::SnapshotFailed => {
+            Event::SnapshotFailed(why) => {
+                self.snapshot_failures += 1;
+                tracing::warn!(reason = %why, failures = self.snapshot_failures,
+                    "snapshot failed; asked again after a backoff");
                 self.raw.snapshot_failed();
                 Ok(())
             }
             Event::Fatal(msg) => {
-                self.fail(Error::Storage(msg));
+                self.fail(Error::Fatal(msg));
                 return;
             }
         };
@@ -347,11 +502,19 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
     }
 
+    /// Keeps a snapshot's handle to send to followers (the newest few).
+    fn keep_snapshot(&mut self, data: SnapshotData) {
+        self.snapshots.insert(data.meta().last_index, data);
+        while self.snapshots.len() > KEEP_SNAPSHOTS {
+            self.snapshots.pop_first();
+        }
+    }
+
     /// Copies a snapshot that does not live in this node's store (sent by a
     /// node of the same process) in, off the core task; the message is
     /// stepped once the copy is durable. A failed copy drops the message
     /// (the leader sends again).
-    fn import_snapshot(&mut self, msg: dengine_core::Message, data: SnapshotData) {
+    fn import_snapshot(&mut self, msg: Message, data: SnapshotData) {
         let index = data.meta().last_index;
         if !self.importing.insert(index) {
             return;
@@ -369,31 +532,29 @@ impl<SM: StateMachine> CoreLoop<SM> {
         });
     }
 
-    fn send(&self, msg: dengine_core::Message) {
-        let data = match &msg.body {
-            MessageBody::InstallSnapshot { meta } => {
-                let Some(d) = self.snapshots.get(&meta.last_index).cloned() else {
-                    tracing::warn!(to = %msg.to, index = %meta.last_index,
+    fn send(&mut self, msg: Message) {
+        if let MessageBody::InstallSnapshot { meta } = &msg.body {
+            let to = msg.to;
+            let done = SnapshotDone::new(to, self.events_tx.clone());
+            match self.snapshots.get(&meta.last_index).cloned() {
+                Some(data) => self.transport.send_snapshot(msg, data, done),
+                None => {
+                    tracing::warn!(to = %to, index = %meta.last_index,
                         "no data for the snapshot to send; not sent");
-                    let _ = self.raw_report_failed(msg.to);
-                    return;
-                };
-                Some(d)
+                    // Reported failed when dropped: the progress probes again.
+                    drop(done);
+                }
             }
-            _ => None,
-        };
-        self.transport.send(msg, data);
-    }
-
-    /// Schedules a failed snapshot report (the progress then probes again).
-    fn raw_report_failed(&self, to: dengine_core::NodeId) -> bool {
-        self.events_tx
-            .send(Event::SnapshotReport(to, false))
-            .is_ok()
+            return;
+        }
+        let to = msg.to;
+        if self.transport.send(msg).is_err() {
+            self.raw.report_unreachable(to);
+        }
     }
 
     fn drain_ready(&mut self) {
-        while self.raw.has_ready() {
+        while self.fatal.is_none() && self.raw.has_ready() {
             match self.raw.ready() {
                 Ok(rd) => self.handle_ready(rd),
                 Err(e) => {
@@ -415,11 +576,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 .and_then(|m| self.incoming.remove(&m.last_index));
             if let (Some(meta), Some(d)) = (&batch.snapshot, &data) {
                 // Installed in the state machine after everything handed out
-                // before it (the apply task works in order).
+                // before it (the apply thread works in order).
                 let _ = self.apply.send(ApplyJob::Restore(meta.clone(), d.clone()));
                 self.snapshots_installed += 1;
-                self.snapshots.insert(meta.last_index, d.clone());
-                self.incoming.retain(|&i, _| i > meta.last_index);
+                self.keep_snapshot(d.clone());
+                for (_, stale) in self.incoming.extract_if(.., |&i, _| i <= meta.last_index) {
+                    self.snapshot_store.discard(&stale);
+                }
             }
             match &self.inline_store {
                 Some(store) => {
@@ -443,7 +606,11 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     }
                 }
                 _ => {
-                    let _ = self.disk.send(DiskJob::Write(batch));
+                    self.disk_jobs += 1;
+                    if self.disk.send(DiskJob::Write(batch)).is_err() {
+                        self.fail(Error::Fatal("the disk thread is gone".into()));
+                        return;
+                    }
                 }
             }
         }
@@ -451,7 +618,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             self.hand_out(rd.committed_entries);
         }
         for rs in rd.read_states {
-            let Some(job) = self.reads.remove(&rs.id.0) else {
+            let Some((_, job)) = self.reads.remove(&rs.id.0) else {
                 continue;
             };
             match rs.result {
@@ -461,6 +628,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Err(e) => job(Err(e.into())),
             }
         }
+        // After this Ready's entries: the apply thread takes it once it has
+        // applied everything handed out, which is where the core asks it.
         if let Some(meta) = rd.snapshot_request {
             let _ = self.apply.send(ApplyJob::Snapshot(meta));
         }
@@ -469,7 +638,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
     }
 
-    /// Passes committed entries to the apply task with the replies that
+    /// Passes committed entries to the apply thread with the replies that
     /// wait for them; a reply whose entry was replaced learns it now.
     fn hand_out(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {
@@ -489,9 +658,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
             }
         }
-        let _ = self
+        if self
             .apply
-            .send(ApplyJob::Entries(entries, proposals, changes));
+            .send(ApplyJob::Entries(entries, proposals, changes))
+            .is_err()
+        {
+            self.fail(Error::Fatal("the apply thread is gone".into()));
+        }
     }
 
     fn publish_metrics(&self) {
@@ -509,6 +682,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 && m.fatal == self.fatal
                 && m.snapshots_installed == self.snapshots_installed
                 && m.snapshot_made_at == self.snapshot_made_at
+                && m.snapshot_failures == self.snapshot_failures
                 && m.membership == *self.raw.conf_state();
             if same {
                 return false;
@@ -522,6 +696,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             m.fatal.clone_from(&self.fatal);
             m.snapshots_installed = self.snapshots_installed;
             m.snapshot_made_at = self.snapshot_made_at;
+            m.snapshot_failures = self.snapshot_failures;
             if m.membership != *self.raw.conf_state() {
                 m.membership = self.raw.conf_state().clone();
             }

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{DiskJob, Event, Store};
+use super::{DiskJob, Event, Store, panic_message};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
 
@@ -22,10 +22,18 @@ pub(crate) fn spawn_disk_thread(
     std::thread::Builder::new()
         .name("dengine-disk".into())
         .spawn(move || {
-            if let Err(e) = run(&store, &snapshots, &jobs, &events) {
-                tracing::error!(error = %e, "disk thread stopped");
-                let _ = events.send(Event::Fatal(e.to_string()));
-            }
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&store, &snapshots, &jobs, &events)
+            }));
+            let why = match run {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("the disk thread panicked: {}", panic_message(&*panic)),
+            };
+            // Nothing after this write can be trusted to be durable: the
+            // node stops rather than acknowledge anything else.
+            tracing::error!(error = %why, "disk thread stopped");
+            let _ = events.send(Event::Fatal(why));
         })
 }
 
@@ -46,7 +54,9 @@ fn run(
         let mut written = Vec::new();
         let mut saved = Vec::new();
         let mut stop = false;
-        let mut prune = false;
+        // The newest snapshot the log now starts after, if this group
+        // recorded one: older snapshot files are no longer needed.
+        let mut prune: Option<dengine_core::LogIndex> = None;
         // Consecutive plain writes are merged into one store write: one
         // transaction and one fsync for the whole group.
         let mut merged = Merged::default();
@@ -60,7 +70,7 @@ fn run(
                     // The snapshot's data was made durable when it was
                     // received, before the log says it starts after it.
                     merged.flush(store)?;
-                    prune = true;
+                    prune = prune.max(batch.snapshot.as_ref().map(|m| m.last_index));
                     store.write(
                         batch.snapshot.as_ref(),
                         &batch.entries,
@@ -75,7 +85,7 @@ fn run(
                 DiskJob::SaveSnapshot(meta, data) => {
                     // The data is durable already (the apply task wrote it).
                     merged.flush(store)?;
-                    prune = true;
+                    prune = prune.max(Some(meta.last_index));
                     store.save_snapshot_meta(&meta)?;
                     saved.push((meta, data));
                 }
@@ -86,7 +96,9 @@ fn run(
         if !written.is_empty() || !saved.is_empty() {
             store.sync()?;
         }
-        if prune && let Err(e) = snapshots.prune() {
+        if let Some(recorded) = prune
+            && let Err(e) = snapshots.prune(recorded)
+        {
             // Old snapshots only cost space; the node works on.
             tracing::warn!(error = %e, "removing old snapshots failed");
         }

@@ -1,20 +1,44 @@
 //! The node runtime: one tokio task drives the protocol core and never
 //! blocks; a disk thread makes writes durable in groups (one fsync for every
-//! write waiting), and an apply task runs the state machine. Both report
-//! back to the core task as events.
+//! write waiting), and an apply thread runs the state machine. Both report
+//! back to the core task as events. A supervisor watches all three: any
+//! of them dying (a panic included) stops the node with the cause.
 //!
 //! The durability contract of `dengine_core` is kept here: a persist
 //! batch's messages (acknowledgements, votes) are sent only after the disk
 //! thread's fsync, and the core counts its own entries only once told they
 //! are durable. The leader's appends to followers go out at once, in
 //! parallel with its own write.
+//!
+//! ## Who owns which fact
+//! - **Protocol state** (term, commit, membership, the log's shape): the
+//!   core task, in its `RawNode`; published through [`Metrics`].
+//! - **Applied index**: the apply thread, reported to the core task with
+//!   `Event::Applied`; the published figure only moves forward.
+//! - **Durable log**: the disk thread, reported with `Event::Persisted`.
+//! - **Snapshots**: files in the snapshot store; the core task keeps the
+//!   handles of the ones it may send or is about to install.
+//! - **Time**: the core task's tick clock, derived from `Instant` (a late
+//!   loop catches up on every tick it missed before it serves anything).
+//!
+//! ## Bounds
+//! Every queue is bounded, by a limit or by construction: proposals and
+//! requests by `max_pending_requests` (past it, `Overloaded`); reads of
+//! every policy by the same limit, each expiring with the request timeout;
+//! inbound peer messages by [`INBOX`] (past it they are dropped: Raft
+//! sends again); disk jobs by [`MAX_DISK_JOBS`] in flight (past it the core
+//! takes no proposals and drops peers' appends until the disk catches up);
+//! entries waiting to be applied by the core's `max_applying_bytes`.
 
 mod apply;
+mod clock;
 mod core_loop;
 mod disk;
 mod pending;
+pub(crate) mod supervisor;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dengine_core::{ConfChange, LogIndex, Message, NodeId, PersistBatch, SnapshotMeta};
 use tokio::sync::oneshot;
@@ -25,6 +49,12 @@ pub use core_loop::Metrics;
 use crate::error::Error;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::StateMachine;
+
+/// Inbound peer messages waiting for the core task; more are dropped.
+pub(crate) const INBOX: usize = 8192;
+/// Persist batches handed to the disk thread and not yet durable; past
+/// this the core takes no new work that would add to them.
+pub(crate) const MAX_DISK_JOBS: usize = 1024;
 
 /// How a read is made consistent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,11 +68,14 @@ pub enum ReadPolicy {
     Stale,
 }
 
-/// A read waiting for the state machine: runs on the apply task.
+/// A read waiting for the state machine: runs on the apply thread.
 pub(crate) type ReadJob<SM> = Box<dyn FnOnce(Result<&SM, Error>) + Send>;
 
 /// A proposal's answer.
 pub(crate) type ProposeReply<R> = oneshot::Sender<Result<(LogIndex, R), Error>>;
+
+/// A message from a peer, with the snapshot data of an `InstallSnapshot`.
+pub(crate) type Inbound = (Message, Option<SnapshotData>);
 
 /// Requests from the application.
 pub(crate) enum Request<SM: StateMachine> {
@@ -61,9 +94,10 @@ pub(crate) enum Request<SM: StateMachine> {
     Shutdown,
 }
 
-/// Events from the network, the disk and the apply task.
+/// Events from the disk and apply threads, transports and helpers. Each
+/// answers a job the core task handed out (or a snapshot send), so their
+/// number is bounded by those.
 pub(crate) enum Event {
-    Message(Message, Option<SnapshotData>),
     SnapshotReport(NodeId, bool),
     Persisted(Vec<PersistBatch>),
     Applied(LogIndex),
@@ -73,7 +107,7 @@ pub(crate) enum Event {
     SnapshotImported(Message, SnapshotData),
     /// Copying a snapshot in failed (the message was dropped).
     ImportFailed(LogIndex),
-    SnapshotFailed,
+    SnapshotFailed(String),
     Fatal(String),
 }
 
@@ -85,7 +119,7 @@ pub(crate) enum DiskJob {
     Stop,
 }
 
-/// Work for the apply task.
+/// Work for the apply thread.
 pub(crate) enum ApplyJob<SM: StateMachine> {
     Entries(
         Vec<dengine_core::Entry>,
@@ -101,6 +135,7 @@ pub(crate) enum ApplyJob<SM: StateMachine> {
 /// Shared by the node handle and the runtime.
 pub(crate) struct Channels<SM: StateMachine> {
     pub(crate) requests: tokio::sync::mpsc::Sender<Request<SM>>,
+    pub(crate) inbox: tokio::sync::mpsc::Sender<Inbound>,
     pub(crate) events: tokio::sync::mpsc::UnboundedSender<Event>,
 }
 
@@ -108,14 +143,63 @@ impl<SM: StateMachine> Clone for Channels<SM> {
     fn clone(&self) -> Self {
         Channels {
             requests: self.requests.clone(),
+            inbox: self.inbox.clone(),
             events: self.events.clone(),
         }
     }
 }
 
-pub(crate) use apply::spawn_apply_task;
+/// Counts reads in flight (of every policy) against a limit.
+pub(crate) struct ReadLimit {
+    in_flight: AtomicUsize,
+    limit: usize,
+}
+
+/// One read's place under the limit, given back when dropped (the read
+/// answered, failed or expired).
+pub(crate) struct ReadSlot(Arc<ReadLimit>);
+
+impl ReadLimit {
+    pub(crate) fn new(limit: usize) -> Arc<ReadLimit> {
+        Arc::new(ReadLimit {
+            in_flight: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// A slot for one more read, or `Overloaded`.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Result<ReadSlot, Error> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Overloaded);
+        }
+        Ok(ReadSlot(self.clone()))
+    }
+}
+
+impl Drop for ReadSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) use apply::spawn_apply_thread;
+pub(crate) use clock::TickClock;
 pub(crate) use disk::spawn_disk_thread;
 pub(crate) use pending::ProposalQueue;
+pub(crate) use supervisor::supervise;
 
 /// The storage handle the runtime works with.
 pub(crate) type Store = Arc<dyn dengine_core::LogStore>;
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with no message".to_string()
+    }
+}

@@ -140,12 +140,14 @@ fn the_receiver_refuses_bad_frames() {
     assert!(rx.push(&bad).is_err());
     assert!(rx.push(&frames[1][..frames[1].len() - 1]).is_err());
     assert!(rx.push(&[1, 2, 3]).is_err());
+    // One receiver per snapshot at a time: the next waits for this one.
+    drop(rx);
 
     // Finishing before the end frame, and frames after it.
     let mut rx = store.receiver(meta(4)).expect("receiver");
     rx.push(&frames[0]).expect("meta");
     rx.push(&frames[1]).expect("data");
-    assert!(rx.finish().is_err());
+    assert!(rx.finish().is_err(), "consumes the receiver, releasing it");
     let mut rx = store.receiver(meta(4)).expect("receiver");
     for f in &frames {
         rx.push(f).expect("frame");
@@ -156,14 +158,14 @@ fn the_receiver_refuses_bad_frames() {
 }
 
 #[test]
-fn prune_keeps_the_newest_two_and_open_removes_unfinished_files() {
+fn prune_keeps_the_recorded_snapshot_and_newer_ones_and_unfinished_files_vanish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
     let first = write(&store, meta(10), b"a");
     for i in [20, 30, 40] {
         write(&store, meta(i), b"b");
     }
-    store.prune().expect("prune");
+    store.prune(LogIndex(30)).expect("prune");
     let left: Vec<u64> = store
         .files()
         .expect("files")
@@ -174,23 +176,98 @@ fn prune_keeps_the_newest_two_and_open_removes_unfinished_files() {
     // A reader of a removed snapshot still has its file.
     assert_eq!(read_all(&first).expect("still readable"), b"a");
 
-    // A writer that never finished leaves only a temporary file, which the
-    // next open removes; it is never taken for a snapshot.
+    // A writer that never finished removes its temporary file when dropped;
+    // it is never taken for a snapshot.
     let mut w = store.writer(meta(50)).expect("writer");
     w.write_all(b"half").expect("write");
     drop(w);
+    assert_eq!(tmp_files(dir.path()), 0);
     assert_eq!(
         store.latest().expect("latest").expect("one").meta(),
         &meta(40)
     );
+    // One left behind by a crash is removed when the store opens.
+    std::fs::write(dir.path().join("snap-x.recv.1-1.tmp"), b"torn").expect("write");
     let store = SnapshotStore::open(dir.path().to_path_buf()).expect("reopen");
-    let tmp = std::fs::read_dir(dir.path())
+    assert_eq!(tmp_files(dir.path()), 0);
+    assert_eq!(store.files().expect("files").len(), 2);
+    // Files newer than what the log records are removed at start.
+    store.remove_newer_than(LogIndex(30)).expect("remove");
+    assert_eq!(store.files().expect("files").len(), 1);
+    assert_eq!(
+        store.find(&meta(30)).expect("find").expect("there").meta(),
+        &meta(30)
+    );
+    assert!(store.find(&meta(40)).expect("find").is_none());
+}
+
+fn tmp_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
         .expect("dir")
         .filter(|e| {
             e.as_ref()
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "tmp"))
         })
-        .count();
-    assert_eq!(tmp, 0);
-    assert_eq!(store.files().expect("files").len(), 2);
+        .count()
+}
+
+#[test]
+fn two_receivers_of_one_snapshot_cannot_interleave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+    let src = SnapshotData::from_bytes(meta(7), &state(CHUNK_SIZE * 2 + 5));
+    let frames: Vec<Vec<u8>> = src.frames().map(|f| f.expect("frame")).collect();
+    let mut a = store.receiver(meta(7)).expect("first receiver");
+    let second = store.receiver(meta(7));
+    assert_eq!(
+        second.err().map(|e| e.kind()),
+        Some(io::ErrorKind::AlreadyExists),
+        "one receiver per snapshot at a time"
+    );
+    // Another snapshot can be received meanwhile, into a file of its own.
+    let mut other = store.receiver(meta(8)).expect("another snapshot");
+    other
+        .push(&frames[0])
+        .expect_err("metadata of another snapshot");
+    a.push(&frames[0]).expect("meta");
+    a.push(&frames[1]).expect("chunk");
+    drop(other);
+    // The first transfer breaks off; a retry starts where it stopped.
+    let resume_at = a.received_len();
+    drop(a);
+    assert_eq!(
+        tmp_files(dir.path()),
+        0,
+        "an abandoned transfer leaves nothing"
+    );
+    let mut b = store.receiver(meta(7)).expect("free again");
+    for f in src.frames() {
+        b.push(&f.expect("frame")).expect("push");
+    }
+    let got = b.finish().expect("finish");
+    assert_eq!(read_all(&got).expect("read"), state(CHUNK_SIZE * 2 + 5));
+    assert_eq!(resume_at, (frames[0].len() + frames[1].len()) as u64);
+}
+
+#[test]
+fn a_transfer_resumes_from_the_last_good_frame() {
+    let store = SnapshotStore::memory();
+    let src = SnapshotData::from_bytes(meta(7), &state(CHUNK_SIZE * 3));
+    let mut rx = store.receiver(meta(7)).expect("receiver");
+    let mut frames = src.frames();
+    rx.push(&frames.next().expect("meta").expect("ok"))
+        .expect("meta");
+    rx.push(&frames.next().expect("chunk").expect("ok"))
+        .expect("chunk");
+    let mut bad = frames.next().expect("chunk").expect("ok");
+    bad[20] ^= 1;
+    assert!(rx.push(&bad).is_err(), "a damaged frame is refused");
+    // The sender resumes from what the receiver holds.
+    for f in src.frames_from(rx.received_len()) {
+        rx.push(&f.expect("frame")).expect("push");
+    }
+    let got = rx.finish().expect("finish");
+    assert_eq!(read_all(&got).expect("read"), state(CHUNK_SIZE * 3));
+    // An offset inside a frame is refused, not misread.
+    assert!(src.frames_from(3).next().expect("one").is_err());
 }

@@ -30,7 +30,7 @@ pub struct Strings(pub BTreeSet<String>);
 
 impl StateMachine for Strings {
     type Response = ();
-    fn apply(&mut self, _: dengine::LogIndex, command: &[u8]) {
+    fn apply(&mut self, _: dengine::EntryId, command: &[u8]) {
         self.0.insert(String::from_utf8_lossy(command).into_owned());
     }
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
