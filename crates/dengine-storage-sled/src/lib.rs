@@ -25,13 +25,18 @@
 //! One sled database per node, in the directory given to
 //! [`SledStore::open`], with two trees:
 //!
-//! - `log`: the entries in **runs** of consecutive entries, one sled key
-//!   per run. Key = the index of the run's first entry as a big-endian
-//!   `u64` ([`log_key`]; sled's key order is log order). Value = the run's
-//!   entries in index order, each as its length (`u32`, little-endian)
-//!   followed by its record ([`codec::encode_entry`], sealed with its own
-//!   CRC32). Runs are contiguous: each one starts right after the one
-//!   before it ends, and the last one ends at the last index.
+//! - `log`: the entries in **runs** of consecutive entries. A run's bytes
+//!   are its entries in index order, each as its length (`u32`,
+//!   little-endian) followed by its record ([`codec::encode_entry`],
+//!   sealed with its own CRC32). They are stored in **chunks** of at most
+//!   [`VALUE_MAX_BYTES`] (6 KiB): the first under the index of the run's
+//!   first entry as a big-endian `u64` ([`log_key`], 8 bytes; sled's key
+//!   order is log order), chunk `n >= 1` under the same 8 bytes followed
+//!   by `n` as a big-endian `u32` ([`chunk_key`], 12 bytes), which sorts
+//!   right after the run's first key and before the next run's. Runs of
+//!   small entries fit one chunk; only a run of one large entry is split.
+//!   Runs are contiguous: each one starts right after the one before it
+//!   ends, and the last one ends at the last index.
 //! - `meta`: `hard_state` ([`codec::encode_hard_state`]), `base` (the id of
 //!   the entry just before the first one, [`codec::encode_entry_id`]),
 //!   `snapshot` ([`codec::encode_snapshot_meta`]) and `identity`
@@ -40,9 +45,9 @@
 //! Every record is sealed with a CRC32 by the core's codec.
 //!
 //! Each write stores its entries as new runs of at most
-//! [`RUN_MAX_ENTRIES`] entries and [`RUN_MAX_BYTES`] (6 KiB, kept small
-//! for sled's sake: see "Large values" below) bytes; a larger entry gets
-//! a run of its own. A write never extends an existing run. Runs
+//! [`RUN_MAX_ENTRIES`] entries and [`RUN_MAX_BYTES`] (6 KiB, one chunk)
+//! bytes; a larger entry gets a run of its own, in as many chunks as it
+//! needs. A write never extends an existing run. Runs
 //! exist because sled copies a B-tree leaf on every insert: one key per
 //! entry made an append of n entries cost n leaf copies, one key per run
 //! costs one. Replacing a suffix from index `i` removes every run starting
@@ -57,8 +62,10 @@
 //! that it parses to the end, that each entry's own index is its place
 //! (the run's key plus its position in the run), that the runs are
 //! contiguous and the first one holds `base + 1`, that no run lies wholly
-//! at or below the base, and that the snapshot covers the base. Any
-//! problem fails the open with [`StorageError::Fatal`] naming the
+//! at or below the base, and that the snapshot covers the base; that a
+//! run stored in several chunks has them all, numbered from 1 with no
+//! gap, and holds a single entry (so that a lost last chunk shows as a
+//! torn record). Any problem fails the open with [`StorageError::Fatal`] naming the
 //! directory and the index (or meta key), for example `sled store
 //! /data/n1: log entry 7 is corrupt: checksum mismatch (...)` or `log
 //! entry 9 is missing`. Nothing is skipped or repaired silently: a store
@@ -68,8 +75,12 @@
 //! entry it returns (a failure there is also `Fatal`);
 //! [`LogStorage::term`] is answered from memory (see below).
 //!
-//! A store written by an older version of this crate (one key per entry)
-//! does not open: its first record is reported as such.
+//! A store written by an older version of this crate with one key per
+//! entry does not open: its first record is reported as such. One written
+//! with runs but before chunks opens as it is (a run of one large entry is
+//! then a single value, which sled keeps as a blob until it is compacted
+//! away); an older version refuses a store with chunks (a key of 12
+//! bytes).
 //!
 //! ## Writes, atomicity and durability
 //!
@@ -115,10 +126,12 @@
 //!   and never fsyncs those files (sled issue #1077): after a power
 //!   failure or an OS crash (not a process crash) such a file may be
 //!   incomplete although sled's fsynced log refers to it, and sled then
-//!   reports the page as corrupt. A leaf page holds up to about 17 keys,
-//!   so runs are capped at [`RUN_MAX_BYTES`] to keep the pages of the log
-//!   under that size; entries of more than a few KiB (a run each) can
-//!   still get there, as they could with one key per entry.
+//!   reports the page as corrupt. A leaf page holds up to 17 keys, so
+//!   every value this store writes is at most [`VALUE_MAX_BYTES`] (runs,
+//!   chunks of a large entry's run, the small meta records): no page of
+//!   the store reaches the threshold, and `sync` makes entries of every
+//!   size durable ([`chunk`] has the details; `tests/no_blobs.rs` writes
+//!   1 MiB entries and finds no blob file).
 //! - **Memory.** sled keeps a page cache of up to
 //!   [`SledOptions::cache_capacity`] (sled's default: 1 GiB, lowered to the
 //!   memory limit of a cgroup if there is one) on top of its own
@@ -156,13 +169,18 @@ use dengine_core::{
 };
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub mod chunk;
 mod load;
 mod options;
 mod run;
+mod stored;
 
+pub use chunk::VALUE_MAX_BYTES;
 pub use options::{SledOptions, open_db, open_raw};
 pub use run::{RUN_MAX_BYTES, RUN_MAX_ENTRIES, log_key};
 use run::{Records, Take, Terms};
+pub use stored::chunk_key;
+use stored::{StoredRun, StoredRunError, StoredRuns, insert_run, remove_run};
 
 /// Name of the tree holding the log.
 pub const LOG_TREE: &str = "log";
@@ -313,12 +331,12 @@ impl SledStore {
         }
     }
 
-    /// Moves the entries of the run `(key, run)` that `take` still wants
-    /// to it, checking each.
-    fn take_from_run(&self, key: &[u8], run: &[u8], take: &mut Take) -> Result<(), StorageError> {
-        let start = self.run_start(key, take.next.prev())?;
+    /// Moves the entries of `run` that `take` still wants to it, checking
+    /// each.
+    fn take_from_run(&self, run: &StoredRun, take: &mut Take) -> Result<(), StorageError> {
+        let start = run.start;
         let mut index = start;
-        for record in Records::new(run) {
+        for record in Records::new(&run.bytes) {
             if index >= take.hi {
                 break;
             }
@@ -338,6 +356,34 @@ impl SledStore {
         Ok(())
     }
 
+    /// The first index of the run holding the last `log` key below
+    /// `bound`, if any (`at`: the entry sought, for messages).
+    fn run_start_before(
+        &self,
+        bound: [u8; 8],
+        at: LogIndex,
+    ) -> Result<Option<LogIndex>, StorageError> {
+        let key = self
+            .log
+            .range(..bound)
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(|e| self.sled_err(&format!("cannot read the run holding entry {at}"), e))?;
+        key.map(|key| self.key_start(&key, at)).transpose()
+    }
+
+    /// The run holding entry `from - 1`, read whole, if any.
+    fn run_before(&self, from: LogIndex) -> Result<Option<StoredRun>, StorageError> {
+        let Some(start) = self.run_start_before(log_key(from), from.prev())? else {
+            return Ok(None);
+        };
+        StoredRuns::new(self.log.range(log_key(start)..log_key(from)))
+            .next()
+            .transpose()
+            .map_err(|e| self.stored_run_err(e, start.prev()))
+    }
+
     /// Adds to `batch` the removal of the log from `from` on (`from` is at
     /// most the last index): the runs starting at or after `from` go, and
     /// the run holding `from` is cut before it (or goes, if what is left of
@@ -348,15 +394,9 @@ impl SledStore {
         from: LogIndex,
         first: LogIndex,
     ) -> Result<(), StorageError> {
-        let held = self
-            .log
-            .range(..log_key(from))
-            .next_back()
-            .transpose()
-            .map_err(|e| self.sled_err(&format!("cannot read the run holding entry {from}"), e))?;
-        if let Some((key, run)) = held {
-            let start = self.run_start(&key, from.prev())?;
-            let mut records = Records::new(&run);
+        if let Some(run) = self.run_before(from)? {
+            let start = run.start;
+            let mut records = Records::new(&run.bytes);
             let mut index = start;
             while index < from {
                 match records.next() {
@@ -368,11 +408,13 @@ impl SledStore {
             // Cut only if the run goes on past `from - 1`; otherwise the
             // next run starts at `from` and is removed with the rest below.
             if index == from && !records.is_empty() {
-                if from <= first {
-                    batch.remove(key);
-                } else {
-                    let kept = run.len() - records.remaining();
-                    batch.insert(key, &run[..kept]);
+                // The cut run may need fewer chunks: remove them all, then
+                // insert what is kept (a batch keeps the last change of
+                // each key).
+                remove_run(batch, start, run.chunks);
+                if from > first {
+                    let kept = run.bytes.len() - records.remaining();
+                    insert_run(batch, start, &run.bytes[..kept]);
                 }
             }
         }
@@ -395,23 +437,31 @@ impl SledStore {
         // A run ends where the next one starts, so of the runs starting at
         // or before `index + 1` every one but the last ends at or below
         // `index`. The last one holds `index + 1` unless it is the last run
-        // of the log and the log ends at `index`.
+        // of the log and the log ends at `index`. The keys (a run's and
+        // its chunks') are read without their values.
         let mut removed = false;
-        let mut held = None;
-        for key in self.log.range(..=log_key(index.next())).keys() {
+        // The keys of the last run seen, and where it starts.
+        let mut held: Option<(LogIndex, Vec<sled::IVec>)> = None;
+        for key in self.log.range(..=chunk_key(index.next(), u32::MAX)).keys() {
             let key = key.map_err(|e| {
                 self.sled_err(&format!("cannot read the log up to entry {index}"), e)
             })?;
-            if let Some(prev) = held.replace(key) {
-                batch.remove(prev);
-                removed = true;
+            let start = self.key_start(&key, index)?;
+            match &mut held {
+                Some((at, keys)) if *at == start => keys.push(key),
+                _ => {
+                    if let Some((_, keys)) = held.replace((start, vec![key])) {
+                        keys.into_iter().for_each(|k| batch.remove(k));
+                        removed = true;
+                    }
+                }
             }
         }
-        if let Some(key) = held
+        if let Some((start, keys)) = held
             && s.last <= index
-            && self.run_start(&key, index)? <= index
+            && start <= index
         {
-            batch.remove(key);
+            keys.into_iter().for_each(|k| batch.remove(k));
             removed = true;
         }
         Ok(removed)
@@ -434,7 +484,8 @@ impl SledStore {
             if count > 0
                 && (count == RUN_MAX_ENTRIES || run.len() + 4 + record.len() > RUN_MAX_BYTES)
             {
-                batch.insert(&log_key(start)[..], std::mem::take(&mut run));
+                insert_run(batch, start, &run);
+                run.clear();
                 count = 0;
             }
             if count == 0 {
@@ -445,7 +496,7 @@ impl SledStore {
             count += 1;
         }
         if count > 0 {
-            batch.insert(&log_key(start)[..], run);
+            insert_run(batch, start, &run);
         }
         Ok(())
     }
@@ -525,31 +576,22 @@ impl LogStorage for SledStore {
             out: Vec::new(),
             full: false,
         };
-        // The run holding `lo` is the last one starting at or before it.
-        let held = self
-            .log
-            .range(..=log_key(lo))
-            .next_back()
-            .transpose()
-            .map_err(|e| self.sled_err(&format!("cannot read log entry {lo}"), e))?;
-        let Some((key, run)) = held else {
+        // The run holding `lo` is the last one starting at or before it,
+        // and each of the following runs starts where the one before ends.
+        let Some(start) = self.run_start_before(log_key(lo.next()), lo)? else {
             return Err(self.missing_entry(lo));
         };
-        self.take_from_run(&key, &run, &mut take)?;
-        if !take.full && take.next < hi {
-            // The following runs, each starting where the one before ends.
-            for item in self.log.range(log_key(take.next)..log_key(hi)) {
-                let (key, run) = item.map_err(|e| {
-                    self.sled_err(&format!("cannot read log entry {}", take.next), e)
-                })?;
-                if key.as_ref() != log_key(take.next) {
-                    return Err(self.missing_entry(take.next));
-                }
-                self.take_from_run(&key, &run, &mut take)?;
-                if take.full || take.next >= hi {
-                    break;
-                }
+        let mut expected = start;
+        for run in StoredRuns::new(self.log.range(log_key(start)..log_key(hi))) {
+            let run = run.map_err(|e| self.stored_run_err(e, take.next.prev()))?;
+            if run.start != expected {
+                return Err(self.missing_entry(take.next));
             }
+            self.take_from_run(&run, &mut take)?;
+            if take.full || take.next >= hi {
+                break;
+            }
+            expected = take.next;
         }
         if !take.full && take.next < hi {
             return Err(self.missing_entry(take.next));

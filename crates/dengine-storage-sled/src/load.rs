@@ -4,6 +4,7 @@ use dengine_core::codec::{self, CodecError};
 use dengine_core::{LogIndex, StorageError, StoreIdentity};
 
 use super::*;
+use crate::stored::parse_key;
 
 impl SledStore {
     /// Reads one meta record, checking it.
@@ -25,14 +26,33 @@ impl SledStore {
             .map_err(|e| self.fatal(format_args!("meta record `{name}` is corrupt: {e}")))
     }
 
-    /// The first index of the run stored under `key`.
-    pub(crate) fn run_start(&self, key: &[u8], after: LogIndex) -> Result<LogIndex, StorageError> {
-        match <[u8; 8]>::try_from(key) {
-            Ok(raw) => Ok(LogIndex(u64::from_be_bytes(raw))),
-            Err(_) => Err(self.fatal(format_args!(
-                "the log holds a key of {} bytes after entry {after} (keys are 8 bytes)",
-                key.len()
-            ))),
+    /// The first index of the run a `log` key (a run's or one of its
+    /// chunks') belongs to; `after`: the last entry known before it, for
+    /// messages.
+    pub(crate) fn key_start(&self, key: &[u8], after: LogIndex) -> Result<LogIndex, StorageError> {
+        match parse_key(key) {
+            Some((start, _)) => Ok(start),
+            None => Err(self.stored_run_err(StoredRunError::BadKey { len: key.len() }, after)),
+        }
+    }
+
+    /// The error for runs that could not be read back after entry
+    /// `after`.
+    pub(crate) fn stored_run_err(&self, e: StoredRunError, after: LogIndex) -> StorageError {
+        match e {
+            StoredRunError::Sled(e) => {
+                self.sled_err(&format!("cannot read the log after entry {after}"), e)
+            }
+            StoredRunError::BadKey { len } => self.fatal(format_args!(
+                "the log holds a key of {len} bytes after entry {after} (keys are 8 or 12 bytes)"
+            )),
+            StoredRunError::NoFirstChunk { start, n } => self.fatal(format_args!(
+                "log entry {start} is missing: chunk {n} of the run at {start} is stored \
+                 without the run's first chunk"
+            )),
+            StoredRunError::MissingChunk { start, n } => self.fatal(format_args!(
+                "log entry {start} is corrupt: chunk {n} of the run at {start} is missing"
+            )),
         }
     }
 
@@ -107,12 +127,10 @@ impl SledStore {
         // Where the next run must start; `None` before the first run, which
         // may start at or below the base but must hold `first`.
         let mut next: Option<LogIndex> = None;
-        for item in self.log.iter() {
+        for run in StoredRuns::new(self.log.iter()) {
             let after = next.map_or(base.index, LogIndex::prev);
-            let (key, value) = item.map_err(|e| {
-                self.sled_err(&format!("cannot read the log after entry {after}"), e)
-            })?;
-            let start = self.run_start(&key, after)?;
+            let run = run.map_err(|e| self.stored_run_err(e, after))?;
+            let (start, value) = (run.start, &run.bytes);
             let expected = next.unwrap_or(first);
             if start > expected {
                 return Err(self.fatal(format_args!(
@@ -126,8 +144,8 @@ impl SledStore {
                 )));
             }
             let mut index = start;
-            for record in Records::new(&value) {
-                let record = record.map_err(|_| self.torn_record(start, index, &value))?;
+            for record in Records::new(value) {
+                let record = record.map_err(|_| self.torn_record(start, index, value))?;
                 let entry = self.check_entry(start, index, record)?;
                 if index > base.index {
                     terms.push(entry.id());
@@ -139,6 +157,17 @@ impl SledStore {
             if index == start {
                 return Err(self.fatal(format_args!(
                     "log entry {start} is missing: the run stored under it is empty"
+                )));
+            }
+            // The writer puts an entry that needs chunks in a run of its
+            // own, so that a lost last chunk always shows as a torn record
+            // (a run of several entries could lose whole entries unseen).
+            if run.chunks > 1 && index != start.next() {
+                return Err(self.fatal(format_args!(
+                    "log entry {start} is corrupt: the run at {start} is stored in {} chunks \
+                     but holds {} entries (a run in chunks holds one)",
+                    run.chunks,
+                    index.0 - start.0
                 )));
             }
             if index <= first {

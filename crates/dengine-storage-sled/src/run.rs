@@ -4,20 +4,18 @@
 use dengine_core::codec::CodecError;
 use dengine_core::{Entry, EntryId, LogIndex, Term};
 
+use crate::chunk::VALUE_MAX_BYTES;
+
 /// The most entries a write puts in one run (readers accept any number).
 pub const RUN_MAX_ENTRIES: usize = 1024;
 /// A write starts a new run rather than let one grow past this many bytes;
 /// an entry larger than that gets a run of its own (readers accept any
 /// size).
 ///
-/// Small on purpose: sled writes any page or update larger than a quarter
-/// of its 512 KiB segment (128 KiB) to a file of its own under `blobs/`,
-/// which it never fsyncs, and a leaf page holds up to about 17 keys. With
-/// runs of at most 6 KiB a leaf stays under 128 KiB, so entries smaller
-/// than this do not end up in blob files, as with one key per entry.
-/// (Measured: no blob file with entries of 0 to 7 KB in batches of 1 to
-/// 1024; with 1 MiB runs there were hundreds.)
-pub const RUN_MAX_BYTES: usize = 6 * 1024;
+/// Equal to [`VALUE_MAX_BYTES`]: a run of several entries then always fits
+/// in one sled value, and only a run of one entry is stored in chunks (see
+/// [`crate::chunk`] for why values are kept this small).
+pub const RUN_MAX_BYTES: usize = VALUE_MAX_BYTES;
 
 /// The `log` tree's key of the run starting at `index`: big-endian, so
 /// keys sort as indexes.

@@ -11,7 +11,7 @@ use dengine_core::{
 };
 use dengine_storage_sled::{
     KEY_BASE, KEY_HARD_STATE, KEY_SNAPSHOT, LOG_TREE, META_TREE, RUN_MAX_BYTES, RUN_MAX_ENTRIES,
-    SledStore, log_key,
+    SledStore, VALUE_MAX_BYTES, chunk_key, log_key,
 };
 
 /// Each store of the suite lives in its own directory under one temporary
@@ -99,20 +99,41 @@ fn join_run(records: &[Vec<u8>]) -> Vec<u8> {
     value
 }
 
-/// The runs of the closed store at `path`.
+/// The runs of the closed store at `path`, their chunks joined.
 fn read_runs(path: &Path) -> Vec<Run> {
-    let mut runs = Vec::new();
+    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
     with_raw_tree(path, LOG_TREE, |log| {
         for item in log.iter() {
             let (key, value) = item.expect("read a run");
-            let start = u64::from_be_bytes(key.as_ref().try_into().expect("an 8-byte key"));
-            runs.push(Run {
-                start,
-                records: split_run(&value),
-            });
+            let (start, n) = key.split_at(8);
+            let start = u64::from_be_bytes(start.try_into().expect("8 bytes"));
+            if n.is_empty() {
+                runs.push((start, value.to_vec()));
+            } else {
+                let run = runs.last_mut().expect("a chunk after its run's first key");
+                assert_eq!(run.0, start, "a chunk of the run before");
+                run.1.extend_from_slice(&value);
+            }
         }
     });
-    runs
+    runs.into_iter()
+        .map(|(start, bytes)| Run {
+            start,
+            records: split_run(&bytes),
+        })
+        .collect()
+}
+
+/// Stores `run` (the bytes of a run) in chunks, as the store does.
+fn put_run(log: &sled::Tree, start: u64, run: &[u8]) {
+    let mut pieces = run.chunks(VALUE_MAX_BYTES);
+    let first = pieces.next().unwrap_or(&[]);
+    log.insert(log_key(LogIndex(start)), first)
+        .expect("write a run");
+    for (n, piece) in (1..).zip(pieces) {
+        log.insert(chunk_key(LogIndex(start), n), piece)
+            .expect("write a chunk");
+    }
 }
 
 /// The first indexes of the runs of the closed store at `path`.
@@ -128,8 +149,7 @@ fn edit_runs(path: &Path, f: impl FnOnce(&mut Vec<Run>)) {
     with_raw_tree(path, LOG_TREE, |log| {
         log.clear().expect("clear the log");
         for run in &runs {
-            log.insert(log_key(LogIndex(run.start)), join_run(&run.records))
-                .expect("write a run");
+            put_run(log, run.start, &join_run(&run.records));
         }
     });
 }
