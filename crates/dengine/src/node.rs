@@ -435,8 +435,8 @@ impl<SM: StateMachine> Node<SM> {
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
         match tokio::time::timeout(self.inner.config.request_timeout(), rx).await {
             Ok(Ok(r)) => r,
-            // The answer was dropped unanswered: the node stopped.
-            Ok(Err(_)) => Err(self.stopped()),
+            // The answer was dropped unanswered: a part of the node died.
+            Ok(Err(_)) => Err(self.stopped_soon().await),
             Err(_) => Err(Error::Timeout),
         }
     }
@@ -590,6 +590,19 @@ impl<SM: StateMachine> Node<SM> {
             return Err(Error::Shutdown);
         }
         Ok(())
+    }
+
+    /// Why the node stopped, once the core task (or the supervisor) has
+    /// published it: an answer dropped by a dying thread can arrive a
+    /// moment before the cause does.
+    async fn stopped_soon(&self) -> Error {
+        let mut rx = self.metrics();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            rx.wait_for(|m| m.fatal.is_some()),
+        )
+        .await;
+        self.stopped()
     }
 
     /// The error for a request to a node whose core task is gone: why it

@@ -227,6 +227,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
             other => other.to_string(),
         };
         self.fatal = Some(why.clone());
+        // Published before anyone is answered, so a caller who got the
+        // error finds the cause in the status too.
+        self.publish_metrics();
         let e = Error::Fatal(why);
         self.queue.close(&e);
         self.answer_all(&e);

@@ -6,8 +6,8 @@
 //! share of the whole cost.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use dengine_core::{Entry, LogIndex, Term};
 use tokio::sync::Notify;
@@ -44,6 +44,8 @@ pub(crate) struct ProposalQueue<R> {
     /// Proposals queued (approximate while pushes and takes overlap).
     len: AtomicUsize,
     closed: AtomicBool,
+    /// Why it was closed (the first reason given wins).
+    reason: OnceLock<Error>,
     limit: usize,
     pub(crate) notify: Notify,
 }
@@ -55,6 +57,7 @@ impl<R> ProposalQueue<R> {
             shards: std::array::from_fn(|_| Shard(Mutex::new(Vec::new()))),
             len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            reason: OnceLock::new(),
             limit,
             notify: Notify::new(),
         }
@@ -71,7 +74,7 @@ impl<R> ProposalQueue<R> {
     /// Queues a proposal, or says why not.
     pub(crate) fn push(&self, p: Proposal<R>) -> Result<(), (Error, Proposal<R>)> {
         if self.closed.load(Ordering::Acquire) {
-            return Err((Error::Shutdown, p));
+            return Err((self.why_closed(), p));
         }
         // Counted before it is pushed, so a take never removes more than
         // the count holds.
@@ -87,7 +90,7 @@ impl<R> ProposalQueue<R> {
             if self.closed.load(Ordering::Acquire) {
                 drop(items);
                 self.len.fetch_sub(1, Ordering::AcqRel);
-                return Err((Error::Shutdown, p));
+                return Err((self.why_closed(), p));
             }
             items.push(p);
         }
@@ -120,8 +123,15 @@ impl<R> ProposalQueue<R> {
         }
     }
 
-    /// Refuses further proposals and answers those queued with `e`.
+    /// Why proposals are refused: the reason the queue was closed with.
+    fn why_closed(&self) -> Error {
+        self.reason.get().cloned().unwrap_or(Error::Shutdown)
+    }
+
+    /// Refuses further proposals (with `e`, or the reason of an earlier
+    /// close) and answers those queued with `e`.
     pub(crate) fn close(&self, e: &Error) {
+        let _ = self.reason.set(e.clone());
         self.closed.store(true, Ordering::Release);
         let mut items = Vec::new();
         for shard in 0..SHARDS {

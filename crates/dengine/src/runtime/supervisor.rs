@@ -27,7 +27,10 @@ pub(crate) async fn supervise<R: Send + 'static>(
 ) {
     if let Err(e) = core.await {
         let why = if e.is_panic() {
-            format!("the core task panicked: {}", panic_message(&e.into_panic()))
+            format!(
+                "the core task panicked: {}",
+                panic_message(&*e.into_panic())
+            )
         } else {
             "the core task was cancelled".to_string()
         };
