@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::StorageError;
 use crate::rawnode::{PersistBatch, bootstrap_entry};
+use crate::storage::checks::{
+    check_append, check_compaction, check_identity, hard_state_after_install, is_newer_snapshot,
+};
 use crate::storage::{InitialState, LogStorage, LogStore, MetaStore, StoreIdentity};
 use crate::types::{ConfState, Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 
@@ -95,19 +98,10 @@ impl MemStorageCore {
 
     /// Appends `ents`, replacing anything stored at or after the first one.
     pub fn append(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
+        check_append(ents, self.first_index(), self.last_index())?;
         let Some(first) = ents.first() else {
             return Ok(());
         };
-        if first.index < self.first_index() {
-            return Err(StorageError::Compacted(first.index));
-        }
-        if first.index > self.last_index().next() {
-            return Err(StorageError::Fatal(format!(
-                "append at {} leaves a gap after {}",
-                first.index,
-                self.last_index()
-            )));
-        }
         let keep = (first.index.0 - self.first_index().0) as usize;
         self.entries.truncate(keep);
         self.entries.extend_from_slice(ents);
@@ -125,8 +119,8 @@ impl MemStorageCore {
         self.base = meta.last_id();
         self.applied = meta.last_index;
         self.conf_state = meta.conf_state.clone();
-        if self.hard_state.commit < meta.last_index {
-            self.hard_state.commit = meta.last_index;
+        if let Some(hs) = hard_state_after_install(&self.hard_state, &meta) {
+            self.hard_state = hs;
         }
         self.snapshot = meta;
         self.snapshot_data = data;
@@ -134,7 +128,7 @@ impl MemStorageCore {
 
     /// Stores a snapshot this node made of its own state machine.
     pub fn store_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
-        if meta.last_index > self.snapshot.last_index {
+        if is_newer_snapshot(&self.snapshot, &meta) {
             self.snapshot = meta;
             self.snapshot_data = data;
         }
@@ -142,14 +136,8 @@ impl MemStorageCore {
 
     /// Deletes entries up to `index`, which a stored snapshot must cover.
     pub fn compact(&mut self, index: LogIndex) -> Result<(), StorageError> {
-        if index <= self.base.index {
+        if !check_compaction(index, self.base.index, self.snapshot.last_index)? {
             return Ok(());
-        }
-        if index > self.snapshot.last_index {
-            return Err(StorageError::Fatal(format!(
-                "compaction to {index} past the snapshot at {}",
-                self.snapshot.last_index
-            )));
         }
         let term = self
             .term_at(index)
@@ -258,21 +246,15 @@ impl MetaStore for MemStorage {
 
     fn set_identity(&self, id: StoreIdentity) -> Result<(), StorageError> {
         let mut c = self.lock();
-        match c.identity {
-            Some(old) if old != id => Err(StorageError::Fatal(format!(
-                "store belongs to cluster {} node {}, not cluster {} node {}",
-                old.cluster_id, old.node_id, id.cluster_id, id.node_id
-            ))),
-            _ => {
-                c.identity = Some(id);
-                Ok(())
-            }
+        if check_identity(c.identity, id)? {
+            c.identity = Some(id);
         }
+        Ok(())
     }
 
     fn save_snapshot_meta(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         let mut c = self.lock();
-        if meta.last_index > c.snapshot.last_index {
+        if is_newer_snapshot(&c.snapshot, meta) {
             c.snapshot = meta.clone();
         }
         Ok(())

@@ -7,9 +7,13 @@
 //! own unstable log and are never read from here. The runtime writes through
 //! [`LogStore`] and [`MetaStore`], which every backend implements and which
 //! `testing::store_suite` checks; [`MemStorage`] is the in-memory backend.
+//! The rules they share (which appends are allowed, and so on) are in
+//! [`checks`].
 
+pub mod checks;
 mod mem;
 
+pub use checks::StoreRefusal;
 pub use mem::{MemStorage, MemStorageCore};
 
 use crate::error::StorageError;
