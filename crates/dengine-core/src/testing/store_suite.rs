@@ -82,6 +82,7 @@ pub fn run_all<H: StoreHarness>(h: &mut H) {
     overwrite_conflicting_suffix(h);
     entries_respect_max_bytes(h);
     compact_behind_snapshot(h);
+    refused_writes_change_nothing(h);
     install_snapshot(h);
     hard_state_round_trip(h);
     identity_round_trip(h);
@@ -231,6 +232,53 @@ pub fn compact_behind_snapshot<H: StoreHarness>(h: &mut H) {
     assert_eq!(
         all_entries(c, &s),
         ents(6, 8, 2),
+        "[{c}] entries after reopen"
+    );
+}
+
+/// Appends with a gap, with a hole, or below the first index, compactions
+/// past the snapshot and older snapshot metadata are refused (or ignored)
+/// and change nothing.
+pub fn refused_writes_change_nothing<H: StoreHarness>(h: &mut H) {
+    let c = "refused writes change nothing";
+    let s = h.create();
+    append(c, &s, &ents(1, 4, 1));
+    must(c, s.save_snapshot_meta(&meta(2, 1)));
+    must(c, s.compact(LogIndex(2)));
+    let fatal = |r: Result<(), StorageError>| matches!(r, Err(StorageError::Fatal(_)));
+    assert!(
+        fatal(s.write(None, &ents(6, 7, 1), None)),
+        "[{c}] an append leaving a gap"
+    );
+    assert!(
+        fatal(s.write(None, &[ent(4, 2), ent(6, 2)], None)),
+        "[{c}] entries that are not consecutive"
+    );
+    assert!(
+        matches!(
+            s.write(None, &ents(2, 3, 2), None),
+            Err(StorageError::Compacted(LogIndex(2)))
+        ),
+        "[{c}] an append below the first index"
+    );
+    assert!(
+        fatal(s.compact(LogIndex(3))),
+        "[{c}] a compaction past the snapshot"
+    );
+    must(c, s.save_snapshot_meta(&meta(1, 1)));
+    assert_eq!(
+        must(c, s.snapshot_meta()),
+        meta(2, 1),
+        "[{c}] an older snapshot's metadata replaced a newer one"
+    );
+    must(c, s.compact(LogIndex(1)));
+    must(c, s.sync());
+    assert_eq!(all_entries(c, &s), ents(3, 4, 1), "[{c}] entries");
+    assert_eq!(must(c, s.term(LogIndex(2))), Term(1), "[{c}] base term");
+    let s = must(c, h.reopen(s));
+    assert_eq!(
+        all_entries(c, &s),
+        ents(3, 4, 1),
         "[{c}] entries after reopen"
     );
 }
