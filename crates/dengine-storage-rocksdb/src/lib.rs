@@ -90,7 +90,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dengine_core::codec;
-use dengine_core::storage::{InitialState, LogStorage, LogStore, MetaStore, StoreIdentity};
+use dengine_core::storage::checks::{
+    check_append, check_base_covered, check_compaction, check_identity, hard_state_after_install,
+    is_newer_snapshot,
+};
+use dengine_core::storage::{
+    InitialState, LogStorage, LogStore, MetaStore, StoreIdentity, StoreRefusal,
+};
 use dengine_core::{Entry, EntryId, HardState, LogIndex, SnapshotMeta, StorageError, Term};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Direction,
@@ -217,6 +223,10 @@ impl RocksStore {
         StorageError::Fatal(format!("rocksdb store at {}: {what}", self.path.display()))
     }
 
+    fn refused(&self, r: StoreRefusal) -> StorageError {
+        r.into_storage_error(|r| self.fatal(r))
+    }
+
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
         self.db
             .cf_handle(name)
@@ -302,12 +312,7 @@ impl RocksStore {
                     cluster_id,
                     node_id,
                 });
-        if base.index > snapshot.last_index {
-            return Err(self.fatal(format_args!(
-                "the log starts after index {} but the snapshot only covers up to {}",
-                base.index, snapshot.last_index
-            )));
-        }
+        check_base_covered(&base, &snapshot).map_err(|r| self.refused(r))?;
 
         let mut expected = base.index.next();
         let mut term = base.term;
@@ -449,29 +454,23 @@ impl MetaStore for RocksStore {
 
     fn set_identity(&self, id: StoreIdentity) -> Result<(), StorageError> {
         let mut st = self.write_state()?;
-        match st.identity {
-            Some(old) if old == id => Ok(()),
-            Some(old) => Err(self.fatal(format_args!(
-                "the store belongs to cluster {} node {}, not cluster {} node {}",
-                old.cluster_id, old.node_id, id.cluster_id, id.node_id
-            ))),
-            None => {
-                let mut batch = WriteBatch::default();
-                batch.put_cf(
-                    self.cf(META_CF)?,
-                    IDENTITY_KEY,
-                    codec::encode_identity(id.cluster_id, id.node_id),
-                );
-                self.commit(batch, true, "the identity")?;
-                st.identity = Some(id);
-                Ok(())
-            }
+        if !check_identity(st.identity, id).map_err(|r| self.refused(r))? {
+            return Ok(());
         }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(META_CF)?,
+            IDENTITY_KEY,
+            codec::encode_identity(id.cluster_id, id.node_id),
+        );
+        self.commit(batch, true, "the identity")?;
+        st.identity = Some(id);
+        Ok(())
     }
 
     fn save_snapshot_meta(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         let mut st = self.write_state()?;
-        if meta.last_index <= st.snapshot.last_index {
+        if !is_newer_snapshot(&st.snapshot, meta) {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
@@ -513,8 +512,8 @@ impl LogStore for RocksStore {
                 next.last = meta.last_index;
             }
             next.base = meta.last_id();
-            if next.hard_state.commit < meta.last_index {
-                next.hard_state.commit = meta.last_index;
+            if let Some(hs) = hard_state_after_install(&next.hard_state, meta) {
+                next.hard_state = hs;
                 hard_state_changed = true;
             }
             next.snapshot = meta.clone();
@@ -522,31 +521,15 @@ impl LogStore for RocksStore {
             batch.put_cf(meta_cf, SNAPSHOT_KEY, codec::encode_snapshot_meta(meta));
         }
 
-        if let Some(first) = entries.first() {
-            if first.index < next.first() {
-                return Err(StorageError::Compacted(first.index));
-            }
-            if first.index > next.last.next() {
-                return Err(self.fatal(format_args!(
-                    "append at {} leaves a gap after {}",
-                    first.index, next.last
-                )));
-            }
+        check_append(entries, next.first(), next.last).map_err(|r| self.refused(r))?;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if first.index <= next.last {
                 batch.delete_range_cf(log, log_key(first.index), log_key(next.last.next()));
             }
-            let mut expected = first.index;
             for e in entries {
-                if e.index != expected {
-                    return Err(self.fatal(format_args!(
-                        "appended entries are not consecutive: {} where {expected} was expected",
-                        e.index
-                    )));
-                }
                 batch.put_cf(log, log_key(e.index), codec::encode_entry(e));
-                expected = expected.next();
             }
-            next.last = LogIndex(expected.0 - 1);
+            next.last = last.index;
         }
 
         if let Some(hs) = hard_state {
@@ -576,14 +559,10 @@ impl LogStore for RocksStore {
 
     fn compact(&self, index: LogIndex) -> Result<(), StorageError> {
         let mut st = self.write_state()?;
-        if index <= st.base.index {
+        let needed = check_compaction(index, st.base.index, st.snapshot.last_index)
+            .map_err(|r| self.refused(r))?;
+        if !needed {
             return Ok(());
-        }
-        if index > st.snapshot.last_index {
-            return Err(self.fatal(format_args!(
-                "compaction to {index} past the snapshot at {}",
-                st.snapshot.last_index
-            )));
         }
         let term = self
             .term_at(&st, index)?

@@ -163,6 +163,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dengine_core::codec::{self, CodecError};
+use dengine_core::storage::StoreRefusal;
+use dengine_core::storage::checks::{
+    check_append, check_compaction, check_identity, hard_state_after_install, is_newer_snapshot,
+};
 use dengine_core::{
     Entry, EntryId, HardState, InitialState, LogIndex, LogStorage, LogStore, MetaStore,
     SnapshotMeta, StorageError, StoreIdentity, Term,
@@ -289,6 +293,10 @@ impl SledStore {
 
     fn fatal(&self, msg: impl fmt::Display) -> StorageError {
         StorageError::Fatal(format!("sled store {}: {msg}", self.path.display()))
+    }
+
+    fn refused(&self, r: StoreRefusal) -> StorageError {
+        r.into_storage_error(|r| self.fatal(r))
     }
 
     fn sled_err(&self, what: &str, e: sled::Error) -> StorageError {
@@ -633,15 +641,8 @@ impl MetaStore for SledStore {
 
     fn set_identity(&self, id: StoreIdentity) -> Result<(), StorageError> {
         let mut s = self.write_state()?;
-        match s.identity {
-            Some(old) if old == id => return Ok(()),
-            Some(old) => {
-                return Err(self.fatal(format_args!(
-                    "the store belongs to cluster {} node {}, not cluster {} node {}",
-                    old.cluster_id, old.node_id, id.cluster_id, id.node_id
-                )));
-            }
-            None => {}
+        if !check_identity(s.identity, id).map_err(|r| self.refused(r))? {
+            return Ok(());
         }
         self.meta
             .insert(
@@ -656,7 +657,7 @@ impl MetaStore for SledStore {
 
     fn save_snapshot_meta(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         let mut s = self.write_state()?;
-        if meta.last_index <= s.snapshot.last_index {
+        if !is_newer_snapshot(&s.snapshot, meta) {
             return Ok(());
         }
         self.meta
@@ -701,33 +702,15 @@ impl LogStore for SledStore {
             next.snapshot = snap.clone();
             meta.insert(KEY_BASE, codec::encode_entry_id(&next.base));
             meta.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(snap));
-            if next.hard_state.commit < snap.last_index {
-                next.hard_state.commit = snap.last_index;
-                meta.insert(KEY_HARD_STATE, codec::encode_hard_state(&next.hard_state));
+            if let Some(hs) = hard_state_after_install(&next.hard_state, snap) {
+                next.hard_state = hs;
+                meta.insert(KEY_HARD_STATE, codec::encode_hard_state(&hs));
             }
             meta_dirty = true;
         }
 
-        if let Some(first) = entries.first() {
-            if first.index < next.first() {
-                return Err(StorageError::Compacted(first.index));
-            }
-            if first.index > next.last.next() {
-                return Err(self.fatal(format_args!(
-                    "append at {} leaves a gap after {}",
-                    first.index, next.last
-                )));
-            }
-            let mut index = first.index;
-            for e in entries {
-                if e.index != index {
-                    return Err(self.fatal(format_args!(
-                        "appended entries are not consecutive: entry {} where {index} was expected",
-                        e.index
-                    )));
-                }
-                index = index.next();
-            }
+        check_append(entries, next.first(), next.last).map_err(|r| self.refused(r))?;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if first.index <= next.last {
                 // Replace the suffix from `first.index`. `truncate_runs`
                 // reads the tree as it was before this write; from the run
@@ -742,7 +725,7 @@ impl LogStore for SledStore {
             for e in entries {
                 next.terms.push(e.id());
             }
-            next.last = index.prev();
+            next.last = last.index;
             log_dirty = true;
         }
 
@@ -787,14 +770,10 @@ impl LogStore for SledStore {
 
     fn compact(&self, index: LogIndex) -> Result<(), StorageError> {
         let mut s = self.write_state()?;
-        if index <= s.base.index {
+        let needed = check_compaction(index, s.base.index, s.snapshot.last_index)
+            .map_err(|r| self.refused(r))?;
+        if !needed {
             return Ok(());
-        }
-        if index > s.snapshot.last_index {
-            return Err(self.fatal(format_args!(
-                "compaction to {index} past the snapshot at {}",
-                s.snapshot.last_index
-            )));
         }
         let term = self
             .term_at(&s, index)?

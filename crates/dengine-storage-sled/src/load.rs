@@ -5,6 +5,7 @@ use dengine_core::{LogIndex, StorageError, StoreIdentity};
 
 use super::*;
 use crate::stored::parse_key;
+use dengine_core::storage::checks::check_base_covered;
 
 impl SledStore {
     /// Reads one meta record, checking it.
@@ -110,13 +111,7 @@ impl SledStore {
                     cluster_id,
                     node_id,
                 });
-        if base.index > snapshot.last_index {
-            return Err(self.fatal(format_args!(
-                "the log's base (index {}) is past the snapshot (index {}): \
-                 entries up to {} were compacted without a snapshot covering them",
-                base.index, snapshot.last_index, base.index
-            )));
-        }
+        check_base_covered(&base, &snapshot).map_err(|r| self.refused(r))?;
         let first = LogIndex(base.index.0.checked_add(1).ok_or_else(|| {
             self.fatal(format_args!(
                 "the log's base (index {}) is too large",
