@@ -27,6 +27,16 @@ pub struct FaultProfile {
     pub membership: bool,
     /// Leadership transfers.
     pub transfers: bool,
+    /// The leader chase: new leaders are cut off (or crashed) soon after
+    /// their entries reached a minority, and a leader is cut off the
+    /// moment an entry of an older term is on a majority while nothing of
+    /// its own term is committed (the Raft paper's Figure 8 window).
+    pub chase_leaders: bool,
+    /// Largest append message, in bytes (`Config::max_msg_bytes`; at least
+    /// one entry goes). Small values split a catch-up into many messages,
+    /// so acknowledgements of older-term entries come before those of the
+    /// leader's own.
+    pub max_msg_bytes: u64,
     /// Snapshot every this many applied entries (0: never), compacting
     /// the log behind it, so lagging nodes need snapshots.
     pub snapshot_threshold: u64,
@@ -56,6 +66,8 @@ impl FaultProfile {
             crashes: false,
             membership: false,
             transfers: false,
+            chase_leaders: false,
+            max_msg_bytes: 64 * 1024,
             snapshot_threshold: 0,
             compaction_lag: 0,
             drift: 0.0,
@@ -97,6 +109,15 @@ impl FaultProfile {
         } else {
             (50, 1_500)
         };
+        // Drawn last, so that the faults drawn above stay what they were
+        // for every seed.
+        p.chase_leaders = rng.chance(0.5);
+        // The Figure 8 window opens when followers acknowledge a new
+        // leader's older-term entries before its own: small messages make
+        // that common, so the chase gets them more often.
+        if rng.chance(if p.chase_leaders { 0.7 } else { 0.3 }) {
+            p.max_msg_bytes = *rng.pick(&[1, 100, 300]).unwrap_or(&1);
+        }
         p
     }
 
@@ -124,10 +145,14 @@ impl FaultProfile {
             (self.crashes, "crashes"),
             (self.membership, "membership"),
             (self.transfers, "transfers"),
+            (self.chase_leaders, "chase-leaders"),
         ] {
             if on {
                 kinds.push(name.to_string());
             }
+        }
+        if self.max_msg_bytes < 1024 {
+            kinds.push(format!("msg<={}B", self.max_msg_bytes));
         }
         if self.snapshot_threshold > 0 {
             kinds.push(format!("snapshot/{}", self.snapshot_threshold));

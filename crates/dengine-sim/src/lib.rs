@@ -7,6 +7,11 @@
 //!
 //! - **Network faults**: loss, duplication, reordering by random delays with
 //!   a long tail, symmetric and one-way partitions, isolating the leader.
+//! - **The leader chase**: bursts of short terms, each leader cut off (or
+//!   crashed) soon after its entries reached only a minority, and a leader
+//!   cut off the moment an older-term entry is on a majority while nothing
+//!   of its term is committed (the Raft paper's Figure 8 window); small
+//!   append messages in some runs, so that such windows open.
 //! - **Node faults**: crash and restart. A disk holds only what was synced:
 //!   writes wait in a queue until their sync, a crash drops the queue and may
 //!   tear the oldest write. Clock drift between nodes within the bound the
@@ -16,8 +21,8 @@
 //!   transfers, snapshots and log compaction, snapshot installs.
 //!
 //! After every step the [`invariants`] are checked: election safety, leader
-//! append-only, log matching, leader completeness, state machine safety; at
-//! the end, that no acknowledged write was lost, that the cluster is live
+//! append-only, log matching, leader completeness, state machine safety
+//! (a run stops at the step that first breaks one); at the end, that no acknowledged write was lost, that the cluster is live
 //! again once faults stop, and that the client history is linearizable
 //! ([`linearizability`]).
 //!

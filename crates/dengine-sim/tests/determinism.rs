@@ -61,6 +61,7 @@ fn a_seed_replays_byte_for_byte_with_every_fault_kind() {
             "nemesis: RemoveVoter",
             "nemesis: Swap",
             "nemesis: Transfer",
+            "nemesis: ChaseLeader",
             "snapshot at",
         ] {
             assert!(

@@ -2,6 +2,7 @@
 //! virtual time, every choice drawn from one seeded generator.
 
 mod client;
+mod leader_chase;
 mod nemesis;
 mod node;
 
@@ -17,6 +18,7 @@ use crate::linearizability::{self, CheckResult, Model, Operation};
 use crate::rng::SimRng;
 use crate::state_machine::{KvWorkload, Workload};
 use client::Client;
+use leader_chase::LeaderChase;
 use node::SimNode;
 
 /// Virtual length of one tick of a node running at the nominal rate.
@@ -139,6 +141,11 @@ pub(crate) enum Event {
     Nemesis,
     /// The transport tells the sender whether a snapshot got through.
     SnapshotStatus(NodeId, NodeId, bool),
+    /// The leader chase looks at a leader of a term, a number of times
+    /// (see `leader_chase`).
+    ChaseLeader(NodeId, dengine_core::Term, u32),
+    /// A node the leader chase held apart rejoins (a numbered hold).
+    ChaseRejoin(NodeId, u64),
 }
 
 struct Scheduled {
@@ -199,6 +206,7 @@ pub(crate) struct Sim<'h, W: Workload> {
     /// The latest delivery time scheduled on each link.
     link_clock: BTreeMap<(NodeId, NodeId), u64>,
     pub(crate) inv: Invariants,
+    chase: LeaderChase,
     pub(crate) trace: Vec<String>,
     pub(crate) faults_active: bool,
     pub(crate) faults_ended_at: Option<u64>,
@@ -241,6 +249,7 @@ pub fn run<W: Workload>(opts: &SimOptions, workload: W, hooks: &mut dyn Hooks) -
         joining: BTreeMap::new(),
         link_clock: BTreeMap::new(),
         inv: Invariants::default(),
+        chase: LeaderChase::default(),
         trace: Vec::new(),
         faults_active: true,
         faults_ended_at: None,
@@ -275,7 +284,7 @@ impl<W: Workload> Sim<'_, W> {
         c.election_tick = 10;
         c.heartbeat_tick = 1;
         c.max_inflight_msgs = 16;
-        c.max_msg_bytes = 64 * 1024;
+        c.max_msg_bytes = self.profile.max_msg_bytes;
         c.snapshot_threshold = self.profile.snapshot_threshold;
         c.compaction_lag = self.profile.compaction_lag;
         c.lease_reads = true;
@@ -340,6 +349,8 @@ impl<W: Workload> Sim<'_, W> {
             Event::Client(c) => self.client_start(c),
             Event::ClientTimeout(c, op) => self.client_timeout(c, op),
             Event::Nemesis => self.nemesis(),
+            Event::ChaseLeader(id, term, looks) => self.chase_leader_due(id, term, looks),
+            Event::ChaseRejoin(id, hold) => self.chase_rejoin_due(id, hold),
             Event::SnapshotStatus(from, to, ok) => {
                 if let Some(raw) = self.nodes.get_mut(&from).and_then(|n| n.raw.as_mut()) {
                     let _ = raw.report_snapshot(to, ok);
@@ -435,6 +446,7 @@ impl<W: Workload> Sim<'_, W> {
         }
         let from = msg.from;
         let term = msg.term;
+        let is_append_ack = matches!(msg.body, MessageBody::AppendEntriesResponse { .. });
         let d = self.opts.trace.then(|| describe(&msg));
         let res = raw.step(msg);
         if let Some(f) = snapshot_from {
@@ -458,6 +470,9 @@ impl<W: Workload> Sim<'_, W> {
             self.log(|| format!("n{to} refused message from n{from}: {e}"));
         }
         self.drain(to);
+        if is_append_ack {
+            self.watch_figure8_window(to);
+        }
     }
 
     fn on_tick(&mut self, id: NodeId, epoch: u64) {
@@ -488,6 +503,7 @@ impl<W: Workload> Sim<'_, W> {
         self.faults_active = false;
         self.faults_ended_at = Some(self.now);
         self.cut.clear();
+        self.forget_chase();
         self.profile.loss = 0.0;
         self.profile.duplicate = 0.0;
         self.profile.delay_tail = 0.0;

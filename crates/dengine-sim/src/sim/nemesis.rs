@@ -19,6 +19,7 @@ enum Action {
     RemoveVoter,
     Swap,
     Transfer,
+    ChaseLeader,
 }
 
 /// Most nodes alive at once (members and joiners).
@@ -58,6 +59,9 @@ impl<W: Workload> Sim<'_, W> {
         if self.profile.transfers {
             actions.push(Action::Transfer);
         }
+        if self.profile.chase_leaders {
+            actions.extend([Action::ChaseLeader, Action::ChaseLeader]);
+        }
         let Some(&action) = self.rng.pick(&actions) else {
             return;
         };
@@ -81,7 +85,11 @@ impl<W: Workload> Sim<'_, W> {
                     self.cut.insert((a, b));
                 }
             }
-            Action::Heal => self.cut.clear(),
+            Action::ChaseLeader => self.chase_current_leader(),
+            Action::Heal => {
+                self.cut.clear();
+                self.forget_chase();
+            }
             Action::Crash => {
                 let up: Vec<NodeId> = self
                     .nodes

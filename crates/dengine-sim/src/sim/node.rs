@@ -255,6 +255,7 @@ impl<W: Workload> Sim<'_, W> {
             self.inv
                 .check_leader_completeness(at, id, term, |i| raw.log_term(i));
         }
+        self.chase_new_leader(id, term);
     }
 
     fn enqueue_write(&mut self, id: NodeId, batch: PersistBatch) {

@@ -201,6 +201,8 @@ pub fn every_fault() -> FaultProfile {
         crashes: true,
         membership: true,
         transfers: true,
+        chase_leaders: true,
+        max_msg_bytes: 300,
         snapshot_threshold: 20,
         compaction_lag: 2,
         drift: 0.05,
