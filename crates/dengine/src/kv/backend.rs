@@ -138,6 +138,10 @@ mod sled_backend {
     /// The least a piece holds, however long its key (keys of more than a
     /// few KiB do reach sled's blob threshold: see [`SledBackend`]).
     const PIECE_MIN: usize = 1024;
+    /// sled key of the layout's format version (outside both ranges).
+    const LAYOUT_KEY: &[u8] = &[2];
+    /// The version of the layout described on [`SledBackend`].
+    const LAYOUT_VERSION: u8 = 1;
 
     fn head_key(key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(1 + key.len());
@@ -179,9 +183,12 @@ mod sled_backend {
     ///
     /// Each piece holds at most [`VALUE_MAX_BYTES`] less the key, so a
     /// record of a small value is one sled value. Keys are not split: a
-    /// key of more than a few KiB still makes sled write blobs. A
-    /// database written before pieces (keys not starting with 0 or 1) is
-    /// refused when it opens.
+    /// key of more than a few KiB still makes sled write blobs.
+    ///
+    /// The layout has a format version, stored under the key `0x02` (one
+    /// byte: 1, this layout), written when the database is created. A
+    /// database without it (written before pieces, or before the version)
+    /// or with another version is refused when it opens.
     pub struct SledBackend {
         db: sled::Db,
     }
@@ -190,13 +197,30 @@ mod sled_backend {
         /// Opens (or creates) the database in `path`.
         pub fn open(path: &std::path::Path) -> io::Result<SledBackend> {
             let db = dengine_storage_sled::open_db(path, &Default::default()).map_err(err)?;
-            if db.range([PIECE + 1]..).next().is_some() {
-                return Err(invalid(format!(
-                    "the key-value database {} was written by an older version, which stored \
-                     values whole: remove the directory, and the node rebuilds it from its \
-                     log or a snapshot",
-                    path.display()
-                )));
+            match db.get(LAYOUT_KEY).map_err(err)? {
+                Some(v) if *v == [LAYOUT_VERSION] => {}
+                Some(v) => {
+                    let version = match *v {
+                        [n] => n.to_string(),
+                        _ => format!("\"{}\"", v.escape_ascii()),
+                    };
+                    return Err(invalid(format!(
+                        "the key-value database {} has layout version {version}, which this \
+                         program does not read (it reads version {LAYOUT_VERSION})",
+                        path.display(),
+                    )));
+                }
+                None if db.is_empty() => {
+                    db.insert(LAYOUT_KEY, &[LAYOUT_VERSION]).map_err(err)?;
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "the key-value database {} was written by an older version, before \
+                         its layout had a version: remove the directory, and the node \
+                         rebuilds it from its log or a snapshot",
+                        path.display()
+                    )));
+                }
             }
             Ok(SledBackend { db })
         }
@@ -309,7 +333,11 @@ mod sled_backend {
         }
 
         fn clear(&mut self) -> io::Result<()> {
-            self.db.clear().map_err(err)
+            // The layout version is written again (a crash in between
+            // leaves an empty database, which gets it again on open).
+            self.db.clear().map_err(err)?;
+            self.db.insert(LAYOUT_KEY, &[LAYOUT_VERSION]).map_err(err)?;
+            Ok(())
         }
 
         fn durable(&self) -> bool {
@@ -425,6 +453,35 @@ mod sled_backend {
                 panic!("an old database opened");
             };
             assert!(e.to_string().contains("written by an older version"), "{e}");
+
+            // A layout version this program does not know.
+            let newer = tempfile::tempdir().unwrap();
+            let db = dengine_storage_sled::open_db(newer.path(), &Default::default()).unwrap();
+            db.insert(LAYOUT_KEY, &[7]).unwrap();
+            db.flush().unwrap();
+            drop(db);
+            let Err(e) = SledBackend::open(newer.path()) else {
+                panic!("a database of an unknown layout version opened");
+            };
+            assert!(e.to_string().contains("layout version 7"), "{e}");
+        }
+
+        #[test]
+        fn the_layout_version_is_written_once_and_survives_a_clear() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = SledBackend::open(dir.path()).unwrap();
+            assert_eq!(
+                b.db.get(LAYOUT_KEY).unwrap().as_deref(),
+                Some(&[LAYOUT_VERSION][..])
+            );
+            b.write(vec![(b"k".to_vec(), Some(value(1, 20_000)))])
+                .unwrap();
+            b.clear().unwrap();
+            assert_eq!(scan_all(&b), vec![]);
+            assert_eq!(b.db.len(), 1, "only the layout version is left");
+            drop(b);
+            let b = SledBackend::open(dir.path()).expect("reopens after a clear");
+            assert_eq!(scan_all(&b), vec![]);
         }
     }
 }

@@ -41,6 +41,19 @@
 //! snapshot if the store is behind it). Snapshots stream every record; a
 //! restore first forgets the stored index, so a crash in the middle of one
 //! is repaired by restoring again.
+//!
+//! ## Formats
+//! What the store writes outlives the program that wrote it, so each
+//! format carries a version, and a version this program does not read is
+//! refused with an error naming it (never guessed at): commands (a first
+//! byte, [`COMMAND_VERSION`], as in [`crate::typed`]), each key's record
+//! and the store's own record in the database (a first byte inside the
+//! CRC32 seal), the sled database's layout (see `SledBackend`) and
+//! snapshots (`DKV` and a version digit). A database or snapshot from
+//! before versions is refused too; the node rebuilds the database from its
+//! log or a snapshot. Changing a format means adding a version and keeping
+//! the old one readable; fixtures of today's bytes in the tests catch a
+//! change that forgets to.
 
 mod backend;
 mod types;
@@ -64,7 +77,21 @@ use crate::{EntryId, LogIndex};
 const KEY_PREFIX: u8 = b'k';
 const KEYS_END: &[u8] = b"l";
 const META_KEY: &[u8] = b"m";
-const SNAPSHOT_MAGIC: &[u8; 4] = b"DKV1";
+/// The format version of a key's record: the first byte of its body
+/// (before the CRC seal): `1 ‖ create_revision ‖ mod_revision ‖ version ‖
+/// value`, the integers little-endian `i64`.
+const RECORD_VERSION: u8 = 1;
+/// The format version of the store's own record (`m`): `1 ‖ applied index
+/// (u64) ‖ revision (i64)`, little-endian. A body of 16 bytes is the
+/// format before versions, refused.
+const META_VERSION: u8 = 1;
+/// A snapshot starts with these bytes and a format version.
+const SNAPSHOT_MAGIC: &[u8; 3] = b"DKV";
+/// The snapshot format version (an ASCII digit after the magic): `2` is
+/// `revision (i64) ‖ (key length (u32) ‖ key ‖ record length (u32) ‖
+/// record)* ‖ u32::MAX`, the records as in the database (so versioned
+/// themselves). `1` was the same with records before versions: refused.
+const SNAPSHOT_VERSION: u8 = b'2';
 const SNAPSHOT_END: u32 = u32::MAX;
 /// Restores write in batches of about this many bytes.
 const RESTORE_BATCH: usize = 4 << 20;
@@ -77,7 +104,8 @@ fn record_key(key: &[u8]) -> Vec<u8> {
 }
 
 fn encode_record(kv: &KeyValue) -> Vec<u8> {
-    let mut body = Vec::with_capacity(24 + kv.value.len());
+    let mut body = Vec::with_capacity(25 + kv.value.len());
+    body.push(RECORD_VERSION);
     body.extend_from_slice(&kv.create_revision.to_le_bytes());
     body.extend_from_slice(&kv.mod_revision.to_le_bytes());
     body.extend_from_slice(&kv.version.to_le_bytes());
@@ -93,6 +121,17 @@ fn decode_record(key: &[u8], record: &[u8]) -> Result<KeyValue, KvError> {
         ))
     };
     let body = dengine_core::codec::open(record).map_err(|e| corrupt(e.to_string()))?;
+    let body = match body.split_first() {
+        Some((&RECORD_VERSION, body)) => body,
+        Some((&v, _)) => {
+            return Err(KvError::Storage(format!(
+                "record of key {:?} has format version {v}, which this program does not read \
+                 (it reads version {RECORD_VERSION})",
+                String::from_utf8_lossy(key)
+            )));
+        }
+        None => return Err(corrupt("empty".into())),
+    };
     let int = |i: usize| -> Result<i64, KvError> {
         body.get(i * 8..i * 8 + 8)
             .and_then(|b| b.try_into().ok())
@@ -109,7 +148,8 @@ fn decode_record(key: &[u8], record: &[u8]) -> Result<KeyValue, KvError> {
 }
 
 fn encode_meta(applied: LogIndex, revision: i64) -> Vec<u8> {
-    let mut body = applied.0.to_le_bytes().to_vec();
+    let mut body = vec![META_VERSION];
+    body.extend_from_slice(&applied.0.to_le_bytes());
     body.extend_from_slice(&revision.to_le_bytes());
     dengine_core::codec::seal(&body)
 }
@@ -117,6 +157,25 @@ fn encode_meta(applied: LogIndex, revision: i64) -> Vec<u8> {
 fn decode_meta(record: &[u8]) -> Result<(LogIndex, i64), KvError> {
     let bad = |what: &str| KvError::Storage(format!("the store's own record is corrupt: {what}"));
     let body = dengine_core::codec::open(record).map_err(|e| bad(&e.to_string()))?;
+    let body = match body.split_first() {
+        // Written before records had versions (two integers alone).
+        _ if body.len() == 16 => {
+            return Err(KvError::Storage(
+                "the key-value database was written by an older version, before its records \
+                 had format versions: remove the directory, and the node rebuilds it from its \
+                 log or a snapshot"
+                    .into(),
+            ));
+        }
+        Some((&META_VERSION, body)) => body,
+        Some((&v, _)) => {
+            return Err(KvError::Storage(format!(
+                "the store's own record has format version {v}, which this program does not \
+                 read (it reads version {META_VERSION})"
+            )));
+        }
+        None => return Err(bad("empty")),
+    };
     let (a, r) = body
         .split_first_chunk::<8>()
         .ok_or_else(|| bad("truncated"))?;
@@ -431,8 +490,7 @@ impl StateMachine for KvStateMachine {
         if let Some(f) = &self.failed {
             return Err(KvError::Storage(f.clone()));
         }
-        let cmd: KvCommand =
-            crate::typed::decode(command).map_err(|e| KvError::InvalidRequest(e.to_string()))?;
+        let cmd = KvCommand::decode(command)?;
         self.execute(&cmd)
     }
 
@@ -459,6 +517,7 @@ impl StateMachine for KvStateMachine {
             return Err(io::Error::other("snapshot asked for before a flush"));
         }
         out.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&[SNAPSHOT_VERSION])?;
         out.write_all(&self.revision.to_le_bytes())?;
         for kv in self.keys.values() {
             let record = encode_record(kv);
@@ -477,6 +536,21 @@ impl StateMachine for KvStateMachine {
                 format!("key-value snapshot: {what}"),
             )
         };
+        // The header first: a snapshot of a format this program does not
+        // read is refused before anything is forgotten.
+        let mut header = [0u8; 4];
+        input.read_exact(&mut header)?;
+        let (magic, version) = header.split_at(3);
+        if magic != SNAPSHOT_MAGIC {
+            return Err(bad("not a key-value snapshot"));
+        }
+        if version != [SNAPSHOT_VERSION] {
+            return Err(bad(&format!(
+                "format version {}, which this program does not read (it reads version {})",
+                version[0].escape_ascii(),
+                char::from(SNAPSHOT_VERSION)
+            )));
+        }
         // Forget the stored index first: a crash from here on leaves a
         // store that says it holds nothing, and the next start restores
         // again.
@@ -486,11 +560,6 @@ impl StateMachine for KvStateMachine {
         self.failed = None;
         self.backend.write(vec![(META_KEY.to_vec(), None)])?;
         self.backend.clear()?;
-        let mut magic = [0u8; 4];
-        input.read_exact(&mut magic)?;
-        if &magic != SNAPSHOT_MAGIC {
-            return Err(bad("not a key-value snapshot"));
-        }
         let mut b8 = [0u8; 8];
         input.read_exact(&mut b8)?;
         let revision = i64::from_le_bytes(b8);

@@ -323,7 +323,7 @@ fn a_snapshot_restores_the_same_store_and_bad_snapshots_are_refused() {
     assert!(c.restore(&mut &flipped[..]).is_err(), "a damaged record");
     assert!(c.restore(&mut &b"nope"[..]).is_err(), "not a snapshot");
     // A length field claiming 4 GiB is refused without allocating it.
-    let mut huge = b"DKV1".to_vec();
+    let mut huge = b"DKV2".to_vec();
     huge.extend_from_slice(&2i64.to_le_bytes());
     huge.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
     huge.extend_from_slice(b"k");
@@ -446,4 +446,200 @@ fn on_rocksdb_flushed_batches_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     survives_restart(&|| Box::new(RocksBackend::open(&path).expect("rocksdb")));
+}
+
+/// Bytes of today's formats, committed with the code: a change that makes
+/// old commands, records or snapshots decode differently (or not at all)
+/// fails here. Never edit these; a new format version adds new fixtures
+/// next to them.
+mod fixtures {
+    use super::*;
+
+    /// The `Put`, `DeleteRange` and `Txn` of [`commands`], command format 1.
+    const COMMANDS: [&str; 3] = [
+        "0100016b017601",
+        "01010161016300",
+        "010204016100000200016101000104010162016302d8040201630003017803020001610100020100010170017100\
+         010201640001",
+    ];
+    /// The record of [`kv`], record format 1 (CRC32, then the body).
+    const RECORD: &str = "b83ad2ac0102000000000000000500000000000000030000000000000076";
+    /// The store's own record at index 7, revision 5, format 1.
+    const META: &str = "efcc50fb0107000000000000000500000000000000";
+    /// A snapshot (format `2`) of a store after `a = 1`, then `b = 2`.
+    const SNAPSHOT: &str = "444b5632030000000000000001000000611e00000046ba0e4a01020000000000000002000000\
+         0000000001000000000000003101000000621e000000b1b02af1010300000000000000030000000000000001000000\
+         0000000032ffffffff";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: Vec<u8> = s.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
+        s.chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).expect("ascii"), 16).expect("hex"))
+            .collect()
+    }
+
+    fn commands() -> Vec<KvCommand> {
+        let put = KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            prev_kv: true,
+        });
+        let delete = KvCommand::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            prev_kv: false,
+        });
+        let cmp = |key: &[u8], range_end: &[u8], target, op| Compare {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            target,
+            op,
+        };
+        let txn = KvCommand::Txn(TxnRequest {
+            compare: vec![
+                cmp(b"a", b"", CompareTarget::Version(1), CompareOp::Equal),
+                cmp(
+                    b"a",
+                    &[0],
+                    CompareTarget::CreateRevision(2),
+                    CompareOp::Greater,
+                ),
+                cmp(b"b", b"c", CompareTarget::ModRevision(300), CompareOp::Less),
+                cmp(
+                    b"c",
+                    b"",
+                    CompareTarget::Value(b"x".to_vec()),
+                    CompareOp::NotEqual,
+                ),
+            ],
+            success: vec![
+                TxnOp::Range(RangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: vec![0],
+                    limit: 2,
+                    keys_only: true,
+                    count_only: false,
+                }),
+                TxnOp::Put(PutRequest {
+                    key: b"p".to_vec(),
+                    value: b"q".to_vec(),
+                    prev_kv: false,
+                }),
+            ],
+            failure: vec![TxnOp::DeleteRange(DeleteRangeRequest {
+                key: b"d".to_vec(),
+                range_end: vec![],
+                prev_kv: true,
+            })],
+        });
+        vec![put, delete, txn]
+    }
+
+    fn kv() -> KeyValue {
+        KeyValue {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+        }
+    }
+
+    #[test]
+    fn commands_of_format_1_decode() {
+        for (hex, want) in COMMANDS.iter().zip(commands()) {
+            let bytes = unhex(hex);
+            assert_eq!(KvCommand::decode(&bytes), Ok(want.clone()));
+            assert_eq!(want.encode(), bytes, "today's encoding of {want:?}");
+        }
+    }
+
+    #[test]
+    fn commands_of_another_format_version_are_refused_and_change_nothing() {
+        let mut sm = KvStateMachine::in_memory();
+        let mut bytes = unhex(COMMANDS[0]);
+        bytes[0] = 2;
+        let Err(KvError::InvalidRequest(e)) = KvCommand::decode(&bytes) else {
+            panic!("a command of version 2 decoded");
+        };
+        assert!(e.contains("format version 2"), "{e}");
+        let out = sm.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+        assert!(matches!(out, Err(KvError::InvalidRequest(_))), "{out:?}");
+        assert_eq!((sm.revision(), sm.get(b"k")), (1, Ok(None)));
+        assert!(matches!(
+            KvCommand::decode(&[]),
+            Err(KvError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn records_of_format_1_decode_and_others_are_refused() {
+        let bytes = unhex(RECORD);
+        assert_eq!(decode_record(b"k", &bytes), Ok(kv()));
+        assert_eq!(encode_record(&kv()), bytes);
+        let mut body = dengine_core::codec::open(&bytes).expect("sealed").to_vec();
+        body[0] = 2;
+        let e = decode_record(b"k", &dengine_core::codec::seal(&body)).expect_err("version 2");
+        assert!(e.to_string().contains("format version 2"), "{e}");
+
+        assert_eq!(decode_meta(&unhex(META)), Ok((LogIndex(7), 5)));
+        assert_eq!(encode_meta(LogIndex(7), 5), unhex(META));
+        let mut body = dengine_core::codec::open(&unhex(META))
+            .expect("sealed")
+            .to_vec();
+        body[0] = 9;
+        let e = decode_meta(&dengine_core::codec::seal(&body)).expect_err("version 9");
+        assert!(e.to_string().contains("format version 9"), "{e}");
+    }
+
+    #[test]
+    fn a_store_of_records_before_versions_is_refused_when_it_opens() {
+        // The store's own record as it was before versions: two integers.
+        let mut old = 7u64.to_le_bytes().to_vec();
+        old.extend_from_slice(&5i64.to_le_bytes());
+        let mut backend = MemoryBackend::default();
+        backend
+            .write(vec![(
+                META_KEY.to_vec(),
+                Some(dengine_core::codec::seal(&old)),
+            )])
+            .expect("write");
+        let e = KvStateMachine::with_backend(Box::new(backend)).expect_err("refused");
+        assert!(e.to_string().contains("older version"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_of_format_2_restores() {
+        let bytes = unhex(SNAPSHOT);
+        let mut sm = KvStateMachine::in_memory();
+        sm.restore(&mut &bytes[..]).expect("restore");
+        sm.flush(LogIndex(2)).expect("flush");
+        assert_eq!(sm.revision(), 3);
+        let kv = |k: &str, v: &str, rev| KeyValue {
+            key: k.into(),
+            value: v.into(),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+        };
+        let all = sm.range(&range("\0", &[0])).expect("all");
+        assert_eq!(all.kvs, [kv("a", "1", 2), kv("b", "2", 3)]);
+        let mut again = KvStateMachine::in_memory();
+        run(&mut again, 1, &[put("a", "1"), put("b", "2")]);
+        assert_eq!(snapshot_of(&mut again), bytes, "today's snapshot");
+    }
+
+    #[test]
+    fn a_snapshot_of_another_format_is_refused_before_anything_is_forgotten() {
+        let mut sm = KvStateMachine::in_memory();
+        one(&mut sm, 1, put("keep", "me"));
+        for version in [b'1', b'3'] {
+            let mut bytes = unhex(SNAPSHOT);
+            bytes[3] = version;
+            let e = sm.restore(&mut &bytes[..]).expect_err("refused");
+            let want = format!("format version {}", char::from(version));
+            assert!(e.to_string().contains(&want), "{e}");
+            assert_eq!(sm.get(b"keep").expect("get").expect("kept").value, b"me");
+        }
+    }
 }
