@@ -10,7 +10,8 @@
 //! - **The leader chase**: bursts of short terms, each leader cut off (or
 //!   crashed) soon after its entries reached only a minority, and a leader
 //!   cut off the moment an older-term entry is on a majority while nothing
-//!   of its term is committed (the Raft paper's Figure 8 window); small
+//!   of its term is committed (the Raft paper's Figure 8 window), or
+//!   crashed the moment it committed what it has not synced itself; small
 //!   append messages in some runs, so that such windows open.
 //! - **Node faults**: crash and restart. A disk holds only what was synced:
 //!   writes wait in a queue until their sync, a crash drops the queue and may

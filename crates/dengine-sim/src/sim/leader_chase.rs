@@ -18,6 +18,10 @@
 //!   in a higher term can still be elected and overwrite it. Right then the
 //!   leader is isolated and every node held apart rejoins, so that exactly
 //!   that overwrite can happen. (Only when some node could overwrite it.)
+//! - **Commits the leader has not synced.** A leader's commit index can
+//!   pass what its own disk holds (its followers synced first). Right then
+//!   it is crashed, losing the unsynced tail, and a follower holding the
+//!   entry is held apart: what was committed must survive on the others.
 //!
 //! At most a minority is held apart at once, so the rest can elect; each
 //! isolated node rejoins (or a crashed one restarts) after a few election
@@ -43,11 +47,25 @@ const LOOKS: u32 = 20;
 const CRASH_INSTEAD: f64 = 0.25;
 /// Probability of striking when the Figure 8 window opens.
 const STRIKE_IN_WINDOW: f64 = 0.7;
+/// Probability of striking when a leader commits what it has not synced.
+const STRIKE_UNSYNCED: f64 = 0.5;
 /// How long a burst of chased elections lasts, virtual microseconds.
 const BURST_US: (u64, u64) = (300_000, 2_000_000);
 /// How long a chased node stays apart, virtual microseconds (a few
 /// election timeouts, so that the others elect and are chased in turn).
 const APART_US: (u64, u64) = (150_000, 600_000);
+
+/// How the chase takes a node out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Strike {
+    /// Cut every link to and from it; its disk keeps everything.
+    Isolate,
+    /// Crash it (losing what it had not synced) if the profile has
+    /// crashes, now and then; else isolate it.
+    MaybeCrash,
+    /// Crash it.
+    Crash,
+}
 
 /// Nodes the chase holds apart, oldest first.
 #[derive(Debug, Default)]
@@ -159,7 +177,7 @@ impl<W: Workload> Sim<'_, W> {
             return;
         }
         let why = format!("leader of t{term} with entries up to {last} on a minority");
-        self.hold_apart(id, &why, true);
+        self.hold_apart(id, &why, Strike::MaybeCrash);
     }
 
     /// Leader `id` heard from a follower: if an older-term entry is now on
@@ -218,7 +236,58 @@ impl<W: Workload> Sim<'_, W> {
         }
         // Crashing would do as well, but isolation keeps the tail for the
         // next round of the dance.
-        self.hold_apart(id, &why, false);
+        self.hold_apart(id, &why, Strike::Isolate);
+    }
+
+    /// Leader `id` of `term` now has a commit index beyond what its own
+    /// disk holds (a quorum of followers synced it first, or a broken
+    /// leader counted its own unsynced entries): maybe strike right after
+    /// this step.
+    pub(crate) fn watch_commit_beyond_durable(&mut self, id: NodeId, term: Term, commit: LogIndex) {
+        if !self.chasing() {
+            return;
+        }
+        let durable = self.nodes.get(&id).map(|n| n.disk.state().last_index());
+        if durable.is_none_or(|d| d >= commit) || !self.rng.chance(STRIKE_UNSYNCED) {
+            return;
+        }
+        self.schedule(0, Event::ChaseUnsynced(id, term, commit));
+    }
+
+    /// Crashes leader `id` of `term`, which committed up to `commit` but
+    /// has not synced it, and holds apart a follower that has: the entry
+    /// must still be on enough of the others to survive both.
+    pub(crate) fn chase_unsynced_due(&mut self, id: NodeId, term: Term, commit: LogIndex) {
+        if !self.chasing() {
+            return;
+        }
+        let Some(n) = self.nodes.get(&id) else {
+            return;
+        };
+        let Some(raw) = n.raw.as_ref() else {
+            return;
+        };
+        if raw.role() != Role::Leader || raw.term() != term {
+            return;
+        }
+        let durable = n.disk.state().last_index();
+        if durable >= commit {
+            return;
+        }
+        let status = raw.status();
+        let holders: Vec<NodeId> = status
+            .progress
+            .iter()
+            .filter(|&(&f, p)| f != id && !p.is_learner && p.matched >= commit)
+            .map(|(&f, _)| f)
+            .collect();
+        let holder = self.rng.pick(&holders).copied();
+        let why = format!("leader of t{term} committed {commit}, synced only up to {durable}");
+        self.hold_apart(id, &why, Strike::Crash);
+        if let Some(f) = holder {
+            let why = format!("a follower holding {commit} of the crashed leader n{id}");
+            self.hold_apart(f, &why, Strike::Isolate);
+        }
     }
 
     /// A node other than `leader` whose durable log ends in a term later
@@ -238,7 +307,7 @@ impl<W: Workload> Sim<'_, W> {
     /// Isolates (or maybe crashes) `id`, first letting back the isolated
     /// node whose log ends in the highest term if the chase already holds
     /// a minority apart.
-    fn hold_apart(&mut self, id: NodeId, why: &str, may_crash: bool) {
+    fn hold_apart(&mut self, id: NodeId, why: &str, strike: Strike) {
         let room = (self.voter_count().max(1) - 1) / 2;
         if room == 0 {
             return;
@@ -254,7 +323,11 @@ impl<W: Workload> Sim<'_, W> {
             let a = self.chase.apart.remove(pos);
             self.let_back(a);
         }
-        let crashed = may_crash && self.profile.crashes && self.rng.chance(CRASH_INSTEAD);
+        let crashed = match strike {
+            Strike::Isolate => false,
+            Strike::MaybeCrash => self.profile.crashes && self.rng.chance(CRASH_INSTEAD),
+            Strike::Crash => true,
+        };
         self.chase.next_hold += 1;
         let hold = self.chase.next_hold;
         self.chase.apart.push(Apart {

@@ -146,6 +146,9 @@ pub(crate) enum Event {
     ChaseLeader(NodeId, dengine_core::Term, u32),
     /// A node the leader chase held apart rejoins (a numbered hold).
     ChaseRejoin(NodeId, u64),
+    /// The leader chase looks at a leader of a term that committed an
+    /// index it has not synced.
+    ChaseUnsynced(NodeId, dengine_core::Term, LogIndex),
 }
 
 struct Scheduled {
@@ -351,6 +354,7 @@ impl<W: Workload> Sim<'_, W> {
             Event::Nemesis => self.nemesis(),
             Event::ChaseLeader(id, term, looks) => self.chase_leader_due(id, term, looks),
             Event::ChaseRejoin(id, hold) => self.chase_rejoin_due(id, hold),
+            Event::ChaseUnsynced(id, term, commit) => self.chase_unsynced_due(id, term, commit),
             Event::SnapshotStatus(from, to, ok) => {
                 if let Some(raw) = self.nodes.get_mut(&from).and_then(|n| n.raw.as_mut()) {
                     let _ = raw.report_snapshot(to, ok);

@@ -212,6 +212,7 @@ impl<W: Workload> Sim<'_, W> {
                 && let Ok(t) = raw.log_term(hs.commit)
             {
                 self.inv.on_leader_commit(term, hs.commit, t);
+                self.watch_commit_beyond_durable(id, term, hs.commit);
             }
             for m in rd.messages {
                 self.send(m);
