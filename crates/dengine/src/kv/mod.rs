@@ -451,29 +451,42 @@ fn compare(kv: &KeyValue, c: &Compare) -> bool {
 }
 
 /// Refuses malformed commands before anything runs, so a refused command
-/// changes nothing on any replica.
+/// changes nothing on any replica. As etcd, in its order: no empty key
+/// anywhere (compares, then both branches), then, within each branch, no
+/// key written twice (put twice, or put and covered by a delete: etcd's
+/// "duplicate key").
 fn validate(cmd: &KvCommand) -> Result<(), KvError> {
     let no_key = || KvError::InvalidRequest("key is not provided".into());
     match cmd {
         KvCommand::Put(p) if p.key.is_empty() => Err(no_key()),
         KvCommand::DeleteRange(d) if d.key.is_empty() => Err(no_key()),
         KvCommand::Txn(t) => {
-            if t.compare.iter().any(|c| c.key.is_empty()) {
+            let op_key = |op: &TxnOp| match op {
+                TxnOp::Range(r) => r.key.is_empty(),
+                TxnOp::Put(p) => p.key.is_empty(),
+                TxnOp::DeleteRange(d) => d.key.is_empty(),
+            };
+            if t.compare.iter().any(|c| c.key.is_empty())
+                || t.success.iter().chain(&t.failure).any(op_key)
+            {
                 return Err(no_key());
             }
             for branch in [&t.success, &t.failure] {
+                let deleted: Vec<KeyRange<'_>> = branch
+                    .iter()
+                    .filter_map(|op| match op {
+                        TxnOp::DeleteRange(d) => Some(KeyRange::new(&d.key, &d.range_end)),
+                        _ => None,
+                    })
+                    .collect();
                 let mut puts = std::collections::BTreeSet::new();
                 for op in branch {
-                    match op {
-                        TxnOp::Put(p) if p.key.is_empty() => return Err(no_key()),
-                        TxnOp::Put(p) if !puts.insert(&p.key) => {
-                            return Err(KvError::InvalidRequest(
-                                "duplicate key given in txn request".into(),
-                            ));
-                        }
-                        TxnOp::DeleteRange(d) if d.key.is_empty() => return Err(no_key()),
-                        TxnOp::Range(r) if r.key.is_empty() => return Err(no_key()),
-                        _ => {}
+                    if let TxnOp::Put(p) = op
+                        && (!puts.insert(&p.key) || deleted.iter().any(|r| r.contains(&p.key)))
+                    {
+                        return Err(KvError::InvalidRequest(
+                            "duplicate key given in txn request".into(),
+                        ));
                     }
                 }
             }

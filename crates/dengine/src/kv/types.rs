@@ -38,6 +38,15 @@ impl<'a> KeyRange<'a> {
             end => KeyRange::Span(key, Some(end)),
         }
     }
+
+    /// Whether `k` is in the range.
+    pub(crate) fn contains(&self, k: &[u8]) -> bool {
+        match *self {
+            KeyRange::Single(key) => k == key,
+            KeyRange::Span(start, None) => start <= k,
+            KeyRange::Span(start, Some(end)) => start <= k && k < end,
+        }
+    }
 }
 
 /// Reads keys.
