@@ -1,16 +1,28 @@
 //! Node settings: typed, validated at start, loadable from TOML and
 //! overridable by environment variables (`DENGINE_<FIELD>` in upper case,
 //! e.g. `DENGINE_TICK_MS=50`).
+//!
+//! Loading goes through [figment](https://docs.rs/figment): the TOML and
+//! the variables are merged and deserialized into [`Config`] once, by its
+//! serde derive, so each field is declared in one place only (its name,
+//! type and default); unknown keys and unknown `DENGINE_*` variables are
+//! errors, and every error names the field (and the variable).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// Environment variables starting with this override settings.
+const ENV_PREFIX: &str = "DENGINE_";
+
 /// Where a node keeps its log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     /// In memory: nothing survives the process (tests, examples).
@@ -23,7 +35,7 @@ pub enum StorageKind {
 }
 
 /// Settings of one node. Every field has a default (see [`Config::default`]).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This node's id; not 0. Default 1.
@@ -104,70 +116,139 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// Parses TOML (unknown keys are errors), then validates.
-    pub fn from_toml(text: &str) -> Result<Config, Error> {
-        let c: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        c.validate()?;
-        Ok(c)
+/// `DENGINE_<FIELD>=value` variables as a figment provider: the field is
+/// the rest of the name in lower case; the value is a boolean (`true`,
+/// `false`), else an integer, else a string (settings hold nothing else),
+/// except for `data_dir`, which is always a path.
+struct EnvOverrides(Result<Dict, String>);
+
+impl EnvOverrides {
+    fn new(vars: impl IntoIterator<Item = (String, String)>) -> EnvOverrides {
+        let mut dict = Dict::new();
+        for (name, value) in vars {
+            let Some(field) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            let value = if field == "data_dir" {
+                Value::from(value)
+            } else if let Ok(flag) = value.parse::<bool>() {
+                Value::from(flag)
+            } else if let Ok(n) = value.parse::<u64>() {
+                Value::from(n)
+            } else if let Ok(n) = value.parse::<i64>() {
+                Value::from(n)
+            } else {
+                Value::from(value)
+            };
+            dict.insert(field, value);
+        }
+        EnvOverrides(Ok(dict))
     }
 
-    /// Reads a TOML file, applies `DENGINE_*` environment overrides, validates.
+    /// The process's variables (one that is not UTF-8 is an error, not
+    /// skipped).
+    fn from_process() -> EnvOverrides {
+        let mut vars = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((name.to_owned(), value)),
+                Err(_) => return EnvOverrides(Err(format!("{name} is not valid UTF-8"))),
+            }
+        }
+        EnvOverrides::new(vars)
+    }
+}
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        // Errors name the variable: `for key "DENGINE_TICK_MS"`.
+        Metadata::named("environment variables").interpolater(|_: &Profile, keys: &[&str]| {
+            format!("{ENV_PREFIX}{}", keys.join("_").to_ascii_uppercase())
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        match &self.0 {
+            Ok(dict) => Ok(Profile::Default.collect(dict.clone())),
+            Err(e) => Err(figment::Error::from(e.clone())),
+        }
+    }
+}
+
+/// TOML text as a figment provider whose errors name a field plainly
+/// (`for key "tick_ms" in node.toml (TOML file)`).
+struct TomlSource {
+    text: String,
+    file: Option<PathBuf>,
+}
+
+impl Provider for TomlSource {
+    fn metadata(&self) -> Metadata {
+        let md = match &self.file {
+            Some(path) => Metadata::named("(TOML file)").source(path.as_path()),
+            None => Metadata::named("TOML text"),
+        };
+        md.interpolater(|_: &Profile, keys: &[&str]| keys.join("."))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Toml::string(&self.text).data()
+    }
+}
+
+impl Config {
+    /// Parses TOML (unknown keys are errors), applies the `DENGINE_*`
+    /// environment overrides, then validates: the same as [`Config::load`]
+    /// with the text of a file.
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        let toml = TomlSource {
+            text: text.to_owned(),
+            file: None,
+        };
+        Config::from_sources(toml, EnvOverrides::from_process())
+    }
+
+    /// Reads a TOML file, then as [`Config::from_toml`]: unknown keys are
+    /// errors, `DENGINE_*` environment overrides apply, and the result is
+    /// validated.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Config, Error> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let mut c: Config =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        c.apply_env(std::env::vars())?;
+        let toml = TomlSource {
+            text,
+            file: Some(path.to_owned()),
+        };
+        Config::from_sources(toml, EnvOverrides::from_process())
+    }
+
+    /// The one way settings are read: the TOML, then the variables over
+    /// it, deserialized and validated.
+    fn from_sources(toml: TomlSource, env: EnvOverrides) -> Result<Config, Error> {
+        let c: Config = Figment::from(toml)
+            .merge(env)
+            .extract()
+            .map_err(|e| Error::Config(e.to_string()))?;
         c.validate()?;
         Ok(c)
     }
 
-    /// Applies `DENGINE_<FIELD>=value` overrides from `vars`.
+    /// Applies `DENGINE_<FIELD>=value` overrides from `vars` (others are
+    /// ignored; an unknown field or a bad value is an error naming the
+    /// variable, and changes nothing). Does not validate: a node validates
+    /// its settings when it starts.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), Error> {
-        for (k, v) in vars {
-            let Some(field) = k.strip_prefix("DENGINE_") else {
-                continue;
-            };
-            let bad = |what: &str| Error::Config(format!("{k}={v}: {what}"));
-            let num = || v.parse::<u64>().map_err(|e| bad(&e.to_string()));
-            let flag = || v.parse::<bool>().map_err(|e| bad(&e.to_string()));
-            let small = || num().and_then(|n| u32::try_from(n).map_err(|_| bad("out of range")));
-            match field.to_ascii_lowercase().as_str() {
-                "node_id" => self.node_id = num()?,
-                "cluster_id" => self.cluster_id = num()?,
-                "data_dir" => self.data_dir = PathBuf::from(&v),
-                "storage" => {
-                    self.storage = match v.as_str() {
-                        "memory" => StorageKind::Memory,
-                        "sled" => StorageKind::Sled,
-                        "rocksdb" => StorageKind::Rocksdb,
-                        _ => return Err(bad("expected memory, sled or rocksdb")),
-                    }
-                }
-                "tick_ms" => self.tick_ms = num()?,
-                "election_ticks" => self.election_ticks = small()?,
-                "heartbeat_ticks" => self.heartbeat_ticks = small()?,
-                "pre_vote" => self.pre_vote = flag()?,
-                "check_quorum" => self.check_quorum = flag()?,
-                "lease_reads" => self.lease_reads = flag()?,
-                "lease_drift_ticks" => self.lease_drift_ticks = small()?,
-                "max_msg_bytes" => self.max_msg_bytes = num()?,
-                "max_inflight_msgs" => self.max_inflight_msgs = num()? as usize,
-                "snapshot_threshold" => self.snapshot_threshold = num()?,
-                "compaction_lag" => self.compaction_lag = num()?,
-                "max_pending_requests" => self.max_pending_requests = num()? as usize,
-                "max_uncommitted_bytes" => self.max_uncommitted_bytes = num()?,
-                "request_timeout_ms" => self.request_timeout_ms = num()?,
-                "max_apply_bytes" => self.max_apply_bytes = num()?,
-                "max_applying_bytes" => self.max_applying_bytes = num()?,
-                _ => return Err(Error::Config(format!("unknown setting {k}"))),
-            }
-        }
+        *self = Figment::from(Serialized::defaults(&*self))
+            .merge(EnvOverrides::new(vars))
+            .extract()
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(())
     }
 
@@ -236,20 +317,81 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// TOML and variables as `from_toml` and `load` read them.
+    fn read(toml: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
+        let toml = TomlSource {
+            text: toml.to_owned(),
+            file: None,
+        };
+        Config::from_sources(toml, EnvOverrides::new(vars(env)))
+    }
+
     #[test]
     fn toml_and_env_overrides() {
         let c = Config::from_toml("node_id = 3\nstorage = \"memory\"\ntick_ms = 5\n").unwrap();
         assert_eq!((c.node_id, c.tick_ms), (3, 5));
         let mut c = c;
-        c.apply_env([
-            ("DENGINE_TICK_MS".to_string(), "7".to_string()),
-            ("PATH".to_string(), "/bin".to_string()),
-        ])
-        .unwrap();
+        c.apply_env(vars(&[("DENGINE_TICK_MS", "7"), ("PATH", "/bin")]))
+            .unwrap();
         assert_eq!(c.tick_ms, 7);
-        c.apply_env([("DENGINE_MAX_APPLYING_BYTES".to_string(), "1024".to_string())])
+        assert_eq!(c.node_id, 3, "the rest is kept");
+        c.apply_env(vars(&[("DENGINE_MAX_APPLYING_BYTES", "1024")]))
             .unwrap();
         assert_eq!(c.core_config().max_applying_bytes, 1024);
+
+        // Variables override the TOML, field by field, with every type.
+        let c = read(
+            "node_id = 3\nstorage = \"sled\"\ntick_ms = 5\n",
+            &[
+                ("DENGINE_TICK_MS", "9"),
+                ("DENGINE_STORAGE", "memory"),
+                ("DENGINE_PRE_VOTE", "false"),
+                ("DENGINE_DATA_DIR", "1234"),
+                ("DENGINE_MAX_INFLIGHT_MSGS", "3"),
+                ("DENGINE_ELECTION_TICKS", "40"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        let want = Config {
+            node_id: 3,
+            tick_ms: 9,
+            storage: StorageKind::Memory,
+            pre_vote: false,
+            data_dir: PathBuf::from("1234"),
+            max_inflight_msgs: 3,
+            election_ticks: 40,
+            ..Config::default()
+        };
+        assert_eq!(c, want);
+        assert_eq!(read("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn from_toml_and_load_read_alike() {
+        let text = "node_id = 4\nstorage = \"memory\"\nlease_reads = false\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        // Both apply the process's DENGINE_* variables (if any) the same way.
+        assert_eq!(
+            Config::load(&path).unwrap(),
+            Config::from_toml(text).unwrap()
+        );
+        let e = Config::load(dir.path().join("missing.toml")).unwrap_err();
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+        std::fs::write(&path, "storage = \"memory\"\ntick_ms = -1").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("\"tick_ms\"") && e.contains("node.toml"), "{e}");
+        std::fs::write(&path, "node_id = 0\nstorage = \"memory\"").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.to_string().contains("node_id"), "{e}");
     }
 
     #[test]
@@ -258,14 +400,32 @@ mod tests {
         assert!(e.to_string().contains("node_id"), "{e}");
         let e = Config::from_toml("nod_id = 2").unwrap_err();
         assert!(e.to_string().contains("nod_id"), "{e}");
+        let e = Config::from_toml("tick_ms = \"fast\"").unwrap_err();
+        assert!(e.to_string().contains("tick_ms"), "{e}");
+        let e = Config::from_toml("storage = \"floppy\"").unwrap_err();
+        assert!(e.to_string().contains("floppy"), "{e}");
         let e = Config::from_toml("storage = \"memory\"\nheartbeat_ticks = 30").unwrap_err();
         assert!(e.to_string().contains("election_tick"), "{e}");
         let e = Config::from_toml("storage = \"memory\"\nmax_applying_bytes = 0").unwrap_err();
         assert!(e.to_string().contains("max_applying_bytes"), "{e}");
-        let mut c = Config::default();
-        let e = c
-            .apply_env([("DENGINE_TICK_MS".to_string(), "soon".to_string())])
-            .unwrap_err();
-        assert!(e.to_string().contains("DENGINE_TICK_MS"), "{e}");
+        let e = Config::from_toml("tick_ms = 5\ntick_ms = 6").unwrap_err();
+        assert!(e.to_string().contains("tick_ms"), "{e}");
+
+        // Variables: a bad value, one out of range, an unknown setting.
+        for (name, value) in [
+            ("DENGINE_TICK_MS", "soon"),
+            ("DENGINE_ELECTION_TICKS", "5000000000"),
+            ("DENGINE_NOD_ID", "2"),
+            ("DENGINE_NODE_ID", "-1"),
+        ] {
+            let e = read("storage = \"memory\"", &[(name, value)]).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+            let mut c = Config::default();
+            let e = c.apply_env(vars(&[(name, value)])).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+            assert_eq!(c, Config::default(), "a refused override changes nothing");
+        }
+        let e = read("storage = \"memory\"", &[("DENGINE_NODE_ID", "0")]).unwrap_err();
+        assert!(e.to_string().contains("node_id"), "{e}");
     }
 }
