@@ -11,7 +11,8 @@
 //!   crashed) soon after its entries reached only a minority, and a leader
 //!   cut off the moment an older-term entry is on a majority while nothing
 //!   of its term is committed (the Raft paper's Figure 8 window), or
-//!   crashed the moment it committed what it has not synced itself; small
+//!   crashed the moment it committed what it has not synced itself; lease
+//!   races (a leader cut off from its peers, not its clients); small
 //!   append messages in some runs, so that such windows open.
 //! - **Node faults**: crash and restart. A disk holds only what was synced:
 //!   writes wait in a queue until their sync, a crash drops the queue and may

@@ -62,6 +62,7 @@ fn a_seed_replays_byte_for_byte_with_every_fault_kind() {
             "nemesis: Swap",
             "nemesis: Transfer",
             "nemesis: ChaseLeader",
+            "nemesis: LeaseRace",
             "snapshot at",
         ] {
             assert!(

@@ -189,10 +189,11 @@ impl<W: Workload> Sim<'_, W> {
     /// A proposal of node-local op `mine` reached the state machine at
     /// `index`; `same` tells whether the entry there is that op.
     pub(crate) fn write_applied(&mut self, mine: u64, same: bool, index: LogIndex, resp: Vec<u8>) {
+        let i = Self::hist_index(mine);
         let Some(c) = self.client_of(mine) else {
+            self.settle_abandoned_write(i, same, resp);
             return;
         };
-        let i = Self::hist_index(mine);
         if same {
             let out = self.workload.output(&self.history[i].input, &resp);
             self.history[i].output = Some(out);
@@ -209,6 +210,27 @@ impl<W: Workload> Sim<'_, W> {
             self.failed_ops.insert(i);
             self.log(|| format!("client {c} op {mine} lost its index {index}"));
             self.client_next(c, 1_000, None);
+        }
+    }
+
+    /// A write its client gave up on (timed out, or redirected) has met
+    /// its fate: it took effect by now, or never will. Recording that keeps
+    /// the history's unknown writes few, which the linearizability search
+    /// pays for dearly (each may fall anywhere after its call).
+    fn settle_abandoned_write(&mut self, i: usize, same: bool, resp: Vec<u8>) {
+        let Some(op) = self.history.get(i) else {
+            return;
+        };
+        if op.output.is_some() || self.failed_ops.contains(&i) {
+            return;
+        }
+        if same {
+            // Applied here now, so committed no later than now.
+            let out = self.workload.output(&op.input, &resp);
+            self.history[i].output = Some(out);
+            self.history[i].ret = self.now;
+        } else {
+            self.failed_ops.insert(i);
         }
     }
 
@@ -241,6 +263,30 @@ impl<W: Workload> Sim<'_, W> {
         };
         self.log(|| format!("client {c} op {op} read failed: {e}"));
         self.client_next(c, 2_000, hint);
+    }
+
+    /// The node client `c` waits on and since when, if it waits.
+    pub(crate) fn client_waiting_on(&self, c: usize) -> Option<(NodeId, u64)> {
+        let f = self.clients.get(c)?.current?;
+        let since = self.history.get(Self::hist_index(f.op))?.call;
+        Some((f.node, since))
+    }
+
+    /// Client `c` gives up on what it waits for (as on a timeout: a write's
+    /// outcome is unknown, a read had no effect) and turns to `target`.
+    pub(crate) fn client_redirect(&mut self, c: usize, target: NodeId) {
+        let Some(cl) = self.clients.get(c) else {
+            return;
+        };
+        if let Some(f) = cl.current {
+            if f.kind == Kind::Read {
+                self.failed_ops.insert(Self::hist_index(f.op));
+            }
+            let op = f.op;
+            self.log(|| format!("client {c} op {op} given up"));
+        }
+        self.log(|| format!("client {c} redirected to n{target}"));
+        self.client_next(c, 0, Some(target));
     }
 
     /// Node `id` crashed: what its clients waited for is unknown (writes)

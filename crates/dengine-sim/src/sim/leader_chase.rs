@@ -23,6 +23,11 @@
 //!   it is crashed, losing the unsynced tail, and a follower holding the
 //!   entry is held apart: what was committed must survive on the others.
 //!
+//! - **Lease races.** The leader is cut off from its peers but not from
+//!   its clients, which keep asking it (lease reads among others) while
+//!   the other clients turn to the rest, which elect and write: the old
+//!   leader's lease must run out before a new leader can commit.
+//!
 //! At most a minority is held apart at once, so the rest can elect; each
 //! isolated node rejoins (or a crashed one restarts) after a few election
 //! timeouts, or earlier when a later chase needs its place.
@@ -49,6 +54,12 @@ const CRASH_INSTEAD: f64 = 0.25;
 const STRIKE_IN_WINDOW: f64 = 0.7;
 /// Probability of striking when a leader commits what it has not synced.
 const STRIKE_UNSYNCED: f64 = 0.5;
+/// How often the clients of an old leader in a lease race look at it, and
+/// how many times (past the longest a leader keeps office alone).
+const RACE_LOOK_US: u64 = 2_000;
+const RACE_LOOKS: u32 = 150;
+/// How long they wait on it before asking again.
+const RACE_PATIENCE_US: u64 = 3_000;
 /// How long a burst of chased elections lasts, virtual microseconds.
 const BURST_US: (u64, u64) = (300_000, 2_000_000);
 /// How long a chased node stays apart, virtual microseconds (a few
@@ -130,6 +141,73 @@ impl<W: Workload> Sim<'_, W> {
         self.chase.burst_until = self.chase.burst_until.max(self.now + burst);
         let d = self.rng.range(0, self.profile.delay_max_us);
         self.schedule(d, Event::ChaseLeader(id, term, LOOKS));
+    }
+
+    /// A nemesis action: a race against the leader's lease. The leader is
+    /// cut off from its peers but not from clients; half the clients turn
+    /// to it (its lease reads must stop before the others can elect), the
+    /// others to the rest of the cluster, which elects a new leader and
+    /// writes.
+    pub(crate) fn race_the_lease(&mut self) {
+        let Some((id, term)) = self.settled_leader() else {
+            return;
+        };
+        let why = format!("lease race against the leader of t{term}");
+        self.hold_apart(id, &why, Strike::Isolate);
+        let others: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|&(&o, n)| o != id && n.raw.is_some() && !n.removed)
+            .map(|(&o, _)| o)
+            .collect();
+        for c in 0..self.clients.len() {
+            let target = if c % 2 == 0 {
+                Some(id)
+            } else {
+                self.rng.pick(&others).copied()
+            };
+            if let Some(t) = target {
+                self.client_redirect(c, t);
+            }
+        }
+        self.schedule(RACE_LOOK_US, Event::LeaseRace(id, RACE_LOOKS));
+    }
+
+    /// During a lease race, the clients of the old leader `id` are
+    /// impatient: one stuck there (on a write, or a read waiting for a
+    /// round no quorum answers) gives up and asks again, so that lease
+    /// reads keep coming while the others elect and write. The other
+    /// clients are kept off it.
+    pub(crate) fn lease_race_due(&mut self, id: NodeId, looks: u32) {
+        if !self.faults_active || !self.chase.apart.iter().any(|a| a.node == id) {
+            return;
+        }
+        let others: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|&(&o, n)| o != id && n.raw.is_some() && !n.removed)
+            .map(|(&o, _)| o)
+            .collect();
+        for c in 0..self.clients.len() {
+            let Some((node, since)) = self.client_waiting_on(c) else {
+                continue;
+            };
+            if node != id {
+                continue;
+            }
+            if c % 2 == 0 {
+                if self.now >= since + RACE_PATIENCE_US {
+                    self.client_redirect(c, id);
+                }
+            } else if let Some(&o) = self.rng.pick(&others) {
+                // Followers that still take the old leader for leader send
+                // the others back to it.
+                self.client_redirect(c, o);
+            }
+        }
+        if looks > 1 {
+            self.schedule(RACE_LOOK_US, Event::LeaseRace(id, looks - 1));
+        }
     }
 
     /// The leader and its term if a burst may start: it committed an entry

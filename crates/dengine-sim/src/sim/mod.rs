@@ -149,6 +149,9 @@ pub(crate) enum Event {
     /// The leader chase looks at a leader of a term that committed an
     /// index it has not synced.
     ChaseUnsynced(NodeId, dengine_core::Term, LogIndex),
+    /// The clients of the old leader of a lease race look at it (so many
+    /// more times).
+    LeaseRace(NodeId, u32),
 }
 
 struct Scheduled {
@@ -355,6 +358,7 @@ impl<W: Workload> Sim<'_, W> {
             Event::ChaseLeader(id, term, looks) => self.chase_leader_due(id, term, looks),
             Event::ChaseRejoin(id, hold) => self.chase_rejoin_due(id, hold),
             Event::ChaseUnsynced(id, term, commit) => self.chase_unsynced_due(id, term, commit),
+            Event::LeaseRace(id, looks) => self.lease_race_due(id, looks),
             Event::SnapshotStatus(from, to, ok) => {
                 if let Some(raw) = self.nodes.get_mut(&from).and_then(|n| n.raw.as_mut()) {
                     let _ = raw.report_snapshot(to, ok);

@@ -20,6 +20,7 @@ enum Action {
     Swap,
     Transfer,
     ChaseLeader,
+    LeaseRace,
 }
 
 /// Most nodes alive at once (members and joiners).
@@ -60,7 +61,7 @@ impl<W: Workload> Sim<'_, W> {
             actions.push(Action::Transfer);
         }
         if self.profile.chase_leaders {
-            actions.extend([Action::ChaseLeader, Action::ChaseLeader]);
+            actions.extend([Action::ChaseLeader, Action::ChaseLeader, Action::LeaseRace]);
         }
         let Some(&action) = self.rng.pick(&actions) else {
             return;
@@ -86,6 +87,7 @@ impl<W: Workload> Sim<'_, W> {
                 }
             }
             Action::ChaseLeader => self.chase_current_leader(),
+            Action::LeaseRace => self.race_the_lease(),
             Action::Heal => {
                 self.cut.clear();
                 self.forget_chase();
