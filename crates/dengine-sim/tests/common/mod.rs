@@ -5,11 +5,11 @@
 #![allow(dead_code)]
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::time::Instant;
 
-use dengine_core::{LogIndex, Message, MessageBody, NodeId};
+use dengine_core::{LogIndex, Message, MessageBody, NodeId, Term};
 use dengine_sim::linearizability::CheckResult;
 use dengine_sim::{FaultProfile, Hooks, KvWorkload, NoHooks, SimOptions, SimReport, run};
 
@@ -102,6 +102,103 @@ impl Hooks for CommitWhatIsSent {
     }
 }
 
+/// Leaders that count replicas of entries of *any* term toward commit,
+/// the Raft paper's Figure 8 mistake, as far as test code can make it: the
+/// commit index they send followers is the highest index a majority of the
+/// voters holds, whatever the term of its entry. Followers count when they
+/// send their acknowledgement (after their sync); the leader counts for the
+/// entries before the first of its term (in its log, synced, before it
+/// campaigned), never for unsynced ones. Followers then apply an older-term
+/// entry that a majority holds, which a leader elected from a log ending in
+/// a later term overwrites.
+#[derive(Debug, Default)]
+pub struct CommitByCountingAnyTerm {
+    /// The voters (the setups using it change no membership).
+    pub voters: Vec<NodeId>,
+    /// Per leader and term, each follower's acknowledged match.
+    acks: BTreeMap<(NodeId, Term), BTreeMap<NodeId, LogIndex>>,
+    /// Per leader and term, the index before the first entry of its term.
+    leader_holds: BTreeMap<(NodeId, Term), LogIndex>,
+    /// Messages whose commit index was raised.
+    pub raised: u64,
+}
+
+impl CommitByCountingAnyTerm {
+    /// Leaders of a cluster of voters `1..=n`.
+    pub fn of(n: u64) -> CommitByCountingAnyTerm {
+        CommitByCountingAnyTerm {
+            voters: (1..=n).map(NodeId).collect(),
+            ..CommitByCountingAnyTerm::default()
+        }
+    }
+
+    /// The highest index a majority of the voters acknowledged to the
+    /// leader of this term.
+    fn on_majority(&self, leader_term: (NodeId, Term)) -> LogIndex {
+        let Some(acks) = self.acks.get(&leader_term) else {
+            return LogIndex::ZERO;
+        };
+        let mut held: Vec<LogIndex> = self
+            .voters
+            .iter()
+            .map(|v| {
+                if *v == leader_term.0 {
+                    self.leader_holds.get(&leader_term).copied()
+                } else {
+                    acks.get(v).copied()
+                }
+                .unwrap_or(LogIndex::ZERO)
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        held[self.voters.len() / 2]
+    }
+
+    fn acked(&self, leader_term: (NodeId, Term), by: NodeId) -> LogIndex {
+        self.acks
+            .get(&leader_term)
+            .and_then(|a| a.get(&by).copied())
+            .unwrap_or(LogIndex::ZERO)
+    }
+}
+
+impl Hooks for CommitByCountingAnyTerm {
+    fn on_send(&mut self, msg: &mut Message) {
+        let leader_term = (msg.from, msg.term);
+        // What the follower is known to hold: the commit must not pass it.
+        let cap = match &msg.body {
+            MessageBody::AppendEntriesResponse { result: Ok(i) } => {
+                let m = self
+                    .acks
+                    .entry((msg.to, msg.term))
+                    .or_default()
+                    .entry(msg.from)
+                    .or_insert(LogIndex::ZERO);
+                *m = (*m).max(*i);
+                return;
+            }
+            MessageBody::AppendEntries { prev, entries, .. } => {
+                if let Some(own) = entries.iter().find(|e| e.term == msg.term) {
+                    let before = LogIndex(own.index.0 - 1);
+                    let held = self.leader_holds.entry(leader_term).or_insert(before);
+                    *held = (*held).min(before);
+                }
+                LogIndex(prev.index.0 + entries.len() as u64)
+            }
+            MessageBody::Heartbeat { .. } => self.acked(leader_term, msg.to),
+            _ => return,
+        };
+        let raise = self.on_majority(leader_term).min(cap);
+        if let MessageBody::AppendEntries { commit, .. } | MessageBody::Heartbeat { commit, .. } =
+            &mut msg.body
+            && raise > *commit
+        {
+            *commit = raise;
+            self.raised += 1;
+        }
+    }
+}
+
 /// A cluster size, fault profile and seed range to run.
 #[derive(Clone, Debug)]
 pub struct Setup {
@@ -182,6 +279,23 @@ pub fn five_nodes_partitions_crashes() -> Setup {
     Setup {
         name: "5 nodes, partitions, crashes, 5% loss",
         nodes: 5,
+        steps: 20_000,
+        profile: p,
+        seeds: 0..20,
+    }
+}
+
+/// The leader chase alone, with small append messages: bursts of short
+/// terms and strikes in the Figure 8 window.
+pub fn leader_chase() -> Setup {
+    let mut p = FaultProfile::calm();
+    p.chase_leaders = true;
+    p.max_msg_bytes = 100;
+    p.delay_max_us = 2_000;
+    p.nemesis_interval_us = 100_000;
+    Setup {
+        name: "leader chase (3 nodes, appends of 100 bytes)",
+        nodes: 3,
         steps: 20_000,
         profile: p,
         seeds: 0..20,
