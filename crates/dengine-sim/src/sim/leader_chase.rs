@@ -26,7 +26,8 @@
 //! - **Lease races.** The leader is cut off from its peers but not from
 //!   its clients, which keep asking it (lease reads among others) while
 //!   the other clients turn to the rest, which elect and write: the old
-//!   leader's lease must run out before a new leader can commit.
+//!   leader's lease must run out before a new leader can commit. Its clock
+//!   is set as slow as the run's drift bound allows, the others' as fast.
 //!
 //! At most a minority is held apart at once, so the rest can elect; each
 //! isolated node rejoins (or a crashed one restarts) after a few election
@@ -154,6 +155,7 @@ impl<W: Workload> Sim<'_, W> {
         };
         let why = format!("lease race against the leader of t{term}");
         self.hold_apart(id, &why, Strike::Isolate);
+        self.worst_clocks_for_the_lease(id);
         let others: Vec<NodeId> = self
             .nodes
             .iter()
@@ -171,6 +173,22 @@ impl<W: Workload> Sim<'_, W> {
             }
         }
         self.schedule(RACE_LOOK_US, Event::LeaseRace(id, RACE_LOOKS));
+    }
+
+    /// The worst clocks the run's drift bound allows for the lease of
+    /// leader `id`: its own as slow as allowed (its lease lasts longest in
+    /// real time), every other as fast as allowed (they time out soonest).
+    /// Rates stay so after the race; any rate within the bound is fair.
+    fn worst_clocks_for_the_lease(&mut self, id: NodeId) {
+        let drift = self.profile.drift;
+        if drift <= 0.0 {
+            return;
+        }
+        for (&o, n) in self.nodes.iter_mut() {
+            // A rate above 1 spaces ticks further apart: a slower clock.
+            n.rate = if o == id { 1.0 + drift } else { 1.0 - drift };
+        }
+        self.log(|| format!("clocks: n{id} at 1+{drift}, the others at 1-{drift}"));
     }
 
     /// During a lease race, the clients of the old leader `id` are
