@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::runtime::supervisor::Threads;
 use crate::runtime::{
     Channels, CoreLoop, Metrics, ProposalQueue, ReadLimit, ReadPolicy, Request, Store, TickClock,
-    spawn_apply_thread, spawn_disk_thread, supervise,
+    spawn_applier, spawn_disk_thread, supervise,
 };
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
@@ -92,6 +92,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         } = self;
         config.validate()?;
         let id = NodeId(config.node_id);
+        let inline = config.storage == StorageKind::Memory && store.is_none();
         let opened = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
@@ -117,17 +118,16 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         let queue = Arc::new(ProposalQueue::new(config.max_pending_requests));
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
-        let (apply_tx, apply_rx) = std::sync::mpsc::channel();
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let disk = spawn_disk_thread(store.clone(), snapshots.clone(), disk_rx, ev_tx.clone())
             .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
-        let apply = spawn_apply_thread(
+        let apply = spawn_applier(
             state_machine,
             applied,
             snapshots.clone(),
             apply_rx,
             ev_tx.clone(),
-        )
-        .map_err(|e| Error::Storage(format!("starting the apply thread: {e}")))?;
+        );
         let loop_events = ev_tx.clone();
         let channels = Channels {
             requests: req_tx,
@@ -185,7 +185,10 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             snapshot_made_at: snapshot_at,
             snapshot_failures: 0,
             timeout_ticks,
-            inline_store: (config.storage == StorageKind::Memory).then(|| store.clone()),
+            // Only the built-in memory store, which never blocks, is written
+            // from the core task; a store of the application's goes through
+            // the disk thread whatever the settings say.
+            inline_store: inline.then(|| store.clone()),
             disk_jobs: 0,
             transfer: None,
         };

@@ -1,51 +1,156 @@
-//! The apply thread: runs the application's state machine on committed
+//! The apply worker: runs the application's state machine on committed
 //! entries in order, answers proposals and reads, takes and restores
 //! snapshots.
 //!
-//! A thread of its own, so that a slow `apply`, a state machine writing to
-//! disk, or a snapshot of the whole state never blocks the async runtime's
-//! workers. Answers still wake proposers cheaply: one batch of entries
-//! answers all its proposers, and waking a task is a push onto the
-//! runtime's queue. A panic here (in `apply`, `snapshot`, `restore` or a
-//! read) is caught and stops the node with `Event::Fatal`: the state
-//! machine may be half-changed and cannot be trusted any more.
+//! It starts as a task on the runtime: handing entries to it and waking
+//! the proposers it answers are then pushes onto a worker's queue, where a
+//! thread of its own would cost a system call and a trip through the
+//! scheduler per hand-off (measured: the in-process benchmark ran 4 times
+//! slower at one proposer and half as fast at 256 with a thread). But a
+//! state machine may be slow (one that writes to disk, or just heavy), and
+//! a slow job on a runtime worker stalls the protocol tasks that share it.
+//! So every job is timed, and the first that takes longer than
+//! [`SLOW_JOB`] moves the worker to a thread of its own for the rest of
+//! the node's life. Snapshots and restores, which read or write the whole
+//! state, always run on the blocking pool.
+//!
+//! A panic (in `apply`, `snapshot`, `restore` or `flush`) is caught and
+//! stops the node with `Event::Fatal`: the state machine may be
+//! half-changed and cannot be trusted any more. A read query that panics
+//! loses only its own answer.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use dengine_core::{EntryPayload, LogIndex};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 use super::{ApplyJob, Event, ReadJob, panic_message};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 
-pub(crate) fn spawn_apply_thread<SM: StateMachine>(
+/// A job that takes longer than this on a runtime worker moves the worker
+/// to a thread of its own: about one default tick, well under a heartbeat
+/// interval, so a slow state machine delays the protocol at most once.
+pub(crate) const SLOW_JOB: Duration = Duration::from_millis(10);
+
+/// Starts the apply worker. The returned receiver completes (with an
+/// error: its sender is dropped) once the worker has finished, wherever it
+/// ran.
+pub(crate) fn spawn_applier<SM: StateMachine>(
     sm: SM,
     applied: LogIndex,
     snapshots: SnapshotStore,
-    jobs: Receiver<ApplyJob<SM>>,
+    jobs: UnboundedReceiver<ApplyJob<SM>>,
     events: UnboundedSender<Event>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("dengine-apply".into())
-        .spawn(move || {
-            let mut worker = Applier {
-                sm,
-                applied,
-                snapshots,
-                events: events.clone(),
-                reads: BTreeMap::new(),
-            };
-            let run = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(&jobs)));
-            if let Err(panic) = run {
-                let why = format!("the state machine panicked: {}", panic_message(&*panic));
-                tracing::error!(error = %why, "apply thread stopped");
-                let _ = events.send(Event::Fatal(why));
+) -> oneshot::Receiver<()> {
+    let (done, finished) = oneshot::channel();
+    let worker = Applier {
+        sm,
+        applied,
+        snapshots,
+        events,
+        reads: BTreeMap::new(),
+    };
+    tokio::spawn(on_runtime(worker, jobs, done));
+    finished
+}
+
+/// What a job's run came to.
+enum Outcome {
+    Continue,
+    Stop,
+    Panicked(String),
+}
+
+/// Runs `job`, catching a panic.
+fn run_job<SM: StateMachine>(worker: &mut Applier<SM>, job: ApplyJob<SM>) -> Outcome {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| worker.handle(job))) {
+        Ok(true) => Outcome::Stop,
+        Ok(false) => Outcome::Continue,
+        Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+    }
+}
+
+/// The worker as a task, until a job proves slow.
+async fn on_runtime<SM: StateMachine>(
+    mut worker: Applier<SM>,
+    mut jobs: UnboundedReceiver<ApplyJob<SM>>,
+    done: oneshot::Sender<()>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let whole_state = matches!(job, ApplyJob::Snapshot(_) | ApplyJob::Restore(..));
+        let started = Instant::now();
+        let outcome = if whole_state {
+            // Off the runtime, and back with the state machine.
+            let events = worker.events.clone();
+            match tokio::task::spawn_blocking(move || {
+                let outcome = run_job(&mut worker, job);
+                (worker, outcome)
+            })
+            .await
+            {
+                Ok((w, outcome)) => {
+                    worker = w;
+                    outcome
+                }
+                Err(e) => {
+                    // `run_job` catches panics: the pool itself failed, and
+                    // the state machine went with it.
+                    let _ = events.send(Event::Fatal(format!(
+                        "the blocking pool lost the state machine: {e}"
+                    )));
+                    return;
+                }
             }
-        })
+        } else {
+            run_job(&mut worker, job)
+        };
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::Stop => return,
+            Outcome::Panicked(why) => {
+                worker.panicked(&why);
+                return;
+            }
+        }
+        if !whole_state && started.elapsed() > SLOW_JOB {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "the state machine is slow: apply moves to a thread of its own"
+            );
+            let spawned = std::thread::Builder::new()
+                .name("dengine-apply".into())
+                .spawn(move || on_thread(worker, jobs, done));
+            if let Err(e) = spawned {
+                // The worker went with the closure: nothing can apply now.
+                tracing::error!(error = %e, "starting the apply thread failed");
+            }
+            return;
+        }
+    }
+}
+
+/// The worker on a thread of its own.
+fn on_thread<SM: StateMachine>(
+    mut worker: Applier<SM>,
+    mut jobs: UnboundedReceiver<ApplyJob<SM>>,
+    done: oneshot::Sender<()>,
+) {
+    while let Some(job) = jobs.blocking_recv() {
+        match run_job(&mut worker, job) {
+            Outcome::Continue => {}
+            Outcome::Stop => break,
+            Outcome::Panicked(why) => {
+                worker.panicked(&why);
+                break;
+            }
+        }
+    }
+    drop(done);
 }
 
 struct Applier<SM: StateMachine> {
@@ -74,28 +179,35 @@ enum Flow {
 }
 
 impl<SM: StateMachine> Applier<SM> {
-    fn run(&mut self, jobs: &Receiver<ApplyJob<SM>>) {
-        while let Ok(job) = jobs.recv() {
-            let flow = match job {
-                ApplyJob::Entries(entries, proposals, changes) => {
-                    self.entries(entries, proposals, changes)
-                }
-                ApplyJob::Read(index, job) => {
-                    self.reads.entry(index).or_default().push(job);
-                    Flow::Continue
-                }
-                ApplyJob::Snapshot(meta) => {
-                    self.snapshot(meta);
-                    Flow::Continue
-                }
-                ApplyJob::Restore(meta, data) => self.restore(meta, &data),
-                ApplyJob::Stop => Flow::Stop,
-            };
-            if let Flow::Stop = flow {
-                break;
+    /// Stops the node: the state machine panicked and cannot be trusted.
+    fn panicked(&self, why: &str) {
+        let why = format!("the state machine panicked: {why}");
+        tracing::error!(error = %why, "apply stopped");
+        let _ = self.events.send(Event::Fatal(why));
+    }
+
+    /// Carries out one job; true to stop.
+    fn handle(&mut self, job: ApplyJob<SM>) -> bool {
+        let flow = match job {
+            ApplyJob::Entries(entries, proposals, changes) => {
+                self.entries(entries, proposals, changes)
             }
-            self.run_reads();
+            ApplyJob::Read(index, job) => {
+                self.reads.entry(index).or_default().push(job);
+                Flow::Continue
+            }
+            ApplyJob::Snapshot(meta) => {
+                self.snapshot(meta);
+                Flow::Continue
+            }
+            ApplyJob::Restore(meta, data) => self.restore(meta, &data),
+            ApplyJob::Stop => Flow::Stop,
+        };
+        if let Flow::Stop = flow {
+            return true;
         }
+        self.run_reads();
+        false
     }
 
     fn entries(

@@ -59,6 +59,15 @@ pub struct Metrics {
     pub fatal: Option<String>,
 }
 
+/// What woke the core task.
+enum Woke<SM: StateMachine> {
+    Event(Event),
+    Request(Request<SM>),
+    Message(Inbound),
+    Proposals,
+    Tick,
+}
+
 /// A leadership transfer waiting to be seen through.
 pub(crate) struct PendingTransfer {
     to: NodeId,
@@ -77,7 +86,7 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// For events the loop sends itself (and snapshot reports).
     pub(crate) events_tx: tokio::sync::mpsc::UnboundedSender<Event>,
     pub(crate) disk: Sender<DiskJob>,
-    pub(crate) apply: Sender<ApplyJob<SM>>,
+    pub(crate) apply: tokio::sync::mpsc::UnboundedSender<ApplyJob<SM>>,
     pub(crate) metrics: watch::Sender<Metrics>,
     pub(crate) clock: TickClock,
     /// Proposals waiting for their entries to be applied.
@@ -125,52 +134,31 @@ impl<SM: StateMachine> CoreLoop<SM> {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            // Not biased: no source can starve another. Time does not
-            // depend on the timer winning either: every branch first makes
-            // up the ticks that are due.
-            tokio::select! {
-                ev = self.events.recv() => {
-                    let Some(ev) = ev else { break };
-                    self.catch_up();
-                    self.on_event(ev);
-                    for _ in 0..MAX_BATCH {
-                        match self.events.try_recv() {
-                            Ok(ev) => self.on_event(ev),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                msg = self.inbox.recv() => {
-                    let Some((msg, data)) = msg else { break };
-                    self.catch_up();
-                    self.on_message(msg, data);
-                    for _ in 0..MAX_BATCH {
-                        match self.inbox.try_recv() {
-                            Ok((msg, data)) => self.on_message(msg, data),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                req = self.requests.recv() => {
-                    let Some(req) = req else { break };
-                    // Reads are served against the clock as it is now.
-                    self.catch_up();
-                    if self.on_request(req) {
-                        break;
-                    }
-                    let mut stop = false;
-                    for _ in 0..MAX_BATCH {
-                        match self.requests.try_recv() {
-                            Ok(req) => if self.on_request(req) { stop = true; break },
-                            Err(_) => break,
-                        }
-                    }
-                    if stop { break }
-                }
-                _ = self.queue.notify.notified() => {}
-                _ = &mut sleep => {}
-            }
+            // Sleeps until any source has something (or a tick is due).
+            // Which source woke it does not matter: every turn then takes
+            // from every source, each within a budget, so none can starve
+            // another; and time does not depend on the timer winning.
+            let woke = tokio::select! {
+                biased;
+                ev = self.events.recv() => ev.map(Woke::Event),
+                req = self.requests.recv() => req.map(Woke::Request),
+                msg = self.inbox.recv() => msg.map(Woke::Message),
+                _ = self.queue.notify.notified() => Some(Woke::Proposals),
+                _ = &mut sleep => Some(Woke::Tick),
+            };
+            let Some(woke) = woke else { break };
+            // Reads are served against the clock as it is now.
             self.catch_up();
+            let mut stop = false;
+            match woke {
+                Woke::Event(ev) => self.on_event(ev),
+                Woke::Request(req) => stop = self.on_request(req),
+                Woke::Message((msg, data)) => self.on_message(msg, data),
+                Woke::Proposals | Woke::Tick => {}
+            }
+            if stop || self.take_all() {
+                break;
+            }
             if self.fatal.is_none() {
                 self.take_proposals();
                 self.drain_ready();
@@ -179,6 +167,34 @@ impl<SM: StateMachine> CoreLoop<SM> {
             self.publish_metrics();
         }
         self.stop();
+    }
+
+    /// Takes what waits in every source, at most [`MAX_BATCH`] from each.
+    /// Returns true to shut down.
+    fn take_all(&mut self) -> bool {
+        for _ in 0..MAX_BATCH {
+            match self.events.try_recv() {
+                Ok(ev) => self.on_event(ev),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_BATCH {
+            match self.requests.try_recv() {
+                Ok(req) => {
+                    if self.on_request(req) {
+                        return true;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_BATCH {
+            match self.inbox.try_recv() {
+                Ok((msg, data)) => self.on_message(msg, data),
+                Err(_) => break,
+            }
+        }
+        false
     }
 
     /// Ticks the core once for every tick period that has passed, then

@@ -1,6 +1,7 @@
 //! The node runtime: one tokio task drives the protocol core and never
 //! blocks; a disk thread makes writes durable in groups (one fsync for every
-//! write waiting), and an apply thread runs the state machine. Both report
+//! write waiting), and an apply worker runs the state machine (a task until
+//! a job proves slow, then a thread of its own: see `apply`). Both report
 //! back to the core task as events. A supervisor watches all three: any
 //! of them dying (a panic included) stops the node with the cause.
 //!
@@ -184,7 +185,7 @@ impl Drop for ReadSlot {
     }
 }
 
-pub(crate) use apply::spawn_apply_thread;
+pub(crate) use apply::spawn_applier;
 pub(crate) use clock::TickClock;
 pub(crate) use disk::spawn_disk_thread;
 pub(crate) use pending::ProposalQueue;

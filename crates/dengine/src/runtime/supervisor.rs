@@ -12,10 +12,11 @@ use tokio::task::JoinHandle;
 use super::{Metrics, ProposalQueue, panic_message};
 use crate::error::Error;
 
-/// The threads of one node.
+/// The node's workers besides the core task.
 pub(crate) struct Threads {
     pub(crate) disk: std::thread::JoinHandle<()>,
-    pub(crate) apply: std::thread::JoinHandle<()>,
+    /// Completes when the apply worker has finished (a task or a thread).
+    pub(crate) apply: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Runs until the node's tasks and threads are all done.
@@ -45,11 +46,12 @@ pub(crate) async fn supervise<R: Send + 'static>(
             }
         });
     }
+    // Its sender is dropped when the worker ends, however it ends.
+    let _ = threads.apply.await;
+    let disk = threads.disk;
     let joined = tokio::task::spawn_blocking(move || {
-        for (name, t) in [("disk", threads.disk), ("apply", threads.apply)] {
-            if t.join().is_err() {
-                tracing::error!(thread = name, "thread ended by a panic");
-            }
+        if disk.join().is_err() {
+            tracing::error!("the disk thread ended by a panic");
         }
     })
     .await;
