@@ -206,10 +206,19 @@ impl MemStorage {
 impl LogStorage for MemStorage {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         let c = self.lock();
+        // Never older than the snapshot the log starts after: once the
+        // entries behind a snapshot of this node's own are compacted, the
+        // membership and applied index they carried live only in its
+        // metadata (as in every other store).
+        let (applied, conf_state) = if c.snapshot.last_index > c.applied {
+            (c.snapshot.last_index, c.snapshot.conf_state.clone())
+        } else {
+            (c.applied, c.conf_state.clone())
+        };
         Ok(InitialState {
             hard_state: c.hard_state,
-            conf_state: c.conf_state.clone(),
-            applied: c.applied,
+            conf_state,
+            applied,
         })
     }
 

@@ -214,6 +214,14 @@ pub fn compact_behind_snapshot<H: StoreHarness>(h: &mut H) {
         "[{c}] snapshot meta"
     );
     let s = must(c, h.reopen(s));
+    // What the compacted entries carried (membership, applied index) is
+    // known from the snapshot's metadata: a node restarts from there.
+    let init = must(c, s.initial_state());
+    assert_eq!(
+        (init.applied, &init.conf_state),
+        (LogIndex(6), &meta(6, 2).conf_state),
+        "[{c}] initial state after reopen"
+    );
     assert_eq!(
         must(c, s.first_index()),
         LogIndex(6),
