@@ -81,8 +81,7 @@ pub fn run() -> ExitCode {
 fn no_native_link(step: Step) -> Step {
     let dir = std::env::temp_dir();
     let dir = dir.to_string_lossy();
-    step.env("ROCKSDB_LIB_DIR", &dir)
-        .env("ROCKSDB_STATIC", "1")
+    step.env("ROCKSDB_LIB_DIR", &dir).env("ROCKSDB_STATIC", "1")
 }
 
 /// Whether `cargo nextest` is installed and runs.

@@ -10,6 +10,7 @@ mod ci;
 mod sim;
 mod step;
 mod sysdeps;
+mod torture;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ commands:
           and a batch of simulation seeds
   bench   run the 3-node in-process benchmark (release):
             bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N] [--runs N] [--sm count|kv]
+  torture run the runtime torture test (real nodes, injected faults), release:
+            torture [--seeds N] [--start S] [--nodes 3|5] [--seconds T]
   sim     run the deterministic cluster simulator:
             sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]
             sim --seed S [--nodes 3|5] [--steps K] --trace
@@ -38,6 +41,9 @@ fn main() -> ExitCode {
         ["ci"] => ci::run(),
         ["bench", rest @ ..] => bench::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["sim", rest @ ..] => sim::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        ["torture", rest @ ..] => {
+            torture::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        }
         ["help" | "-h" | "--help"] => {
             print!("{USAGE}");
             ExitCode::SUCCESS

@@ -153,6 +153,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             snapshots_installed: 0,
             snapshot_made_at: snapshot_at,
             snapshot_failures: 0,
+            last_snapshot_failure: None,
         });
         let timeout_ticks = (config.request_timeout_ms / config.tick_ms).max(1);
         let core = CoreLoop {
@@ -184,6 +185,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             snapshots_installed: 0,
             snapshot_made_at: snapshot_at,
             snapshot_failures: 0,
+            last_snapshot_failure: None,
             timeout_ticks,
             // Only the built-in memory store, which never blocks, is written
             // from the core task; a store of the application's goes through

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub snapshot_made_at: LogIndex,
     /// How many snapshots of its own state failed since it started.
     pub snapshot_failures: u64,
+    /// Why the last of them failed.
+    pub last_snapshot_failure: Option<String>,
     /// Set once the node stopped on a fatal error: why.
     pub fatal: Option<String>,
 }
@@ -114,6 +116,7 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) snapshots_installed: u64,
     pub(crate) snapshot_made_at: LogIndex,
     pub(crate) snapshot_failures: u64,
+    pub(crate) last_snapshot_failure: Option<String>,
     /// The request timeout in ticks.
     pub(crate) timeout_ticks: u64,
     /// Proposals taken from the queue, proposed together (the buffer is
@@ -508,6 +511,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 self.snapshot_failures += 1;
                 tracing::warn!(reason = %why, failures = self.snapshot_failures,
                     "snapshot failed; asked again after a backoff");
+                self.last_snapshot_failure = Some(why);
                 self.raw.snapshot_failed();
                 Ok(())
             }
@@ -702,6 +706,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 && m.snapshots_installed == self.snapshots_installed
                 && m.snapshot_made_at == self.snapshot_made_at
                 && m.snapshot_failures == self.snapshot_failures
+                && m.last_snapshot_failure == self.last_snapshot_failure
                 && m.membership == *self.raw.conf_state();
             if same {
                 return false;
@@ -716,6 +721,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
             m.snapshots_installed = self.snapshots_installed;
             m.snapshot_made_at = self.snapshot_made_at;
             m.snapshot_failures = self.snapshot_failures;
+            m.last_snapshot_failure
+                .clone_from(&self.last_snapshot_failure);
             if m.membership != *self.raw.conf_state() {
                 m.membership = self.raw.conf_state().clone();
             }
