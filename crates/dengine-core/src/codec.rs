@@ -150,7 +150,9 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
             w.bytes(d);
         }
         EntryPayload::ConfChange(cc) => {
-            w.u8(2);
+            // Kind 2 is a change without context, as it was written before
+            // changes could carry one (same bytes); kind 3 adds the context.
+            w.u8(if cc.context.is_empty() { 2 } else { 3 });
             w.u8(match cc.transition {
                 ConfChangeTransition::Auto => 0,
                 ConfChangeTransition::JointImplicit => 1,
@@ -166,6 +168,9 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
                 w.u8(k);
                 w.u64(id.0);
             }
+            if !cc.context.is_empty() {
+                w.bytes(&cc.context);
+            }
         }
     }
     seal(&w.0)
@@ -179,7 +184,7 @@ pub fn decode_entry(record: &[u8]) -> Result<Entry, CodecError> {
     let payload = match r.u8()? {
         0 => EntryPayload::Blank,
         1 => EntryPayload::Normal(r.bytes()?.to_vec()),
-        2 => {
+        kind @ (2 | 3) => {
             let transition = match r.u8()? {
                 0 => ConfChangeTransition::Auto,
                 1 => ConfChangeTransition::JointImplicit,
@@ -201,7 +206,16 @@ pub fn decode_entry(record: &[u8]) -> Result<Entry, CodecError> {
                     _ => return Err(CodecError::Invalid("conf change step")),
                 });
             }
-            EntryPayload::ConfChange(ConfChange { transition, steps })
+            let context = if kind == 3 {
+                r.bytes()?.to_vec()
+            } else {
+                Vec::new()
+            };
+            EntryPayload::ConfChange(ConfChange {
+                transition,
+                steps,
+                context,
+            })
         }
         _ => return Err(CodecError::Invalid("entry payload kind")),
     };
@@ -291,6 +305,32 @@ pub fn decode_identity(record: &[u8]) -> Result<(u64, NodeId), CodecError> {
 mod tests {
     use super::*;
 
+    /// A membership entry as written before changes carried a context
+    /// (kind 2): it decodes, and encoding it again gives the same bytes.
+    #[test]
+    fn a_membership_entry_of_the_first_format_still_decodes() {
+        let old = Entry {
+            term: Term(1),
+            index: LogIndex(1),
+            payload: EntryPayload::ConfChange(ConfChange {
+                transition: ConfChangeTransition::Auto,
+                steps: vec![ConfChangeStep::AddVoter(NodeId(1))],
+                context: Vec::new(),
+            }),
+        };
+        // term 1, index 1, kind 2, Auto, one step: AddVoter 1 (all LE).
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&[2, 0]);
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.push(0);
+        body.extend_from_slice(&1u64.to_le_bytes());
+        let record = seal(&body);
+        assert_eq!(decode_entry(&record), Ok(old.clone()));
+        assert_eq!(encode_entry(&old), record);
+    }
+
     fn entries() -> Vec<Entry> {
         vec![
             Entry {
@@ -313,6 +353,16 @@ mod tests {
                         ConfChangeStep::Remove(NodeId(1)),
                         ConfChangeStep::AddLearner(NodeId(5)),
                     ],
+                    context: Vec::new(),
+                }),
+            },
+            Entry {
+                term: Term(4),
+                index: LogIndex(10),
+                payload: EntryPayload::ConfChange(ConfChange {
+                    transition: ConfChangeTransition::Auto,
+                    steps: vec![ConfChangeStep::AddVoter(NodeId(6))],
+                    context: b"peer-urls=http://10.0.0.6:2380".to_vec(),
                 }),
             },
         ]

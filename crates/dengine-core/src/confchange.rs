@@ -281,6 +281,7 @@ mod tests {
         ConfChange {
             transition,
             steps: steps.to_vec(),
+            context: Vec::new(),
         }
     }
 
@@ -638,8 +639,13 @@ mod tests {
             1 => l(id),
             _ => r(id),
         });
-        (arb_transition(), prop::collection::vec(step, 0..5))
-            .prop_map(|(transition, steps)| ConfChange { transition, steps })
+        (arb_transition(), prop::collection::vec(step, 0..5)).prop_map(|(transition, steps)| {
+            ConfChange {
+                transition,
+                steps,
+                context: Vec::new(),
+            }
+        })
     }
 
     /// Whether `id` is a learner in the configuration once any joint
@@ -739,7 +745,11 @@ mod tests {
                 })
                 .collect();
             prop_assume!(!steps.is_empty());
-            let change = ConfChange { transition, steps };
+            let change = ConfChange {
+                transition,
+                steps,
+                context: Vec::new(),
+            };
             let next = apply_conf_change(&current, &change);
             prop_assert!(next.is_ok(), "{:?}", next);
             if let Ok(next) = next {

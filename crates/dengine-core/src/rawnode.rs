@@ -394,6 +394,13 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.tracker.conf()
     }
 
+    /// The membership in force from log index `index` on, for an index at
+    /// or after the applied index and at most the last handed out (the
+    /// membership a committed change being applied put in force).
+    pub fn conf_state_at(&self, index: LogIndex) -> ConfState {
+        self.raft.conf_at(index)
+    }
+
     /// The term of the log entry at `index`, durable or not.
     pub fn log_term(&self, index: LogIndex) -> Result<Term> {
         Ok(self.raft.log.term(index)?)
@@ -448,6 +455,7 @@ pub fn bootstrap_entry(voters: impl IntoIterator<Item = NodeId>) -> Entry {
                 .into_iter()
                 .map(crate::types::ConfChangeStep::AddVoter)
                 .collect(),
+            context: Vec::new(),
         }),
     }
 }

@@ -199,6 +199,10 @@ pub struct ConfChange {
     pub transition: ConfChangeTransition,
     /// The changes, applied together.
     pub steps: Vec<ConfChangeStep>,
+    /// Opaque bytes the application attaches to the change (for example
+    /// the addresses of the member it adds), replicated with it and handed
+    /// back when it is applied; the core never reads them.
+    pub context: Vec<u8>,
 }
 
 impl ConfChange {

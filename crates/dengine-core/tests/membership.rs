@@ -20,6 +20,7 @@ fn cc(transition: ConfChangeTransition, steps: &[ConfChangeStep]) -> ConfChange 
     ConfChange {
         transition,
         steps: steps.to_vec(),
+        context: Vec::new(),
     }
 }
 

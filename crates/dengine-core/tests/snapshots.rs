@@ -350,6 +350,7 @@ fn a_node_joining_after_compaction_starts_from_a_snapshot() {
         .propose_conf_change(ConfChange {
             transition: ConfChangeTransition::Auto,
             steps: vec![ConfChangeStep::AddLearner(NodeId(4))],
+            context: Vec::new(),
         })
         .unwrap();
     c.stabilize();

@@ -119,6 +119,7 @@ fn proposals_are_refused_while_a_transfer_is_in_progress() {
         c.node_mut(1).raw.propose_conf_change(ConfChange {
             transition: ConfChangeTransition::Auto,
             steps: vec![ConfChangeStep::Remove(NodeId(2))],
+            context: Vec::new(),
         }),
         Err(Error::TransferInProgress(NodeId(3)))
     );
@@ -144,6 +145,7 @@ fn transfer_targets_must_be_other_voters() {
         .propose_conf_change(ConfChange {
             transition: ConfChangeTransition::Auto,
             steps: vec![ConfChangeStep::AddLearner(NodeId(4))],
+            context: Vec::new(),
         })
         .unwrap();
     c.stabilize();
@@ -269,6 +271,7 @@ fn a_transfer_aborts_when_the_target_is_removed() {
         .propose_conf_change(ConfChange {
             transition: ConfChangeTransition::Auto,
             steps: vec![ConfChangeStep::Remove(NodeId(3))],
+            context: Vec::new(),
         })
         .unwrap();
     // Node 3 is still a voter until the removal applies.

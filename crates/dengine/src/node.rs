@@ -487,6 +487,7 @@ impl<SM: StateMachine> Node<SM> {
         self.change_membership(ConfChange {
             transition: ConfChangeTransition::Auto,
             steps: vec![step],
+            context: Vec::new(),
         })
         .await
     }

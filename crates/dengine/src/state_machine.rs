@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use dengine_core::{EntryId, LogIndex};
+use dengine_core::{ConfChange, ConfState, EntryId, LogIndex};
 
 /// A deterministic state machine replicated by the cluster.
 ///
@@ -19,6 +19,16 @@ pub trait StateMachine: Send + 'static {
     /// its index, and the term of the leader that proposed it (an etcd
     /// response header's `raft_term`, say).
     fn apply(&mut self, at: EntryId, command: &[u8]) -> Self::Response;
+
+    /// A membership change was committed at `at` and is now in force:
+    /// `change` as it was proposed (its `context` holds what the proposer
+    /// attached, such as the addresses of a member it adds) and `members`
+    /// the membership from this entry on. Called in log order among the
+    /// commands, on every replica, so a state machine can keep the
+    /// members' metadata in its replicated state. Default: nothing.
+    fn apply_membership(&mut self, at: EntryId, change: &ConfChange, members: &ConfState) {
+        let _ = (at, change, members);
+    }
 
     /// Writes the whole state as a stream (snapshots are never required to
     /// fit in one buffer of the state machine's making).

@@ -126,6 +126,16 @@ pub trait TypedStateMachine: Send + 'static {
     /// Applies a committed command (see [`StateMachine::apply`]).
     fn apply(&mut self, at: EntryId, command: Self::Command) -> Self::Response;
 
+    /// See [`StateMachine::apply_membership`].
+    fn apply_membership(
+        &mut self,
+        at: EntryId,
+        change: &dengine_core::ConfChange,
+        members: &dengine_core::ConfState,
+    ) {
+        let _ = (at, change, members);
+    }
+
     /// See [`StateMachine::snapshot`].
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()>;
 
@@ -155,6 +165,15 @@ impl<T: TypedStateMachine> StateMachine for Typed<T> {
     fn apply(&mut self, at: EntryId, command: &[u8]) -> Self::Response {
         let command = decode::<T::Command>(command)?;
         Ok(self.0.apply(at, command))
+    }
+
+    fn apply_membership(
+        &mut self,
+        at: EntryId,
+        change: &dengine_core::ConfChange,
+        members: &dengine_core::ConfState,
+    ) {
+        self.0.apply_membership(at, change, members);
     }
 
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {

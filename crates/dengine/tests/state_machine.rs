@@ -66,3 +66,103 @@ async fn a_failed_flush_fails_the_batch_and_stops_the_node() {
     );
     assert!(node.propose(vec![1]).await.is_err(), "the node stopped");
 }
+
+/// Records what the runtime tells it: terms with commands, membership
+/// changes with their context.
+#[derive(Default)]
+struct Recorder {
+    terms: Vec<(LogIndex, dengine::Term)>,
+    memberships: Vec<(LogIndex, Vec<u8>, Vec<NodeId>)>,
+}
+
+impl StateMachine for Recorder {
+    type Response = dengine::Term;
+    fn apply(&mut self, at: dengine::EntryId, _: &[u8]) -> dengine::Term {
+        self.terms.push((at.index, at.term));
+        at.term
+    }
+    fn apply_membership(
+        &mut self,
+        at: dengine::EntryId,
+        change: &dengine::core::ConfChange,
+        members: &dengine::core::ConfState,
+    ) {
+        let voters = members.voters.iter().copied().collect();
+        self.memberships
+            .push((at.index, change.context.clone(), voters));
+    }
+    fn snapshot(&mut self, _: &mut dyn Write) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn Read) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The state machine learns each entry's term, and membership changes
+/// reach it in log order on every replica, with the context the proposer
+/// attached (where a server keeps its members' addresses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_and_membership_changes_with_their_context_reach_every_replica() {
+    use dengine::core::{ConfChange, ConfChangeStep, ConfChangeTransition};
+    let net = dengine::InMemoryNetwork::new();
+    let mut nodes = std::collections::BTreeMap::new();
+    for id in 1..=4u64 {
+        let mut b = NodeBuilder::new(
+            common::fast(id, StorageKind::Memory, "unused".into()),
+            Recorder::default(),
+        )
+        .network(&net);
+        if id <= 3 {
+            b = b.initial_members([1, 2, 3].map(NodeId));
+        }
+        nodes.insert(id, b.build().await.expect("start"));
+    }
+    let m = nodes[&1]
+        .wait_for(Duration::from_secs(10), |m| m.leader.is_some())
+        .await
+        .expect("leader");
+    let leader = &nodes[&m.leader.expect("leader").0];
+    let p = leader.propose(b"x".to_vec()).await.expect("propose");
+    assert_eq!(p.response, leader.status().term, "the entry's term");
+    let at = leader
+        .change_membership(ConfChange {
+            transition: ConfChangeTransition::Auto,
+            steps: vec![ConfChangeStep::AddLearner(NodeId(4))],
+            context: b"node 4 at 10.0.0.4:2380".to_vec(),
+        })
+        .await
+        .expect("add learner");
+    for (id, n) in &nodes {
+        n.wait_for(Duration::from_secs(10), |m| m.applied >= at)
+            .await
+            .expect("applied");
+        let seen = n
+            .read(dengine::ReadPolicy::Stale, |r: &Recorder| {
+                (r.memberships.clone(), r.terms.clone())
+            })
+            .await
+            .expect("read");
+        let (memberships, terms) = seen;
+        // The bootstrap change (index 1), then ours.
+        let ours = memberships.iter().find(|(i, _, _)| *i == at);
+        assert_eq!(
+            ours.map(|(_, c, v)| (c.as_slice(), v.clone())),
+            Some((
+                b"node 4 at 10.0.0.4:2380".as_slice(),
+                [1, 2, 3].map(NodeId).to_vec()
+            )),
+            "node {id}: {memberships:?}"
+        );
+        assert!(
+            memberships
+                .first()
+                .is_some_and(|(i, _, v)| *i == LogIndex(1) && v.len() == 3),
+            "node {id} saw the bootstrap membership: {memberships:?}"
+        );
+        assert!(terms.iter().any(|(i, _)| *i == p.index), "node {id}");
+    }
+    for n in nodes.values() {
+        n.shutdown().await.expect("shutdown");
+    }
+}

@@ -188,6 +188,7 @@ impl<W: Workload> Sim<'_, W> {
         let cc = ConfChange {
             transition: ConfChangeTransition::Auto,
             steps,
+            context: Vec::new(),
         };
         let res = raw.propose_conf_change(cc.clone());
         self.log(|| format!("conf change {:?} on n{leader}: {res:?}", cc.steps));

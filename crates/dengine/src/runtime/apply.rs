@@ -189,8 +189,8 @@ impl<SM: StateMachine> Applier<SM> {
     /// Carries out one job; true to stop.
     fn handle(&mut self, job: ApplyJob<SM>) -> bool {
         let flow = match job {
-            ApplyJob::Entries(entries, proposals, changes) => {
-                self.entries(entries, proposals, changes)
+            ApplyJob::Entries(entries, proposals, changes, memberships) => {
+                self.entries(entries, proposals, changes, memberships)
             }
             ApplyJob::Read(index, job) => {
                 self.reads.entry(index).or_default().push(job);
@@ -218,6 +218,7 @@ impl<SM: StateMachine> Applier<SM> {
             LogIndex,
             tokio::sync::oneshot::Sender<Result<LogIndex, Error>>,
         )>,
+        memberships: Vec<(LogIndex, dengine_core::ConfState)>,
     ) -> Flow {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Flow::Continue;
@@ -228,6 +229,7 @@ impl<SM: StateMachine> Applier<SM> {
         let mut change_answers = Vec::with_capacity(changes.len());
         let mut proposals = proposals.into_iter().peekable();
         let mut changes = changes.into_iter().peekable();
+        let mut memberships = memberships.into_iter().peekable();
         for e in entries {
             // A state machine that keeps its own state may be past entries
             // the log hands out again after a restart.
@@ -245,7 +247,11 @@ impl<SM: StateMachine> Applier<SM> {
                         answers.push((reply, e.index, r));
                     }
                 }
-                EntryPayload::ConfChange(_) => {
+                EntryPayload::ConfChange(cc) => {
+                    while memberships.next_if(|(i, _)| *i < e.index).is_some() {}
+                    if let Some((_, members)) = memberships.next_if(|(i, _)| *i == e.index) {
+                        self.sm.apply_membership(e.id(), cc, &members);
+                    }
                     if let Some((_, reply)) = changes.next_if(|(i, _)| *i == e.index) {
                         change_answers.push((reply, e.index));
                     }

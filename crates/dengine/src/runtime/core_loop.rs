@@ -669,6 +669,12 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         let proposals = self.proposals.take_for(&entries);
         let mut changes = Vec::new();
+        // The membership each change puts in force, for the state machine.
+        let memberships: Vec<(LogIndex, ConfState)> = entries
+            .iter()
+            .filter(|e| matches!(e.payload, dengine_core::EntryPayload::ConfChange(_)))
+            .map(|e| (e.index, self.raw.conf_state_at(e.index)))
+            .collect();
         // Membership changes are rare: skip the lookups when none waits.
         if !self.changes.is_empty() {
             for e in &entries {
@@ -683,7 +689,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         if self
             .apply
-            .send(ApplyJob::Entries(entries, proposals, changes))
+            .send(ApplyJob::Entries(entries, proposals, changes, memberships))
             .is_err()
         {
             self.fail(Error::Fatal("the apply thread is gone".into()));

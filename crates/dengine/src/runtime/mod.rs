@@ -122,10 +122,14 @@ pub(crate) enum DiskJob {
 
 /// Work for the apply thread.
 pub(crate) enum ApplyJob<SM: StateMachine> {
+    /// Committed entries, the proposals waiting for them, the membership
+    /// changes waiting for them, and the membership each change among
+    /// them put in force.
     Entries(
         Vec<dengine_core::Entry>,
         Vec<(LogIndex, ProposeReply<SM::Response>)>,
         Vec<(LogIndex, oneshot::Sender<Result<LogIndex, Error>>)>,
+        Vec<(LogIndex, dengine_core::ConfState)>,
     ),
     Read(LogIndex, ReadJob<SM>),
     Snapshot(SnapshotMeta),
