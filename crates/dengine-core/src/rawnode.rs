@@ -205,6 +205,12 @@ impl<S: LogStorage> RawNode<S> {
 
     /// Feeds a message from a peer. Messages that break the protocol or
     /// come from unknown peers are refused with an error and change nothing.
+    ///
+    /// Whatever numbers a message carries, stepping it never panics: a term
+    /// past [`Term::LIMIT`], a log index past [`LogIndex::LIMIT`] (in any
+    /// field), or a term in the body past the message's own term is refused
+    /// with [`Error::Malformed`]; a commit index past this node's log is
+    /// capped at what it holds.
     pub fn step(&mut self, m: Message) -> Result<()> {
         self.guard(|r| r.step(m))
     }

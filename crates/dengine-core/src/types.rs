@@ -66,18 +66,73 @@ impl NodeId {
 }
 
 impl Term {
+    /// The highest term a message may carry: `2^63 - 1` (`i64::MAX`).
+    ///
+    /// [`crate::RawNode::step`] refuses a message whose term is higher with
+    /// [`crate::Error::Malformed`], before acting on it, so a term from a
+    /// peer is never adopted past `LIMIT`, and `term + 1` never overflows.
+    ///
+    /// The terms usable for elections end there: a node whose term is
+    /// `LIMIT` or more does not campaign, since its (pre-)vote requests
+    /// would carry a term past the limit. A leader elected at `LIMIT` goes
+    /// on leading; once it is gone, no new one is elected. Honest elections
+    /// take `2^63` rounds to get there; a faulty peer that sends `LIMIT` (or
+    /// a corrupt hard state) is the only practical way.
+    pub const LIMIT: Term = Term(i64::MAX as u64);
+
     /// The next term.
+    ///
+    /// Overflows at `u64::MAX` (a panic in debug builds); the core itself
+    /// only uses [`Term::checked_next`].
     #[inline]
     pub const fn next(self) -> Term {
         Term(self.0 + 1)
     }
+
+    /// The next term, or `None` if this is `u64::MAX`.
+    #[inline]
+    pub const fn checked_next(self) -> Option<Term> {
+        match self.0.checked_add(1) {
+            Some(t) => Some(Term(t)),
+            None => None,
+        }
+    }
 }
 
 impl LogIndex {
+    /// The highest log index a message may name: `2^63 - 1` (`i64::MAX`).
+    ///
+    /// [`crate::RawNode::step`] refuses a message that names a higher index
+    /// (an entry, a `prev`, a commit index, an acknowledgement, a rejection
+    /// or its hint, a snapshot, a read index) with
+    /// [`crate::Error::Malformed`], before acting on it. So a log only ever
+    /// reaches past `LIMIT` through this node's own proposals, `2^63` of
+    /// them, and `index + 1` (the bound the log code computes everywhere)
+    /// cannot overflow.
+    pub const LIMIT: LogIndex = LogIndex(i64::MAX as u64);
+
     /// The next index.
+    ///
+    /// Overflows at `u64::MAX` (a panic in debug builds): indexes from peers
+    /// are at most [`LogIndex::LIMIT`], so the core never calls it there.
     #[inline]
     pub const fn next(self) -> LogIndex {
         LogIndex(self.0 + 1)
+    }
+
+    /// The next index, or `None` if this is `u64::MAX`.
+    #[inline]
+    pub const fn checked_next(self) -> Option<LogIndex> {
+        match self.0.checked_add(1) {
+            Some(i) => Some(LogIndex(i)),
+            None => None,
+        }
+    }
+
+    /// The next index, saturating at `u64::MAX`.
+    #[inline]
+    pub const fn saturating_next(self) -> LogIndex {
+        LogIndex(self.0.saturating_add(1))
     }
 
     /// The previous index, saturating at zero.
@@ -87,6 +142,8 @@ impl LogIndex {
     }
 
     /// `self + n`.
+    ///
+    /// Overflows past `u64::MAX` (a panic in debug builds).
     #[inline]
     pub const fn plus(self, n: u64) -> LogIndex {
         LogIndex(self.0 + n)

@@ -316,6 +316,150 @@ fn a_report_past_what_was_handed_out_is_refused() {
     assert_eq!(observe(c.node(2)), before);
 }
 
+const INDEX_LIMIT: Error = Error::Malformed("log index past LogIndex::LIMIT");
+const TERM_LIMIT: Error = Error::Malformed("term past Term::LIMIT");
+const TERM_PAST_SENDER: Error = Error::Malformed("a term in the body is past the message's term");
+
+#[test]
+fn an_append_anchored_at_u64_max_is_refused() {
+    // Used to overflow `prev.index + 1` while checking the entries' shape
+    // (a panic in debug builds), even with no entries.
+    let mut c = cluster();
+    let m = msg(1, 2, 2, append((2, u64::MAX), vec![], 3));
+    refused(&mut c, 2, m, INDEX_LIMIT);
+    let wrapped = msg(1, 2, 2, append((2, u64::MAX), vec![ent(0, 2)], 3));
+    refused(&mut c, 2, wrapped, INDEX_LIMIT);
+    let past = msg(1, 2, 2, append((2, 3), vec![], u64::MAX));
+    refused(&mut c, 2, past, INDEX_LIMIT);
+    // At the limit itself the append is well-formed: it does not match.
+    let at = LogIndex::LIMIT.get();
+    let m = msg(1, 2, 2, append((2, at), vec![ent(at + 1, 2)], at));
+    assert_eq!(c.node_mut(2).raw.step(m), Err(INDEX_LIMIT));
+    let m = msg(1, 2, 2, append((2, at - 1), vec![ent(at, 2)], at));
+    c.node_mut(2).raw.step(m).unwrap();
+    c.stabilize();
+    assert_eq!(last_index(&c, 2), 3);
+    assert_eq!(commit(&c, 2), 3);
+}
+
+#[test]
+fn a_snapshot_at_u64_max_is_refused() {
+    // Used to overflow `last_index + 1` when the log was restored from it.
+    let mut c = cluster();
+    let snap = |index: u64, term: u64| MessageBody::InstallSnapshot {
+        meta: SnapshotMeta {
+            last_index: LogIndex(index),
+            last_term: Term(term),
+            conf_state: ConfState::with_voters([1, 2, 3].map(NodeId)),
+        },
+    };
+    refused(&mut c, 2, msg(1, 2, 2, snap(u64::MAX, 2)), INDEX_LIMIT);
+    refused(&mut c, 2, msg(1, 2, 3, snap(u64::MAX, 2)), INDEX_LIMIT);
+    // A snapshot of entries from a term the sender has not reached.
+    refused(&mut c, 2, msg(1, 2, 2, snap(9, 3)), TERM_PAST_SENDER);
+    // At the limit, it is installed and the node goes on.
+    let at = LogIndex::LIMIT.get();
+    c.node_mut(2).raw.step(msg(1, 2, 2, snap(at, 2))).unwrap();
+    c.process_ready(NodeId(2));
+    assert_eq!(commit(&c, 2), at);
+    assert_eq!(last_index(&c, 2), at);
+    let next = msg(1, 2, 2, append((2, at), vec![ent(at + 1, 2)], at + 1));
+    assert_eq!(c.node_mut(2).raw.step(next), Err(INDEX_LIMIT));
+    c.tick_all(30);
+}
+
+#[test]
+fn a_rejection_hint_at_u64_max_is_refused() {
+    // Used to overflow `hint + 1` in the leader's progress (Probe state).
+    let mut c = cluster();
+    c.stabilize();
+    c.node_mut(1).raw.report_unreachable(NodeId(2));
+    let reject = |rejected: u64, hint: (u64, u64)| MessageBody::AppendEntriesResponse {
+        result: Err(AppendRejection {
+            rejected: LogIndex(rejected),
+            hint: EntryId::new(Term(hint.0), LogIndex(hint.1)),
+        }),
+    };
+    refused(
+        &mut c,
+        1,
+        msg(2, 1, 2, reject(3, (0, u64::MAX))),
+        INDEX_LIMIT,
+    );
+    let err = Error::Malformed("rejection hint past the rejected index");
+    refused(&mut c, 1, msg(2, 1, 2, reject(3, (0, 4))), err);
+    let err = Error::Malformed("rejected index is past the leader's log");
+    refused(&mut c, 1, msg(2, 1, 2, reject(4, (0, 4))), err.clone());
+    refused(&mut c, 1, msg(2, 1, 2, reject(1_000, (2, 3))), err);
+    refused(&mut c, 1, msg(2, 1, 2, reject(3, (3, 3))), TERM_PAST_SENDER);
+    // A saturating hint is harmless to the progress itself.
+    let mut p = dengine_core::tracker::Progress::new(LogIndex(5), 4, 0);
+    assert!(p.maybe_decr_to(LogIndex(4), LogIndex(u64::MAX)));
+    assert_eq!(p.next, LogIndex(4));
+}
+
+#[test]
+fn a_term_past_the_limit_is_refused() {
+    // A node that adopted term u64::MAX used to overflow `term + 1` at its
+    // next election (a panic in debug builds, a term wrapped to 0 in
+    // release ones).
+    let mut c = cluster();
+    let hb = MessageBody::Heartbeat {
+        commit: LogIndex(3),
+        read_round: 0,
+    };
+    refused(&mut c, 2, msg(1, 2, u64::MAX, hb.clone()), TERM_LIMIT);
+    refused(&mut c, 2, msg(3, 2, Term::LIMIT.get() + 1, hb), TERM_LIMIT);
+    let vote = |t: u64| MessageBody::RequestVote {
+        pre_vote: false,
+        last_log: EntryId::new(Term(t), LogIndex(3)),
+        transfer: true,
+    };
+    refused(&mut c, 2, msg(3, 2, u64::MAX, vote(2)), TERM_LIMIT);
+    refused(&mut c, 2, msg(3, 2, 4, vote(5)), TERM_PAST_SENDER);
+    // At the limit, the term is taken; the leader learns it and steps
+    // down, and no one campaigns past it: elections end there.
+    c.node_mut(2)
+        .raw
+        .step(msg(3, 2, Term::LIMIT.get(), vote(2)))
+        .unwrap();
+    c.stabilize();
+    assert_eq!(term(&c, 2), Term::LIMIT.get());
+    c.tick_all(60);
+    for id in 1..=3 {
+        assert_eq!(term(&c, id), Term::LIMIT.get());
+        assert_eq!(commit(&c, id), 3);
+        assert_ne!(role(&c, id), Role::Leader);
+    }
+    // A leader at the limit (elected just before it) still works.
+    let at = Term::LIMIT.get();
+    let hb = MessageBody::Heartbeat {
+        commit: LogIndex(3),
+        read_round: 0,
+    };
+    c.node_mut(2).raw.step(msg(3, 2, at, hb)).unwrap();
+    c.process_ready(NodeId(2));
+    assert_eq!(leader_of(&c, 2), 3);
+}
+
+#[test]
+fn a_node_at_term_u64_max_never_campaigns() {
+    // Only a corrupt hard state gets a node there; it must not wrap its
+    // term to 0 (and vote again in a term it voted in). It used to (a
+    // panic in debug builds).
+    let mut c = Cluster::new(3);
+    c.node(3).storage.lock().hard_state.term = Term(u64::MAX);
+    c.restart(3);
+    for _ in 0..50 {
+        c.tick(3);
+    }
+    assert_eq!(term(&c, 3), u64::MAX);
+    assert_eq!(role(&c, 3), Role::Follower);
+    c.node_mut(3).raw.campaign().unwrap();
+    c.process_ready(NodeId(3));
+    assert_eq!((term(&c, 3), role(&c, 3)), (u64::MAX, Role::Follower));
+}
+
 fn arb_entries() -> impl Strategy<Value = (u64, Vec<u64>)> {
     // A start index and terms; indexes follow on from the start.
     (0u64..8, prop::collection::vec(0u64..5, 0..4))

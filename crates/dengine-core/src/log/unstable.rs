@@ -51,7 +51,9 @@ impl Unstable {
                 _ => None,
             };
         }
-        let pos = (index.0 - self.offset.0) as usize;
+        // `try_from`, not `as`: on a 32-bit target a far index (from a
+        // peer) must not wrap onto an entry that is here.
+        let pos = usize::try_from(index.0 - self.offset.0).ok()?;
         self.entries.get(pos).map(|e| e.term)
     }
 

@@ -21,10 +21,18 @@ impl<S: LogStorage> Raft<S> {
             tracing::debug!(id = %self.id, "committed entries not yet handed out: not campaigning");
             return Ok(());
         }
+        if self.term >= Term::LIMIT {
+            // Terms are exhausted: peers refuse requests past the limit
+            // (and past u64::MAX a term would wrap to 0, where a vote could
+            // repeat one already cast).
+            tracing::warn!(id = %self.id, term = %self.term,
+                "term is at Term::LIMIT: not campaigning");
+            return Ok(());
+        }
         if self.cfg.pre_vote && !transfer {
             self.become_pre_candidate();
-        } else {
-            self.become_candidate();
+        } else if !self.become_candidate() {
+            return Ok(());
         }
         self.request_votes(transfer)
     }
@@ -41,18 +49,27 @@ impl<S: LogStorage> Raft<S> {
         tracing::debug!(id = %self.id, term = %self.term, "became pre-candidate");
     }
 
-    fn become_candidate(&mut self) {
-        let term = self.term.next();
+    /// Becomes a candidate in the next term. Returns `false` (and changes
+    /// nothing) if the term is `u64::MAX`, which has no next term.
+    fn become_candidate(&mut self) -> bool {
+        let Some(term) = self.term.checked_next() else {
+            return false;
+        };
         self.reset(term);
         self.vote = self.id;
         self.role = Role::Candidate;
         tracing::debug!(id = %self.id, term = %self.term, "became candidate");
+        true
     }
 
     fn request_votes(&mut self, transfer: bool) -> Result<()> {
         let pre_vote = self.role == Role::PreCandidate;
         let term = if pre_vote {
-            self.term.next()
+            // A pre-candidate's term is below `Term::LIMIT` (`start_election`).
+            match self.term.checked_next() {
+                Some(t) => t,
+                None => return Ok(()),
+            }
         } else {
             self.term
         };
@@ -92,8 +109,11 @@ impl<S: LogStorage> Raft<S> {
         let (_, _, result) = self.tracker.tally_votes();
         match result {
             VoteResult::Won if pre_vote => {
-                self.become_candidate();
-                self.request_votes(false)?;
+                if self.become_candidate() {
+                    self.request_votes(false)?;
+                } else {
+                    self.become_follower(self.term, NodeId::NONE);
+                }
                 Ok(true)
             }
             VoteResult::Won => {

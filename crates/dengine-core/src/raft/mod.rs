@@ -41,6 +41,94 @@ impl Rng {
     }
 }
 
+/// Checks what can be checked of a message without the node's state, so
+/// that `step` refuses it before acting on anything (its term included).
+///
+/// Besides the shape of appends and snapshots, this bounds every number
+/// the core computes with: the message's term is at most [`Term::LIMIT`],
+/// every log index it names at most [`LogIndex::LIMIT`], and no term in its
+/// body is past its own term (a correct sender never names an entry of a
+/// term it has not reached). So `index + 1` and `term + 1` on anything a
+/// peer sent cannot overflow. Read rounds and read ids are only compared
+/// or echoed, never computed with, and are not bounded.
+pub(super) fn validate_message(m: &Message) -> Result<()> {
+    if m.term > Term::LIMIT {
+        return Err(Error::Malformed("term past Term::LIMIT"));
+    }
+    let index_past_limit = Err(Error::Malformed("log index past LogIndex::LIMIT"));
+    let term_past_sender = Err(Error::Malformed(
+        "a term in the body is past the message's term",
+    ));
+    match &m.body {
+        MessageBody::RequestVote { last_log, .. } => {
+            if last_log.index > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+            if last_log.term > m.term {
+                return term_past_sender;
+            }
+        }
+        MessageBody::AppendEntries {
+            prev,
+            entries,
+            commit,
+        } => {
+            let last = entries.last().map_or(prev.index, |e| e.index);
+            if prev.index > LogIndex::LIMIT || last > LogIndex::LIMIT || *commit > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+            replication::validate_entries(*prev, entries, m.term)?;
+        }
+        MessageBody::AppendEntriesResponse { result: Ok(index) } => {
+            if *index > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+        }
+        MessageBody::AppendEntriesResponse { result: Err(rej) } => {
+            if rej.rejected > LogIndex::LIMIT || rej.hint.index > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+            if rej.hint.term > m.term {
+                return term_past_sender;
+            }
+            if rej.hint.index > rej.rejected {
+                // The follower's hint is an entry at or below the `prev` it
+                // refused.
+                return Err(Error::Malformed("rejection hint past the rejected index"));
+            }
+        }
+        MessageBody::Heartbeat { commit, .. } => {
+            if *commit > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+        }
+        MessageBody::InstallSnapshot { meta } => {
+            if meta.last_index > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+            if meta.last_term > m.term {
+                return term_past_sender;
+            }
+            if meta.conf_state.voters.is_empty() {
+                return Err(Error::Malformed("snapshot with no voters"));
+            }
+        }
+        MessageBody::ReadIndexResponse {
+            index: Some(index), ..
+        } => {
+            if *index > LogIndex::LIMIT {
+                return index_past_limit;
+            }
+        }
+        MessageBody::RequestVoteResponse { .. }
+        | MessageBody::HeartbeatResponse { .. }
+        | MessageBody::TimeoutNow
+        | MessageBody::ReadIndex { .. }
+        | MessageBody::ReadIndexResponse { index: None, .. } => {}
+    }
+    Ok(())
+}
+
 /// The protocol state of one node.
 pub(crate) struct Raft<S> {
     pub(crate) id: NodeId,
@@ -267,15 +355,7 @@ impl<S: LogStorage> Raft<S> {
         }
         // Refuse malformed content before the term is acted on, so that a
         // refused message changes nothing (not even the term).
-        match &m.body {
-            MessageBody::AppendEntries { prev, entries, .. } => {
-                replication::validate_entries(*prev, entries, m.term)?;
-            }
-            MessageBody::InstallSnapshot { meta } if meta.conf_state.voters.is_empty() => {
-                return Err(Error::Malformed("snapshot with no voters"));
-            }
-            _ => {}
-        }
+        validate_message(&m)?;
         if m.term > self.term {
             if let MessageBody::RequestVote { transfer, .. } = m.body {
                 // A leader is a live leader to itself: while check-quorum

@@ -175,13 +175,19 @@ impl<S: LogStorage> Raft<S> {
         let Some(pr) = self.tracker.get_mut(from) else {
             return Err(Error::UnknownNode(from));
         };
-        if let Ok(index) = result
-            && index > last
-        {
-            // Refused before anything changes, liveness included.
-            return Err(Error::Malformed(
-                "acknowledged index is past the leader's log",
-            ));
+        // Refused before anything changes, liveness included. A follower
+        // answers appends of this leader's term, whose `prev` and entries
+        // lie in its log, and the log of a leader only grows in its term.
+        match result {
+            Ok(index) if index > last => {
+                return Err(Error::Malformed(
+                    "acknowledged index is past the leader's log",
+                ));
+            }
+            Err(rej) if rej.rejected > last => {
+                return Err(Error::Malformed("rejected index is past the leader's log"));
+            }
+            _ => {}
         }
         pr.recent_active = true;
         match result {
@@ -398,22 +404,24 @@ impl<S: LogStorage> Raft<S> {
 }
 
 /// Entries must follow `prev` one index at a time, with terms that never go
-/// down and never exceed the sender's term.
+/// down and never exceed the sender's term. No index arithmetic here can
+/// overflow, whatever the indexes (an entry after `u64::MAX` does not
+/// follow it).
 pub(super) fn validate_entries(
     prev: EntryId,
     entries: &[Entry],
     term: crate::types::Term,
 ) -> Result<()> {
-    let mut expect = prev.index.next();
+    let mut before = prev.index;
     let mut last_term = prev.term;
     for e in entries {
-        if e.index != expect {
+        if before.checked_next() != Some(e.index) {
             return Err(Error::Malformed("entries do not follow prev"));
         }
         if e.term < last_term || e.term > term {
             return Err(Error::Malformed("entry terms out of order"));
         }
-        expect = expect.next();
+        before = e.index;
         last_term = e.term;
     }
     if prev.term > term {

@@ -182,6 +182,9 @@ impl Progress {
     ///   answered (`probe_sent = false`), so the next probe may go at once.
     /// * Snapshot: always stale (it answers an append sent before the
     ///   snapshot was needed).
+    ///
+    /// `hint + 1` saturates, so any `hint` (even `u64::MAX`) is taken; since
+    /// `next` is capped by `rejected`, saturating changes nothing else.
     pub fn maybe_decr_to(&mut self, rejected: LogIndex, hint: LogIndex) -> bool {
         match self.state {
             ProgressState::Replicate => {
@@ -191,7 +194,7 @@ impl Progress {
                 let old_next = self.next;
                 self.reset_state(ProgressState::Probe);
                 self.next = rejected
-                    .min(hint.next())
+                    .min(hint.saturating_next())
                     .min(old_next)
                     .max(self.matched.next());
                 true
@@ -200,7 +203,9 @@ impl Progress {
                 if self.next.prev() != rejected {
                     return false;
                 }
-                self.next = rejected.min(hint.next()).max(self.matched.next());
+                self.next = rejected
+                    .min(hint.saturating_next())
+                    .max(self.matched.next());
                 self.probe_sent = false;
                 true
             }
