@@ -336,10 +336,17 @@ impl Sink {
             Sink::Memory(v) => Body::Memory(v),
             Sink::File { out, mut tmp, path } => {
                 let file = out.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                drop(file);
-                std::fs::rename(&tmp.path, &path)?;
-                tmp.keep = true;
+                if path.exists() {
+                    // The same snapshot (same index and term, so the same
+                    // state) was made or received before: keep that file,
+                    // which others may use, and drop this copy.
+                    drop(file);
+                } else {
+                    file.sync_all()?;
+                    drop(file);
+                    std::fs::rename(&tmp.path, &path)?;
+                    tmp.keep = true;
+                }
                 if let Some(dir) = path.parent() {
                     File::open(dir)?.sync_all()?;
                 }

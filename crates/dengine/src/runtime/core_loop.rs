@@ -449,6 +449,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
             // file.
             if self.raw.pending_snapshot_index() != Some(index)
                 && let Some(d) = self.incoming.remove(&index)
+                // A copy of a snapshot this node holds (sent twice, say)
+                // lives in the very same file: that file stays.
+                && !self.snapshots.values().any(|s| s.path() == d.path())
             {
                 self.snapshot_store.discard(&d);
             }

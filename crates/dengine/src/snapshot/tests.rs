@@ -271,3 +271,33 @@ fn a_transfer_resumes_from_the_last_good_frame() {
     // An offset inside a frame is refused, not misread.
     assert!(src.frames_from(3).next().expect("one").is_err());
 }
+
+/// A snapshot received again (a duplicated message, a leader that sent
+/// twice) must not replace the file of the one the node holds: found by the
+/// torture test, where the copy was then declined and its file, the same
+/// name, removed, and the node could not restart.
+#[test]
+fn a_second_copy_of_a_snapshot_keeps_the_first_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+    let src = SnapshotData::from_bytes(meta(7), &state(1000));
+    let first = store.import(&src).expect("first copy");
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).expect("metadata").ino()
+    };
+    let before = inode(first.path().expect("a file"));
+    let second = store.import(&src).expect("second copy");
+    assert_eq!(second.path(), first.path(), "the same name");
+    assert_eq!(
+        inode(second.path().expect("a file")),
+        before,
+        "the same file"
+    );
+    assert_eq!(
+        tmp_files(dir.path()),
+        0,
+        "the copy's temporary file is gone"
+    );
+    assert_eq!(read_all(&second).expect("read"), state(1000));
+}
