@@ -7,7 +7,7 @@ mod scenario_support;
 use dengine_core::testing::{Cluster, TestNode};
 use dengine_core::{
     AppendRejection, ConfState, Entry, EntryId, EntryPayload, Error, HardState, LogIndex, Message,
-    MessageBody, NodeId, ReadId, Role, SnapshotMeta, Status, Term,
+    MessageBody, NodeId, ReadId, Role, SnapshotMeta, Status, StorageError, Term,
 };
 use proptest::prelude::*;
 use scenario_support::*;
@@ -460,41 +460,73 @@ fn a_node_at_term_u64_max_never_campaigns() {
     assert_eq!((term(&c, 3), role(&c, 3)), (u64::MAX, Role::Follower));
 }
 
-fn arb_entries() -> impl Strategy<Value = (u64, Vec<u64>)> {
-    // A start index and terms; indexes follow on from the start.
-    (0u64..8, prop::collection::vec(0u64..5, 0..4))
+/// `LogIndex::LIMIT` (and `Term::LIMIT`, the same number).
+const LIMIT: u64 = LogIndex::LIMIT.get();
+
+/// Where the logs of [`Setup::NearLimit`] start: a snapshot just below
+/// [`LIMIT`], so that their last index is `LIMIT - 4`.
+const NEAR_LIMIT_BASE: u64 = LIMIT - 6;
+
+/// Any `u64`, biased toward where arithmetic breaks and toward what the
+/// nodes hold: small values (0, 1 and the nodes' own terms and indexes,
+/// which are below 12 in most setups), the indexes of [`Setup::NearLimit`]
+/// and the limits past them, and `u64::MAX` and its neighbours.
+fn arb_num() -> impl Strategy<Value = u64> {
+    assert_eq!(LIMIT, Term::LIMIT.get());
+    prop_oneof![
+        8 => 0u64..12,
+        2 => NEAR_LIMIT_BASE - 2..=LIMIT + 2,
+        1 => u64::MAX - 2..=u64::MAX,
+        2 => any::<u64>(),
+    ]
 }
 
-fn arb_body() -> impl Strategy<Value = MessageBody> {
+/// A log index close to what some setup's logs end at: small, or just
+/// below the limit.
+fn arb_near_index() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..8, NEAR_LIMIT_BASE - 1..=LIMIT]
+}
+
+/// A term for an entry: `None` is the term of the message carrying it (so
+/// that well-formed appends are frequent), `Some` anything.
+fn arb_entry_term() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![1 => Just(None), 1 => arb_num().prop_map(Some)]
+}
+
+/// The body of a message in term `term`, every number drawn from the whole
+/// `u64` range.
+fn arb_body(term: u64) -> impl Strategy<Value = MessageBody> {
     let id = |t: u64, i: u64| EntryId::new(Term(t), LogIndex(i));
     prop_oneof![
-        (any::<bool>(), 0u64..5, 0u64..8, any::<bool>()).prop_map(move |(p, t, i, tr)| {
+        1 => (any::<bool>(), arb_num(), arb_num(), any::<bool>()).prop_map(move |(p, t, i, tr)| {
             MessageBody::RequestVote {
                 pre_vote: p,
                 last_log: id(t, i),
                 transfer: tr,
             }
         }),
-        (any::<bool>(), any::<bool>()).prop_map(|(p, g)| MessageBody::RequestVoteResponse {
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(p, g)| MessageBody::RequestVoteResponse {
             pre_vote: p,
             granted: g
         }),
-        (0u64..5, arb_entries(), 0u64..10, any::<bool>()).prop_map(
-            move |(pt, (start, ts), commit, follow)| {
+        3 => (
+            arb_num(),
+            arb_num(),
+            prop::collection::vec(arb_entry_term(), 0..4),
+            arb_num(),
+            any::<bool>()
+        )
+            .prop_map(move |(pt, start, ts, commit, follow)| {
+                // Indexes follow on from `prev` (or start at it, which is
+                // malformed), wrapping past u64::MAX as they come.
+                let first = if follow { start.wrapping_add(1) } else { start };
                 let entries = ts
                     .iter()
                     .enumerate()
-                    .map(|(k, &t)| {
-                        let i = if follow {
-                            start + 1 + k as u64
-                        } else {
-                            start + k as u64
-                        };
-                        Entry {
-                            term: Term(t),
-                            index: LogIndex(i),
-                            payload: EntryPayload::Normal(vec![k as u8]),
-                        }
+                    .map(|(k, t)| Entry {
+                        term: Term(t.unwrap_or(term)),
+                        index: LogIndex(first.wrapping_add(k as u64)),
+                        payload: EntryPayload::Normal(vec![k as u8]),
                     })
                     .collect();
                 MessageBody::AppendEntries {
@@ -502,9 +534,27 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
                     entries,
                     commit: LogIndex(commit),
                 }
-            }
-        ),
-        (0u64..10, any::<bool>(), 0u64..5, 0u64..10).prop_map(move |(i, ok, t, h)| {
+            }),
+        // Appends anchored where the logs are, with entries of the
+        // message's term and any commit index: often accepted.
+        3 => (
+            0u64..4,
+            arb_near_index(),
+            0usize..4,
+            prop_oneof![arb_num(), arb_near_index()],
+        )
+            .prop_map(move |(pt, start, n, commit)| MessageBody::AppendEntries {
+                prev: id(pt.min(term), start),
+                entries: (0..n as u64)
+                    .map(|k| Entry {
+                        term: Term(term),
+                        index: LogIndex(start.wrapping_add(1 + k)),
+                        payload: EntryPayload::Normal(vec![k as u8, 0xA]),
+                    })
+                    .collect(),
+                commit: LogIndex(commit),
+            }),
+        2 => (arb_num(), any::<bool>(), arb_num(), arb_num()).prop_map(move |(i, ok, t, h)| {
             MessageBody::AppendEntriesResponse {
                 result: if ok {
                     Ok(LogIndex(i))
@@ -516,15 +566,15 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
                 },
             }
         }),
-        (0u64..10, 0u64..3).prop_map(|(c, r)| MessageBody::Heartbeat {
+        1 => (arb_num(), arb_num()).prop_map(|(c, r)| MessageBody::Heartbeat {
             commit: LogIndex(c),
             read_round: r,
         }),
-        (0u64..3).prop_map(|r| MessageBody::HeartbeatResponse { read_round: r }),
-        (
-            0u64..10,
-            0u64..5,
-            prop::collection::btree_set(0u64..5, 0..3)
+        1 => arb_num().prop_map(|r| MessageBody::HeartbeatResponse { read_round: r }),
+        1 => (
+            arb_num(),
+            prop_oneof![Just(term), arb_num()],
+            prop::collection::btree_set(0u64..5, 0..4)
         )
             .prop_map(|(i, t, voters)| MessageBody::InstallSnapshot {
                 meta: SnapshotMeta {
@@ -533,9 +583,9 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
                     conf_state: ConfState::with_voters(voters.into_iter().map(NodeId)),
                 },
             }),
-        Just(MessageBody::TimeoutNow),
-        (0u64..3).prop_map(|i| MessageBody::ReadIndex { id: ReadId(i) }),
-        (0u64..3, proptest::option::of(0u64..10)).prop_map(|(i, x)| {
+        1 => Just(MessageBody::TimeoutNow),
+        1 => arb_num().prop_map(|i| MessageBody::ReadIndex { id: ReadId(i) }),
+        1 => (arb_num(), proptest::option::of(arb_num())).prop_map(|(i, x)| {
             MessageBody::ReadIndexResponse {
                 id: ReadId(i),
                 index: x.map(LogIndex),
@@ -545,34 +595,401 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
-    (0u64..5, 1u64..=3, 0u64..5, arb_body()).prop_map(|(from, to, term, body)| Message {
-        from: NodeId(from),
-        to: NodeId(to),
-        term: Term(term),
-        body,
+    // The sender is mostly another member; sometimes node 0, the recipient
+    // itself or a stranger (4).
+    let sender = prop_oneof![
+        8 => Just(None),
+        1 => (0u64..2).prop_map(Some),
+        1 => Just(Some(4)),
+    ];
+    (sender, 1u64..=3, any::<bool>(), arb_num()).prop_flat_map(|(from, to, other, term)| {
+        let from = match from {
+            None => (to - 1 + if other { 1 } else { 2 }) % 3 + 1,
+            Some(1) => to,
+            Some(f) => f,
+        };
+        arb_body(term).prop_map(move |body| Message {
+            from: NodeId(from),
+            to: NodeId(to),
+            term: Term(term),
+            body,
+        })
     })
 }
 
+/// A message whose numbers are taken relative to its recipient's state
+/// when it is stepped (see [`Anchored::resolve`]), so that it is often
+/// plausible: appends that match, acknowledgements within the log,
+/// snapshots just past it. Only its commit index may come from anywhere.
+#[derive(Clone, Debug)]
+struct Anchored {
+    to: u64,
+    /// Which of the other two members sends it.
+    other: bool,
+    /// Added to the recipient's term.
+    term_up: u64,
+    /// How far below the recipient's last index it is anchored.
+    back: u64,
+    /// Entries carried, or an offset, depending on `kind`.
+    n: u64,
+    /// `None`: a plausible commit index; `Some`: any.
+    commit: Option<u64>,
+    kind: u8,
+}
+
+impl Anchored {
+    fn resolve(&self, c: &Cluster) -> Message {
+        let node = c.node(self.to);
+        let st = node.status();
+        let term = st.hard_state.term.get().saturating_add(self.term_up);
+        let last = st.last_index.get();
+        let at = last.saturating_sub(self.back);
+        let at_term = node.raw.log_term(LogIndex(at)).map_or(0, |t| t.get());
+        let id = |t: u64, i: u64| EntryId::new(Term(t), LogIndex(i));
+        let body = match self.kind % 4 {
+            0 => MessageBody::AppendEntries {
+                prev: id(at_term, at),
+                entries: (1..=self.n)
+                    .map(|k| Entry {
+                        term: Term(term),
+                        index: LogIndex(at.saturating_add(k)),
+                        payload: EntryPayload::Normal(vec![k as u8, 0xB]),
+                    })
+                    .collect(),
+                commit: LogIndex(self.commit.unwrap_or(at.saturating_add(self.n))),
+            },
+            1 => MessageBody::Heartbeat {
+                commit: LogIndex(self.commit.unwrap_or(last)),
+                read_round: self.n,
+            },
+            2 if self.n.is_multiple_of(2) => MessageBody::AppendEntriesResponse {
+                result: Ok(LogIndex(at)),
+            },
+            2 => MessageBody::AppendEntriesResponse {
+                result: Err(AppendRejection {
+                    rejected: LogIndex(at),
+                    hint: id(at_term, at.saturating_sub(self.n)),
+                }),
+            },
+            _ => MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    last_index: LogIndex(self.commit.unwrap_or(last.saturating_add(self.n))),
+                    last_term: Term(term),
+                    conf_state: ConfState::with_voters([1, 2, 3].map(NodeId)),
+                },
+            },
+        };
+        let from = (self.to - 1 + if self.other { 1 } else { 2 }) % 3 + 1;
+        msg(from, self.to, term, body)
+    }
+}
+
+fn arb_anchored() -> impl Strategy<Value = Anchored> {
+    (
+        1u64..=3,
+        any::<bool>(),
+        prop_oneof![3 => Just(0u64), 1 => 1u64..3],
+        0u64..4,
+        0u64..4,
+        proptest::option::of(arb_num()),
+        any::<u8>(),
+    )
+        .prop_map(|(to, other, term_up, back, n, commit, kind)| Anchored {
+            to,
+            other,
+            term_up,
+            back,
+            n,
+            commit,
+            kind,
+        })
+}
+
+/// What happens to the cluster next.
+#[derive(Clone, Debug)]
+enum Action {
+    /// A message, well-formed or not, stepped into its recipient.
+    Step(Message),
+    /// A message built against its recipient's state, then stepped.
+    Anchored(Anchored),
+    /// Ticks of one node (enough of them start an election).
+    Tick(u64, u32),
+    /// The messages the nodes sent so far are delivered (one hop).
+    Deliver,
+}
+
+fn arb_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        6 => arb_message().prop_map(Action::Step),
+        3 => arb_anchored().prop_map(Action::Anchored),
+        1 => (1u64..=3, 1u32..25).prop_map(|(id, n)| Action::Tick(id, n)),
+        1 => Just(Action::Deliver),
+    ]
+}
+
+/// Where the nodes stand when the messages start arriving, so that each
+/// role meets them: node 1 leads term 2 with "a" committed at index 3.
+#[derive(Clone, Copy, Debug)]
+enum Setup {
+    /// Nodes 2 and 3 follow, up to date.
+    Steady,
+    /// Node 3 missed two entries (the leader probes or streams to it).
+    Lagging,
+    /// Node 3 asks for pre-votes.
+    PreCandidate,
+    /// Node 3 asks for votes in term 3 (pre-vote is off).
+    Candidate,
+    /// Like `Steady`, but every log starts after a snapshot at
+    /// [`NEAR_LIMIT_BASE`]: "a" is committed at `LIMIT - 4`.
+    NearLimit,
+}
+
+fn arb_setup() -> impl Strategy<Value = Setup> {
+    prop_oneof![
+        Just(Setup::Steady),
+        Just(Setup::Lagging),
+        Just(Setup::PreCandidate),
+        Just(Setup::Candidate),
+        Just(Setup::NearLimit),
+    ]
+}
+
+/// Three nodes whose logs start after a snapshot at `base` (term 1), node
+/// 1 leading term 2 with "a" committed at `base + 2`.
+fn cluster_from_snapshot(base: u64) -> Cluster {
+    let mut c = Cluster::new(3);
+    for id in 1..=3 {
+        {
+            let mut s = c.node(id).storage.lock();
+            let meta = SnapshotMeta {
+                last_index: LogIndex(base),
+                last_term: Term(1),
+                conf_state: ConfState::with_voters([1, 2, 3].map(NodeId)),
+            };
+            s.install_snapshot(meta, Vec::new());
+            s.conf_state = s.snapshot.conf_state.clone();
+        }
+        c.restart(id);
+    }
+    c.elect(1);
+    c.propose(1, b"a").unwrap();
+    c.stabilize();
+    assert_eq!(commit(&c, 2), base + 2);
+    c
+}
+
+fn set_up(setup: Setup) -> Cluster {
+    let mut c = match setup {
+        Setup::Candidate => {
+            let mut c = Cluster::with_config(3, |cfg| cfg.pre_vote = false);
+            c.elect(1);
+            c.propose(1, b"a").unwrap();
+            c.stabilize();
+            c
+        }
+        Setup::NearLimit => cluster_from_snapshot(NEAR_LIMIT_BASE),
+        _ => cluster(),
+    };
+    match setup {
+        Setup::Steady | Setup::NearLimit => {}
+        Setup::Lagging => {
+            c.isolate(3);
+            c.propose(1, b"b").unwrap();
+            c.propose(1, b"c").unwrap();
+            c.stabilize();
+            c.heal();
+            assert_eq!((last_index(&c, 1), last_index(&c, 3)), (5, 3));
+        }
+        Setup::PreCandidate | Setup::Candidate => {
+            c.node_mut(3).raw.campaign().unwrap();
+            c.process_ready(NodeId(3));
+            let want = match setup {
+                Setup::PreCandidate => Role::PreCandidate,
+                _ => Role::Candidate,
+            };
+            assert_eq!(role(&c, 3), want);
+        }
+    }
+    assert_eq!(role(&c, 1), Role::Leader);
+    c
+}
+
+/// What the invariants compare across an action, per node.
+struct Before {
+    term: u64,
+    vote: u64,
+    commit: u64,
+    /// `(index, term)` of the committed entries in storage.
+    committed: Vec<(u64, u64)>,
+}
+
+fn before(c: &Cluster, id: u64) -> Before {
+    let n = c.node(id);
+    let hs = n.status().hard_state;
+    let committed = n
+        .storage
+        .lock()
+        .entries
+        .iter()
+        .filter(|e| e.index <= hs.commit)
+        .map(|e| (e.index.0, e.term.0))
+        .collect();
+    Before {
+        term: hs.term.0,
+        vote: hs.vote.0,
+        commit: hs.commit.0,
+        committed,
+    }
+}
+
+/// The invariants every node keeps whatever it is sent: its term and
+/// commit index never go down, it never changes its vote within a term,
+/// its commit index is within its log, a committed entry never changes
+/// (it may only be compacted into a snapshot), and as a leader its view
+/// of each follower stays within its log (`matched < next`,
+/// `matched <= last`).
+fn check_invariants(c: &Cluster, id: u64, b: &Before) -> Result<(), TestCaseError> {
+    let n = c.node(id);
+    let st = n.status();
+    let hs = st.hard_state;
+    prop_assert!(hs.term.0 >= b.term, "node {id}: term went down");
+    prop_assert!(hs.commit.0 >= b.commit, "node {id}: commit went down");
+    if hs.term.0 == b.term && b.vote != 0 {
+        prop_assert_eq!(hs.vote.0, b.vote, "node {} voted twice in a term", id);
+    }
+    prop_assert!(hs.commit <= st.last_index, "node {id}: commit past its log");
+    for &(i, t) in &b.committed {
+        match n.raw.log_term(LogIndex(i)) {
+            Ok(now) => prop_assert_eq!(now.0, t, "node {}: committed entry {} changed", id, i),
+            Err(Error::Storage(StorageError::Compacted(_))) => {}
+            Err(e) => prop_assert!(false, "node {id}: committed entry {i} lost: {e}"),
+        }
+    }
+    for (peer, p) in &st.progress {
+        prop_assert!(p.matched < p.next, "node {id}: progress of {peer}: {p:?}");
+        prop_assert!(
+            p.matched <= st.last_index,
+            "node {id}: {peer} matched past the log"
+        );
+    }
+    Ok(())
+}
+
+fn check_all(c: &Cluster, before: &[Before]) -> Result<(), TestCaseError> {
+    for (id, b) in (1..=3).zip(before) {
+        check_invariants(c, id, b)?;
+    }
+    Ok(())
+}
+
+/// Log matching for an accepted append: if node `id` acknowledged `m` (an
+/// append) as matching up to its last entry, it holds `prev` (unless
+/// compacted) and every entry of it.
+fn check_accepted_append(
+    c: &Cluster,
+    id: u64,
+    m: &Message,
+    sent: &[Message],
+    commit_before: u64,
+) -> Result<(), TestCaseError> {
+    let MessageBody::AppendEntries { prev, entries, .. } = &m.body else {
+        return Ok(());
+    };
+    let Some(last) = prev.index.get().checked_add(entries.len() as u64) else {
+        return Ok(());
+    };
+    let acked = sent.iter().any(|r| {
+        r.from == NodeId(id)
+            && r.to == m.from
+            && r.body
+                == MessageBody::AppendEntriesResponse {
+                    result: Ok(LogIndex(last)),
+                }
+    });
+    if !acked || prev.index.get() < commit_before {
+        // Not accepted, or answered with the commit index alone.
+        return Ok(());
+    }
+    let n = &c.node(id).raw;
+    match n.log_term(prev.index) {
+        Ok(t) => prop_assert_eq!(t, prev.term, "node {}: acked {:?} without prev", id, m),
+        Err(Error::Storage(StorageError::Compacted(_))) => {}
+        Err(e) => prop_assert!(false, "node {id}: acked {m:?}, prev: {e}"),
+    }
+    for e in entries {
+        prop_assert_eq!(
+            n.log_term(e.index).ok(),
+            Some(e.term),
+            "node {}: acked {:?} without entry {}",
+            id,
+            m,
+            e.index
+        );
+    }
+    Ok(())
+}
+
+/// Cases for the property below: `PROPTEST_CASES` if set (run it with
+/// 20,000 or more to be thorough), else a number that keeps CI's debug
+/// run quick.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Arbitrary messages, well-formed or not, from members and strangers,
-    /// of any term: stepping them never panics, the `Ready`s that follow
-    /// can be carried out, and a refused message changes nothing.
+    /// of any term and with any numbers (the whole `u64` range, edges
+    /// first), to leaders, followers, pre-candidates and candidates, mixed
+    /// with ticks and deliveries: stepping them never panics, an error is
+    /// never fatal, a refused message changes nothing, the `Ready`s that
+    /// follow can be carried out, and the invariants of
+    /// [`check_invariants`] and [`check_accepted_append`] hold after each.
     #[test]
     fn arbitrary_messages_never_panic_and_refusals_change_nothing(
-        msgs in prop::collection::vec(arb_message(), 1..40),
+        setup in arb_setup(),
+        actions in prop::collection::vec(arb_action(), 1..40),
     ) {
-        let mut c = cluster();
-        for m in msgs {
+        let mut c = set_up(setup);
+        for a in actions {
+            let b: Vec<Before> = (1..=3).map(|id| before(&c, id)).collect();
+            let m = match &a {
+                Action::Step(m) => m.clone(),
+                Action::Anchored(x) => x.resolve(&c),
+                Action::Tick(id, n) => {
+                    for _ in 0..*n {
+                        c.tick(*id);
+                    }
+                    process_all(&mut c);
+                    check_all(&c, &b)?;
+                    continue;
+                }
+                Action::Deliver => {
+                    c.deliver_all();
+                    process_all(&mut c);
+                    check_all(&c, &b)?;
+                    continue;
+                }
+            };
             let id = m.to.0;
-            let before = observe(c.node(id));
+            let observed = observe(c.node(id));
             let r = c.node_mut(id).raw.step(m.clone());
-            if let Err(e) = r {
+            if let Err(e) = &r {
                 prop_assert!(e.is_retryable(), "{m:?}: fatal error {e}");
-                prop_assert_eq!(observe(c.node(id)), before, "{:?} refused with {}", m, e);
+                prop_assert_eq!(observe(c.node(id)), observed, "{:?} refused with {}", m, e);
             }
+            let sent_from = c.sent_log.len();
             c.process_ready(NodeId(id));
+            if r.is_ok() {
+                let sent = &c.sent_log[sent_from..];
+                check_accepted_append(&c, id, &m, sent, b[id as usize - 1].commit)?;
+            }
+            process_all(&mut c);
+            check_all(&c, &b)?;
         }
     }
 }
