@@ -287,19 +287,20 @@ fn open_and_restore<SM: StateMachine>(
         store.sync()?;
     }
 
+    let snapshot_dir = config.data_dir.join("snapshots");
     let snapshots = match config.storage {
         StorageKind::Memory => SnapshotStore::memory(),
-        _ => {
-            let dir = config.data_dir.join("snapshots");
-            SnapshotStore::open(dir.clone())
-                .map_err(|e| Error::Storage(format!("snapshot directory {}: {e}", dir.display())))?
-        }
+        _ => SnapshotStore::open(snapshot_dir.clone()).map_err(|e| {
+            Error::Storage(format!(
+                "snapshot directory {}: {e}",
+                snapshot_dir.display()
+            ))
+        })?,
     };
     // The snapshot to start from is the one the log says it starts after:
     // a newer file was made or received but never recorded (a crash came
     // between), so nothing may rely on it.
     let meta = store.snapshot_meta()?;
-    let snapshot_dir = config.data_dir.join("snapshots");
     snapshots.remove_newer_than(meta.last_index).map_err(|e| {
         Error::Storage(format!(
             "removing unrecorded snapshots in {}: {e}",

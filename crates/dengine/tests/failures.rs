@@ -40,12 +40,10 @@ impl StateMachine for Fragile {
         self.count
     }
     fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.count.to_le_bytes())
+        common::save_u64(out, self.count)
     }
     fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        input.read_exact(&mut b)?;
-        self.count = u64::from_le_bytes(b);
+        self.count = common::load_u64(input)?;
         Ok(())
     }
 }

@@ -192,12 +192,10 @@ impl StateMachine for Register {
         }
     }
     fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.0.to_le_bytes())
+        common::save_u64(out, self.0)
     }
     fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        input.read_exact(&mut b)?;
-        self.0 = u64::from_le_bytes(b);
+        self.0 = common::load_u64(input)?;
         Ok(())
     }
 }
@@ -400,12 +398,10 @@ impl StateMachine for Slow {
         self.0 += 1;
     }
     fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.0.to_le_bytes())
+        common::save_u64(out, self.0)
     }
     fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        input.read_exact(&mut b)?;
-        self.0 = u64::from_le_bytes(b);
+        self.0 = common::load_u64(input)?;
         Ok(())
     }
 }

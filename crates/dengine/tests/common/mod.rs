@@ -46,3 +46,15 @@ impl StateMachine for Strings {
         Ok(())
     }
 }
+
+/// Writes the one number a small state machine holds as its snapshot.
+pub fn save_u64(out: &mut dyn Write, value: u64) -> std::io::Result<()> {
+    out.write_all(&value.to_le_bytes())
+}
+
+/// Reads back what [`save_u64`] wrote.
+pub fn load_u64(input: &mut dyn Read) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    input.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}

@@ -124,6 +124,21 @@ struct Report {
     violations: Vec<String>,
 }
 
+impl Report {
+    /// Counts a node's snapshots (before it crashes, and at the end); a
+    /// failed one is a violation.
+    fn count_snapshots(&mut self, id: u64, m: &dengine::Metrics) {
+        self.snapshots_made += u64::from(m.snapshot_made_at.0 > 0);
+        self.snapshots_installed += m.snapshots_installed;
+        if m.snapshot_failures > 0 {
+            self.violations.push(format!(
+                "node {id}: {} snapshots failed, the last because {:?}",
+                m.snapshot_failures, m.last_snapshot_failure
+            ));
+        }
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let steps: u64 = self.faults.values().sum();
@@ -217,15 +232,7 @@ impl Cluster {
         };
         let durable = m.store.crash();
         if let Some(node) = m.node.take() {
-            self.report.snapshots_made += u64::from(node.status().snapshot_made_at.0 > 0);
-            self.report.snapshots_installed += node.status().snapshots_installed;
-            if node.status().snapshot_failures > 0 {
-                self.report.violations.push(format!(
-                    "node {id}: {} snapshots failed, the last because {:?}",
-                    node.status().snapshot_failures,
-                    node.status().last_snapshot_failure
-                ));
-            }
+            self.report.count_snapshots(id, &node.status());
             self.net.detach(NodeId(id));
             let _ = node.shutdown().await;
         }
@@ -623,15 +630,7 @@ async fn converge(cluster: &mut Cluster) {
                 .violations
                 .push(format!("node {id} could not be read: {e}")),
         }
-        cluster.report.snapshots_made += u64::from(node.status().snapshot_made_at.0 > 0);
-        cluster.report.snapshots_installed += node.status().snapshots_installed;
-        if node.status().snapshot_failures > 0 {
-            cluster.report.violations.push(format!(
-                "node {id}: {} snapshots failed, the last because {:?}",
-                node.status().snapshot_failures,
-                node.status().last_snapshot_failure
-            ));
-        }
+        cluster.report.count_snapshots(id, &node.status());
     }
     let mut distinct: Vec<&BTreeMap<u64, u64>> = states.values().collect();
     distinct.dedup();
