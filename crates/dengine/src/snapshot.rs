@@ -335,22 +335,27 @@ impl Sink {
         let body = match self {
             Sink::Memory(v) => Body::Memory(v),
             Sink::File { out, mut tmp, path } => {
-                let file = out.into_inner().map_err(|e| e.into_error())?;
-                if path.exists() {
+                let written = out.into_inner().map_err(|e| e.into_error())?;
+                // Files are held open from here on, never opened again by
+                // name: pruning may remove a name at any moment (an older
+                // snapshot once a newer one is recorded), and an open file
+                // stays readable.
+                let file = match File::open(&path) {
                     // The same snapshot (same index and term, so the same
                     // state) was made or received before: keep that file,
                     // which others may use, and drop this copy.
-                    drop(file);
-                } else {
-                    file.sync_all()?;
-                    drop(file);
-                    std::fs::rename(&tmp.path, &path)?;
-                    tmp.keep = true;
-                }
-                if let Some(dir) = path.parent() {
-                    File::open(dir)?.sync_all()?;
-                }
-                let file = File::open(&path)?;
+                    Ok(existing) => existing,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        written.sync_all()?;
+                        std::fs::rename(&tmp.path, &path)?;
+                        tmp.keep = true;
+                        if let Some(dir) = path.parent() {
+                            File::open(dir)?.sync_all()?;
+                        }
+                        written
+                    }
+                    Err(e) => return Err(e),
+                };
                 let len = file.metadata()?.len();
                 Body::File { file, path, len }
             }
@@ -552,7 +557,12 @@ impl SnapshotStore {
         let (file, tmp) = loop {
             let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
             let tmp = dir.join(format!("{name}.{kind}.{}-{n}.tmp", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+            {
                 Ok(f) => break (f, tmp),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),

@@ -258,6 +258,18 @@ impl<SM: StateMachine> CoreLoop<SM> {
         let _ = self.apply.send(ApplyJob::Stop);
     }
 
+    /// A worker's channel is closed: it stopped. It reports why before it
+    /// goes, so that report (already queued) is the cause, not this.
+    fn worker_gone(&mut self, which: &str) {
+        while let Ok(ev) = self.events.try_recv() {
+            if let Event::Fatal(why) = ev {
+                self.fail(Error::Fatal(why));
+                return;
+            }
+        }
+        self.fail(Error::Fatal(format!("{which} is gone")));
+    }
+
     /// Answers everything waiting with `e`.
     fn answer_all(&mut self, e: &Error) {
         self.proposals.fail_all(e);
@@ -634,7 +646,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 _ => {
                     self.disk_jobs += 1;
                     if self.disk.send(DiskJob::Write(batch)).is_err() {
-                        self.fail(Error::Fatal("the disk thread is gone".into()));
+                        self.worker_gone("the disk thread");
                         return;
                     }
                 }
@@ -695,7 +707,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             .send(ApplyJob::Entries(entries, proposals, changes, memberships))
             .is_err()
         {
-            self.fail(Error::Fatal("the apply thread is gone".into()));
+            self.worker_gone("the apply worker");
         }
     }
 

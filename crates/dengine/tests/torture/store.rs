@@ -78,10 +78,15 @@ impl CrashStore {
         }
     }
 
-    /// Crashes: what was not synced is lost; returns what survives.
+    /// Crashes: what was not synced is lost; returns what survives. Under
+    /// the durable part's lock, so no sync lands after the crash (the
+    /// node's threads go on a moment longer than a real crash allows, and
+    /// a sync that counted as done would let them prune snapshot files the
+    /// surviving state still needs).
     pub fn crash(&self) -> Durable {
+        let durable = self.durable.lock().expect("lock");
         self.crashed.store(true, Ordering::SeqCst);
-        self.durable.lock().expect("lock").clone()
+        durable.clone()
     }
 
     fn record(&self, op: Op) -> Result<(), StorageError> {
@@ -163,7 +168,11 @@ impl LogStore for CrashStore {
             return Err(injected("fsync failed"));
         }
         let ops = std::mem::take(&mut *self.pending.lock().expect("lock"));
-        self.durable.lock().expect("lock").ops.extend(ops);
+        let mut durable = self.durable.lock().expect("lock");
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(injected("the node crashed"));
+        }
+        durable.ops.extend(ops);
         Ok(())
     }
 
