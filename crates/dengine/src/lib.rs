@@ -4,7 +4,7 @@
 //! [`StateMachine`], start a [`Node`] with a [`NodeBuilder`], and call
 //! [`Node::propose`] and [`Node::read`]. The protocol is
 //! [`dengine_core`]'s deterministic, sans-IO Raft (re-exported as
-//! [`core`]); this crate runs it on tokio with durable storage.
+//! [`core`]), run on tokio with durable storage by [`dengine_runtime`].
 //!
 //! ```
 //! use dengine::{Config, NodeBuilder, NodeId, ReadPolicy, StateMachine, StorageKind};
@@ -51,25 +51,26 @@
 //! `sled` (feature `sled`, the default: builds in seconds, no system
 //! packages), `rocksdb` (feature `rocksdb`: ~12 minutes to build from
 //! source, needs libclang).
+//! ## The crates behind this one
+//! This crate is a facade: it re-exports the layers below and picks the
+//! storage engines with its features.
+//!
+//! ```text
+//! dengine-core <- dengine-storage-* <- dengine-runtime <- dengine-kv <- dengine-grpc <- dengine
+//! ```
+//!
+//! - [`core`] (`dengine-core`): the Raft protocol, sans-IO, and the
+//!   storage traits;
+//! - `dengine-runtime`: the node on tokio (everything at this crate's
+//!   root: [`Node`], [`NodeBuilder`], [`Config`], [`StateMachine`], ...);
+//! - [`kv`] (`dengine-kv`): the replicated key-value store.
 #![deny(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod config;
-pub mod error;
-pub mod kv;
-mod node;
-mod runtime;
-pub mod snapshot;
-pub mod state_machine;
-pub mod transport;
-pub mod typed;
-
-pub use config::{Config, StorageKind};
 pub use dengine_core as core;
-pub use dengine_core::{EntryId, LogIndex, NodeId, Term};
-pub use error::Error;
-pub use node::{Node, NodeBuilder, Proposed};
-pub use runtime::{Metrics, ReadPolicy};
-pub use state_machine::StateMachine;
-pub use transport::{InMemoryNetwork, SnapshotDone, Transport, Unreachable};
-pub use typed::{Typed, TypedStateMachine};
+pub use dengine_kv as kv;
+pub use dengine_runtime::{
+    Config, EntryId, Error, InMemoryNetwork, LogIndex, Metrics, Node, NodeBuilder, NodeId,
+    Proposed, ReadPolicy, SnapshotDone, StateMachine, StorageKind, Term, Transport, Typed,
+    TypedStateMachine, Unreachable,
+};
+pub use dengine_runtime::{config, error, snapshot, state_machine, transport, typed};

@@ -28,6 +28,7 @@ struct Net {
     /// Damage one frame of the next snapshot sent.
     damage_next: AtomicBool,
     refused: AtomicUsize,
+    /// Snapshots rebuilt from their frames on the receiver.
     installed_via_frames: AtomicUsize,
 }
 
@@ -82,11 +83,13 @@ impl Transport for Link {
                 }
                 rx.finish()
             })();
+            // Counted before delivery: once delivered, the follower may
+            // install and apply it before this thread runs again.
+            let outcome = outcome.inspect(|_| {
+                net.installed_via_frames.fetch_add(1, Ordering::SeqCst);
+            });
             match outcome.map(|local| to.deliver(msg, Some(local))) {
-                Ok(Ok(())) => {
-                    net.installed_via_frames.fetch_add(1, Ordering::SeqCst);
-                    done.delivered();
-                }
+                Ok(Ok(())) => done.delivered(),
                 _ => {
                     net.refused.fetch_add(1, Ordering::SeqCst);
                     done.failed();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::Term;
+use dengine_runtime::Term;
 
 fn put(k: &str, v: &str) -> KvCommand {
     KvCommand::Put(PutRequest {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::Term;
+use dengine_runtime::Term;
 
 /// etcd's error for a request without a key (`ErrGRPCEmptyKey`).
 const EMPTY_KEY: &str = "key is not provided";

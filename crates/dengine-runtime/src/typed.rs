@@ -38,7 +38,7 @@
 //!   dispatching on [`split_version`]: version 1 with
 //!   [`decode_body`]`::<CmdV1>` (then converted), version 2 with
 //!   [`decode_body`]`::<Cmd>`. The key-value store does this for its own
-//!   commands ([`crate::kv::KvCommand::decode`]).
+//!   commands (`dengine_kv::KvCommand::decode`).
 //!
 //! Either way, a test that decodes bytes written by the old version (a
 //! fixture committed with the code, as this module's tests do) is what

@@ -172,7 +172,7 @@ pub enum KvCommand {
 }
 
 /// The format version [`KvCommand::encode`] writes (the first byte of an
-/// encoded command, see [`crate::typed`]). A later change to the shape of
+/// encoded command, see [`dengine_runtime::typed`]). A later change to the shape of
 /// a command adds version 2 and keeps decoding 1, with a frozen copy of
 /// today's types: entries of version 1 stay in logs and must apply the
 /// same way forever (the fixtures in the store's tests check that they
@@ -183,18 +183,18 @@ impl KvCommand {
     /// The bytes to propose: [`COMMAND_VERSION`], then the command.
     pub fn encode(&self) -> Vec<u8> {
         // Plain data of vectors, integers and enums always encodes.
-        crate::typed::encode_version(COMMAND_VERSION, self).unwrap_or_default()
+        dengine_runtime::typed::encode_version(COMMAND_VERSION, self).unwrap_or_default()
     }
 
     /// Decodes bytes made by [`KvCommand::encode`]; another format version
     /// (or bytes that are not a command) is an
     /// [`KvError::InvalidRequest`] naming what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<KvCommand, KvError> {
-        let invalid = |e: crate::typed::CommandError| {
+        let invalid = |e: dengine_runtime::typed::CommandError| {
             KvError::InvalidRequest(format!("key-value command: {e}"))
         };
-        match crate::typed::split_version(bytes).map_err(invalid)? {
-            (COMMAND_VERSION, body) => crate::typed::decode_body(body).map_err(invalid),
+        match dengine_runtime::typed::split_version(bytes).map_err(invalid)? {
+            (COMMAND_VERSION, body) => dengine_runtime::typed::decode_body(body).map_err(invalid),
             (version, _) => Err(KvError::InvalidRequest(format!(
                 "key-value command of format version {version}, which this program does not \
                  read (it reads version {COMMAND_VERSION})"

@@ -4,11 +4,11 @@
 //! lives on the node's storage backend.
 //!
 //! Writes are [`KvCommand`]s proposed with [`KvCommand::encode`]; reads
-//! run on the state machine under a [`crate::ReadPolicy`]:
+//! run on the state machine under a [`dengine_runtime::ReadPolicy`]:
 //!
 //! ```
-//! use dengine::kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
-//! use dengine::{Config, NodeBuilder, NodeId, ReadPolicy, StorageKind};
+//! use dengine_kv::{KvCommand, KvStateMachine, PutRequest, RangeRequest};
+//! use dengine_runtime::{Config, NodeBuilder, NodeId, ReadPolicy, StorageKind};
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +33,7 @@
 //! reading use alone (as etcd keeps its index in memory): memory use is
 //! about the size of the data. The records also live in a database of
 //! their own under `data_dir/kv` (sled or RocksDB, as
-//! [`crate::Config::storage`] says), each sealed with a CRC32, all read and
+//! [`dengine_runtime::Config::storage`] says), each sealed with a CRC32, all read and
 //! checked when the store opens. Writes of a batch of entries go
 //! in one atomic write together with the index they reach, without fsync:
 //! the Raft log is the durable record, and after a crash the node replays
@@ -46,7 +46,7 @@
 //! What the store writes outlives the program that wrote it, so each
 //! format carries a version, and a version this program does not read is
 //! refused with an error naming it (never guessed at): commands (a first
-//! byte, [`COMMAND_VERSION`], as in [`crate::typed`]), each key's record
+//! byte, [`COMMAND_VERSION`], as in [`dengine_runtime::typed`]), each key's record
 //! and the store's own record in the database (a first byte inside the
 //! CRC32 seal), the sled database's layout (see `SledBackend`) and
 //! snapshots (`DKV` and a version digit). A database or snapshot from
@@ -54,6 +54,9 @@
 //! log or a snapshot. Changing a format means adding a version and keeping
 //! the old one readable; fixtures of today's bytes in the tests catch a
 //! change that forgets to.
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod backend;
 mod types;
@@ -68,10 +71,7 @@ pub use backend::SledBackend;
 pub use backend::{Change, KvBackend, MemoryBackend, Visit};
 pub use types::*;
 
-use crate::config::{Config, StorageKind};
-use crate::error::Error;
-use crate::state_machine::StateMachine;
-use crate::{EntryId, LogIndex};
+use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKind};
 
 /// Record keys: user keys under `k`, the store's own state under `m`.
 const KEY_PREFIX: u8 = b'k';
