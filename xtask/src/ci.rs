@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: the one test command, run locally and by `.ci/run`.
 //!
-//! In order, stopping at the first failure: rustfmt, clippy (warnings are
+//! In order, stopping at the first failure: the generated gRPC code is up
+//! to date (`cargo xtask codegen --check`), rustfmt, clippy (warnings are
 //! errors), the tests (with cargo-nextest when installed, else `cargo test`),
 //! the doctests (nextest does not run them), rustdoc (warnings are errors),
 //! and a batch of deterministic simulation seeds (3- and 5-node clusters).
@@ -16,6 +17,7 @@ pub fn run() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut steps = vec![
+        crate::codegen::check_step(),
         Step::cargo("fmt", &["fmt", "--all", "--check"]),
         no_native_link(Step::cargo(
             "clippy",

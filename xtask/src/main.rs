@@ -7,6 +7,7 @@
 
 mod bench;
 mod ci;
+mod codegen;
 mod sim;
 mod step;
 mod sysdeps;
@@ -19,8 +20,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci      run every check: rustfmt, clippy, the tests, the doctests, rustdoc
-          and a batch of simulation seeds
+  ci      run every check: generated code up to date, rustfmt, clippy, the
+          tests, the doctests, rustdoc and a batch of simulation seeds
+  codegen regenerate the gRPC code of crates/dengine-proto from proto/:
+            codegen [--check]
   bench   run the 3-node in-process benchmark (release):
             bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N] [--runs N] [--sm count|kv]
   torture run the runtime torture test (real nodes, injected faults), release:
@@ -39,6 +42,9 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["ci"] => ci::run(),
+        ["codegen", rest @ ..] => {
+            codegen::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        }
         ["bench", rest @ ..] => bench::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["sim", rest @ ..] => sim::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["torture", rest @ ..] => {
