@@ -1,0 +1,18 @@
+//! dengine's peer protocol (`dengine.peer.v1`): Raft between the members of
+//! one cluster.
+//!
+//! For now, the conversions between [`dengine_core::Message`] and its wire
+//! form [`dengine_proto::peer::Message`]:
+//!
+//! - [`message_to_wire`] cannot fail: every engine message has a wire form.
+//! - [`message_from_wire`] checks what the engine needs and nothing more:
+//!   every required part is present (the message's body, a `oneof`; an
+//!   entry's payload; the `EntryId`s of votes, appends and rejections; a
+//!   snapshot's metadata and its configuration) and every enum value is
+//!   known, else a [`WireError`] names the field. Whether the values make
+//!   sense (terms and indexes in range, a sender that is a member) is for
+//!   the engine and the transport to judge.
+
+mod convert;
+
+pub use convert::{WireError, message_from_wire, message_to_wire};
