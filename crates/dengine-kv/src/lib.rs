@@ -16,7 +16,7 @@
 //! let kv = KvStateMachine::open(&config)?;
 //! let node = NodeBuilder::new(config, kv).initial_members([1].map(NodeId)).build().await?;
 //! node.wait_for(std::time::Duration::from_secs(5), |m| m.leader.is_some()).await?;
-//! let put = KvCommand::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), prev_kv: false });
+//! let put = KvCommand::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() });
 //! let done = node.propose(put.encode()).await?.response?;
 //! assert_eq!(done.revision, 2);
 //! let got = node
@@ -269,6 +269,10 @@ impl KvStateMachine {
 
     /// Opens the store for a node with these settings: in memory, or in
     /// `data_dir/kv` on the configured backend.
+    #[cfg_attr(
+        not(any(feature = "sled", feature = "rocksdb")),
+        allow(unreachable_code, unused_variables)
+    )]
     pub fn open(config: &Config) -> Result<KvStateMachine, Error> {
         let dir = config.data_dir.join("kv");
         let fail = |e: String| Error::Storage(format!("key-value store {}: {e}", dir.display()));
@@ -346,11 +350,20 @@ impl KvStateMachine {
         self.keys.range::<[u8], _>(bounds).map(|(_, kv)| kv)
     }
 
+    /// Sets a key; a put with `ignore_value` or `ignore_lease` has been
+    /// checked to find its key (see [`KvStateMachine::choose`]).
     fn put(&mut self, rev: i64, req: &PutRequest) -> OpResponse {
         let prev = self.keys.get(&req.key);
+        let value = match prev {
+            Some(p) if req.ignore_value => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        // `lease` and `ignore_lease`: there are no leases yet, so nothing is
+        // kept of them (every key's lease is 0). Leases come in a later
+        // change, with a record format that holds one.
         let kv = KeyValue {
             key: req.key.clone(),
-            value: req.value.clone(),
+            value,
             create_revision: prev.map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.map_or(1, |p| p.version + 1),
@@ -385,43 +398,117 @@ impl KvStateMachine {
         keys.all(|kv| compare(kv, c))
     }
 
+    /// Whether a put with `ignore_value` or `ignore_lease` finds its key
+    /// when it runs after `earlier`, the writes of the command that run
+    /// before it. As etcd (`checkPut`), the key must exist before the
+    /// command runs; and it must still exist when the put runs, which etcd
+    /// leaves to its server's check that no key is both deleted and put in
+    /// one transaction (nested ones included), a check the store makes
+    /// only within each branch (see [`validate`]).
+    fn finds(&self, req: &PutRequest, earlier: &[Earlier<'_>]) -> bool {
+        if !(req.ignore_value || req.ignore_lease) {
+            return true;
+        }
+        let last = earlier.iter().rev().find_map(|w| match *w {
+            Earlier::Put(k) if k == req.key.as_slice() => Some(true),
+            Earlier::Delete(range) if range.contains(&req.key) => Some(false),
+            _ => None,
+        });
+        self.keys.contains_key(&req.key) && last.unwrap_or(true)
+    }
+
+    /// Decides, as etcd does before a transaction runs, which branch it
+    /// and every transaction nested in its chosen branch take: all their
+    /// comparisons see the store as it is before the command. Pushes the
+    /// choices to `path` in the order the transactions run, and checks on
+    /// the way that each put of the chosen branches that keeps its key's
+    /// value or lease finds the key, so a command that would fail changes
+    /// nothing.
+    fn choose<'a>(
+        &self,
+        t: &'a TxnRequest,
+        path: &mut Vec<bool>,
+        earlier: &mut Vec<Earlier<'a>>,
+    ) -> Result<(), KvError> {
+        let succeeded = t.compare.iter().all(|c| self.holds(c));
+        path.push(succeeded);
+        for op in if succeeded { &t.success } else { &t.failure } {
+            match op {
+                TxnOp::Range(_) => {}
+                TxnOp::Put(p) => {
+                    if !self.finds(p, earlier) {
+                        return Err(key_not_found());
+                    }
+                    earlier.push(Earlier::Put(&p.key));
+                }
+                TxnOp::DeleteRange(d) => {
+                    earlier.push(Earlier::Delete(KeyRange::new(&d.key, &d.range_end)));
+                }
+                TxnOp::Txn(nested) => self.choose(nested, path, earlier)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the branch of `t` that `path` (from [`KvStateMachine::choose`])
+    /// says, nested transactions included, at revision `rev`; `wrote`
+    /// tells whether anything changed.
+    fn run_txn(
+        &mut self,
+        rev: i64,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+        wrote: &mut bool,
+    ) -> Result<OpResponse, KvError> {
+        // `choose` made one choice per transaction, in this order.
+        let succeeded = path.next().unwrap_or(false);
+        let branch = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(match op {
+                TxnOp::Range(r) => OpResponse::Range(self.range(r)?),
+                TxnOp::Put(p) => {
+                    *wrote = true;
+                    self.put(rev, p)
+                }
+                TxnOp::DeleteRange(d) => {
+                    let op = self.delete(d);
+                    *wrote |= matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
+                    op
+                }
+                TxnOp::Txn(nested) => self.run_txn(rev, nested, path, wrote)?,
+            });
+        }
+        Ok(OpResponse::Txn {
+            succeeded,
+            responses,
+        })
+    }
+
     /// Runs a command; `Err` of kind `InvalidRequest` changed nothing.
     fn execute(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
         validate(cmd)?;
+        // One revision for the whole command, nested transactions
+        // included, taken only if something changed.
         let rev = self.revision + 1;
-        let (op, wrote) = match cmd {
-            KvCommand::Put(p) => (self.put(rev, p), true),
+        let mut wrote = false;
+        let op = match cmd {
+            KvCommand::Put(p) => {
+                if !self.finds(p, &[]) {
+                    return Err(key_not_found());
+                }
+                wrote = true;
+                self.put(rev, p)
+            }
             KvCommand::DeleteRange(d) => {
                 let op = self.delete(d);
-                let wrote = matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
-                (op, wrote)
+                wrote = matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
+                op
             }
             KvCommand::Txn(t) => {
-                let succeeded = t.compare.iter().all(|c| self.holds(c));
-                let branch = if succeeded { &t.success } else { &t.failure };
-                let mut wrote = false;
-                let mut responses = Vec::with_capacity(branch.len());
-                for op in branch {
-                    responses.push(match op {
-                        TxnOp::Range(r) => OpResponse::Range(self.range(r)?),
-                        TxnOp::Put(p) => {
-                            wrote = true;
-                            self.put(rev, p)
-                        }
-                        TxnOp::DeleteRange(d) => {
-                            let op = self.delete(d);
-                            wrote |= matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
-                            op
-                        }
-                    });
-                }
-                (
-                    OpResponse::Txn {
-                        succeeded,
-                        responses,
-                    },
-                    wrote,
-                )
+                let mut path = Vec::new();
+                self.choose(t, &mut path, &mut Vec::new())?;
+                self.run_txn(rev, t, &mut path.into_iter(), &mut wrote)?
             }
         };
         if wrote {
@@ -434,6 +521,19 @@ impl KvStateMachine {
     }
 }
 
+/// A write of a transaction, as [`KvStateMachine::choose`] follows them.
+#[derive(Clone, Copy)]
+enum Earlier<'a> {
+    Put(&'a [u8]),
+    Delete(KeyRange<'a>),
+}
+
+/// etcd's answer to a put that keeps the value or lease of a key that does
+/// not exist (`ErrKeyNotFound`, "etcdserver: key not found").
+fn key_not_found() -> KvError {
+    KvError::InvalidRequest("key not found".into())
+}
+
 fn compare(kv: &KeyValue, c: &Compare) -> bool {
     use std::cmp::Ordering;
     let ord = match &c.target {
@@ -441,6 +541,8 @@ fn compare(kv: &KeyValue, c: &Compare) -> bool {
         CompareTarget::CreateRevision(v) => kv.create_revision.cmp(v),
         CompareTarget::ModRevision(v) => kv.mod_revision.cmp(v),
         CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        // No key has a lease yet: every key's lease is 0.
+        CompareTarget::Lease(v) => 0.cmp(v),
     };
     match c.op {
         CompareOp::Equal => ord == Ordering::Equal,
@@ -451,49 +553,89 @@ fn compare(kv: &KeyValue, c: &Compare) -> bool {
 }
 
 /// Refuses malformed commands before anything runs, so a refused command
-/// changes nothing on any replica. As etcd, in its order: no empty key
-/// anywhere (compares, then both branches), then, within each branch, no
-/// key written twice (put twice, or put and covered by a delete: etcd's
-/// "duplicate key").
+/// changes nothing on any replica. As etcd, in its order: each request in
+/// turn, depth first (a transaction's compares, then its success ops, then
+/// its failure ops, nested transactions inside them), must have a key, and
+/// a put that keeps its key's value or lease must not give one; then,
+/// within each branch (of every transaction, nested ones too), no key may
+/// be written twice (put twice, or put and covered by a delete: etcd's
+/// "duplicate key"). The etcd server runs etcd's whole check
+/// (`checkIntervals`, across nested transactions too) before it proposes;
+/// the store's own check must never be looser than this one.
 fn validate(cmd: &KvCommand) -> Result<(), KvError> {
-    let no_key = || KvError::InvalidRequest("key is not provided".into());
     match cmd {
-        KvCommand::Put(p) if p.key.is_empty() => Err(no_key()),
-        KvCommand::DeleteRange(d) if d.key.is_empty() => Err(no_key()),
+        KvCommand::Put(p) => check_put(p),
+        KvCommand::DeleteRange(d) => check_key(&d.key),
         KvCommand::Txn(t) => {
-            let op_key = |op: &TxnOp| match op {
-                TxnOp::Range(r) => r.key.is_empty(),
-                TxnOp::Put(p) => p.key.is_empty(),
-                TxnOp::DeleteRange(d) => d.key.is_empty(),
-            };
-            if t.compare.iter().any(|c| c.key.is_empty())
-                || t.success.iter().chain(&t.failure).any(op_key)
-            {
-                return Err(no_key());
-            }
-            for branch in [&t.success, &t.failure] {
-                let deleted: Vec<KeyRange<'_>> = branch
-                    .iter()
-                    .filter_map(|op| match op {
-                        TxnOp::DeleteRange(d) => Some(KeyRange::new(&d.key, &d.range_end)),
-                        _ => None,
-                    })
-                    .collect();
-                let mut puts = std::collections::BTreeSet::new();
-                for op in branch {
-                    if let TxnOp::Put(p) = op
-                        && (!puts.insert(&p.key) || deleted.iter().any(|r| r.contains(&p.key)))
-                    {
-                        return Err(KvError::InvalidRequest(
-                            "duplicate key given in txn request".into(),
-                        ));
-                    }
-                }
-            }
-            Ok(())
+            check_requests(t)?;
+            check_branches(t)
         }
-        _ => Ok(()),
     }
+}
+
+fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::InvalidRequest("key is not provided".into()));
+    }
+    Ok(())
+}
+
+/// etcd's `checkPutRequest`.
+fn check_put(p: &PutRequest) -> Result<(), KvError> {
+    check_key(&p.key)?;
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(KvError::InvalidRequest("value is provided".into()));
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(KvError::InvalidRequest("lease is provided".into()));
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`, less its limit on the number of operations
+/// (the server's to set).
+fn check_requests(t: &TxnRequest) -> Result<(), KvError> {
+    for c in &t.compare {
+        check_key(&c.key)?;
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match op {
+            TxnOp::Range(r) => check_key(&r.key)?,
+            TxnOp::Put(p) => check_put(p)?,
+            TxnOp::DeleteRange(d) => check_key(&d.key)?,
+            TxnOp::Txn(nested) => check_requests(nested)?,
+        }
+    }
+    Ok(())
+}
+
+/// No key written twice within one branch, in `t` and every transaction
+/// nested in it.
+fn check_branches(t: &TxnRequest) -> Result<(), KvError> {
+    for branch in [&t.success, &t.failure] {
+        let deleted: Vec<KeyRange<'_>> = branch
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::DeleteRange(d) => Some(KeyRange::new(&d.key, &d.range_end)),
+                _ => None,
+            })
+            .collect();
+        let mut puts = std::collections::BTreeSet::new();
+        for op in branch {
+            match op {
+                TxnOp::Put(p)
+                    if !puts.insert(&p.key) || deleted.iter().any(|r| r.contains(&p.key)) =>
+                {
+                    return Err(KvError::InvalidRequest(
+                        "duplicate key given in txn request".into(),
+                    ));
+                }
+                TxnOp::Txn(nested) => check_branches(nested)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 impl StateMachine for KvStateMachine {

@@ -4,11 +4,18 @@
 //!
 //! The model shares no code with the store: its range, compare and
 //! validation rules are written here from etcd's documentation (the
-//! `rpc.proto` comments and the v3 API reference) and its request checks,
-//! so a bug in the store's own `compare`, `validate` or range code shows
-//! as a difference. Every response is compared whole: revisions, `prev_kv`
-//! of puts, deleted counts and `prev_kvs`, the ranges run inside
-//! transactions, and the errors of refused commands.
+//! `rpc.proto` comments and the v3 API reference) and its request checks
+//! and applier (etcd 3.5's `checkPutRequest`, `checkTxnRequest`, `Put`,
+//! `Txn`, `compareToPath`, `checkRequests`), so a bug in the store's own
+//! `compare`, `validate`, range or transaction code shows as a
+//! difference. Where the store has to choose (it runs on its own what
+//! etcd leaves to its server's checks), the model takes the store's
+//! documented choice, in its own way: it runs a command on its state and
+//! puts the state back if the command fails, where the store checks
+//! everything before it writes. Every response is compared whole:
+//! revisions, `prev_kv` of puts, deleted counts and `prev_kvs`, the
+//! ranges run inside transactions, nested transactions' answers, and the
+//! errors of refused commands.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +29,19 @@ const EMPTY_KEY: &str = "key is not provided";
 /// etcd's error for a transaction branch that writes a key twice
 /// (`ErrGRPCDuplicateKey`).
 const DUPLICATE_KEY: &str = "duplicate key given in txn request";
+/// etcd's error for a put with `ignore_value` and a value
+/// (`ErrGRPCValueProvided`).
+const VALUE_PROVIDED: &str = "value is provided";
+/// etcd's error for a put with `ignore_lease` and a lease
+/// (`ErrGRPCLeaseProvided`).
+const LEASE_PROVIDED: &str = "lease is provided";
+/// etcd's error for a put with `ignore_value` or `ignore_lease` of a key
+/// that does not exist (`ErrKeyNotFound`).
+const KEY_NOT_FOUND: &str = "key not found";
+
+fn refused<T>(why: &str) -> Result<T, KvError> {
+    Err(KvError::InvalidRequest(why.into()))
+}
 
 /// etcd's KV semantics on a sorted map, written as plainly as possible.
 #[derive(Clone, Debug)]
@@ -45,47 +65,79 @@ fn covers(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
 
 /// etcd checks these before a request runs (`checkPutRequest`,
 /// `checkDeleteRequest`, `checkTxnRequest`, then `checkIntervals` on each
-/// branch): no empty key anywhere (compares, then the success ops, then
-/// the failure ops); within one branch, no key put twice and no put of a
-/// key that a delete of the same branch covers ("it is not allowed to
-/// modify the same key several times within one txn").
+/// branch): each request in turn must be well formed (a key; no value
+/// with `ignore_value`, no lease with `ignore_lease`), a transaction's
+/// compares first, then its success ops, then its failure ops, each
+/// nested transaction the same way where it stands; then, within one
+/// branch, no key put twice and no put of a key that a delete of the same
+/// branch covers ("it is not allowed to modify the same key several times
+/// within one txn"). etcd's server checks that last rule across nested
+/// transactions too; the store, and so the model, within each branch of
+/// each transaction only.
 fn check(cmd: &KvCommand) -> Result<(), KvError> {
-    let empty = || Err(KvError::InvalidRequest(EMPTY_KEY.into()));
-    let op_key = |op: &TxnOp| match op {
-        TxnOp::Range(r) => r.key.is_empty(),
-        TxnOp::Put(p) => p.key.is_empty(),
-        TxnOp::DeleteRange(d) => d.key.is_empty(),
-    };
     match cmd {
-        KvCommand::Put(p) if p.key.is_empty() => empty(),
-        KvCommand::DeleteRange(d) if d.key.is_empty() => empty(),
-        KvCommand::Put(_) | KvCommand::DeleteRange(_) => Ok(()),
+        KvCommand::Put(p) => check_put(p),
+        KvCommand::DeleteRange(d) if d.key.is_empty() => refused(EMPTY_KEY),
+        KvCommand::DeleteRange(_) => Ok(()),
         KvCommand::Txn(t) => {
-            if t.compare.iter().any(|c| c.key.is_empty())
-                || t.success.iter().chain(&t.failure).any(op_key)
-            {
-                return empty();
-            }
-            for branch in [&t.success, &t.failure] {
-                let deletes: Vec<&DeleteRangeRequest> = branch
-                    .iter()
-                    .filter_map(|op| match op {
-                        TxnOp::DeleteRange(d) => Some(d),
-                        _ => None,
-                    })
-                    .collect();
-                let mut put = BTreeSet::new();
-                for op in branch {
-                    let TxnOp::Put(p) = op else { continue };
-                    let deleted = deletes.iter().any(|d| covers(&d.key, &d.range_end, &p.key));
-                    if !put.insert(p.key.clone()) || deleted {
-                        return Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
-                    }
-                }
-            }
-            Ok(())
+            check_txn(t)?;
+            check_duplicates(t)
         }
     }
+}
+
+fn check_put(p: &PutRequest) -> Result<(), KvError> {
+    if p.key.is_empty() {
+        refused(EMPTY_KEY)
+    } else if p.ignore_value && !p.value.is_empty() {
+        refused(VALUE_PROVIDED)
+    } else if p.ignore_lease && p.lease != 0 {
+        refused(LEASE_PROVIDED)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_txn(t: &TxnRequest) -> Result<(), KvError> {
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return refused(EMPTY_KEY);
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match op {
+            TxnOp::Range(r) if r.key.is_empty() => return refused(EMPTY_KEY),
+            TxnOp::DeleteRange(d) if d.key.is_empty() => return refused(EMPTY_KEY),
+            TxnOp::Put(p) => check_put(p)?,
+            TxnOp::Txn(nested) => check_txn(nested)?,
+            TxnOp::Range(_) | TxnOp::DeleteRange(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_duplicates(t: &TxnRequest) -> Result<(), KvError> {
+    for branch in [&t.success, &t.failure] {
+        let deletes: Vec<&DeleteRangeRequest> = branch
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::DeleteRange(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        let mut put = BTreeSet::new();
+        for op in branch {
+            let TxnOp::Put(p) = op else { continue };
+            let deleted = deletes.iter().any(|d| covers(&d.key, &d.range_end, &p.key));
+            if !put.insert(p.key.clone()) || deleted {
+                return refused(DUPLICATE_KEY);
+            }
+        }
+        for op in branch {
+            if let TxnOp::Txn(nested) = op {
+                check_duplicates(nested)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Model {
@@ -149,6 +201,8 @@ impl Model {
             CompareTarget::Version(n) => (sortable(kv.version), sortable(*n)),
             CompareTarget::CreateRevision(n) => (sortable(kv.create_revision), sortable(*n)),
             CompareTarget::ModRevision(n) => (sortable(kv.mod_revision), sortable(*n)),
+            // No key has a lease yet: every key's lease is 0 ("no lease").
+            CompareTarget::Lease(n) => (sortable(0), sortable(*n)),
         };
         match op {
             CompareOp::Equal => mine == theirs,
@@ -171,19 +225,26 @@ impl Model {
         hits.iter().all(|kv| Model::compare_kv(kv, &c.target, c.op))
     }
 
-    fn put(&mut self, rev: i64, p: &PutRequest) -> OpResponse {
+    /// etcd's `Put`: `ignore_value` and `ignore_lease` need the key as it
+    /// is when the put runs, and take its value (its lease: none yet).
+    fn put(&mut self, rev: i64, p: &PutRequest) -> Result<OpResponse, KvError> {
         let prev = self.kvs.get(&p.key).cloned();
+        let value = match &prev {
+            None if p.ignore_value || p.ignore_lease => return refused(KEY_NOT_FOUND),
+            Some(kv) if p.ignore_value => kv.value.clone(),
+            _ => p.value.clone(),
+        };
         let kv = KeyValue {
             key: p.key.clone(),
-            value: p.value.clone(),
+            value,
             create_revision: prev.as_ref().map_or(rev, |kv| kv.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(0, |kv| kv.version) + 1,
         };
         self.kvs.insert(p.key.clone(), kv);
-        OpResponse::Put {
+        Ok(OpResponse::Put {
             prev_kv: if p.prev_kv { prev } else { None },
-        }
+        })
     }
 
     fn delete(&mut self, d: &DeleteRangeRequest) -> OpResponse {
@@ -197,45 +258,90 @@ impl Model {
         }
     }
 
-    /// One command: refused whole, or run at one new revision, which the
-    /// store takes only if something changed (a put, or a delete that
-    /// found a key).
-    fn apply(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
-        check(cmd)?;
-        let before = self.kvs.clone();
-        let rev = self.revision + 1;
-        let mut writes = 0;
-        let mut write = |model: &mut Model, op: &TxnOp| match op {
-            TxnOp::Range(r) => OpResponse::Range(model.range(r)),
+    /// etcd's `checkRequests(…, checkPut)`: on this state (the store
+    /// before the command), each put of the branches the command will take
+    /// that keeps its key's value or lease finds the key.
+    fn puts_find_their_keys(&self, t: &TxnRequest) -> bool {
+        let branch = if t.compare.iter().all(|c| self.holds(c)) {
+            &t.success
+        } else {
+            &t.failure
+        };
+        branch.iter().all(|op| match op {
+            TxnOp::Put(p) if p.ignore_value || p.ignore_lease => self.kvs.contains_key(&p.key),
+            TxnOp::Txn(nested) => self.puts_find_their_keys(nested),
+            _ => true,
+        })
+    }
+
+    /// Runs one operation at revision `rev`, counting changes in
+    /// `writes`. Transactions, nested ones included, choose their branch
+    /// on `before`, the store before the command (etcd's
+    /// `compareToPath`), and run it on the store as it is.
+    fn run(
+        &mut self,
+        before: &Model,
+        rev: i64,
+        op: &TxnOp,
+        writes: &mut i64,
+    ) -> Result<OpResponse, KvError> {
+        Ok(match op {
+            TxnOp::Range(r) => OpResponse::Range(self.range(r)),
             TxnOp::Put(p) => {
-                writes += 1;
-                model.put(rev, p)
+                *writes += 1;
+                self.put(rev, p)?
             }
             TxnOp::DeleteRange(d) => {
-                let out = model.delete(d);
+                let out = self.delete(d);
                 if let OpResponse::DeleteRange { deleted, .. } = out {
-                    writes += deleted;
+                    *writes += deleted;
                 }
                 out
             }
-        };
-        let op = match cmd {
-            KvCommand::Put(p) => write(self, &TxnOp::Put(p.clone())),
-            KvCommand::DeleteRange(d) => write(self, &TxnOp::DeleteRange(d.clone())),
-            KvCommand::Txn(t) => {
-                let succeeded = t.compare.iter().all(|c| self.holds(c));
+            TxnOp::Txn(t) => {
+                let succeeded = t.compare.iter().all(|c| before.holds(c));
                 let branch = if succeeded { &t.success } else { &t.failure };
-                let responses = branch.iter().map(|op| write(self, op)).collect();
+                let mut responses = Vec::new();
+                for op in branch {
+                    responses.push(self.run(before, rev, op, writes)?);
+                }
                 OpResponse::Txn {
                     succeeded,
                     responses,
                 }
             }
+        })
+    }
+
+    /// One command: refused whole, or run at one new revision, which the
+    /// store takes only if something changed (a put, or a delete that
+    /// found a key), nested transactions included. A command that fails
+    /// as it runs (a put keeping the value of a key that is not there)
+    /// changes nothing: the model puts its state back.
+    fn apply(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
+        check(cmd)?;
+        let before = self.clone();
+        let rev = self.revision + 1;
+        let mut writes = 0;
+        let op = match cmd {
+            KvCommand::Put(p) => self.run(&before, rev, &TxnOp::Put(p.clone()), &mut writes),
+            KvCommand::DeleteRange(d) => {
+                self.run(&before, rev, &TxnOp::DeleteRange(d.clone()), &mut writes)
+            }
+            KvCommand::Txn(t) if !before.puts_find_their_keys(t) => refused(KEY_NOT_FOUND),
+            KvCommand::Txn(t) => self.run(&before, rev, &TxnOp::Txn(t.clone()), &mut writes),
+        };
+        let op = match op {
+            Ok(op) => op,
+            Err(e) => {
+                *self = before;
+                return Err(e);
+            }
         };
         if writes > 0 {
             self.revision = rev;
         } else {
-            assert_eq!(self.kvs, before, "no write, no change");
+            assert_eq!(self.kvs, before.kvs, "no write, no change");
         }
         Ok(KvResponse {
             revision: self.revision,
@@ -274,12 +380,32 @@ fn range_end() -> impl Strategy<Value = Vec<u8>> {
     ])
 }
 
+/// Puts, a fifth keeping the key's value and a tenth its lease (some of
+/// them, wrongly, with a value or a lease), some with a lease.
 fn put() -> impl Strategy<Value = PutRequest> {
-    (key(), 0u8..3, any::<bool>()).prop_map(|(key, v, prev_kv)| PutRequest {
-        key,
-        value: vec![v],
-        prev_kv,
-    })
+    (
+        key(),
+        0u8..3,
+        any::<bool>(),
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.1),
+        prop::sample::select(vec![0i64, 0, 0, 5]),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(key, v, prev_kv, ignore_value, ignore_lease, lease, wrongly)| PutRequest {
+                key,
+                value: if ignore_value && !wrongly {
+                    vec![]
+                } else {
+                    vec![v]
+                },
+                prev_kv,
+                ignore_value,
+                ignore_lease,
+                lease: if ignore_lease && !wrongly { 0 } else { lease },
+            },
+        )
 }
 
 fn delete() -> impl Strategy<Value = DeleteRangeRequest> {
@@ -315,6 +441,7 @@ fn compare_one() -> impl Strategy<Value = Compare> {
         (-1i64..12).prop_map(CompareTarget::ModRevision),
         (-1i64..12).prop_map(CompareTarget::CreateRevision),
         prop_oneof![Just(vec![]), (0u8..3).prop_map(|v| vec![v])].prop_map(CompareTarget::Value),
+        (-1i64..2).prop_map(CompareTarget::Lease),
     ];
     let op = prop::sample::select(vec![
         CompareOp::Equal,
@@ -338,20 +465,31 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
     ]
 }
 
+/// A transaction with transactions nested in it, at most `depth` levels.
+fn txn(depth: u32) -> BoxedStrategy<TxnRequest> {
+    let op = if depth == 0 {
+        txn_op().boxed()
+    } else {
+        prop_oneof![5 => txn_op(), 1 => txn(depth - 1).prop_map(TxnOp::Txn)].boxed()
+    };
+    (
+        prop::collection::vec(compare_one(), 0..3),
+        prop::collection::vec(op.clone(), 0..4),
+        prop::collection::vec(op, 0..4),
+    )
+        .prop_map(|(compare, success, failure)| TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+        .boxed()
+}
+
 fn command() -> impl Strategy<Value = KvCommand> {
     prop_oneof![
         put().prop_map(KvCommand::Put),
         delete().prop_map(KvCommand::DeleteRange),
-        (
-            prop::collection::vec(compare_one(), 0..3),
-            prop::collection::vec(txn_op(), 0..4),
-            prop::collection::vec(txn_op(), 0..4),
-        )
-            .prop_map(|(compare, success, failure)| KvCommand::Txn(TxnRequest {
-                compare,
-                success,
-                failure,
-            })),
+        txn(2).prop_map(KvCommand::Txn),
     ]
 }
 
@@ -504,4 +642,110 @@ fn the_model_follows_etcd_on_documented_cases() {
         &CompareTarget::Version(2),
         CompareOp::NotEqual
     ));
+    assert!(Model::compare_kv(
+        &kv,
+        &CompareTarget::Lease(0),
+        CompareOp::Equal
+    ));
+
+    // A put that keeps the value: none given, and the key must exist.
+    let keep = |k: &[u8]| PutRequest {
+        key: k.to_vec(),
+        ignore_value: true,
+        ..Default::default()
+    };
+    let given = PutRequest {
+        value: b"x".to_vec(),
+        ..keep(b"a")
+    };
+    assert_eq!(
+        check(&KvCommand::Put(given.clone())),
+        refused(VALUE_PROVIDED)
+    );
+    let leased = PutRequest {
+        ignore_value: false,
+        ignore_lease: true,
+        lease: 3,
+        ..keep(b"a")
+    };
+    assert_eq!(
+        check(&KvCommand::Put(leased.clone())),
+        refused(LEASE_PROVIDED)
+    );
+    // Nested requests are checked where they stand, before duplicates.
+    let nested = |t: TxnRequest| TxnOp::Txn(t);
+    assert_eq!(
+        check(&txn(vec![
+            put(b"a"),
+            put(b"a"),
+            nested(TxnRequest {
+                failure: vec![TxnOp::Put(leased), TxnOp::Put(given)],
+                ..Default::default()
+            }),
+        ])),
+        refused(LEASE_PROVIDED)
+    );
+    assert_eq!(
+        check(&txn(vec![nested(TxnRequest {
+            success: vec![put(b"b"), put(b"b")],
+            ..Default::default()
+        })])),
+        dup
+    );
+    let mut m = Model::new();
+    assert_eq!(m.apply(&KvCommand::Put(keep(b"a"))), refused(KEY_NOT_FOUND));
+    let set = |k: &[u8], v: &[u8]| PutRequest {
+        key: k.to_vec(),
+        value: v.to_vec(),
+        ..Default::default()
+    };
+    m.apply(&KvCommand::Put(set(b"a", b"1"))).expect("put");
+    let r = m.apply(&KvCommand::Put(keep(b"a"))).expect("kept");
+    assert_eq!(r.revision, 3);
+    assert_eq!(
+        (m.kvs[&b"a"[..]].value.as_slice(), m.kvs[&b"a"[..]].version),
+        (&b"1"[..], 2)
+    );
+    // A txn whose chosen branches hold a put of a missing key changes
+    // nothing, even after writes of its own.
+    let failing = txn(vec![
+        TxnOp::Put(set(b"b", b"1")),
+        nested(TxnRequest {
+            success: vec![TxnOp::Put(keep(b"c"))],
+            ..Default::default()
+        }),
+    ]);
+    assert_eq!(m.apply(&failing), refused(KEY_NOT_FOUND));
+    assert_eq!((m.kvs.len(), m.revision), (1, 3));
+    // Nested compares see the store before the command (etcd's
+    // `compareToPath`), not the branch's earlier writes; nested ops run at
+    // the command's one revision.
+    let r = m
+        .apply(&txn(vec![
+            TxnOp::Put(set(b"b", b"1")),
+            nested(TxnRequest {
+                compare: vec![Compare {
+                    key: b"b".to_vec(),
+                    range_end: vec![],
+                    target: CompareTarget::Version(0),
+                    op: CompareOp::Equal,
+                }],
+                success: vec![TxnOp::Put(set(b"c", b"1"))],
+                failure: vec![],
+            }),
+        ]))
+        .expect("txn");
+    let OpResponse::Txn { responses, .. } = r.op else {
+        panic!("a txn")
+    };
+    assert!(matches!(
+        responses[1],
+        OpResponse::Txn {
+            succeeded: true,
+            ..
+        }
+    ));
+    assert_eq!(r.revision, 4);
+    assert_eq!(m.kvs[&b"c"[..]].mod_revision, 4);
+    assert_eq!(m.kvs[&b"b"[..]].mod_revision, 4);
 }

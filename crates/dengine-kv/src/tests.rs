@@ -6,6 +6,7 @@ fn put(k: &str, v: &str) -> KvCommand {
         key: k.into(),
         value: v.into(),
         prev_kv: true,
+        ..Default::default()
     })
 }
 
@@ -187,12 +188,12 @@ fn transactions_compare_then_run_one_branch_at_one_revision() {
                 TxnOp::Put(PutRequest {
                     key: b"a".to_vec(),
                     value: new.into(),
-                    prev_kv: false,
+                    ..Default::default()
                 }),
                 TxnOp::Put(PutRequest {
                     key: b"b".to_vec(),
                     value: new.into(),
-                    prev_kv: false,
+                    ..Default::default()
                 }),
                 TxnOp::Range(range("a", b"")),
             ],
@@ -306,6 +307,563 @@ fn malformed_commands_are_refused_and_change_nothing() {
     ));
     assert_eq!(sm.range(&range("\0", &[0])).expect("all"), before);
     assert_eq!(sm.revision(), 2);
+}
+
+/// A put that keeps the key's value (`ignore_value`) or lease.
+fn keep(k: &str, value: bool, lease: bool) -> PutRequest {
+    PutRequest {
+        key: k.into(),
+        prev_kv: true,
+        ignore_value: value,
+        ignore_lease: lease,
+        ..Default::default()
+    }
+}
+
+fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> TxnRequest {
+    TxnRequest {
+        compare,
+        success,
+        failure,
+    }
+}
+
+fn txn_put(k: &str, v: &str) -> TxnOp {
+    TxnOp::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    })
+}
+
+fn cmp(k: &str, target: CompareTarget, op: CompareOp) -> Compare {
+    Compare {
+        key: k.into(),
+        range_end: vec![],
+        target,
+        op,
+    }
+}
+
+fn not_found() -> Result<KvResponse, KvError> {
+    Err(KvError::InvalidRequest("key not found".into()))
+}
+
+fn all(sm: &KvStateMachine) -> RangeResponse {
+    sm.range(&range("\0", &[0])).expect("all")
+}
+
+#[test]
+fn ignore_value_keeps_the_value_and_counts_a_write() {
+    let mut sm = KvStateMachine::in_memory();
+    one(&mut sm, 1, put("a", "1"));
+    let r = one(&mut sm, 2, KvCommand::Put(keep("a", true, false)));
+    assert_eq!(r.revision, 3);
+    let OpResponse::Put {
+        prev_kv: Some(prev),
+    } = r.op
+    else {
+        panic!("prev_kv asked for")
+    };
+    assert_eq!((prev.value.as_slice(), prev.version), (&b"1"[..], 1));
+    let a = sm.get(b"a").expect("get").expect("a");
+    assert_eq!(
+        (
+            a.value.as_slice(),
+            a.create_revision,
+            a.mod_revision,
+            a.version
+        ),
+        (&b"1"[..], 2, 3, 2)
+    );
+    // ignore_lease alone: the new value, the key's (absent) lease.
+    let r = one(
+        &mut sm,
+        3,
+        KvCommand::Put(PutRequest {
+            value: b"2".to_vec(),
+            ..keep("a", false, true)
+        }),
+    );
+    assert_eq!(r.revision, 4);
+    let a = sm.get(b"a").expect("get").expect("a");
+    assert_eq!((a.value.as_slice(), a.version), (&b"2"[..], 3));
+    // Both on a key read in the same batch, before a flush.
+    let out = run(
+        &mut sm,
+        4,
+        &[put("b", "x"), KvCommand::Put(keep("b", true, true))],
+    );
+    assert_eq!(out[1].as_ref().map(|r| r.revision), Ok(6));
+    assert_eq!(sm.get(b"b").expect("get").expect("b").value, b"x");
+}
+
+#[test]
+fn keeping_the_value_of_a_missing_key_fails_and_changes_nothing() {
+    let mut sm = KvStateMachine::in_memory();
+    run(&mut sm, 1, &[put("a", "1"), del("a", b""), put("z", "1")]);
+    let before = (all(&sm), sm.revision());
+    let inner = |ops| TxnOp::Txn(txn(vec![], ops, vec![]));
+    let cmds = [
+        // Never there, or deleted.
+        KvCommand::Put(keep("b", true, false)),
+        KvCommand::Put(keep("a", false, true)),
+        // In a txn: the check runs before any op does.
+        KvCommand::Txn(txn(
+            vec![],
+            vec![txn_put("c", "1"), TxnOp::Put(keep("b", true, false))],
+            vec![],
+        )),
+        // In a nested txn's chosen branch.
+        KvCommand::Txn(txn(
+            vec![],
+            vec![
+                txn_put("c", "1"),
+                inner(vec![inner(vec![TxnOp::Put(keep("b", false, true))])]),
+            ],
+            vec![],
+        )),
+        // A key the command itself puts first does not count: etcd looks
+        // at the store before the command (its server refuses this one as
+        // a duplicate key anyway).
+        KvCommand::Txn(txn(
+            vec![],
+            vec![
+                txn_put("b", "1"),
+                inner(vec![TxnOp::Put(keep("b", true, false))]),
+            ],
+            vec![],
+        )),
+        // Nor does a key it deletes first (etcd's server refuses this one
+        // too; etcd itself would stop with a panic).
+        KvCommand::Txn(txn(
+            vec![],
+            vec![
+                TxnOp::DeleteRange(DeleteRangeRequest {
+                    key: b"z".to_vec(),
+                    range_end: vec![],
+                    prev_kv: false,
+                }),
+                inner(vec![TxnOp::Put(keep("z", true, false))]),
+            ],
+            vec![],
+        )),
+        KvCommand::Txn(txn(
+            vec![],
+            vec![
+                inner(vec![TxnOp::DeleteRange(DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: b"zz".to_vec(),
+                    prev_kv: false,
+                })]),
+                TxnOp::Put(keep("z", true, false)),
+            ],
+            vec![],
+        )),
+    ];
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let got = run(&mut sm, 4 + i as u64, std::slice::from_ref(&cmd)).remove(0);
+        assert_eq!(got, not_found(), "{cmd:?}");
+        assert_eq!((all(&sm), sm.revision()), before, "{cmd:?}");
+    }
+    // A put of a branch that does not run is not checked; one that runs
+    // after a delete and a new put of its key finds it.
+    let ok = KvCommand::Txn(txn(
+        vec![cmp("z", CompareTarget::Version(1), CompareOp::Equal)],
+        vec![
+            inner(vec![]),
+            TxnOp::Txn(txn(
+                vec![cmp("nope", CompareTarget::Version(0), CompareOp::Greater)],
+                vec![TxnOp::Put(keep("b", true, false))],
+                vec![txn_put("c", "1")],
+            )),
+        ],
+        vec![TxnOp::Put(keep("b", true, false))],
+    ));
+    let r = one(&mut sm, 20, ok);
+    assert_eq!(r.revision, before.1 + 1);
+    let ok = KvCommand::Txn(txn(
+        vec![],
+        vec![
+            TxnOp::DeleteRange(DeleteRangeRequest {
+                key: b"z".to_vec(),
+                range_end: vec![],
+                prev_kv: false,
+            }),
+            inner(vec![txn_put("z", "2")]),
+            inner(vec![TxnOp::Put(keep("z", true, false))]),
+        ],
+        vec![],
+    ));
+    let r = one(&mut sm, 21, ok);
+    let z = sm.get(b"z").expect("get").expect("z");
+    assert_eq!(
+        (z.value.as_slice(), z.version, z.create_revision, r.revision),
+        (&b"2"[..], 2, before.1 + 2, before.1 + 2)
+    );
+}
+
+#[test]
+fn nested_transactions_run_at_the_outer_revision_and_answer_nested() {
+    let mut sm = KvStateMachine::in_memory();
+    one(&mut sm, 1, put("a", "1"));
+    let cmd = KvCommand::Txn(txn(
+        vec![cmp(
+            "a",
+            CompareTarget::Value(b"1".to_vec()),
+            CompareOp::Equal,
+        )],
+        vec![
+            txn_put("b", "1"),
+            // As etcd: decided on the store before the command, where b
+            // does not exist yet (version 0), though the put above ran.
+            TxnOp::Txn(txn(
+                vec![cmp("b", CompareTarget::Version(0), CompareOp::Equal)],
+                vec![
+                    txn_put("c", "1"),
+                    // Ops see the outer branch's earlier writes.
+                    TxnOp::Range(range("b", b"")),
+                ],
+                vec![txn_put("d", "1")],
+            )),
+            // The failure branch of a nested txn, with one nested in it.
+            TxnOp::Txn(txn(
+                vec![cmp(
+                    "a",
+                    CompareTarget::Value(b"2".to_vec()),
+                    CompareOp::Equal,
+                )],
+                vec![txn_put("e", "1")],
+                vec![
+                    TxnOp::Txn(txn(vec![], vec![TxnOp::Range(range("c", b""))], vec![])),
+                    TxnOp::Put(keep("a", true, false)),
+                ],
+            )),
+        ],
+        vec![],
+    ));
+    let r = one(&mut sm, 2, cmd);
+    assert_eq!(r.revision, 3, "one revision for the whole command");
+    let kv = |k: &str, v: &str, version| KeyValue {
+        key: k.into(),
+        value: v.into(),
+        create_revision: if k == "a" { 2 } else { 3 },
+        mod_revision: 3,
+        version,
+    };
+    let range_of = |kvs: Vec<KeyValue>| {
+        OpResponse::Range(RangeResponse {
+            count: kvs.len() as i64,
+            kvs,
+            more: false,
+        })
+    };
+    assert_eq!(
+        r.op,
+        OpResponse::Txn {
+            succeeded: true,
+            responses: vec![
+                OpResponse::Put { prev_kv: None },
+                OpResponse::Txn {
+                    succeeded: true,
+                    responses: vec![
+                        OpResponse::Put { prev_kv: None },
+                        range_of(vec![kv("b", "1", 1)]),
+                    ],
+                },
+                OpResponse::Txn {
+                    succeeded: false,
+                    responses: vec![
+                        OpResponse::Txn {
+                            succeeded: true,
+                            responses: vec![range_of(vec![kv("c", "1", 1)])],
+                        },
+                        OpResponse::Put {
+                            prev_kv: Some(KeyValue {
+                                mod_revision: 2,
+                                ..kv("a", "1", 1)
+                            }),
+                        },
+                    ],
+                },
+            ],
+        }
+    );
+    assert_eq!(
+        all(&sm).kvs,
+        [kv("a", "1", 2), kv("b", "1", 1), kv("c", "1", 1)]
+    );
+    // Nothing written anywhere: no new revision; a nested delete that
+    // finds keys is a write.
+    let read_only = KvCommand::Txn(txn(
+        vec![],
+        vec![TxnOp::Txn(txn(
+            vec![],
+            vec![
+                TxnOp::Range(range("a", b"")),
+                TxnOp::DeleteRange(DeleteRangeRequest {
+                    key: b"x".to_vec(),
+                    range_end: vec![],
+                    prev_kv: false,
+                }),
+            ],
+            vec![],
+        ))],
+        vec![],
+    ));
+    assert_eq!(one(&mut sm, 3, read_only).revision, 3);
+    let nested_delete = KvCommand::Txn(txn(
+        vec![cmp("zz", CompareTarget::Version(0), CompareOp::NotEqual)],
+        vec![],
+        vec![TxnOp::Txn(txn(
+            vec![],
+            vec![TxnOp::DeleteRange(DeleteRangeRequest {
+                key: b"b".to_vec(),
+                range_end: b"d".to_vec(),
+                prev_kv: false,
+            })],
+            vec![],
+        ))],
+    ));
+    let r = one(&mut sm, 4, nested_delete);
+    assert_eq!(r.revision, 4);
+    assert_eq!(all(&sm).kvs, [kv("a", "1", 2)]);
+}
+
+#[test]
+fn lease_comparisons_see_no_lease() {
+    let mut sm = KvStateMachine::in_memory();
+    one(&mut sm, 1, put("a", "1"));
+    let holds = |sm: &mut KvStateMachine, index, k: &str, lease, op| {
+        let cmd = KvCommand::Txn(txn(
+            vec![cmp(k, CompareTarget::Lease(lease), op)],
+            vec![],
+            vec![],
+        ));
+        matches!(
+            one(sm, index, cmd).op,
+            OpResponse::Txn {
+                succeeded: true,
+                ..
+            }
+        )
+    };
+    assert!(holds(&mut sm, 2, "a", 0, CompareOp::Equal));
+    assert!(holds(&mut sm, 3, "missing", 0, CompareOp::Equal));
+    assert!(holds(&mut sm, 4, "a", 7, CompareOp::Less));
+    assert!(holds(&mut sm, 5, "a", -1, CompareOp::Greater));
+    assert!(!holds(&mut sm, 6, "a", 7, CompareOp::Equal));
+    // A put's lease is accepted and kept nowhere (no leases yet).
+    one(
+        &mut sm,
+        7,
+        KvCommand::Put(PutRequest {
+            key: b"a".to_vec(),
+            lease: 7,
+            ..Default::default()
+        }),
+    );
+    assert!(holds(&mut sm, 8, "a", 0, CompareOp::Equal));
+}
+
+#[test]
+fn nested_and_new_fields_are_validated_as_etcd_does() {
+    let mut sm = KvStateMachine::in_memory();
+    one(&mut sm, 1, put("a", "1"));
+    let before = (all(&sm), sm.revision());
+    let refused = |why: &str| Err(KvError::InvalidRequest(why.into()));
+    let value = |k: &str| {
+        TxnOp::Put(PutRequest {
+            value: b"x".to_vec(),
+            ..keep(k, true, false)
+        })
+    };
+    let lease = |k: &str| {
+        TxnOp::Put(PutRequest {
+            lease: 5,
+            ..keep(k, false, true)
+        })
+    };
+    let nested = |t| KvCommand::Txn(txn(vec![], vec![], vec![TxnOp::Txn(t)]));
+    let cases = [
+        (
+            KvCommand::Put(PutRequest {
+                value: b"x".to_vec(),
+                ..keep("a", true, true)
+            }),
+            "value is provided",
+        ),
+        (
+            KvCommand::Put(PutRequest {
+                lease: 1,
+                ..keep("a", false, true)
+            }),
+            "lease is provided",
+        ),
+        (
+            KvCommand::Put(PutRequest {
+                value: b"x".to_vec(),
+                lease: 1,
+                ..keep("", true, true)
+            }),
+            "key is not provided",
+        ),
+        (
+            nested(txn(vec![], vec![value("a")], vec![])),
+            "value is provided",
+        ),
+        (
+            nested(txn(vec![], vec![], vec![lease("a")])),
+            "lease is provided",
+        ),
+        (
+            nested(txn(
+                vec![cmp("", CompareTarget::Lease(0), CompareOp::Equal)],
+                vec![],
+                vec![],
+            )),
+            "key is not provided",
+        ),
+        (
+            nested(txn(vec![], vec![], vec![TxnOp::Range(range("", b""))])),
+            "key is not provided",
+        ),
+        // In etcd's order: requests one by one, depth first; then
+        // duplicates.
+        (
+            KvCommand::Txn(txn(
+                vec![],
+                vec![txn_put("d", "1"), txn_put("d", "2"), value("a")],
+                vec![TxnOp::Txn(txn(vec![], vec![txn_put("", "1")], vec![]))],
+            )),
+            "value is provided",
+        ),
+        (
+            KvCommand::Txn(txn(
+                vec![],
+                vec![
+                    TxnOp::Txn(txn(vec![], vec![lease("a")], vec![])),
+                    value("a"),
+                ],
+                vec![],
+            )),
+            "lease is provided",
+        ),
+        (
+            nested(txn(
+                vec![],
+                vec![],
+                vec![TxnOp::Txn(txn(
+                    vec![],
+                    vec![txn_put("d", "1"), txn_put("d", "2")],
+                    vec![],
+                ))],
+            )),
+            "duplicate key given in txn request",
+        ),
+        (
+            nested(txn(
+                vec![],
+                vec![
+                    TxnOp::DeleteRange(DeleteRangeRequest {
+                        key: b"a".to_vec(),
+                        range_end: b"c".to_vec(),
+                        prev_kv: false,
+                    }),
+                    TxnOp::Put(keep("b", true, false)),
+                ],
+                vec![],
+            )),
+            "duplicate key given in txn request",
+        ),
+    ];
+    for (i, (cmd, why)) in cases.into_iter().enumerate() {
+        let got = run(&mut sm, 2 + i as u64, std::slice::from_ref(&cmd)).remove(0);
+        assert_eq!(got, refused(why), "{cmd:?}");
+        assert_eq!((all(&sm), sm.revision()), before);
+    }
+    // The store's own duplicate check is per branch: a key put by a branch
+    // and by a transaction nested in it passes here (etcd's server refuses
+    // it before proposing), and so do puts of a key in both branches.
+    let across = KvCommand::Txn(txn(
+        vec![],
+        vec![
+            txn_put("d", "1"),
+            TxnOp::Txn(txn(
+                vec![],
+                vec![txn_put("d", "2")],
+                vec![txn_put("d", "3")],
+            )),
+        ],
+        vec![txn_put("d", "4")],
+    ));
+    one(&mut sm, 50, across);
+    let d = sm.get(b"d").expect("get").expect("d");
+    assert_eq!((d.value.as_slice(), d.version), (&b"2"[..], 2));
+}
+
+/// A command whose transactions nest `depth` levels (hand-made bytes, so
+/// that no deep value is built, encoded or dropped here).
+fn nested_bytes(depth: usize) -> Vec<u8> {
+    // Version 2, `KvCommand::Txn`, then per level: no compares, one
+    // success op, `TxnOp::Txn`; the innermost txn is empty; then each
+    // level's empty failure branch.
+    let mut bytes = vec![COMMAND_VERSION, 2];
+    for _ in 0..depth {
+        bytes.extend_from_slice(&[0, 1, 3]);
+    }
+    bytes.extend_from_slice(&[0, 0, 0]);
+    bytes.extend(std::iter::repeat_n(0, depth));
+    bytes
+}
+
+#[test]
+fn transactions_nested_too_deep_are_refused_when_decoded() {
+    // The deepest allowed decodes, applies and encodes the same, on a
+    // thread with a small stack.
+    let deepest = std::thread::Builder::new()
+        .stack_size(512 << 10)
+        .spawn(|| {
+            let bytes = nested_bytes(MAX_TXN_DEPTH);
+            let cmd = KvCommand::decode(&bytes).expect("decodes");
+            assert_eq!(cmd.encode(), bytes);
+            let mut sm = KvStateMachine::in_memory();
+            let r = sm.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+            assert!(
+                matches!(
+                    r,
+                    Ok(KvResponse {
+                        revision: 1,
+                        op: OpResponse::Txn {
+                            succeeded: true,
+                            ..
+                        }
+                    })
+                ),
+                "{r:?}"
+            );
+        })
+        .expect("spawn")
+        .join();
+    assert!(deepest.is_ok());
+    for depth in [MAX_TXN_DEPTH + 1, 1_000_000] {
+        let Err(KvError::InvalidRequest(e)) = KvCommand::decode(&nested_bytes(depth)) else {
+            panic!("{depth} levels decoded");
+        };
+        assert!(
+            e.contains(&format!(
+                "nested too deep (more than {MAX_TXN_DEPTH} levels)"
+            )),
+            "{e}"
+        );
+    }
+    // The count starts again at the next command, and another error is
+    // not mistaken for this one.
+    assert!(KvCommand::decode(&nested_bytes(MAX_TXN_DEPTH)).is_ok());
+    let mut truncated = nested_bytes(3);
+    truncated.pop();
+    let e = KvCommand::decode(&truncated).expect_err("truncated");
+    assert!(!e.to_string().contains("too deep"), "{e}");
 }
 
 fn snapshot_of(sm: &mut KvStateMachine) -> Vec<u8> {
@@ -499,6 +1057,7 @@ mod fixtures {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             prev_kv: true,
+            ..Default::default()
         });
         let delete = KvCommand::DeleteRange(DeleteRangeRequest {
             key: b"a".to_vec(),
@@ -539,7 +1098,7 @@ mod fixtures {
                 TxnOp::Put(PutRequest {
                     key: b"p".to_vec(),
                     value: b"q".to_vec(),
-                    prev_kv: false,
+                    ..Default::default()
                 }),
             ],
             failure: vec![TxnOp::DeleteRange(DeleteRangeRequest {
@@ -566,26 +1125,151 @@ mod fixtures {
         for (hex, want) in COMMANDS.iter().zip(commands()) {
             let bytes = unhex(hex);
             assert_eq!(KvCommand::decode(&bytes), Ok(want.clone()));
+            // Today's encoding is of format 2 (pinned by `COMMANDS_2`).
+            assert_eq!(want.encode()[0], 2, "{want:?}");
+        }
+    }
+
+    /// The commands of [`commands`] (those of `COMMANDS`, the new fields
+    /// at their defaults), then commands with every field and variant that
+    /// format 2 added, command format 2.
+    const COMMANDS_2: [&str; 6] = [
+        "0200016b017601000000",
+        "02010161016300",
+        "020204016100000200016101000104010162016302d8040201630003017803020001610100020100010170017100\
+         000000010201640001",
+        "0200016b0000010100",
+        "0200016b0176010000d804",
+        "020201016100040e0102030101620004010301010162000001000001030000010201630000000161000000000101\
+         017001710000000a",
+    ];
+
+    fn commands_2() -> Vec<KvCommand> {
+        let mut cmds = commands();
+        cmds.push(KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            ignore_value: true,
+            ignore_lease: true,
+            ..Default::default()
+        }));
+        cmds.push(KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            prev_kv: true,
+            lease: 300,
+            ..Default::default()
+        }));
+        let cmp = |key: &[u8], target, op| Compare {
+            key: key.to_vec(),
+            range_end: vec![],
+            target,
+            op,
+        };
+        cmds.push(KvCommand::Txn(TxnRequest {
+            compare: vec![cmp(b"a", CompareTarget::Lease(7), CompareOp::Greater)],
+            success: vec![
+                TxnOp::Txn(TxnRequest {
+                    compare: vec![cmp(b"b", CompareTarget::Lease(-1), CompareOp::NotEqual)],
+                    success: vec![TxnOp::Put(PutRequest {
+                        key: b"b".to_vec(),
+                        ignore_value: true,
+                        ..Default::default()
+                    })],
+                    failure: vec![TxnOp::Txn(TxnRequest {
+                        compare: vec![],
+                        success: vec![],
+                        failure: vec![TxnOp::DeleteRange(DeleteRangeRequest {
+                            key: b"c".to_vec(),
+                            range_end: vec![],
+                            prev_kv: false,
+                        })],
+                    })],
+                }),
+                TxnOp::Range(RangeRequest {
+                    key: b"a".to_vec(),
+                    ..Default::default()
+                }),
+            ],
+            failure: vec![TxnOp::Put(PutRequest {
+                key: b"p".to_vec(),
+                value: b"q".to_vec(),
+                lease: 5,
+                ..Default::default()
+            })],
+        }));
+        cmds
+    }
+
+    #[test]
+    fn commands_of_format_2_decode_and_are_todays_encoding() {
+        assert_eq!(COMMANDS_2.len(), commands_2().len());
+        for (hex, want) in COMMANDS_2.iter().zip(commands_2()) {
+            let bytes = unhex(hex);
+            assert_eq!(KvCommand::decode(&bytes), Ok(want.clone()));
             assert_eq!(want.encode(), bytes, "today's encoding of {want:?}");
         }
     }
 
     #[test]
+    fn format_1_never_held_what_format_2_added() {
+        // The txn of `COMMANDS` (and of `COMMANDS_2`) with its first
+        // comparison's target made a `Lease` (the variant after `Value`),
+        // and with its failure branch's delete made an empty `Txn` (the
+        // variant after `DeleteRange`): format 2 only.
+        let with_lease = |hex: &str| {
+            let mut bytes = unhex(hex);
+            assert_eq!(bytes[6..8], [0, 2], "Version(1)");
+            bytes[6] = 4;
+            bytes
+        };
+        let with_txn = |hex: &str| {
+            let mut bytes = unhex(hex);
+            let at = bytes.len() - 5;
+            assert_eq!(bytes[at..], [2, 1, b'd', 0, 1], "the delete of d");
+            bytes.truncate(at);
+            bytes.extend_from_slice(&[3, 0, 0, 0]);
+            bytes
+        };
+        for bytes in [with_lease(COMMANDS[2]), with_txn(COMMANDS[2])] {
+            let e = KvCommand::decode(&bytes).expect_err("not of format 1");
+            assert!(e.to_string().contains("key-value command"), "{e}");
+        }
+        let Ok(KvCommand::Txn(t)) = KvCommand::decode(&with_lease(COMMANDS_2[2])) else {
+            panic!("format 2 has lease comparisons")
+        };
+        assert_eq!(t.compare[0].target, CompareTarget::Lease(1));
+        let Ok(KvCommand::Txn(t)) = KvCommand::decode(&with_txn(COMMANDS_2[2])) else {
+            panic!("format 2 has nested transactions")
+        };
+        assert_eq!(t.failure, [TxnOp::Txn(TxnRequest::default())]);
+    }
+
+    #[test]
     fn commands_of_another_format_version_are_refused_and_change_nothing() {
         let mut sm = KvStateMachine::in_memory();
-        let mut bytes = unhex(COMMANDS[0]);
-        bytes[0] = 2;
-        let Err(KvError::InvalidRequest(e)) = KvCommand::decode(&bytes) else {
-            panic!("a command of version 2 decoded");
-        };
-        assert!(e.contains("format version 2"), "{e}");
-        let out = sm.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
-        assert!(matches!(out, Err(KvError::InvalidRequest(_))), "{out:?}");
-        assert_eq!((sm.revision(), sm.get(b"k")), (1, Ok(None)));
+        for version in [0, 3, 255] {
+            let mut bytes = unhex(COMMANDS_2[0]);
+            bytes[0] = version;
+            let Err(KvError::InvalidRequest(e)) = KvCommand::decode(&bytes) else {
+                panic!("a command of version {version} decoded");
+            };
+            assert!(
+                e.contains(&format!("format version {version},"))
+                    && e.contains("reads versions 1 and 2"),
+                "{e}"
+            );
+            let out = sm.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
+            assert!(matches!(out, Err(KvError::InvalidRequest(_))), "{out:?}");
+            assert_eq!((sm.revision(), sm.get(b"k")), (1, Ok(None)));
+        }
         assert!(matches!(
             KvCommand::decode(&[]),
             Err(KvError::InvalidRequest(_))
         ));
+        // A body of the other version is not mistaken for this one's.
+        let mut v1_as_2 = unhex(COMMANDS[0]);
+        v1_as_2[0] = 2;
+        assert!(KvCommand::decode(&v1_as_2).is_err());
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The key-value store's requests, responses and errors (the shapes of
 //! etcd's v3 KV API, so the server maps them one to one).
 
-use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+mod v1;
 
 /// A key's current value and history counters, as etcd reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,10 +85,20 @@ pub struct RangeResponse {
 pub struct PutRequest {
     /// The key (not empty).
     pub key: Vec<u8>,
-    /// The new value.
+    /// The new value (empty if `ignore_value`).
     pub value: Vec<u8>,
     /// Return the value it replaced.
     pub prev_kv: bool,
+    /// Update the key using its current value: `value` must be empty, and
+    /// the put fails ("key not found") if the key does not exist.
+    pub ignore_value: bool,
+    /// Update the key using its current lease: `lease` must be 0, and the
+    /// put fails ("key not found") if the key does not exist.
+    pub ignore_lease: bool,
+    /// The ID of the lease to attach to the key; 0 for none. (The store
+    /// has no leases yet: it keeps nothing of this, and every key's lease
+    /// reads as 0.)
+    pub lease: i64,
 }
 
 /// Removes keys.
@@ -109,6 +123,9 @@ pub enum CompareTarget {
     ModRevision(i64),
     /// The key's value (a missing key fails the comparison).
     Value(Vec<u8>),
+    /// The ID of the key's lease (0 if it has none or does not exist; no
+    /// key has a lease yet).
+    Lease(i64),
 }
 
 /// How the key's field is compared with the target.
@@ -146,6 +163,64 @@ pub enum TxnOp {
     Put(PutRequest),
     /// Remove keys.
     DeleteRange(DeleteRangeRequest),
+    /// A nested transaction, run as a part of this one at the same
+    /// revision. As in etcd, its comparisons (like those of every
+    /// transaction nested in the command) are decided on the store as it
+    /// was before the command, not after the branch's earlier writes. At
+    /// most [`MAX_TXN_DEPTH`] levels deep.
+    Txn(#[serde(deserialize_with = "nested_txn")] TxnRequest),
+}
+
+/// How deep transactions may nest in one command: a command whose
+/// transactions are nested deeper (a [`TxnOp::Txn`] inside a
+/// [`TxnOp::Txn`] ... more than this many times) is refused when it is
+/// decoded, before the recursion of decoding, checking, running or
+/// dropping it could exhaust a thread's stack. etcd's gRPC server cannot
+/// pass more than about 50 levels (its protobuf decoder's recursion limit
+/// of 100 messages, two per level).
+pub const MAX_TXN_DEPTH: usize = 64;
+
+thread_local! {
+    /// How many nested transactions are being decoded on this thread, and
+    /// whether the command being decoded nests deeper than it may (postcard
+    /// keeps no message of a decoding error, so [`KvCommand::decode`] looks
+    /// here to say why).
+    static DECODE_DEPTH: (Cell<usize>, Cell<bool>) = const { (Cell::new(0), Cell::new(false)) };
+}
+
+/// Decodes a [`TxnOp::Txn`], refusing nesting deeper than
+/// [`MAX_TXN_DEPTH`].
+fn nested_txn<'de, D: Deserializer<'de>>(d: D) -> Result<TxnRequest, D::Error> {
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DECODE_DEPTH.with(|(depth, _)| depth.set(depth.get().saturating_sub(1)));
+        }
+    }
+    let too_deep = DECODE_DEPTH.with(|(depth, too_deep)| {
+        depth.set(depth.get() + 1);
+        too_deep.set(too_deep.get() || depth.get() > MAX_TXN_DEPTH);
+        too_deep.get()
+    });
+    let _level = Level;
+    if too_deep {
+        return Err(serde::de::Error::custom(TOO_DEEP));
+    }
+    TxnRequest::deserialize(d)
+}
+
+const TOO_DEEP: &str = "transactions nested too deep";
+
+/// Decodes the body of a command of today's format.
+fn decode_body(body: &[u8]) -> Result<KvCommand, KvError> {
+    DECODE_DEPTH.with(|(_, too_deep)| too_deep.set(false));
+    dengine_runtime::typed::decode_body(body).map_err(|e| {
+        KvError::InvalidRequest(if DECODE_DEPTH.with(|(_, too_deep)| too_deep.get()) {
+            format!("key-value command: {TOO_DEEP} (more than {MAX_TXN_DEPTH} levels)")
+        } else {
+            format!("key-value command: {e}")
+        })
+    })
 }
 
 /// If every comparison holds, run `success`, else `failure`, atomically,
@@ -172,12 +247,16 @@ pub enum KvCommand {
 }
 
 /// The format version [`KvCommand::encode`] writes (the first byte of an
-/// encoded command, see [`dengine_runtime::typed`]). A later change to the shape of
-/// a command adds version 2 and keeps decoding 1, with a frozen copy of
-/// today's types: entries of version 1 stay in logs and must apply the
-/// same way forever (the fixtures in the store's tests check that they
-/// do).
-pub const COMMAND_VERSION: u8 = 1;
+/// encoded command, see [`dengine_runtime::typed`]): 2, today's types
+/// (with etcd's `ignore_value`, `ignore_lease` and `lease` of a put, lease
+/// comparisons and nested transactions). [`KvCommand::decode`] also reads
+/// version 1, the format before them, through a frozen copy of the types
+/// of then (new fields default: no `ignore_value`, no `ignore_lease`,
+/// lease 0): entries of version 1 stay in logs and must apply the same
+/// way forever. A later change to the shape of a command adds version 3
+/// the same way, freezing today's types as version 2 (the fixtures in the
+/// store's tests check that old bytes keep decoding as they did).
+pub const COMMAND_VERSION: u8 = 2;
 
 impl KvCommand {
     /// The bytes to propose: [`COMMAND_VERSION`], then the command.
@@ -186,18 +265,23 @@ impl KvCommand {
         dengine_runtime::typed::encode_version(COMMAND_VERSION, self).unwrap_or_default()
     }
 
-    /// Decodes bytes made by [`KvCommand::encode`]; another format version
-    /// (or bytes that are not a command) is an
-    /// [`KvError::InvalidRequest`] naming what is wrong.
+    /// Decodes bytes made by [`KvCommand::encode`], of this format version
+    /// or version 1; another format version (or bytes that are not a
+    /// command) is an [`KvError::InvalidRequest`] naming what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<KvCommand, KvError> {
+        use dengine_runtime::typed::split_version;
         let invalid = |e: dengine_runtime::typed::CommandError| {
             KvError::InvalidRequest(format!("key-value command: {e}"))
         };
-        match dengine_runtime::typed::split_version(bytes).map_err(invalid)? {
-            (COMMAND_VERSION, body) => dengine_runtime::typed::decode_body(body).map_err(invalid),
+        match split_version(bytes).map_err(invalid)? {
+            (COMMAND_VERSION, body) => decode_body(body),
+            (v1::VERSION, body) => dengine_runtime::typed::decode_body::<v1::KvCommand>(body)
+                .map(KvCommand::from)
+                .map_err(invalid),
             (version, _) => Err(KvError::InvalidRequest(format!(
                 "key-value command of format version {version}, which this program does not \
-                 read (it reads version {COMMAND_VERSION})"
+                 read (it reads versions {} and {COMMAND_VERSION})",
+                v1::VERSION
             ))),
         }
     }

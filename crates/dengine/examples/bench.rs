@@ -78,6 +78,7 @@ impl Bench for KvStateMachine {
             key: format!("key{key:06}").into_bytes(),
             value: vec![b'v'; payload],
             prev_kv: false,
+            ..Default::default()
         })
         .encode()
     }

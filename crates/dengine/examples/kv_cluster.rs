@@ -57,6 +57,7 @@ fn put(key: &str, value: &str) -> KvCommand {
         key: key.into(),
         value: value.into(),
         prev_kv: true,
+        ..Default::default()
     })
 }
 
@@ -73,6 +74,7 @@ fn compare_and_swap(key: &str, old: &str, new: &str) -> KvCommand {
             key: key.into(),
             value: new.into(),
             prev_kv: false,
+            ..Default::default()
         })],
         failure: vec![],
     })

@@ -65,6 +65,7 @@ impl Machine for KvStateMachine {
             key: key.as_bytes().to_vec(),
             value: b"v".to_vec(),
             prev_kv: false,
+            ..Default::default()
         })
         .encode()
     }

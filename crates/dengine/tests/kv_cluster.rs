@@ -55,6 +55,7 @@ async fn put(node: &Node<KvStateMachine>, k: &str, v: &str) -> dengine::LogIndex
         key: k.into(),
         value: v.into(),
         prev_kv: false,
+        ..Default::default()
     });
     let done = node.propose(cmd.encode()).await.expect("propose");
     done.response.expect("put applies");
