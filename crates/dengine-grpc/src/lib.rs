@@ -24,4 +24,9 @@
 //!   version does not know, is refused with a [`peer::WireError`].
 #![deny(missing_docs)]
 
+pub use dengine_proto as proto;
+
+pub mod etcd;
+pub mod members;
 pub mod peer;
+pub mod server;

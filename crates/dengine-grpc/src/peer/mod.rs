@@ -1,8 +1,13 @@
 //! dengine's peer protocol (`dengine.peer.v1`): Raft between the members of
 //! one cluster.
 //!
-//! For now, the conversions between [`dengine_core::Message`] and its wire
-//! form [`dengine_proto::peer::Message`]:
+//! - [`GrpcTransport`]: the sending side, a runtime `Transport` (one
+//!   long-lived stream per peer, batches, bounded queues, reconnects;
+//!   snapshots as frames, resumed after a break);
+//! - [`PeerService`]: the receiving side, the `Peer` gRPC service;
+//! - identity checks on every call ([`check_caller`]);
+//! - the conversions between [`dengine_core::Message`] and its wire form
+//!   [`dengine_proto::peer::Message`]:
 //!
 //! - [`message_to_wire`] cannot fail: every engine message has a wire form.
 //! - [`message_from_wire`] checks what the engine needs and nothing more:
@@ -14,5 +19,13 @@
 //!   the engine and the transport to judge.
 
 mod convert;
+mod identity;
+mod server;
+mod snapshot_send;
+mod transport;
 
 pub use convert::{WireError, message_from_wire, message_to_wire};
+pub use identity::{CLUSTER_ID, FROM, KnownMembers, PeerIdentity, TO, backoff, check_caller};
+pub use server::{ForwardTarget, PeerInbox, PeerService, PeerServiceStats};
+pub(crate) use transport::with_identity;
+pub use transport::{GrpcTransport, LinkStats, PeerLinkConfig};

@@ -1,0 +1,138 @@
+//! etcd's errors, with its gRPC codes and its exact texts: clients map an
+//! error back to a typed one by its message (etcd's
+//! `api/v3rpc/rpctypes/error.go`), so every byte matters.
+
+use dengine_kv::KvError;
+use dengine_runtime::Error;
+use tonic::{Code, Status};
+
+/// "etcdserver: key is not provided"
+pub fn empty_key() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: key is not provided")
+}
+
+/// "etcdserver: key not found" (etcd's answer to an empty request op)
+pub fn key_not_found() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: key not found")
+}
+
+/// "etcdserver: value is provided"
+pub fn value_provided() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: value is provided")
+}
+
+/// "etcdserver: lease is provided"
+pub fn lease_provided() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
+}
+
+/// "etcdserver: too many operations in txn request"
+pub fn too_many_ops() -> Status {
+    Status::new(
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+    )
+}
+
+/// "etcdserver: duplicate key given in txn request"
+pub fn duplicate_key() -> Status {
+    Status::new(
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    )
+}
+
+/// "etcdserver: invalid sort option"
+pub fn invalid_sort_option() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
+}
+
+/// "etcdserver: mvcc: required revision has been compacted"
+pub fn compacted() -> Status {
+    Status::new(
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    )
+}
+
+/// "etcdserver: mvcc: required revision is a future revision"
+pub fn future_revision() -> Status {
+    Status::new(
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+    )
+}
+
+/// "etcdserver: request is too large"
+pub fn request_too_large() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+}
+
+/// "etcdserver: too many requests"
+pub fn too_many_requests() -> Status {
+    Status::new(Code::ResourceExhausted, "etcdserver: too many requests")
+}
+
+/// "etcdserver: no leader"
+pub fn no_leader() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: no leader")
+}
+
+/// "etcdserver: leader changed"
+pub fn leader_changed() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: leader changed")
+}
+
+/// "etcdserver: server stopped"
+pub fn stopped() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: server stopped")
+}
+
+/// "etcdserver: request timed out"
+pub fn timed_out() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: request timed out")
+}
+
+/// "etcdserver: request timed out, possibly due to connection lost"
+pub fn timed_out_connection_lost() -> Status {
+    Status::new(
+        Code::Unavailable,
+        "etcdserver: request timed out, possibly due to connection lost",
+    )
+}
+
+/// A method of etcd's API this server does not serve yet.
+pub fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "{method} is not implemented by dengine yet (see the README for the etcd API served)"
+    ))
+}
+
+/// The etcd error for a runtime error.
+pub fn from_runtime(e: &Error) -> Status {
+    match e {
+        Error::NotLeader { .. } | Error::Dropped(_) | Error::TransferInProgress => leader_changed(),
+        Error::TransferFailed(_) => leader_changed(),
+        Error::Timeout => timed_out(),
+        Error::Overloaded => too_many_requests(),
+        Error::Invalid(why) => Status::invalid_argument(format!("etcdserver: {why}")),
+        Error::Shutdown | Error::Fatal(_) | Error::Storage(_) => stopped(),
+        other => Status::internal(format!("etcdserver: {other}")),
+    }
+}
+
+/// The etcd error for a key-value store error.
+pub fn from_kv(e: &KvError) -> Status {
+    match e {
+        KvError::InvalidRequest(why) => {
+            Status::new(Code::InvalidArgument, format!("etcdserver: {why}"))
+        }
+        KvError::Storage(why) => Status::new(Code::Unavailable, format!("etcdserver: {why}")),
+        other => Status::internal(format!("etcdserver: {other}")),
+    }
+}
+
+/// "etcdserver: requested lease not found"
+pub fn lease_not_found() -> Status {
+    Status::new(Code::NotFound, "etcdserver: requested lease not found")
+}

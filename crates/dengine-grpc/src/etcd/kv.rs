@@ -1,0 +1,159 @@
+//! etcd's `KV` service.
+
+use std::sync::Arc;
+
+use dengine_kv::{KvCommand, OpResponse};
+use dengine_proto::etcdserverpb as pb;
+use dengine_proto::etcdserverpb::kv_server::Kv;
+use tonic::{Request, Response, Status};
+
+use super::{EtcdCore, errors, range, txn};
+
+/// etcd's `KV` service on a key-value node.
+#[derive(Clone)]
+pub struct KvService {
+    core: Arc<EtcdCore>,
+}
+
+impl KvService {
+    /// The service of `core`'s node.
+    pub fn new(core: Arc<EtcdCore>) -> KvService {
+        KvService { core }
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!(
+        "etcdserver: the store answered a {what} with another kind"
+    ))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        self.core.check_has_leader(request.metadata())?;
+        let r = request.into_inner();
+        range::check(&r)?;
+        let q = range::to_store(&r);
+        let at = r.revision;
+        let (revision, got) = self
+            .core
+            .read(r.serializable, move |kv| {
+                let current = kv.revision();
+                if at > current {
+                    return Err(errors::future_revision());
+                }
+                // No history is kept yet: only the current revision can
+                // be read (the MVCC store brings the past).
+                if at > 0 && at < current {
+                    return Err(errors::compacted());
+                }
+                kv.range(&q)
+                    .map(|got| (current, got))
+                    .map_err(|e| errors::from_kv(&e))
+            })
+            .await??;
+        let (kvs, more, count) = range::finish(&r, got);
+        Ok(Response::new(pb::RangeResponse {
+            header: self.core.header(revision),
+            kvs,
+            more,
+            count,
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        self.core.check_has_leader(request.metadata())?;
+        let p = request.into_inner();
+        txn::check_put(&p)?;
+        if p.lease != 0 {
+            // No leases exist yet, so none can be attached.
+            return Err(errors::lease_not_found());
+        }
+        let resp = self
+            .core
+            .write(&KvCommand::Put(txn::put_to_store(p)))
+            .await?;
+        let OpResponse::Put { prev_kv } = resp.op else {
+            return Err(unexpected("put"));
+        };
+        Ok(Response::new(pb::PutResponse {
+            header: self.core.header(resp.revision),
+            prev_kv: prev_kv.map(range::kv_to_pb),
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        self.core.check_has_leader(request.metadata())?;
+        let d = request.into_inner();
+        txn::check_delete(&d)?;
+        let resp = self
+            .core
+            .write(&KvCommand::DeleteRange(txn::delete_to_store(d)))
+            .await?;
+        let OpResponse::DeleteRange { deleted, prev_kvs } = resp.op else {
+            return Err(unexpected("delete"));
+        };
+        Ok(Response::new(pb::DeleteRangeResponse {
+            header: self.core.header(resp.revision),
+            deleted,
+            prev_kvs: prev_kvs.into_iter().map(range::kv_to_pb).collect(),
+        }))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        self.core.check_has_leader(request.metadata())?;
+        let t = request.into_inner();
+        txn::check_txn(&t, self.core.limits.max_txn_ops)?;
+        if uses_lease(&t) {
+            return Err(errors::lease_not_found());
+        }
+        let cmd = txn::txn_command(t.clone())?;
+        let resp = self.core.write(&cmd).await?;
+        let OpResponse::Txn {
+            succeeded,
+            responses,
+        } = resp.op
+        else {
+            return Err(unexpected("txn"));
+        };
+        let (succeeded, responses) = txn::txn_response(&t, succeeded, responses, resp.revision);
+        Ok(Response::new(pb::TxnResponse {
+            header: self.core.header(resp.revision),
+            succeeded,
+            responses,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        _request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        Err(errors::unimplemented("KV.Compact"))
+    }
+}
+
+/// Whether a put anywhere in the txn attaches a lease.
+fn uses_lease(t: &pb::TxnRequest) -> bool {
+    use dengine_proto::etcdserverpb::request_op::Request as Op;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(p)) => p.lease != 0,
+            Some(Op::RequestTxn(t)) => uses_lease(t),
+            _ => false,
+        })
+}

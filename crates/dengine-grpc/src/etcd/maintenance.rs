@@ -1,0 +1,214 @@
+//! etcd's `Maintenance` service (`Status`, `Alarm`) and `Cluster` service
+//! (`MemberList`); the rest of both answer `UNIMPLEMENTED` for now.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use dengine_proto::etcdserverpb as pb;
+use dengine_proto::etcdserverpb::cluster_server::Cluster;
+use dengine_proto::etcdserverpb::maintenance_server::Maintenance;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{ETCD_API_VERSION, EtcdCore, errors};
+
+/// Bytes of files under `dir`, recursively (0 when unreadable).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// etcd's `Maintenance` service.
+#[derive(Clone)]
+pub struct MaintenanceService {
+    core: Arc<EtcdCore>,
+}
+
+impl MaintenanceService {
+    /// The service of `core`'s node.
+    pub fn new(core: Arc<EtcdCore>) -> MaintenanceService {
+        MaintenanceService { core }
+    }
+}
+
+impl EtcdCore {
+    /// The store's current revision, as this member has applied it.
+    async fn current_revision(&self) -> Result<i64, Status> {
+        self.read(true, |kv| kv.revision()).await
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        // No alarm is raised yet (the space quota comes with the MVCC
+        // store): every action finds none.
+        let revision = self.core.current_revision().await?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: self.core.header(revision),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let revision = self.core.current_revision().await?;
+        let m = self.core.metrics.borrow().clone();
+        let db_size = self
+            .core
+            .data_dir
+            .as_deref()
+            .map_or(0, dir_size)
+            // Never 0: `etcdctl endpoint status` divides by it.
+            .max(1) as i64;
+        let me = self.core.member_id;
+        let mut resp = Response::new(pb::StatusResponse {
+            header: self.core.header(revision),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: m.leader.map_or(0, |l| l.0),
+            raft_index: m.last_index.0,
+            raft_term: m.term.0,
+            raft_applied_index: m.applied.0,
+            errors: m.fatal.into_iter().collect(),
+            // The store keeps no free pages apart: all of it is in use.
+            db_size_in_use: db_size,
+            is_learner: m.membership.is_learner(me),
+        });
+        resp.metadata_mut().insert(
+            "dengine-version",
+            tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")),
+        );
+        Ok(resp)
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.Defragment"))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.HashKV"))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(errors::unimplemented("Maintenance.Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.Downgrade"))
+    }
+}
+
+/// etcd's `Cluster` service.
+#[derive(Clone)]
+pub struct ClusterService {
+    core: Arc<EtcdCore>,
+}
+
+impl ClusterService {
+    /// The service of `core`'s node.
+    pub fn new(core: Arc<EtcdCore>) -> ClusterService {
+        ClusterService { core }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(errors::unimplemented("Cluster.MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(errors::unimplemented("Cluster.MemberRemove"))
+    }
+
+    async fn member_update(
+        &self,
+        _request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(errors::unimplemented("Cluster.MemberUpdate"))
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let revision = self.core.current_revision().await?;
+        let membership = self.core.metrics.borrow().membership.clone();
+        let members = match self.core.members.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let members = members
+            .into_iter()
+            .map(|m| pb::Member {
+                id: m.id.0,
+                is_learner: membership.is_learner(m.id),
+                name: m.name,
+                peer_ur_ls: m.peer_urls,
+                client_ur_ls: m.client_urls,
+            })
+            .collect();
+        Ok(Response::new(pb::MemberListResponse {
+            header: self.core.header(revision),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(errors::unimplemented("Cluster.MemberPromote"))
+    }
+}

@@ -1,0 +1,191 @@
+//! etcd's v3 API on the client port, served by a key-value node.
+//!
+//! - [`KvService`]: the `KV` service, `Range`, `Put`, `DeleteRange`, `Txn` (`Compact`
+//!   comes with the MVCC store);
+//! - [`MaintenanceService`]: the `Maintenance` service, `Status`, `Alarm` (no alarms exist yet);
+//! - [`ClusterService`]: the `Cluster` service, `MemberList`;
+//! - every other method of etcd's services answers `UNIMPLEMENTED`
+//!   naming the method.
+//!
+//! Any member takes any request. Writes go to the leader: proposed here
+//! when this member leads, else forwarded ([`forward`]). Linearizable
+//! reads confirm the read index with the leader (ReadIndex) and are then
+//! served from this member's own state; serializable reads are served
+//! from it at once.
+
+pub mod errors;
+pub mod forward;
+mod kv;
+mod maintenance;
+pub mod range;
+mod stubs;
+pub mod txn;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dengine_core::NodeId;
+use dengine_kv::{KvCommand, KvResponse, KvStateMachine};
+use dengine_proto::etcdserverpb as pb;
+use dengine_runtime::{Error, Metrics, Node, ReadPolicy};
+use tokio::sync::watch;
+use tonic::Status;
+
+pub use forward::Forwarder;
+pub use kv::KvService;
+pub use maintenance::{ClusterService, MaintenanceService};
+pub use stubs::{AuthService, LeaseService, WatchService};
+
+use crate::members::Member;
+
+/// The etcd API level served: clients gate features on `Status.version`
+/// (Kubernetes turns watch progress requests off below 3.4.31 and for
+/// 3.5.0 to 3.5.12), so it names the etcd release whose behaviour dengine
+/// matches. dengine's own version is in the `dengine-version` metadata of
+/// `Status` responses and in `dengine --version`.
+pub const ETCD_API_VERSION: &str = "3.5.17";
+
+/// The limits a client's request meets, as etcd's flags set them.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most operations in one txn (`--max-txn-ops`, 128).
+    pub max_txn_ops: usize,
+    /// Most bytes in one request (`--max-request-bytes`, 1.5 MiB).
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_txn_ops: 128,
+            max_request_bytes: 1536 * 1024,
+        }
+    }
+}
+
+/// What every etcd service of one member shares.
+pub struct EtcdCore {
+    node: Node<KvStateMachine>,
+    metrics: watch::Receiver<Metrics>,
+    cluster_id: u64,
+    member_id: NodeId,
+    forwarder: Forwarder,
+    limits: Limits,
+    /// How long a write waits for a leader to be known.
+    leader_wait: Duration,
+    members: Arc<RwLock<Vec<Member>>>,
+    /// Where the node's data lives (for `db_size`); `None` in memory.
+    data_dir: Option<std::path::PathBuf>,
+}
+
+impl EtcdCore {
+    /// The shared core of the services of `node`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: Node<KvStateMachine>,
+        cluster_id: u64,
+        forwarder: Forwarder,
+        limits: Limits,
+        leader_wait: Duration,
+        members: Arc<RwLock<Vec<Member>>>,
+        data_dir: Option<std::path::PathBuf>,
+    ) -> Arc<EtcdCore> {
+        Arc::new(EtcdCore {
+            metrics: node.metrics(),
+            member_id: node.id(),
+            node,
+            cluster_id,
+            forwarder,
+            limits,
+            leader_wait,
+            members,
+            data_dir,
+        })
+    }
+
+    /// A response header as etcd fills it.
+    fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id.0,
+            revision,
+            raft_term: self.metrics.borrow().term.0,
+        })
+    }
+
+    fn leader_now(&self) -> Option<NodeId> {
+        self.metrics.borrow().leader
+    }
+
+    /// Fails with "etcdserver: no leader" when the client asked for a
+    /// member with a leader (`hasleader` metadata) and none is known.
+    fn check_has_leader(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let wants = md
+            .get("hasleader")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "true");
+        if wants && self.leader_now().is_none() {
+            return Err(errors::no_leader());
+        }
+        Ok(())
+    }
+
+    /// The leader, waiting a little (an election) when none is known.
+    async fn leader(&self) -> Result<NodeId, Status> {
+        if let Some(l) = self.leader_now() {
+            return Ok(l);
+        }
+        self.node
+            .wait_for(self.leader_wait, |m| m.leader.is_some())
+            .await
+            .ok()
+            .and_then(|m| m.leader)
+            .ok_or_else(errors::no_leader)
+    }
+
+    /// Runs a write: proposed here when this member leads, else forwarded.
+    async fn write(&self, cmd: &KvCommand) -> Result<KvResponse, Status> {
+        let bytes = cmd.encode();
+        if bytes.len() > self.limits.max_request_bytes {
+            return Err(errors::request_too_large());
+        }
+        let leader = self.leader().await?;
+        if leader != self.member_id {
+            return self.forwarder.forward(leader, bytes).await;
+        }
+        match self.node.propose(bytes.clone()).await {
+            Ok(p) => p.response.map_err(|e| errors::from_kv(&e)),
+            // Leadership moved before the proposal reached the core: it
+            // was not proposed, so it is safe to send it on.
+            Err(Error::NotLeader {
+                leader: Some(other),
+            }) if other != self.member_id => self.forwarder.forward(other, bytes).await,
+            Err(e) => Err(read_error(&e)),
+        }
+    }
+
+    /// Runs `query` on the store under the read's consistency.
+    async fn read<R: Send + 'static>(
+        &self,
+        serializable: bool,
+        query: impl FnOnce(&KvStateMachine) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        let policy = if serializable {
+            ReadPolicy::Stale
+        } else {
+            ReadPolicy::Linearizable
+        };
+        self.node
+            .read(policy, query)
+            .await
+            .map_err(|e| read_error(&e))
+    }
+}
+
+/// The etcd error for a runtime error, with "no leader" when none is known.
+fn read_error(e: &Error) -> Status {
+    match e {
+        Error::NotLeader { leader: None } => errors::no_leader(),
+        other => errors::from_runtime(other),
+    }
+}

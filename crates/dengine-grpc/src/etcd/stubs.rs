@@ -1,0 +1,199 @@
+//! The services of etcd's API that dengine does not serve yet: every
+//! method answers `UNIMPLEMENTED` naming itself (watch, leases and auth
+//! come in later releases; see the README).
+
+use std::pin::Pin;
+
+use dengine_proto::etcdserverpb as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::errors;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// etcd's `Watch` service, not served yet.
+#[derive(Clone, Debug, Default)]
+pub struct WatchService;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    async fn watch(
+        &self,
+        _request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(errors::unimplemented("Watch.Watch"))
+    }
+}
+
+/// etcd's `Lease` service, not served yet.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseService;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        _request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        Err(errors::unimplemented("Lease.LeaseGrant"))
+    }
+
+    async fn lease_revoke(
+        &self,
+        _request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        Err(errors::unimplemented("Lease.LeaseRevoke"))
+    }
+
+    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
+
+    async fn lease_keep_alive(
+        &self,
+        _request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        Err(errors::unimplemented("Lease.LeaseKeepAlive"))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        Err(errors::unimplemented("Lease.LeaseTimeToLive"))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        Err(errors::unimplemented("Lease.LeaseLeases"))
+    }
+}
+
+/// etcd's `Auth` service, not served yet.
+#[derive(Clone, Debug, Default)]
+pub struct AuthService;
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        _request: Request<pb::AuthEnableRequest>,
+    ) -> Result<Response<pb::AuthEnableResponse>, Status> {
+        Err(errors::unimplemented("Auth.AuthEnable"))
+    }
+
+    async fn auth_disable(
+        &self,
+        _request: Request<pb::AuthDisableRequest>,
+    ) -> Result<Response<pb::AuthDisableResponse>, Status> {
+        Err(errors::unimplemented("Auth.AuthDisable"))
+    }
+
+    async fn auth_status(
+        &self,
+        _request: Request<pb::AuthStatusRequest>,
+    ) -> Result<Response<pb::AuthStatusResponse>, Status> {
+        Err(errors::unimplemented("Auth.AuthStatus"))
+    }
+
+    async fn authenticate(
+        &self,
+        _request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        Err(errors::unimplemented("Auth.Authenticate"))
+    }
+
+    async fn user_add(
+        &self,
+        _request: Request<pb::AuthUserAddRequest>,
+    ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserAdd"))
+    }
+
+    async fn user_get(
+        &self,
+        _request: Request<pb::AuthUserGetRequest>,
+    ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserGet"))
+    }
+
+    async fn user_list(
+        &self,
+        _request: Request<pb::AuthUserListRequest>,
+    ) -> Result<Response<pb::AuthUserListResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserList"))
+    }
+
+    async fn user_delete(
+        &self,
+        _request: Request<pb::AuthUserDeleteRequest>,
+    ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserDelete"))
+    }
+
+    async fn user_change_password(
+        &self,
+        _request: Request<pb::AuthUserChangePasswordRequest>,
+    ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserChangePassword"))
+    }
+
+    async fn user_grant_role(
+        &self,
+        _request: Request<pb::AuthUserGrantRoleRequest>,
+    ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserGrantRole"))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        _request: Request<pb::AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
+        Err(errors::unimplemented("Auth.UserRevokeRole"))
+    }
+
+    async fn role_add(
+        &self,
+        _request: Request<pb::AuthRoleAddRequest>,
+    ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
+        Err(errors::unimplemented("Auth.RoleAdd"))
+    }
+
+    async fn role_get(
+        &self,
+        _request: Request<pb::AuthRoleGetRequest>,
+    ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
+        Err(errors::unimplemented("Auth.RoleGet"))
+    }
+
+    async fn role_list(
+        &self,
+        _request: Request<pb::AuthRoleListRequest>,
+    ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
+        Err(errors::unimplemented("Auth.RoleList"))
+    }
+
+    async fn role_delete(
+        &self,
+        _request: Request<pb::AuthRoleDeleteRequest>,
+    ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
+        Err(errors::unimplemented("Auth.RoleDelete"))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        _request: Request<pb::AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
+        Err(errors::unimplemented("Auth.RoleGrantPermission"))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        _request: Request<pb::AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
+        Err(errors::unimplemented("Auth.RoleRevokePermission"))
+    }
+}

@@ -1,0 +1,445 @@
+//! Requests of etcd's KV API to store commands, checked first as etcd
+//! checks them (`checkPutRequest`, `checkTxnRequest`, `checkIntervals`),
+//! and the store's answers back to etcd's form.
+
+use std::collections::BTreeSet;
+
+use dengine_kv::{
+    Compare, CompareOp, CompareTarget, DeleteRangeRequest, KvCommand, OpResponse, PutRequest,
+    TxnOp, TxnRequest,
+};
+use dengine_proto::etcdserverpb as pb;
+use dengine_proto::etcdserverpb::compare::{CompareResult, CompareTarget as PbTarget, TargetUnion};
+use dengine_proto::etcdserverpb::request_op::Request as PbOp;
+use dengine_proto::etcdserverpb::response_op::Response as PbResp;
+use tonic::Status;
+
+use super::errors;
+use super::range;
+
+/// Checks a put as etcd does.
+pub fn check_put(r: &pb::PutRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(errors::value_provided());
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(errors::lease_provided());
+    }
+    Ok(())
+}
+
+/// Checks a delete as etcd does.
+pub fn check_delete(r: &pb::DeleteRangeRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    Ok(())
+}
+
+/// Checks a txn as etcd does: the number of operations, empty keys
+/// (recursively), then, for each branch, that no key is written twice.
+pub fn check_txn(r: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
+    check_txn_request(r, max_ops as i64)?;
+    check_intervals(&r.success)?;
+    check_intervals(&r.failure)?;
+    Ok(())
+}
+
+fn check_txn_request(r: &pb::TxnRequest, max_ops: i64) -> Result<(), Status> {
+    let opc = r.compare.len().max(r.success.len()).max(r.failure.len()) as i64;
+    if opc > max_ops {
+        return Err(errors::too_many_ops());
+    }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(errors::empty_key());
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(PbOp::RequestRange(r)) => range::check(r)?,
+            Some(PbOp::RequestPut(p)) => check_put(p)?,
+            Some(PbOp::RequestDeleteRange(d)) => check_delete(d)?,
+            Some(PbOp::RequestTxn(t)) => check_txn_request(t, max_ops - opc)?,
+            None => return Err(errors::key_not_found()),
+        }
+    }
+    Ok(())
+}
+
+/// A key range as etcd's interval tree sees a delete: `[key, end)`, or
+/// the point `key`; an end of `\0` means "to the end of the key space".
+#[derive(Clone, Debug)]
+struct Interval {
+    start: Vec<u8>,
+    /// `None`: a single key. `Some(empty)`: unbounded.
+    end: Option<Vec<u8>>,
+}
+
+impl Interval {
+    fn of(key: &[u8], range_end: &[u8]) -> Interval {
+        match range_end {
+            [] => Interval {
+                start: key.to_vec(),
+                end: None,
+            },
+            [0] => Interval {
+                start: key.to_vec(),
+                end: Some(Vec::new()),
+            },
+            end => Interval {
+                start: key.to_vec(),
+                end: Some(end.to_vec()),
+            },
+        }
+    }
+
+    fn contains(&self, k: &[u8]) -> bool {
+        match &self.end {
+            None => k == self.start.as_slice(),
+            Some(e) if e.is_empty() => self.start.as_slice() <= k,
+            Some(e) => self.start.as_slice() <= k && k < e.as_slice(),
+        }
+    }
+}
+
+/// etcd's `checkIntervals`: within one branch (nested txns included), a
+/// key may be put once, and not also be deleted; a key put in both
+/// branches of a nested txn is fine.
+fn check_intervals(ops: &[pb::RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<Interval>), Status> {
+    let mut dels: Vec<Interval> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(PbOp::RequestDeleteRange(d)) => Some(Interval::of(&d.key, &d.range_end)),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[Interval], k: &[u8]| dels.iter().any(|i| i.contains(k));
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for op in ops {
+        let Some(PbOp::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(errors::duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if puts.contains(k) && !puts_then.contains(k) {
+                return Err(errors::duplicate_key());
+            }
+            if deleted(&dels, k) {
+                return Err(errors::duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(PbOp::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(errors::duplicate_key());
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// A put as a store request.
+pub fn put_to_store(p: pb::PutRequest) -> PutRequest {
+    PutRequest {
+        key: p.key,
+        value: p.value,
+        prev_kv: p.prev_kv,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
+        lease: p.lease,
+    }
+}
+
+/// A delete as a store request.
+pub fn delete_to_store(d: pb::DeleteRangeRequest) -> DeleteRangeRequest {
+    DeleteRangeRequest {
+        key: d.key,
+        range_end: d.range_end,
+        prev_kv: d.prev_kv,
+    }
+}
+
+fn compare_to_store(c: pb::Compare) -> Result<Compare, Status> {
+    let op = match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => CompareOp::Equal,
+        Ok(CompareResult::Greater) => CompareOp::Greater,
+        Ok(CompareResult::Less) => CompareOp::Less,
+        Ok(CompareResult::NotEqual) => CompareOp::NotEqual,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: unknown compare result {}",
+                c.result
+            )));
+        }
+    };
+    // etcd reads the union member the target names; a union that holds
+    // another member (or none) compares against that member's zero.
+    let u = c.target_union;
+    let target = match PbTarget::try_from(c.target) {
+        Ok(PbTarget::Version) => CompareTarget::Version(match u {
+            Some(TargetUnion::Version(v)) => v,
+            _ => 0,
+        }),
+        Ok(PbTarget::Create) => CompareTarget::CreateRevision(match u {
+            Some(TargetUnion::CreateRevision(v)) => v,
+            _ => 0,
+        }),
+        Ok(PbTarget::Mod) => CompareTarget::ModRevision(match u {
+            Some(TargetUnion::ModRevision(v)) => v,
+            _ => 0,
+        }),
+        Ok(PbTarget::Value) => CompareTarget::Value(match u {
+            Some(TargetUnion::Value(v)) => v,
+            _ => Vec::new(),
+        }),
+        Ok(PbTarget::Lease) => CompareTarget::Lease(match u {
+            Some(TargetUnion::Lease(v)) => v,
+            _ => 0,
+        }),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: unknown compare target {}",
+                c.target
+            )));
+        }
+    };
+    Ok(Compare {
+        key: c.key,
+        range_end: c.range_end,
+        target,
+        op,
+    })
+}
+
+/// A (checked) txn as a store request. Ranges inside keep their etcd form
+/// alongside, to finish their answers as [`range::finish`] does.
+pub fn txn_to_store(t: pb::TxnRequest) -> Result<TxnRequest, Status> {
+    let ops = |ops: Vec<pb::RequestOp>| -> Result<Vec<TxnOp>, Status> {
+        ops.into_iter()
+            .map(|op| match op.request {
+                Some(PbOp::RequestRange(r)) => Ok(TxnOp::Range(range::to_store(&r))),
+                Some(PbOp::RequestPut(p)) => Ok(TxnOp::Put(put_to_store(p))),
+                Some(PbOp::RequestDeleteRange(d)) => Ok(TxnOp::DeleteRange(delete_to_store(d))),
+                Some(PbOp::RequestTxn(t)) => Ok(TxnOp::Txn(txn_to_store(t)?)),
+                None => Err(errors::key_not_found()),
+            })
+            .collect()
+    };
+    Ok(TxnRequest {
+        compare: t
+            .compare
+            .into_iter()
+            .map(compare_to_store)
+            .collect::<Result<_, _>>()?,
+        success: ops(t.success)?,
+        failure: ops(t.failure)?,
+    })
+}
+
+/// The header of a response inside a txn: only the revision, as etcd.
+fn inner_header(revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// The store's answer to the txn `req` in etcd's form.
+pub fn txn_response(
+    req: &pb::TxnRequest,
+    succeeded: bool,
+    responses: Vec<OpResponse>,
+    revision: i64,
+) -> (bool, Vec<pb::ResponseOp>) {
+    let branch = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
+    let out = branch
+        .iter()
+        .zip(responses)
+        .map(|(op, resp)| {
+            let response = match (resp, &op.request) {
+                (OpResponse::Range(got), Some(PbOp::RequestRange(r))) => {
+                    let (kvs, more, count) = range::finish(r, got);
+                    PbResp::ResponseRange(pb::RangeResponse {
+                        header: inner_header(revision),
+                        kvs,
+                        more,
+                        count,
+                    })
+                }
+                (OpResponse::Put { prev_kv }, _) => PbResp::ResponsePut(pb::PutResponse {
+                    header: inner_header(revision),
+                    prev_kv: prev_kv.map(range::kv_to_pb),
+                }),
+                (OpResponse::DeleteRange { deleted, prev_kvs }, _) => {
+                    PbResp::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: inner_header(revision),
+                        deleted,
+                        prev_kvs: prev_kvs.into_iter().map(range::kv_to_pb).collect(),
+                    })
+                }
+                (
+                    OpResponse::Txn {
+                        succeeded,
+                        responses,
+                    },
+                    Some(PbOp::RequestTxn(inner)),
+                ) => {
+                    let (succeeded, responses) =
+                        txn_response(inner, succeeded, responses, revision);
+                    PbResp::ResponseTxn(pb::TxnResponse {
+                        header: inner_header(revision),
+                        succeeded,
+                        responses,
+                    })
+                }
+                // The store answers each op with its own kind; a range
+                // answer without its request cannot happen.
+                (OpResponse::Range(got), _) => PbResp::ResponseRange(pb::RangeResponse {
+                    header: inner_header(revision),
+                    count: got.count,
+                    more: got.more,
+                    kvs: got.kvs.into_iter().map(range::kv_to_pb).collect(),
+                }),
+                (OpResponse::Txn { succeeded, .. }, _) => PbResp::ResponseTxn(pb::TxnResponse {
+                    header: inner_header(revision),
+                    succeeded,
+                    responses: Vec::new(),
+                }),
+            };
+            pb::ResponseOp {
+                response: Some(response),
+            }
+        })
+        .collect();
+    (succeeded, out)
+}
+
+/// The store command of a txn request.
+pub fn txn_command(t: pb::TxnRequest) -> Result<KvCommand, Status> {
+    Ok(KvCommand::Txn(txn_to_store(t)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(PbOp::RequestPut(pb::PutRequest {
+                key: k.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del(k: &str, end: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(PbOp::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn(success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>) -> pb::TxnRequest {
+        pb::TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
+    }
+
+    fn nested(t: pb::TxnRequest) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(PbOp::RequestTxn(t)),
+        }
+    }
+
+    fn msg(r: Result<(), Status>) -> String {
+        r.err().map(|s| s.message().to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn duplicate_keys_as_etcd() {
+        let dup = "etcdserver: duplicate key given in txn request";
+        assert_eq!(
+            msg(check_txn(&txn(vec![put("a"), put("a")], vec![]), 128)),
+            dup
+        );
+        assert_eq!(
+            msg(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128)),
+            dup
+        );
+        assert_eq!(
+            msg(check_txn(&txn(vec![del("a", "\0"), put("z")], vec![]), 128)),
+            dup
+        );
+        // Across branches, fine.
+        assert_eq!(
+            msg(check_txn(&txn(vec![put("a")], vec![put("a")]), 128)),
+            ""
+        );
+        // A nested txn may put a key in both of its branches...
+        let inner = txn(vec![put("a")], vec![put("a")]);
+        assert_eq!(
+            msg(check_txn(&txn(vec![nested(inner.clone())], vec![]), 128)),
+            ""
+        );
+        // ...but not one the outer branch puts too.
+        assert_eq!(
+            msg(check_txn(&txn(vec![nested(inner), put("a")], vec![]), 128)),
+            dup
+        );
+        let inner = txn(vec![del("a", "")], vec![]);
+        assert_eq!(
+            msg(check_txn(&txn(vec![nested(inner), put("a")], vec![]), 128)),
+            dup
+        );
+    }
+
+    #[test]
+    fn limits_and_empty_keys() {
+        let many: Vec<_> = (0..129).map(|i| put(&format!("k{i}"))).collect();
+        assert_eq!(
+            msg(check_txn(&txn(many, vec![]), 128)),
+            "etcdserver: too many operations in txn request"
+        );
+        assert_eq!(
+            msg(check_txn(&txn(vec![put("")], vec![]), 128)),
+            "etcdserver: key is not provided"
+        );
+        let empty = pb::RequestOp { request: None };
+        assert_eq!(
+            msg(check_txn(&txn(vec![empty], vec![]), 128)),
+            "etcdserver: key not found"
+        );
+        let p = pb::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(msg(check_put(&p)), "etcdserver: value is provided");
+    }
+}

@@ -1,0 +1,319 @@
+//! The sending side of the peer protocol: a [`Transport`] over gRPC.
+//!
+//! Per peer, one bounded queue and one task. The task keeps one
+//! long-lived `Raft` stream open and sends what the queue holds in
+//! batches: it never waits for an answer before sending the next batch
+//! (the core's in-flight window is the flow control, HTTP/2's windows the
+//! back-pressure). When the peer is slow or down the queue fills and new
+//! messages are dropped (Raft sends again), so memory stays bounded. A
+//! broken stream is opened again after a capped, jittered backoff.
+//!
+//! Snapshots go on a call of their own per transfer, as the snapshot
+//! file's frames; a broken transfer is resumed where the receiver says it
+//! stopped, a few times, before the leader hears it failed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dengine_core::{Message, NodeId};
+use dengine_proto::peer as wire;
+use dengine_proto::peer::peer_client::PeerClient;
+use dengine_runtime::snapshot::SnapshotData;
+use dengine_runtime::{SnapshotDone, Transport, Unreachable};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use super::convert::message_to_wire;
+use super::{PeerIdentity, backoff};
+
+/// Tuning of the peer links.
+#[derive(Clone, Debug)]
+pub struct PeerLinkConfig {
+    /// Messages queued per peer before new ones are dropped.
+    pub queue_len: usize,
+    /// Most bytes of entries in one batch on the wire (a batch holds at
+    /// least one message, whatever its size).
+    pub max_batch_bytes: u64,
+    /// Largest gRPC message sent or received on peer calls.
+    pub max_message_bytes: usize,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// Bytes of frames in one snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Attempts at one snapshot transfer (each resuming the last) before
+    /// the leader hears it failed.
+    pub snapshot_attempts: u32,
+    /// Fault injection for tests: the first snapshot call this member
+    /// receives is cut after this many chunks (as a broken connection
+    /// would cut it). `None` in production.
+    #[doc(hidden)]
+    pub cut_first_snapshot_after_chunks: Option<usize>,
+}
+
+impl Default for PeerLinkConfig {
+    fn default() -> Self {
+        PeerLinkConfig {
+            queue_len: 4096,
+            max_batch_bytes: 4 << 20,
+            max_message_bytes: 16 << 20,
+            connect_timeout: Duration::from_secs(1),
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_attempts: 5,
+            cut_first_snapshot_after_chunks: None,
+        }
+    }
+}
+
+/// Counters of one transport, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Messages dropped because a peer's queue was full.
+    pub dropped: AtomicU64,
+    /// Batches written to peer streams.
+    pub batches: AtomicU64,
+    /// Messages written to peer streams.
+    pub messages: AtomicU64,
+    /// Raft streams opened (the first and every reconnect).
+    pub streams_opened: AtomicU64,
+    /// Snapshot bytes sent (resumed transfers count only what was sent).
+    pub snapshot_bytes: AtomicU64,
+    /// Snapshot transfers that resumed at a non-zero offset.
+    pub snapshot_resumes: AtomicU64,
+}
+
+struct Link {
+    queue: mpsc::Sender<Message>,
+    channel: Channel,
+    /// Whether the stream to this peer is up (messages to a peer that is
+    /// down are reported unreachable, so the leader probes instead of
+    /// streaming into the void).
+    up: Arc<AtomicBool>,
+}
+
+struct Inner {
+    identity: PeerIdentity,
+    config: PeerLinkConfig,
+    links: RwLock<HashMap<NodeId, Link>>,
+    stats: Arc<LinkStats>,
+}
+
+/// A [`Transport`] that reaches peers over gRPC (see the module docs).
+#[derive(Clone)]
+pub struct GrpcTransport {
+    inner: Arc<Inner>,
+}
+
+impl GrpcTransport {
+    /// A transport for the member `identity.me` of cluster
+    /// `identity.cluster_id`, with no peers yet. Must be made inside a
+    /// tokio runtime (each peer gets a task).
+    pub fn new(identity: PeerIdentity, config: PeerLinkConfig) -> GrpcTransport {
+        GrpcTransport {
+            inner: Arc::new(Inner {
+                identity,
+                config,
+                links: RwLock::new(HashMap::new()),
+                stats: Arc::new(LinkStats::default()),
+            }),
+        }
+    }
+
+    /// The counters of this transport.
+    pub fn stats(&self) -> Arc<LinkStats> {
+        self.inner.stats.clone()
+    }
+
+    /// Adds (or replaces) peer `id`, reached at `url` (`http://host:port`).
+    pub fn add_peer(&self, id: NodeId, url: &str) -> Result<(), tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(self.inner.config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        let (tx, rx) = mpsc::channel(self.inner.config.queue_len.max(1));
+        let up = Arc::new(AtomicBool::new(true));
+        tokio::spawn(stream_messages(
+            self.inner.clone(),
+            id,
+            channel.clone(),
+            rx,
+            up.clone(),
+        ));
+        let link = Link {
+            queue: tx,
+            channel,
+            up,
+        };
+        // Replacing a link drops its queue's sender: the old task ends.
+        self.write().insert(id, link);
+        Ok(())
+    }
+
+    /// The connection to peer `id` (shared by every call to it).
+    pub fn channel(&self, id: NodeId) -> Option<Channel> {
+        self.read().get(&id).map(|l| l.channel.clone())
+    }
+
+    /// Forgets peer `id` (it left the cluster); its task ends.
+    pub fn remove_peer(&self, id: NodeId) {
+        self.write().remove(&id);
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Link>> {
+        match self.inner.links.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Link>> {
+        match self.inner.links.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msg: Message) -> Result<(), Unreachable> {
+        let links = self.read();
+        let Some(link) = links.get(&msg.to) else {
+            return Err(Unreachable);
+        };
+        let up = link.up.load(Ordering::Relaxed);
+        match link.queue.try_send(msg) {
+            Ok(()) if up => Ok(()),
+            // Queued for when the stream is back, but the leader should
+            // probe rather than pipeline meanwhile.
+            Ok(()) => Err(Unreachable),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Unreachable),
+        }
+    }
+
+    fn send_snapshot(&self, msg: Message, data: SnapshotData, done: SnapshotDone) {
+        let channel = match self.read().get(&msg.to) {
+            Some(link) => link.channel.clone(),
+            None => {
+                done.failed();
+                return;
+            }
+        };
+        tokio::spawn(super::snapshot_send::send_snapshot(
+            self.inner.identity.clone(),
+            self.inner.config.clone(),
+            self.inner.stats.clone(),
+            channel,
+            msg,
+            data,
+            done,
+        ));
+    }
+}
+
+/// Attaches the identity metadata every peer call carries.
+pub(crate) fn with_identity<T>(identity: &PeerIdentity, to: NodeId, body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    identity.stamp(req.metadata_mut(), to);
+    req
+}
+
+/// Keeps the `Raft` stream to peer `to` open and feeds it from `queue`.
+async fn stream_messages(
+    inner: Arc<Inner>,
+    to: NodeId,
+    channel: Channel,
+    mut queue: mpsc::Receiver<Message>,
+    up: Arc<AtomicBool>,
+) {
+    let mut failures = 0u32;
+    // The first message waits in `first` while a stream is (re)opened.
+    let mut first: Option<Message> = None;
+    loop {
+        if first.is_none() {
+            match queue.recv().await {
+                Some(m) => first = Some(m),
+                None => return, // the peer was removed
+            }
+        }
+        let (tx, rx) = mpsc::channel::<wire::RaftBatch>(2);
+        let mut client = PeerClient::new(channel.clone())
+            .max_decoding_message_size(inner.config.max_message_bytes)
+            .max_encoding_message_size(inner.config.max_message_bytes);
+        let req = with_identity(
+            &inner.identity,
+            to,
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        );
+        let mut call = tokio::spawn(async move { client.raft(req).await });
+        inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let ended = loop {
+            let Some(m) = first.take() else {
+                tokio::select! {
+                    m = queue.recv() => match m {
+                        Some(m) => { first = Some(m); continue; }
+                        None => return,
+                    },
+                    res = &mut call => break res,
+                }
+            };
+            let batch = take_batch(&inner, m, &mut queue);
+            let n = batch.messages.len() as u64;
+            if tx.send(batch).await.is_err() {
+                // The call ended; its outcome says why.
+                break (&mut call).await;
+            }
+            // The stream took a batch: the peer is reachable.
+            up.store(true, Ordering::Relaxed);
+            failures = 0;
+            inner.stats.batches.fetch_add(1, Ordering::Relaxed);
+            inner.stats.messages.fetch_add(n, Ordering::Relaxed);
+        };
+        drop(tx);
+        match ended {
+            Ok(Ok(_)) => tracing::debug!(peer = %to, "peer stream closed by the peer"),
+            Ok(Err(status)) => {
+                if failures == 0 {
+                    tracing::warn!(peer = %to, code = ?status.code(), message = status.message(),
+                        "peer stream failed; reconnecting");
+                }
+            }
+            Err(e) => tracing::warn!(peer = %to, error = %e, "peer stream task failed"),
+        }
+        up.store(false, Ordering::Relaxed);
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(backoff(failures)).await;
+        // What queued while the link was down is stale by now (Raft sends
+        // again what still matters), except that keeping it would replay
+        // old appends: drop it.
+        while queue.try_recv().is_ok() {
+            inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `first` and whatever else waits, up to the batch's byte budget.
+fn take_batch(
+    inner: &Inner,
+    first: Message,
+    queue: &mut mpsc::Receiver<Message>,
+) -> wire::RaftBatch {
+    let mut bytes = first.body.entries_size();
+    let mut messages = vec![message_to_wire(first)];
+    while bytes < inner.config.max_batch_bytes {
+        match queue.try_recv() {
+            Ok(m) => {
+                bytes += m.body.entries_size();
+                messages.push(message_to_wire(m));
+            }
+            Err(_) => break,
+        }
+    }
+    wire::RaftBatch { messages }
+}

@@ -1,0 +1,422 @@
+//! A whole member: the key-value node, its peer transport, and etcd's API
+//! on the client port; what `dengine serve` runs.
+//!
+//! Start-up checks everything before it touches the disk: flags, URLs,
+//! the member list, and that the ports can be bound. A data directory
+//! that holds a cluster record restarts that member (the `initial_*`
+//! settings are then ignored, as etcd does); one of another cluster is
+//! refused by the node's storage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dengine_core::NodeId;
+use dengine_kv::KvStateMachine;
+use dengine_proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use dengine_proto::peer::peer_server::PeerServer;
+use dengine_runtime::{Config, Node, NodeBuilder, StorageKind};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::etcd::{
+    AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Limits,
+    MaintenanceService, WatchService, forward,
+};
+use crate::members::{self, ClusterRecord, Member, MembersError};
+use crate::peer::{GrpcTransport, KnownMembers, PeerIdentity, PeerLinkConfig, PeerService};
+
+/// Whether this member starts a new cluster or joins one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster with the initial members.
+    #[default]
+    New,
+    /// Join a cluster that exists (a member must add this one).
+    Existing,
+}
+
+/// Everything a member needs to start (etcd's flags, and the node's
+/// settings).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This member's name (`--name`).
+    pub name: String,
+    /// URLs to take client connections on (`--listen-client-urls`).
+    pub listen_client_urls: Vec<String>,
+    /// URLs clients are told to use (`--advertise-client-urls`).
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to take peer connections on (`--listen-peer-urls`).
+    pub listen_peer_urls: Vec<String>,
+    /// URLs peers reach this member at (`--initial-advertise-peer-urls`).
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// The initial members, `name=url,...` (`--initial-cluster`).
+    pub initial_cluster: String,
+    /// New or existing (`--initial-cluster-state`).
+    pub initial_cluster_state: ClusterState,
+    /// The token that names the cluster (`--initial-cluster-token`).
+    pub initial_cluster_token: String,
+    /// The node's settings (its ids are set from the cluster; `data_dir`
+    /// and `storage` are taken as they are).
+    pub node: Config,
+    /// Limits on client requests.
+    pub limits: Limits,
+    /// Tuning of the peer links.
+    pub peer: PeerLinkConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            name: "default".into(),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_cluster: "default=http://127.0.0.1:2380".into(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "dengine-cluster".into(),
+            node: Config {
+                data_dir: PathBuf::from("dengine-data"),
+                ..Config::default()
+            },
+            limits: Limits::default(),
+            peer: PeerLinkConfig::default(),
+        }
+    }
+}
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The settings are wrong; nothing was created.
+    #[error("{0}")]
+    Config(String),
+    /// The member list or the cluster record.
+    #[error(transparent)]
+    Members(#[from] MembersError),
+    /// A port could not be bound.
+    #[error("cannot listen on {url}: {source}")]
+    Listen {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node failed to start.
+    #[error("node: {0}")]
+    Node(#[from] dengine_runtime::Error),
+}
+
+/// The socket address of `http://host:port`.
+fn socket_addr(url: &str) -> Result<SocketAddr, ServerError> {
+    members::check_url(url)?;
+    let rest = url.trim_start_matches("http://").trim_end_matches('/');
+    use std::net::ToSocketAddrs;
+    rest.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ServerError::Config(format!("URL {url:?}: the host does not resolve")))
+}
+
+/// Who this member is and who the others are, from the record or the
+/// flags.
+fn identity(cfg: &ServerConfig) -> Result<(ClusterRecord, bool), ServerError> {
+    if let Some(record) = ClusterRecord::load(&cfg.node.data_dir)? {
+        return Ok((record, false));
+    }
+    if cfg.name.is_empty() {
+        return Err(ServerError::Config("--name is empty".into()));
+    }
+    if cfg.initial_cluster_token.is_empty() {
+        return Err(ServerError::Config(
+            "--initial-cluster-token is empty".into(),
+        ));
+    }
+    let named = members::parse_initial_cluster(&cfg.initial_cluster)?;
+    let Some(my_urls) = named.get(&cfg.name) else {
+        return Err(ServerError::Config(format!(
+            "--initial-cluster has no member named {:?} (--name)",
+            cfg.name
+        )));
+    };
+    let mut advertised = cfg.initial_advertise_peer_urls.clone();
+    advertised.sort();
+    let mut listed = my_urls.clone();
+    listed.sort();
+    if advertised != listed {
+        return Err(ServerError::Config(format!(
+            "--initial-cluster gives {:?} the peer URLs {listed:?}, but \
+             --initial-advertise-peer-urls says {advertised:?}",
+            cfg.name
+        )));
+    }
+    let token = &cfg.initial_cluster_token;
+    let members: Vec<Member> = named
+        .iter()
+        .map(|(name, urls)| Member {
+            id: members::member_id(token, name),
+            name: name.clone(),
+            peer_urls: urls.clone(),
+            client_urls: if *name == cfg.name {
+                cfg.advertise_client_urls.clone()
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    let ids: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    if unique.len() != ids.len() {
+        return Err(ServerError::Config(
+            "two member names give the same id; rename one".into(),
+        ));
+    }
+    let record = ClusterRecord {
+        version: ClusterRecord::VERSION,
+        cluster_id: members::cluster_id(token, ids.iter().copied()),
+        member_id: members::member_id(token, &cfg.name),
+        initial_voters: match cfg.initial_cluster_state {
+            ClusterState::New => ids.iter().map(|i| i.0).collect(),
+            ClusterState::Existing => Vec::new(),
+        },
+        members,
+    };
+    Ok((record, true))
+}
+
+/// A running member (see the module docs).
+pub struct Server {
+    node: Node<KvStateMachine>,
+    client_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    record: ClusterRecord,
+    transport: GrpcTransport,
+    peer_service: PeerService,
+}
+
+impl Server {
+    /// Starts a member. Must be called inside a tokio runtime.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        // Everything is checked before anything is created.
+        let client_addrs = cfg
+            .listen_client_urls
+            .iter()
+            .map(|u| socket_addr(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let peer_addrs = cfg
+            .listen_peer_urls
+            .iter()
+            .map(|u| socket_addr(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        for u in cfg
+            .advertise_client_urls
+            .iter()
+            .chain(&cfg.initial_advertise_peer_urls)
+        {
+            members::check_url(u)?;
+        }
+        if client_addrs.is_empty() || peer_addrs.is_empty() {
+            return Err(ServerError::Config(
+                "at least one client URL and one peer URL are needed".into(),
+            ));
+        }
+        let (record, fresh) = identity(&cfg)?;
+        let mut node_cfg = cfg.node.clone();
+        node_cfg.node_id = record.member_id.0;
+        node_cfg.cluster_id = record.cluster_id;
+        node_cfg.validate()?;
+        if cfg.limits.max_request_bytes as u64 > node_cfg.max_msg_bytes.max(1) * 8 {
+            tracing::warn!(
+                max_request_bytes = cfg.limits.max_request_bytes,
+                "requests may be larger than the replication messages carry comfortably"
+            );
+        }
+        let bind = |addr: SocketAddr, url: &str| {
+            let url = url.to_string();
+            async move {
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen { url, source })
+            }
+        };
+        let mut client_listeners = Vec::new();
+        for (a, u) in client_addrs.iter().zip(&cfg.listen_client_urls) {
+            client_listeners.push(bind(*a, u).await?);
+        }
+        let mut peer_listeners = Vec::new();
+        for (a, u) in peer_addrs.iter().zip(&cfg.listen_peer_urls) {
+            peer_listeners.push(bind(*a, u).await?);
+        }
+        if fresh {
+            if cfg.node.storage != StorageKind::Memory {
+                record.save(&cfg.node.data_dir)?;
+            }
+        } else {
+            tracing::info!(data_dir = %cfg.node.data_dir.display(),
+                "restarting from the data directory; --initial-cluster* settings are ignored");
+        }
+
+        let identity = PeerIdentity {
+            cluster_id: record.cluster_id,
+            me: record.member_id,
+        };
+        let transport = GrpcTransport::new(identity.clone(), cfg.peer.clone());
+        for m in record.members.iter().filter(|m| m.id != record.member_id) {
+            let Some(url) = m.peer_urls.first() else {
+                continue;
+            };
+            transport
+                .add_peer(m.id, url)
+                .map_err(|e| ServerError::Config(format!("peer URL {url:?}: {e}")))?;
+        }
+        let kv = KvStateMachine::open(&node_cfg)?;
+        let node = NodeBuilder::new(node_cfg.clone(), kv)
+            .initial_members(record.initial_voters.iter().map(|&i| NodeId(i)))
+            .transport(Arc::new(transport.clone()))
+            .build()
+            .await?;
+
+        let known = KnownMembers::new(record.members.iter().map(|m| m.id));
+        let peer_service = PeerService::new(Arc::new(node.clone()), identity.clone(), known)
+            .with_forward(forward::target(node.clone()))
+            .cut_next_snapshot_after(cfg.peer.cut_first_snapshot_after_chunks);
+        let forwarder = Forwarder::new(
+            identity,
+            transport.clone(),
+            node_cfg.request_timeout(),
+            node_cfg.max_pending_requests,
+        );
+        let leader_wait = node_cfg.tick() * node_cfg.election_ticks * 2;
+        let data_dir = (node_cfg.storage != StorageKind::Memory).then(|| node_cfg.data_dir.clone());
+        let core = EtcdCore::new(
+            node.clone(),
+            record.cluster_id,
+            forwarder,
+            cfg.limits.clone(),
+            leader_wait,
+            Arc::new(RwLock::new(record.members.clone())),
+            data_dir,
+        );
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let max_client = cfg.limits.max_request_bytes + 512 * 1024;
+        let client_addrs: Vec<SocketAddr> = client_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let peer_addrs: Vec<SocketAddr> = peer_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        for listener in client_listeners {
+            let kv = KvServer::new(KvService::new(core.clone()))
+                .max_decoding_message_size(max_client)
+                .max_encoding_message_size(usize::MAX);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(kv)
+                .add_service(MaintenanceServer::new(MaintenanceService::new(
+                    core.clone(),
+                )))
+                .add_service(ClusterServer::new(ClusterService::new(core.clone())))
+                .add_service(WatchServer::new(WatchService))
+                .add_service(LeaseServer::new(LeaseService))
+                .add_service(AuthServer::new(AuthService));
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                until(stopped.clone()),
+            )));
+        }
+        for listener in peer_listeners {
+            let peer = PeerServer::new(peer_service.clone())
+                .max_decoding_message_size(cfg.peer.max_message_bytes)
+                .max_encoding_message_size(cfg.peer.max_message_bytes);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer);
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                until(stopped.clone()),
+            )));
+        }
+        tracing::info!(member = %format!("{:x}", record.member_id.0),
+            cluster = %format!("{:x}", record.cluster_id),
+            clients = ?client_addrs, peers = ?peer_addrs, "member started");
+        Ok(Server {
+            node,
+            client_addrs,
+            peer_addrs,
+            stop,
+            tasks,
+            record,
+            transport,
+            peer_service,
+        })
+    }
+
+    /// The addresses clients connect to (the bound ones: a port of 0 in
+    /// the settings shows here as the port the system chose).
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    /// The addresses peers connect to.
+    pub fn peer_addrs(&self) -> &[SocketAddr] {
+        &self.peer_addrs
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node<KvStateMachine> {
+        &self.node
+    }
+
+    /// What the data directory records of the cluster.
+    pub fn record(&self) -> &ClusterRecord {
+        &self.record
+    }
+
+    /// The peer transport (its counters).
+    pub fn transport(&self) -> &GrpcTransport {
+        &self.transport
+    }
+
+    /// The peer service (its counters).
+    pub fn peer_service(&self) -> &PeerService {
+        &self.peer_service
+    }
+
+    /// Stops taking connections, lets in-flight requests finish or fail,
+    /// then stops the node (flushing and closing its stores).
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        let grace = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(grace);
+        for task in self.tasks {
+            tokio::select! {
+                _ = task => {}
+                _ = &mut grace => break,
+            }
+        }
+        self.node.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Resolves once `stop` says so.
+async fn until(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
