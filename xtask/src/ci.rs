@@ -16,6 +16,15 @@ pub fn run() -> ExitCode {
         eprintln!("ci: {e}");
         return ExitCode::FAILURE;
     }
+    for ensure in [
+        crate::sysdeps::ensure_etcdctl,
+        crate::sysdeps::ensure_protoc,
+    ] {
+        if let Err(e) = ensure() {
+            eprintln!("ci: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let mut steps = vec![
         crate::codegen::check_step(),
         Step::cargo("fmt", &["fmt", "--all", "--check"]),

@@ -105,6 +105,64 @@ pub fn ensure_libclang() -> Result<(), String> {
     }
 }
 
+/// Whether `program` runs (found on `PATH`).
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure `etcdctl` is installed: the interoperability tests run it
+/// against `dengine serve` (a client nobody here wrote). Installs Debian's
+/// `etcd-client` when root on Debian; otherwise says what to install.
+pub fn ensure_etcdctl() -> Result<(), String> {
+    if runs("etcdctl", "version") {
+        return Ok(());
+    }
+    const HINT: &str = "the etcd interoperability tests need etcdctl: run \
+        `apt-get install -y etcd-client` (as root), or put etcdctl 3.4+ on PATH, and retry";
+    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        return Err(HINT.to_string());
+    }
+    println!("==> installing etcd-client (etcdctl, for the etcd interoperability tests)");
+    let ok = run_quiet("apt-get", &["update", "-qq"])
+        && run_quiet("apt-get", &["install", "-y", "-qq", "etcd-client"]);
+    if ok && runs("etcdctl", "version") {
+        Ok(())
+    } else {
+        Err(format!("installing etcd-client failed. {HINT}"))
+    }
+}
+
+/// Makes sure `protoc` is installed: the `etcd-client` crate (the Rust
+/// client the interoperability tests use; nobody here wrote it) compiles
+/// etcd's protos with it in its build script. dengine's own code needs no
+/// protoc (`cargo xtask codegen` uses protox). Installs Debian's
+/// `protobuf-compiler` when root on Debian; otherwise says what to install.
+pub fn ensure_protoc() -> Result<(), String> {
+    let from_env = std::env::var_os("PROTOC").is_some();
+    if from_env || runs("protoc", "--version") {
+        return Ok(());
+    }
+    const HINT: &str = "the etcd-client crate (used by the tests) needs protoc: run \
+        `apt-get install -y protobuf-compiler` (as root), or set PROTOC, and retry";
+    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        return Err(HINT.to_string());
+    }
+    println!("==> installing protobuf-compiler (protoc, for the etcd-client test dependency)");
+    let ok = run_quiet("apt-get", &["update", "-qq"])
+        && run_quiet("apt-get", &["install", "-y", "-qq", "protobuf-compiler"]);
+    if ok && runs("protoc", "--version") {
+        Ok(())
+    } else {
+        Err(format!("installing protobuf-compiler failed. {HINT}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

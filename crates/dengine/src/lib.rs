@@ -63,10 +63,14 @@
 //!   storage traits;
 //! - `dengine-runtime`: the node on tokio (everything at this crate's
 //!   root: [`Node`], [`NodeBuilder`], [`Config`], [`StateMachine`], ...);
-//! - [`kv`] (`dengine-kv`): the replicated key-value store.
+//! - [`kv`] (`dengine-kv`): the replicated key-value store;
+//! - `grpc` (`dengine-grpc`, feature `server`): the peer transport over
+//!   gRPC and etcd's v3 API, as `dengine serve` runs them.
 #![deny(missing_docs)]
 
 pub use dengine_core as core;
+#[cfg(feature = "server")]
+pub use dengine_grpc as grpc;
 pub use dengine_kv as kv;
 pub use dengine_runtime::{
     Config, EntryId, Error, InMemoryNetwork, LogIndex, Metrics, Node, NodeBuilder, NodeId,

@@ -1,0 +1,366 @@
+//! `dengine serve`: etcd's flags where etcd has them, a TOML config file,
+//! and `DENGINE_*` environment overrides. Precedence: flags, then the
+//! environment, then the file, then the defaults. Bad settings print one
+//! line naming the problem and exit with code 2, before anything is
+//! created.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use dengine::grpc::etcd::Limits;
+use dengine::grpc::server::{ClusterState, Server, ServerConfig, ServerError};
+use dengine::{Config, StorageKind};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the log and the store are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// sled (the default).
+    Sled,
+    /// RocksDB (needs the `rocksdb` feature).
+    Rocksdb,
+    /// Memory: nothing survives a restart.
+    Memory,
+}
+
+/// New or existing cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    /// Bootstrap a new cluster.
+    New,
+    /// Join an existing cluster.
+    Existing,
+}
+
+/// The flags of `dengine serve` (every one also `DENGINE_<NAME>` in the
+/// environment and `<name>` in the config file, with `_` for `-`).
+#[derive(Args, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, env = "DENGINE_NAME")]
+    name: Option<String>,
+    /// Where the member keeps its data.
+    #[arg(long, env = "DENGINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, env = "DENGINE_LISTEN_CLIENT_URLS", value_delimiter = ',')]
+    listen_client_urls: Option<Vec<String>>,
+    /// This member's client URLs to advertise (comma-separated).
+    #[arg(long, env = "DENGINE_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Option<Vec<String>>,
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(long, env = "DENGINE_LISTEN_PEER_URLS", value_delimiter = ',')]
+    listen_peer_urls: Option<Vec<String>>,
+    /// This member's peer URLs to advertise (comma-separated).
+    #[arg(
+        long,
+        env = "DENGINE_INITIAL_ADVERTISE_PEER_URLS",
+        value_delimiter = ','
+    )]
+    initial_advertise_peer_urls: Option<Vec<String>>,
+    /// The initial members: name=peer-url,... (ignored on restart).
+    #[arg(long, env = "DENGINE_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// new: bootstrap a cluster; existing: join one (ignored on restart).
+    #[arg(long, env = "DENGINE_INITIAL_CLUSTER_STATE")]
+    initial_cluster_state: Option<InitialState>,
+    /// The token that names the cluster: its id derives from it.
+    #[arg(long, env = "DENGINE_INITIAL_CLUSTER_TOKEN")]
+    initial_cluster_token: Option<String>,
+    /// Time between heartbeats, in milliseconds (etcd's default 100).
+    #[arg(long, env = "DENGINE_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Election timeout, in milliseconds (etcd's default 1000).
+    #[arg(long, env = "DENGINE_ELECTION_TIMEOUT")]
+    election_timeout: Option<u64>,
+    /// Applied entries between snapshots (etcd's default 100000).
+    #[arg(long, env = "DENGINE_SNAPSHOT_COUNT")]
+    snapshot_count: Option<u64>,
+    /// Largest client request in bytes (etcd's default 1572864).
+    #[arg(long, env = "DENGINE_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Most operations in one txn (etcd's default 128).
+    #[arg(long, env = "DENGINE_MAX_TXN_OPS")]
+    max_txn_ops: Option<usize>,
+    /// Storage engine: sled, rocksdb or memory.
+    #[arg(long, env = "DENGINE_STORAGE")]
+    storage: Option<Storage>,
+    /// A TOML file with any of these settings (names with `_`), and a
+    /// `[node]` table of the node's own settings (tick_ms, ...).
+    #[arg(long, env = "DENGINE_CONFIG_FILE")]
+    #[serde(skip)]
+    config_file: Option<PathBuf>,
+    /// The node's own settings, from the config file's `[node]` table.
+    #[arg(skip)]
+    node: Option<toml_value::Table>,
+}
+
+/// A TOML table kept as it is (for the `[node]` settings).
+mod toml_value {
+    /// Keys to values.
+    pub type Table = std::collections::BTreeMap<String, figment::value::Value>;
+}
+
+/// The environment variables of the flags above: the node's own
+/// `DENGINE_*` overrides are the others.
+const FLAG_VARS: &[&str] = &[
+    "DENGINE_NAME",
+    "DENGINE_DATA_DIR",
+    "DENGINE_LISTEN_CLIENT_URLS",
+    "DENGINE_ADVERTISE_CLIENT_URLS",
+    "DENGINE_LISTEN_PEER_URLS",
+    "DENGINE_INITIAL_ADVERTISE_PEER_URLS",
+    "DENGINE_INITIAL_CLUSTER",
+    "DENGINE_INITIAL_CLUSTER_STATE",
+    "DENGINE_INITIAL_CLUSTER_TOKEN",
+    "DENGINE_HEARTBEAT_INTERVAL",
+    "DENGINE_ELECTION_TIMEOUT",
+    "DENGINE_SNAPSHOT_COUNT",
+    "DENGINE_MAX_REQUEST_BYTES",
+    "DENGINE_MAX_TXN_OPS",
+    "DENGINE_STORAGE",
+    "DENGINE_CONFIG_FILE",
+    "DENGINE_LOG",
+];
+
+/// Settings as the file gives them, overridden by what the command line
+/// (and the environment, through clap) set.
+fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
+    let Some(path) = cli.config_file.clone() else {
+        return Ok(cli);
+    };
+    if !path.is_file() {
+        return Err(format!("--config-file {}: no such file", path.display()));
+    }
+    let file: ServeArgs = Figment::from(Serialized::defaults(ServeArgs::default()))
+        .merge(Toml::file(&path))
+        .extract()
+        .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
+    Ok(ServeArgs {
+        name: cli.name.or(file.name),
+        data_dir: cli.data_dir.or(file.data_dir),
+        listen_client_urls: cli.listen_client_urls.or(file.listen_client_urls),
+        advertise_client_urls: cli.advertise_client_urls.or(file.advertise_client_urls),
+        listen_peer_urls: cli.listen_peer_urls.or(file.listen_peer_urls),
+        initial_advertise_peer_urls: cli
+            .initial_advertise_peer_urls
+            .or(file.initial_advertise_peer_urls),
+        initial_cluster: cli.initial_cluster.or(file.initial_cluster),
+        initial_cluster_state: cli.initial_cluster_state.or(file.initial_cluster_state),
+        initial_cluster_token: cli.initial_cluster_token.or(file.initial_cluster_token),
+        heartbeat_interval: cli.heartbeat_interval.or(file.heartbeat_interval),
+        election_timeout: cli.election_timeout.or(file.election_timeout),
+        snapshot_count: cli.snapshot_count.or(file.snapshot_count),
+        max_request_bytes: cli.max_request_bytes.or(file.max_request_bytes),
+        max_txn_ops: cli.max_txn_ops.or(file.max_txn_ops),
+        storage: cli.storage.or(file.storage),
+        config_file: Some(path),
+        node: file.node,
+    })
+}
+
+/// The member's settings from the merged arguments.
+fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
+    let d = ServerConfig::default();
+    let name = a.name.unwrap_or_else(|| d.name.clone());
+    let listen_peer_urls = a.listen_peer_urls.unwrap_or(d.listen_peer_urls);
+    let initial_advertise_peer_urls = a
+        .initial_advertise_peer_urls
+        .unwrap_or_else(|| listen_peer_urls.clone());
+    let listen_client_urls = a.listen_client_urls.unwrap_or(d.listen_client_urls);
+    let advertise_client_urls = a
+        .advertise_client_urls
+        .unwrap_or_else(|| listen_client_urls.clone());
+    let initial_cluster = a.initial_cluster.unwrap_or_else(|| {
+        initial_advertise_peer_urls
+            .iter()
+            .map(|u| format!("{name}={u}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+
+    // The node's own settings: defaults, the file's [node] table, then
+    // DENGINE_<FIELD> variables that are not flags.
+    let mut node: Config = match a.node {
+        Some(table) => Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::defaults(table))
+            .extract()
+            .map_err(|e| format!("[node] settings: {e}"))?,
+        None => Config::default(),
+    };
+    let vars = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DENGINE_") && !FLAG_VARS.contains(&k.as_str()));
+    node.apply_env(vars).map_err(|e| e.to_string())?;
+    node.data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from("dengine-data"));
+    node.storage = match a.storage.unwrap_or(Storage::Sled) {
+        Storage::Sled => StorageKind::Sled,
+        Storage::Rocksdb => StorageKind::Rocksdb,
+        Storage::Memory => StorageKind::Memory,
+    };
+    let heartbeat = a.heartbeat_interval.unwrap_or(100);
+    let election = a.election_timeout.unwrap_or(1000);
+    if heartbeat == 0 {
+        return Err("--heartbeat-interval must be at least 1 ms".into());
+    }
+    if election < 5 * heartbeat {
+        return Err(format!(
+            "--election-timeout ({election} ms) must be at least 5 times \
+             --heartbeat-interval ({heartbeat} ms)"
+        ));
+    }
+    if election > 50_000 {
+        return Err(format!(
+            "--election-timeout ({election} ms) is longer than 50000 ms"
+        ));
+    }
+    // Two ticks per heartbeat: time is counted finely enough for the
+    // lease's drift allowance.
+    node.tick_ms = (heartbeat / 2).max(1);
+    node.heartbeat_ticks = (heartbeat / node.tick_ms) as u32;
+    node.election_ticks = (election / node.tick_ms) as u32;
+    if let Some(n) = a.snapshot_count {
+        node.snapshot_threshold = n;
+    }
+    let limits = Limits {
+        max_txn_ops: a.max_txn_ops.unwrap_or(Limits::default().max_txn_ops),
+        max_request_bytes: a
+            .max_request_bytes
+            .unwrap_or(Limits::default().max_request_bytes),
+    };
+    if limits.max_txn_ops == 0 {
+        return Err("--max-txn-ops must be at least 1".into());
+    }
+    Ok(ServerConfig {
+        name,
+        listen_client_urls,
+        advertise_client_urls,
+        listen_peer_urls,
+        initial_advertise_peer_urls,
+        initial_cluster,
+        initial_cluster_state: match a.initial_cluster_state {
+            Some(InitialState::Existing) => ClusterState::Existing,
+            _ => ClusterState::New,
+        },
+        initial_cluster_token: a.initial_cluster_token.unwrap_or(d.initial_cluster_token),
+        node,
+        limits,
+        peer: d.peer,
+    })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DENGINE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs `dengine serve` to the end; the exit code.
+pub fn run(args: ServeArgs) -> ExitCode {
+    let cfg = match merge(args).and_then(server_config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dengine serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dengine serve: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: ServerConfig) -> ExitCode {
+    let data_dir = cfg.node.data_dir.clone();
+    let storage = cfg.node.storage;
+    let name = cfg.name.clone();
+    let server = match Server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dengine serve: {e}");
+            return match e {
+                ServerError::Config(_) | ServerError::Members(_) | ServerError::Listen { .. } => {
+                    ExitCode::from(2)
+                }
+                ServerError::Node(dengine::Error::Config(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    let record = server.record();
+    let client = server
+        .client_addrs()
+        .first()
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    println!(
+        "dengine {} serving member {name} (id {:x}) of cluster {:x}",
+        env!("CARGO_PKG_VERSION"),
+        record.member_id.0,
+        record.cluster_id
+    );
+    for a in server.client_addrs() {
+        println!("  clients: http://{a}  (etcd v3 API)");
+    }
+    for a in server.peer_addrs() {
+        println!("  peers:   http://{a}");
+    }
+    println!("  data:    {} ({storage:?})", data_dir.display());
+    println!(
+        "try: etcdctl --endpoints={client} put hello world && etcdctl --endpoints={client} get hello"
+    );
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    match tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("dengine serve: stopping: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("dengine serve: stopping took longer than 10 s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,127 @@
+//! Bad input on both ports: garbage bytes, a peer of another cluster, an
+//! oversized request, a client that hangs up mid-request, a txn with
+//! duplicate keys. Each gets the right error; nothing is lost; the
+//! members keep serving.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use dengine::grpc::proto::peer as wire;
+use dengine::grpc::proto::peer::peer_client::PeerClient;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+use crate::harness::{Cluster, client, wait_leader};
+
+fn garbage(port: u16) {
+    for chunk in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff"[..],
+        &[0u8; 4096][..],
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+    ] {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(chunk);
+            let _ = s.flush();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_etcd_errors_and_changes_nothing() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let mut cl = client(&c, 0).await;
+    cl.put("keep", "me", None).await.expect("put");
+
+    // Garbage bytes on every port.
+    for m in &c.members {
+        garbage(m.client_port);
+        garbage(m.peer_port);
+    }
+
+    // A peer of another cluster, and a stranger in this one.
+    let peer = format!("http://127.0.0.1:{}", c.members[1].peer_port);
+    let channel = tonic::transport::Endpoint::from_shared(peer)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the peer port");
+    for (cluster, from, code) in [
+        ("12345", "1", tonic::Code::FailedPrecondition),
+        ("", "1", tonic::Code::FailedPrecondition),
+    ] {
+        let mut req = tonic::Request::new(wire::ForwardRequest {
+            commands: vec![bytes::Bytes::from_static(b"\x02junk")],
+        });
+        if !cluster.is_empty() {
+            req.metadata_mut()
+                .insert("dengine-cluster-id", cluster.parse().expect("ascii"));
+        }
+        req.metadata_mut()
+            .insert("dengine-from", from.parse().expect("ascii"));
+        req.metadata_mut()
+            .insert("dengine-to", "2".parse().expect("ascii"));
+        let e = PeerClient::new(channel.clone())
+            .forward(req)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    assert!(c.log(1).contains("peer call refused"), "logged once");
+
+    // An oversized request: etcd's error below the gRPC limit, gRPC's
+    // own above it.
+    let big = vec![b'x'; 1_600_000];
+    let e = cl.put("big", big, None).await.expect_err("too large");
+    assert!(
+        e.to_string().contains("etcdserver: request is too large"),
+        "{e}"
+    );
+    let huge = vec![b'x'; 3_000_000];
+    let e = cl.put("huge", huge, None).await.expect_err("too large");
+    assert!(
+        e.to_string().contains("ResourceExhausted") || e.to_string().contains("too large"),
+        "{e}"
+    );
+
+    // Hanging up mid-request: a put dropped before its answer.
+    let mut hasty = client(&c, 2).await;
+    let _ = tokio::time::timeout(
+        Duration::from_micros(50),
+        hasty.put("hasty", vec![b'h'; 500_000], None),
+    )
+    .await;
+    drop(hasty);
+
+    // A txn with a key put twice.
+    let txn = Txn::new()
+        .when([Compare::version("keep", CompareOp::Greater, 0)])
+        .and_then([TxnOp::put("dup", "1", None), TxnOp::put("dup", "2", None)]);
+    let e = cl.txn(txn).await.expect_err("duplicate key");
+    assert!(
+        e.to_string()
+            .contains("etcdserver: duplicate key given in txn request"),
+        "{e}"
+    );
+    let e = cl.put("", "v", None).await.expect_err("empty key");
+    assert!(
+        e.to_string().contains("etcdserver: key is not provided"),
+        "{e}"
+    );
+
+    // Every member still serves, and nothing was lost or half-written.
+    for i in 0..3 {
+        let mut cl = client(&c, i).await;
+        let got = cl.get("keep", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"me");
+        assert!(cl.get("dup", None).await.expect("get").kvs().is_empty());
+        assert!(cl.get("big", None).await.expect("get").kvs().is_empty());
+        cl.put(format!("after-{i}"), "ok", None)
+            .await
+            .expect("put after");
+    }
+}

@@ -1,0 +1,150 @@
+//! `etcdctl` (Debian's `etcd-client`, a client nobody here wrote) against
+//! a 3-member cluster: its commands and their exact outputs.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Cluster, wait_leader};
+
+/// Runs etcdctl against `endpoint`; (stdout, stderr, success).
+fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, String, bool) {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout", "5s"])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "etcdctl could not run ({e}): install Debian's etcd-client \
+             (`cargo xtask ci` does when root) or put etcdctl on PATH"
+        )
+    });
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("etcdctl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+fn ok(endpoint: &str, args: &[&str]) -> String {
+    let (out, err, success) = etcdctl(endpoint, args, None);
+    assert!(success, "etcdctl {args:?} failed: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_works_against_a_cluster() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let (e0, e1, e2) = (
+        c.members[0].endpoint(),
+        c.members[1].endpoint(),
+        c.members[2].endpoint(),
+    );
+    let e0 = e0.as_str();
+
+    assert_eq!(ok(e0, &["put", "foo/a", "1"]), "OK\n");
+    assert_eq!(ok(&e1, &["put", "foo/b", "2"]), "OK\n");
+    assert_eq!(ok(&e2, &["put", "foo/c", "3"]), "OK\n");
+    assert_eq!(ok(e0, &["put", "zed", "z"]), "OK\n");
+
+    assert_eq!(ok(&e2, &["get", "foo/a"]), "foo/a\n1\n");
+    assert_eq!(ok(e0, &["get", "missing"]), "");
+    assert_eq!(
+        ok(&e1, &["get", "foo/", "--prefix"]),
+        "foo/a\n1\nfoo/b\n2\nfoo/c\n3\n"
+    );
+    assert_eq!(
+        ok(e0, &["get", "foo/", "--prefix", "--keys-only"]),
+        "foo/a\n\nfoo/b\n\nfoo/c\n\n"
+    );
+    assert_eq!(
+        ok(e0, &["get", "foo/", "--prefix", "--limit", "2"]),
+        "foo/a\n1\nfoo/b\n2\n"
+    );
+    assert_eq!(
+        ok(e0, &["get", "foo/b", "--from-key"]),
+        "foo/b\n2\nfoo/c\n3\nzed\nz\n"
+    );
+    assert_eq!(
+        ok(e0, &["get", "", "--from-key", "--keys-only"]),
+        "foo/a\n\nfoo/b\n\nfoo/c\n\nzed\n\n"
+    );
+    let limited = ok(
+        e0,
+        &["get", "foo/", "--prefix", "--limit", "1", "-w", "json"],
+    );
+    assert!(limited.contains("\"count\":3"), "{limited}");
+    assert!(limited.contains("\"more\":true"), "{limited}");
+
+    // JSON: keys and values base64, revisions as etcd counts them.
+    let json = ok(&e1, &["get", "foo/a", "-w", "json"]);
+    assert!(json.contains("\"key\":\"Zm9vL2E=\""), "{json}");
+    assert!(json.contains("\"value\":\"MQ==\""), "{json}");
+    assert!(json.contains("\"create_revision\":2"), "{json}");
+    assert!(json.contains("\"mod_revision\":2"), "{json}");
+    assert!(json.contains("\"version\":1"), "{json}");
+    assert!(json.contains("\"revision\":5"), "{json}");
+    assert!(json.contains("\"count\":1"), "{json}");
+
+    // Txn from stdin: the success branch, then the failure branch.
+    let txn = "value(\"foo/a\") = \"1\"\n\nput foo/a 10\n\nput foo/a 20\n\n";
+    let (out, err, success) = etcdctl(e0, &["txn"], Some(txn));
+    assert!(success, "{err}");
+    assert_eq!(out, "SUCCESS\n\nOK\n");
+    let (out, err, success) = etcdctl(&e2, &["txn"], Some(txn));
+    assert!(success, "{err}");
+    assert_eq!(out, "FAILURE\n\nOK\n");
+    assert_eq!(ok(&e1, &["get", "foo/a"]), "foo/a\n20\n");
+    let txn = "mod(\"foo/b\") > \"0\"\n\nget foo/b\n\n\n";
+    let (out, err, success) = etcdctl(e0, &["txn"], Some(txn));
+    assert!(success, "{err}");
+    assert_eq!(out, "SUCCESS\n\nfoo/b\n2\n");
+
+    // Delete a prefix, with the previous values.
+    assert_eq!(
+        ok(&e2, &["del", "foo/", "--prefix", "--prev-kv"]),
+        "3\nfoo/a\n20\nfoo/b\n2\nfoo/c\n3\n"
+    );
+    assert_eq!(ok(e0, &["get", "foo/", "--prefix"]), "");
+    assert_eq!(ok(e0, &["del", "nothing"]), "0\n");
+
+    // Status of every member, as a table.
+    let all = format!("{e0},{e1},{e2}");
+    let table = ok(&all, &["endpoint", "status", "-w", "table"]);
+    assert!(table.contains("IS LEADER"), "{table}");
+    assert_eq!(table.matches("3.5.17").count(), 3, "{table}");
+    assert_eq!(table.matches(" true ").count(), 1, "one leader: {table}");
+    for e in [e0, &e1, &e2] {
+        assert!(table.contains(e), "{table}");
+    }
+    // etcdctl 3.4 reports health on stderr.
+    let (out, err, success) = etcdctl(&all, &["endpoint", "health"], None);
+    assert!(success, "{err}");
+    let health = out + &err;
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
+    // Errors arrive with etcd's text.
+    let (_, err, success) = etcdctl(e0, &["put", "", "v"], None);
+    assert!(!success);
+    assert!(err.contains("key is not provided"), "{err}");
+}

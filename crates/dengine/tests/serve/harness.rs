@@ -1,0 +1,232 @@
+//! Real `dengine serve` processes on 127.0.0.1 with free ports, each with
+//! its own data directory and log file; every process is killed when the
+//! cluster is dropped (also when a test fails).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dengine")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One member's settings and process.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Member {
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<client port>` (for etcd-client).
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// A cluster of `dengine serve` processes.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub token: String,
+    /// Extra flags for every member.
+    pub extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` members, none started.
+    pub fn new(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members = (0..n)
+            .map(|i| {
+                let name = format!("m{i}");
+                Member {
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    dir: dir.path().join(&name),
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    child: None,
+                }
+            })
+            .collect();
+        Cluster {
+            members,
+            token: format!("test-{}", std::process::id()),
+            extra: vec![
+                "--heartbeat-interval".into(),
+                "20".into(),
+                "--election-timeout".into(),
+                "300".into(),
+            ],
+            _dir: dir,
+        }
+    }
+
+    /// The `--initial-cluster` value.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The command that starts member `i`.
+    pub fn command(&self, i: usize) -> Command {
+        let m = &self.members[i];
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .args(["--listen-client-urls", &m.endpoint()])
+            .args(["--advertise-client-urls", &m.endpoint()])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster-token", &self.token])
+            .args(&self.extra)
+            .env("DENGINE_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts member `i` (its output goes to its log file).
+    pub fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.members[i].log)
+            .expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = self
+            .command(i)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start dengine serve");
+        self.members[i].child = Some(child);
+    }
+
+    /// Starts every member.
+    pub fn start_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.start(i);
+        }
+    }
+
+    /// SIGKILL to member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM to member `i`; its exit status.
+    pub fn terminate(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.members[i].child.take().expect("running");
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("member {i} did not stop within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Member `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+    }
+
+    /// The data directory of member `i`.
+    pub fn dir(&self, i: usize) -> &Path {
+        &self.members[i].dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for (i, m) in self.members.iter().enumerate() {
+                eprintln!("---- log of {} ----\n{}", m.name, self.log(i));
+            }
+        }
+    }
+}
+
+/// An etcd client for member `i` alone.
+pub async fn client(c: &Cluster, i: usize) -> etcd_client::Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match etcd_client::Client::connect([c.members[i].addr()], None).await {
+            Ok(client) => return client,
+            Err(e) if Instant::now() > deadline => panic!("connecting to member {i}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits until member `i` knows a leader; returns the leader's id.
+pub async fn wait_leader(c: &Cluster, i: usize, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(mut client) = etcd_client::Client::connect([c.members[i].addr()], None).await
+            && let Ok(s) = client.status().await
+            && s.leader() != 0
+        {
+            return s.leader();
+        }
+        if Instant::now() > deadline {
+            panic!("member {i} knows no leader after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The index of the member whose id is `id`.
+pub async fn index_of(c: &Cluster, id: u64) -> usize {
+    for i in 0..c.members.len() {
+        if c.members[i].child.is_none() {
+            continue;
+        }
+        let mut client = client(c, i).await;
+        if let Ok(s) = client.status().await
+            && s.header().map(|h| h.member_id()) == Some(id)
+        {
+            return i;
+        }
+    }
+    panic!("no running member has id {id:x}");
+}
