@@ -202,7 +202,22 @@ fn bad_flags_exit_2_with_one_line_and_create_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let port = harness::free_port();
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "name = \"x\"\nbogus = 1\n").expect("write");
+    let bad_node = dir.path().join("bad-node.toml");
+    std::fs::write(&bad_node, "[node]\ntick_ms = \"fast\"\n").expect("write");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--config-file".into(), path(&bad_file)], "bogus"),
+        (vec!["--config-file".into(), path(&bad_node)], "tick_ms"),
+        (
+            vec!["--config-file".into(), path(&dir.path().join("none.toml"))],
+            "no such file",
+        ),
+        (
+            vec!["--max-peer-message-bytes".into(), "1000".into()],
+            "must be at least",
+        ),
         (
             vec!["--listen-client-urls".into(), "127.0.0.1:2379".into()],
             "expected http://host:port",
@@ -248,4 +263,48 @@ fn bad_flags_exit_2_with_one_line_and_create_nothing() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!data.exists(), "{args:?} created the data directory");
     }
+}
+
+#[test]
+fn a_config_file_sets_what_flags_do_not_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (client, peer) = (harness::free_port(), harness::free_port());
+    let file = dir.path().join("dengine.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"from-file\"\ndata_dir = \"{}\"\nlisten_client_urls = [\"http://127.0.0.1:1\"]\n\
+             listen_peer_urls = [\"http://127.0.0.1:{peer}\"]\n[node]\nrequest_timeout_ms = 2000\n",
+            data.display()
+        ),
+    )
+    .expect("write");
+    let mut child = std::process::Command::new(harness::binary())
+        .arg("serve")
+        .arg("--config-file")
+        .arg(&file)
+        // The flag wins over the file's client URL.
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let record = data.join("cluster.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&record) {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no cluster record");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let listening = std::net::TcpStream::connect(("127.0.0.1", client)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("\"from-file\""), "{text}");
+    assert!(listening, "the client URL of the flag is served");
 }

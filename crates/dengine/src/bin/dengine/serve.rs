@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// Most operations in one txn (etcd's default 128).
     #[arg(long, env = "DENGINE_MAX_TXN_OPS")]
     max_txn_ops: Option<usize>,
+    /// Largest message between members in bytes (dengine's own; 16 MiB).
+    #[arg(long, env = "DENGINE_MAX_PEER_MESSAGE_BYTES")]
+    max_peer_message_bytes: Option<usize>,
     /// Storage engine: sled, rocksdb or memory.
     #[arg(long, env = "DENGINE_STORAGE")]
     storage: Option<Storage>,
@@ -125,6 +128,7 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_SNAPSHOT_COUNT",
     "DENGINE_MAX_REQUEST_BYTES",
     "DENGINE_MAX_TXN_OPS",
+    "DENGINE_MAX_PEER_MESSAGE_BYTES",
     "DENGINE_STORAGE",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
@@ -160,6 +164,7 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         snapshot_count: cli.snapshot_count.or(file.snapshot_count),
         max_request_bytes: cli.max_request_bytes.or(file.max_request_bytes),
         max_txn_ops: cli.max_txn_ops.or(file.max_txn_ops),
+        max_peer_message_bytes: cli.max_peer_message_bytes.or(file.max_peer_message_bytes),
         storage: cli.storage.or(file.storage),
         config_file: Some(path),
         node: file.node,
@@ -237,6 +242,21 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
     if limits.max_txn_ops == 0 {
         return Err("--max-txn-ops must be at least 1".into());
     }
+    let mut peer = d.peer;
+    if let Some(n) = a.max_peer_message_bytes {
+        peer.max_message_bytes = n;
+    }
+    // A batch or an append must fit in one peer message, with room for
+    // the framing around the entries.
+    let needed = node.max_msg_bytes.max(peer.max_batch_bytes) as usize + 64 * 1024;
+    if peer.max_message_bytes < needed {
+        return Err(format!(
+            "--max-peer-message-bytes ({}) must be at least {needed} (the largest batch \
+             of entries, {} bytes, and its framing)",
+            peer.max_message_bytes,
+            node.max_msg_bytes.max(peer.max_batch_bytes)
+        ));
+    }
     Ok(ServerConfig {
         name,
         listen_client_urls,
@@ -251,7 +271,7 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         initial_cluster_token: a.initial_cluster_token.unwrap_or(d.initial_cluster_token),
         node,
         limits,
-        peer: d.peer,
+        peer,
     })
 }
 
