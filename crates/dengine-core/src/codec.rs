@@ -5,6 +5,8 @@
 //! record whose checksum does not match, or whose body does not parse to the
 //! end, is corruption: [`CodecError`] says which.
 
+use bytes::Bytes;
+
 use crate::types::{
     ConfChange, ConfChangeStep, ConfChangeTransition, ConfState, Entry, EntryId, EntryPayload,
     HardState, LogIndex, NodeId, SnapshotMeta, Term,
@@ -183,7 +185,9 @@ pub fn decode_entry(record: &[u8]) -> Result<Entry, CodecError> {
     let index = LogIndex(r.u64()?);
     let payload = match r.u8()? {
         0 => EntryPayload::Blank,
-        1 => EntryPayload::Normal(r.bytes()?.to_vec()),
+        // The one copy of a stored payload: out of the record into its own
+        // shared buffer.
+        1 => EntryPayload::Normal(Bytes::copy_from_slice(r.bytes()?)),
         kind @ (2 | 3) => {
             let transition = match r.u8()? {
                 0 => ConfChangeTransition::Auto,
@@ -341,7 +345,7 @@ mod tests {
             Entry {
                 term: Term(3),
                 index: LogIndex(8),
-                payload: EntryPayload::Normal(b"hello".to_vec()),
+                payload: EntryPayload::Normal(Bytes::from_static(b"hello")),
             },
             Entry {
                 term: Term(4),

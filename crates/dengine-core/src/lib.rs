@@ -87,6 +87,8 @@ pub mod testing;
 pub mod tracker;
 pub mod types;
 
+/// The shared, reference-counted buffer of [`EntryPayload::Normal`].
+pub use bytes::Bytes;
 pub use config::Config;
 pub use error::{ConfChangeError, Error, Result, StorageError};
 pub use message::{AppendRejection, Message, MessageBody, ReadId};

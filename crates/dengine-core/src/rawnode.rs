@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageBody, ReadId};
@@ -217,7 +219,10 @@ impl<S: LogStorage> RawNode<S> {
 
     /// Proposes application data; returns the index it will have if it
     /// commits. Only the leader accepts proposals.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<LogIndex> {
+    ///
+    /// The data becomes a shared buffer ([`Bytes`]; from a `Vec<u8>`
+    /// without a copy) that every follower's `AppendEntries` then shares.
+    pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<LogIndex> {
         let (first, _) = self.propose_batch(std::iter::once(data))?;
         Ok(first)
     }
@@ -226,7 +231,7 @@ impl<S: LogStorage> RawNode<S> {
     /// returns the first and last index.
     pub fn propose_batch(
         &mut self,
-        data: impl IntoIterator<Item = Vec<u8>>,
+        data: impl IntoIterator<Item = impl Into<Bytes>>,
     ) -> Result<(LogIndex, LogIndex)> {
         self.guard(|r| {
             r.check_can_propose()?;
@@ -239,7 +244,7 @@ impl<S: LogStorage> RawNode<S> {
                     let e = Entry {
                         term,
                         index: next,
-                        payload: EntryPayload::Normal(d),
+                        payload: EntryPayload::Normal(d.into()),
                     };
                     next = next.next();
                     e

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use bytes::Bytes;
+
 macro_rules! newtype_u64 {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
@@ -279,8 +281,10 @@ impl ConfChange {
 pub enum EntryPayload {
     /// The no-op a new leader appends to commit entries of earlier terms.
     Blank,
-    /// Application data; opaque to the protocol.
-    Normal(Vec<u8>),
+    /// Application data; opaque to the protocol. A shared buffer: cloning
+    /// the entry (for each follower's `AppendEntries`, for storage, for the
+    /// wire) bumps a reference count and never copies the data.
+    Normal(Bytes),
     /// A membership change; applied to the configuration when committed.
     ConfChange(ConfChange),
 }

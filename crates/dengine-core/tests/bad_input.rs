@@ -53,7 +53,7 @@ fn ent(index: u64, term: u64) -> Entry {
     Entry {
         term: Term(term),
         index: LogIndex(index),
-        payload: EntryPayload::Normal(vec![index as u8]),
+        payload: EntryPayload::Normal(vec![index as u8].into()),
     }
 }
 
@@ -526,7 +526,7 @@ fn arb_body(term: u64) -> impl Strategy<Value = MessageBody> {
                     .map(|(k, t)| Entry {
                         term: Term(t.unwrap_or(term)),
                         index: LogIndex(first.wrapping_add(k as u64)),
-                        payload: EntryPayload::Normal(vec![k as u8]),
+                        payload: EntryPayload::Normal(vec![k as u8].into()),
                     })
                     .collect();
                 MessageBody::AppendEntries {
@@ -549,7 +549,7 @@ fn arb_body(term: u64) -> impl Strategy<Value = MessageBody> {
                     .map(|k| Entry {
                         term: Term(term),
                         index: LogIndex(start.wrapping_add(1 + k)),
-                        payload: EntryPayload::Normal(vec![k as u8, 0xA]),
+                        payload: EntryPayload::Normal(vec![k as u8, 0xA].into()),
                     })
                     .collect(),
                 commit: LogIndex(commit),
@@ -653,7 +653,7 @@ impl Anchored {
                     .map(|k| Entry {
                         term: Term(term),
                         index: LogIndex(at.saturating_add(k)),
-                        payload: EntryPayload::Normal(vec![k as u8, 0xB]),
+                        payload: EntryPayload::Normal(vec![k as u8, 0xB].into()),
                     })
                     .collect(),
                 commit: LogIndex(self.commit.unwrap_or(at.saturating_add(self.n))),

@@ -282,3 +282,44 @@ fn flow_control_at_most_max_inflight_appends_per_follower() {
     let max = max_unacked_appends(&mut c, 1);
     assert_eq!(max, BTreeMap::from([(2, 20), (3, 20)]));
 }
+
+/// A proposed payload is one shared buffer: the leader's `AppendEntries` to
+/// each follower carries the same memory (no copy per follower), and it is
+/// the very buffer the proposer handed in.
+#[test]
+fn a_payload_is_shared_by_every_followers_append_not_copied() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.stabilize();
+    let proposed = dengine_core::Bytes::from(b"one buffer for all".to_vec());
+    let idx = c.node_mut(1).raw.propose(proposed.clone()).unwrap();
+    let rd = c.node_mut(1).raw.ready().unwrap();
+    let messages = rd
+        .messages
+        .iter()
+        .chain(rd.persist.iter().flat_map(|b| b.messages.iter()));
+    let mut sent = BTreeMap::new();
+    for m in messages {
+        if let MessageBody::AppendEntries { entries, .. } = &m.body {
+            let e = entries
+                .iter()
+                .find(|e| e.index == idx)
+                .expect("the proposed entry in the append");
+            let dengine_core::EntryPayload::Normal(d) = &e.payload else {
+                panic!("a normal entry, got {:?}", e.payload);
+            };
+            assert_eq!(d, &proposed);
+            sent.insert(m.to.0, d.clone());
+        }
+    }
+    assert_eq!(sent.len(), 2, "one append to each follower: {sent:?}");
+    let (to2, to3) = (&sent[&2], &sent[&3]);
+    assert_eq!(to2.as_ptr(), to3.as_ptr(), "both appends share the buffer");
+    assert_eq!(to2.as_ptr(), proposed.as_ptr(), "the proposer's buffer");
+    // The entry to persist is the same buffer too.
+    let persisted = &rd.persist.as_ref().expect("the entry to persist").entries;
+    let dengine_core::EntryPayload::Normal(p) = &persisted[0].payload else {
+        panic!("a normal entry");
+    };
+    assert_eq!(p.as_ptr(), proposed.as_ptr());
+}

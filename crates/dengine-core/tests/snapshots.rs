@@ -49,7 +49,7 @@ fn run_ready(n: &mut TestNode) -> Ready {
     if let Some(last) = rd.committed_entries.last() {
         for e in &rd.committed_entries {
             if let EntryPayload::Normal(d) = &e.payload {
-                n.applied.push((e.index, d.clone()));
+                n.applied.push((e.index, d.to_vec()));
             }
         }
         n.storage.lock().applied = last.index;

@@ -77,7 +77,7 @@ fn conf_change() -> impl Strategy<Value = ConfChange> {
 fn entry() -> impl Strategy<Value = Entry> {
     let payload = prop_oneof![
         Just(EntryPayload::Blank),
-        vec(any::<u8>(), 0..64).prop_map(EntryPayload::Normal),
+        vec(any::<u8>(), 0..64).prop_map(|d| EntryPayload::Normal(d.into())),
         conf_change().prop_map(EntryPayload::ConfChange),
     ];
     (any::<u64>(), any::<u64>(), payload).prop_map(|(term, index, payload)| Entry {
@@ -411,7 +411,7 @@ fn an_empty_normal_payload_is_not_blank() {
         index: LogIndex(1),
         payload,
     };
-    for payload in [EntryPayload::Blank, EntryPayload::Normal(Vec::new())] {
+    for payload in [EntryPayload::Blank, EntryPayload::Normal(Bytes::new())] {
         let original = Message {
             from: NodeId(1),
             to: NodeId(2),
@@ -426,4 +426,57 @@ fn an_empty_normal_payload_is_not_blank() {
         let decoded = wire::Message::decode(encoded.as_slice()).expect("decodes");
         assert_eq!(message_from_wire(decoded), Ok(original));
     }
+}
+
+/// Payloads cross the conversions without a copy: to the wire the engine's
+/// buffer moves into the wire entry, and from the wire the engine keeps the
+/// received buffer (decoded from a `Bytes`, a slice of it).
+#[test]
+fn payloads_are_not_copied_to_or_from_the_wire() {
+    let data = Bytes::from(b"a payload shared with the wire".to_vec());
+    let original = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(1),
+        body: MessageBody::AppendEntries {
+            prev: EntryId::default(),
+            entries: vec![Entry {
+                term: Term(1),
+                index: LogIndex(1),
+                payload: EntryPayload::Normal(data.clone()),
+            }],
+            commit: LogIndex(0),
+        },
+    };
+    let wire_payload = |m: &wire::Message| match &m.body {
+        Some(wire::message::Body::AppendEntries(a)) => match &a.entries[0].payload {
+            Some(wire::entry::Payload::Normal(d)) => d.clone(),
+            other => panic!("a normal payload, got {other:?}"),
+        },
+        other => panic!("an append, got {other:?}"),
+    };
+    let engine_payload = |m: &Message| match &m.body {
+        MessageBody::AppendEntries { entries, .. } => match &entries[0].payload {
+            EntryPayload::Normal(d) => d.clone(),
+            other => panic!("a normal payload, got {other:?}"),
+        },
+        other => panic!("an append, got {other:?}"),
+    };
+
+    let to_wire = message_to_wire(original.clone());
+    assert_eq!(wire_payload(&to_wire).as_ptr(), data.as_ptr());
+    let back = message_from_wire(to_wire).expect("converts");
+    assert_eq!(engine_payload(&back).as_ptr(), data.as_ptr());
+
+    // Received: decoded from one buffer, the payload is a slice of it.
+    let received = Bytes::from(message_to_wire(original.clone()).encode_to_vec());
+    let decoded = wire::Message::decode(received.clone()).expect("decodes");
+    let got = message_from_wire(decoded).expect("converts");
+    let payload = engine_payload(&got);
+    assert_eq!(payload, data);
+    let range = received.as_ptr_range();
+    assert!(
+        range.contains(&payload.as_ptr()),
+        "the payload points into the received buffer"
+    );
 }

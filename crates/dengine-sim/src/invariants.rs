@@ -294,7 +294,7 @@ mod tests {
         Entry {
             term: Term(t),
             index: LogIndex(i),
-            payload: EntryPayload::Normal(vec![d]),
+            payload: EntryPayload::Normal(vec![d].into()),
         }
     }
 

@@ -109,7 +109,7 @@ fn store_with_entries(h: &mut RocksHarness, n: u64) -> RocksStore {
         .map(|i| Entry {
             term: Term(1),
             index: LogIndex(i),
-            payload: EntryPayload::Normal(vec![i as u8; 16]),
+            payload: EntryPayload::Normal(vec![i as u8; 16].into()),
         })
         .collect();
     s.write(None, &ents, None).expect("write");

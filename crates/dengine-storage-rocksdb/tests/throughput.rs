@@ -12,7 +12,7 @@ fn entry(index: u64) -> Entry {
     Entry {
         term: Term(1),
         index: LogIndex(index),
-        payload: EntryPayload::Normal(vec![7; 128]),
+        payload: EntryPayload::Normal(vec![7u8; 128].into()),
     }
 }
 

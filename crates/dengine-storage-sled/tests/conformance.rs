@@ -190,7 +190,7 @@ fn ent(index: u64, term: u64) -> Entry {
     Entry {
         term: Term(term),
         index: LogIndex(index),
-        payload: EntryPayload::Normal(vec![index as u8; 16]),
+        payload: EntryPayload::Normal(vec![index as u8; 16].into()),
     }
 }
 
@@ -604,7 +604,7 @@ fn long_appends_are_split_into_runs() {
     let big = |index: u64, len: usize| Entry {
         term: Term(1),
         index: LogIndex(index),
-        payload: EntryPayload::Normal(vec![index as u8; len]),
+        payload: EntryPayload::Normal(vec![index as u8; len].into()),
     };
     let mut want: Vec<Entry> = (1..=7).map(|i| big(i, RUN_MAX_BYTES / 3 - 64)).collect();
     want.push(big(8, RUN_MAX_BYTES + 1));

@@ -14,7 +14,7 @@ fn ent(index: u64, term: u64) -> Entry {
     Entry {
         term: Term(term),
         index: LogIndex(index),
-        payload: EntryPayload::Normal(format!("{term}/{index}").into_bytes()),
+        payload: EntryPayload::Normal(format!("{term}/{index}").into_bytes().into()),
     }
 }
 

@@ -184,12 +184,13 @@ pub fn check_base_covered(base: &EntryId, snapshot: &SnapshotMeta) -> Result<(),
 mod tests {
     use super::*;
     use crate::types::{EntryPayload, NodeId, Term};
+    use bytes::Bytes;
 
     fn ent(index: u64) -> Entry {
         Entry {
             term: Term(1),
             index: LogIndex(index),
-            payload: EntryPayload::Normal(Vec::new()),
+            payload: EntryPayload::Normal(Bytes::new()),
         }
     }
 

@@ -220,7 +220,7 @@ impl Cluster {
         let mut last_applied = None;
         for e in &rd.committed_entries {
             if let EntryPayload::Normal(d) = &e.payload {
-                node.applied.push((e.index, d.clone()));
+                node.applied.push((e.index, d.to_vec()));
             }
             last_applied = Some(e.index);
         }

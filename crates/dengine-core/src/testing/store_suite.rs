@@ -41,7 +41,7 @@ fn ent(index: u64, term: u64) -> Entry {
     Entry {
         term: Term(term),
         index: LogIndex(index),
-        payload: EntryPayload::Normal(format!("e{index}t{term}").into_bytes()),
+        payload: EntryPayload::Normal(format!("e{index}t{term}").into_bytes().into()),
     }
 }
 

@@ -46,8 +46,8 @@ pub enum WireError {
 /// The wire form of an engine message.
 ///
 /// Takes the message by value so that entry payloads and change contexts
-/// move into the wire message without a copy (a `Vec<u8>` becomes a
-/// [`Bytes`] in place).
+/// move into the wire message without a copy (a payload is already a
+/// shared [`Bytes`]; a context's `Vec<u8>` becomes a [`Bytes`] in place).
 #[must_use]
 pub fn message_to_wire(message: Message) -> wire::Message {
     wire::Message {
@@ -214,8 +214,8 @@ fn entry_id_from_wire(
 fn entry_to_wire(entry: Entry) -> wire::Entry {
     let payload = match entry.payload {
         EntryPayload::Blank => WirePayload::Blank(wire::Blank {}),
-        // Moves the vector into the `Bytes`: no copy.
-        EntryPayload::Normal(data) => WirePayload::Normal(Bytes::from(data)),
+        // The same shared buffer: no copy.
+        EntryPayload::Normal(data) => WirePayload::Normal(data),
         EntryPayload::ConfChange(change) => WirePayload::ConfChange(conf_change_to_wire(change)),
     };
     wire::Entry {
@@ -228,10 +228,8 @@ fn entry_to_wire(entry: Entry) -> wire::Entry {
 fn entry_from_wire(entry: wire::Entry) -> Result<Entry, WireError> {
     let payload = match entry.payload.ok_or(missing("Entry.payload"))? {
         WirePayload::Blank(wire::Blank {}) => EntryPayload::Blank,
-        // TODO(bytes): this copies the payload out of the received buffer,
-        // since the core holds payloads as `Vec<u8>`; the core will move to
-        // `bytes::Bytes` so that it can keep the slice instead.
-        WirePayload::Normal(data) => EntryPayload::Normal(Vec::from(data)),
+        // Keeps the received buffer (a slice of it): no copy.
+        WirePayload::Normal(data) => EntryPayload::Normal(data),
         WirePayload::ConfChange(change) => EntryPayload::ConfChange(conf_change_from_wire(change)?),
     };
     Ok(Entry {
@@ -278,8 +276,8 @@ fn conf_change_from_wire(change: wire::ConfChange) -> Result<ConfChange, WireErr
             .into_iter()
             .map(conf_change_step_from_wire)
             .collect::<Result<_, _>>()?,
-        // TODO(bytes): a copy, as for entry payloads; the core will move to
-        // `bytes::Bytes`.
+        // A copy: the core keeps a change's context as a `Vec<u8>` (changes
+        // are rare and their contexts small).
         context: Vec::from(change.context),
     })
 }

@@ -252,7 +252,7 @@ impl<R> Pending<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dengine_core::EntryPayload;
+    use dengine_core::{Bytes, EntryPayload};
     use tokio::sync::oneshot;
 
     type Rx = oneshot::Receiver<Result<(LogIndex, ()), Error>>;
@@ -268,7 +268,7 @@ mod tests {
             .map(|(i, &t)| Entry {
                 index: LogIndex(first + i as u64),
                 term: Term(t),
-                payload: EntryPayload::Normal(Vec::new()),
+                payload: EntryPayload::Normal(Bytes::new()),
             })
             .collect()
     }
