@@ -308,3 +308,57 @@ fn a_config_file_sets_what_flags_do_not_and_flags_win() {
     assert!(text.contains("\"from-file\""), "{text}");
     assert!(listening, "the client URL of the flag is served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_leader_says_so() {
+    use dengine::grpc::proto::etcdserverpb as pb;
+    use dengine::grpc::proto::etcdserverpb::kv_client::KvClient;
+    // One member of three: it can never elect a leader alone.
+    let mut c = Cluster::new(3);
+    c.start(0);
+    let channel = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ep = tonic::transport::Endpoint::from_shared(c.members[0].endpoint()).expect("url");
+            match ep.connect().await {
+                Ok(ch) => break ch,
+                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    let mut kv = KvClient::new(channel);
+    // With `hasleader`, at once.
+    let mut req = tonic::Request::new(pb::RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("hasleader", "true".parse().expect("ascii"));
+    let started = Instant::now();
+    let e = kv.range(req).await.expect_err("no leader");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert_eq!(e.message(), "etcdserver: no leader");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // A write without it waits about two election timeouts, then says so.
+    let e = kv
+        .put(pb::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no leader");
+    assert_eq!(e.message(), "etcdserver: no leader");
+    // A serializable read needs no leader.
+    let got = kv
+        .range(pb::RangeRequest {
+            key: b"k".to_vec(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("serializable read")
+        .into_inner();
+    assert_eq!(got.count, 0);
+}
