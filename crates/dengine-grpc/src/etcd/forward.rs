@@ -59,11 +59,11 @@ impl Forwarder {
     }
 
     /// Forwards `command` to `leader` and waits for its outcome.
-    pub async fn forward(&self, leader: NodeId, command: Vec<u8>) -> Outcome {
+    pub async fn forward(&self, leader: NodeId, command: Bytes) -> Outcome {
         let (reply, answer) = oneshot::channel();
         let item = Forwarded {
             to: leader,
-            command: Bytes::from(command),
+            command,
             reply,
         };
         self.queue.try_send(item).map_err(|e| match e {
@@ -180,7 +180,7 @@ impl ForwardTarget for KvForwardTarget {
         Box::pin(async move {
             // Polled together, the proposals reach the node's queue in one
             // go and become one batch.
-            let proposals = commands.into_iter().map(|c| self.node.propose(c.to_vec()));
+            let proposals = commands.into_iter().map(|c| self.node.propose(c));
             let outcomes = futures_util::future::join_all(proposals).await;
             outcomes.into_iter().map(encode_outcome).collect()
         })

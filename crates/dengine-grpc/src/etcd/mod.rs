@@ -145,7 +145,7 @@ impl EtcdCore {
 
     /// Runs a write: proposed here when this member leads, else forwarded.
     async fn write(&self, cmd: &KvCommand) -> Result<KvResponse, Status> {
-        let bytes = cmd.encode();
+        let bytes = bytes::Bytes::from(cmd.encode());
         if bytes.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }

@@ -16,7 +16,7 @@ use super::ProposeReply;
 use crate::error::Error;
 
 /// A proposed command and where its answer goes.
-pub(crate) type Proposal<R> = (Vec<u8>, ProposeReply<R>);
+pub(crate) type Proposal<R> = (dengine_core::Bytes, ProposeReply<R>);
 
 /// Lock shards of the proposal queue: proposers on different threads push
 /// under different locks (one lock was contended enough to cost a tenth
@@ -348,7 +348,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..5_000 {
                         let (tx, _rx) = oneshot::channel();
-                        q.push((Vec::new(), tx)).map_err(|_| ()).expect("room");
+                        q.push((dengine_core::Bytes::new(), tx))
+                            .map_err(|_| ())
+                            .expect("room");
                     }
                 })
             })
@@ -374,25 +376,25 @@ mod tests {
         let (tx, mut rx) = replies(3);
         let mut tx = tx.into_iter();
         for reply in tx.by_ref().take(2) {
-            assert!(q.push((Vec::new(), reply)).is_ok());
+            assert!(q.push((dengine_core::Bytes::new(), reply)).is_ok());
         }
         let Some(third) = tx.next() else {
             panic!("three")
         };
-        let refused = q.push((Vec::new(), third));
+        let refused = q.push((dengine_core::Bytes::new(), third));
         assert!(matches!(refused, Err((Error::Overloaded, _))));
         let mut into = Vec::new();
         q.take(&mut into);
         assert_eq!(into.len(), 2);
         let (again, mut again_rx) = oneshot::channel();
-        q.push((Vec::new(), again))
+        q.push((dengine_core::Bytes::new(), again))
             .map_err(|_| ())
             .expect("room again");
         q.close(&Error::Shutdown);
         assert_eq!(again_rx.try_recv().ok(), Some(Err(Error::Shutdown)));
         let (late, _) = oneshot::channel();
         assert!(matches!(
-            q.push((Vec::new(), late)),
+            q.push((dengine_core::Bytes::new(), late)),
             Err((Error::Shutdown, _))
         ));
         drop(into);
