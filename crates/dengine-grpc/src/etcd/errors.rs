@@ -108,11 +108,15 @@ pub fn unimplemented(method: &str) -> Status {
     ))
 }
 
-/// The etcd error for a runtime error.
+/// The etcd error for a runtime error ("no leader" when the node knows
+/// none).
 pub fn from_runtime(e: &Error) -> Status {
     match e {
-        Error::NotLeader { .. } | Error::Dropped(_) | Error::TransferInProgress => leader_changed(),
-        Error::TransferFailed(_) => leader_changed(),
+        Error::NotLeader { leader: None } => no_leader(),
+        Error::NotLeader { .. }
+        | Error::Dropped(_)
+        | Error::TransferInProgress
+        | Error::TransferFailed(_) => leader_changed(),
         Error::Timeout => timed_out(),
         Error::Overloaded => too_many_requests(),
         Error::Invalid(why) => Status::invalid_argument(format!("etcdserver: {why}")),

@@ -120,7 +120,8 @@ impl Kv for KvService {
         if uses_lease(&t) {
             return Err(errors::lease_not_found());
         }
-        let cmd = txn::txn_command(t.clone())?;
+        let shape = txn::shape(&t);
+        let cmd = txn::txn_command(t)?;
         let resp = self.core.write(&cmd).await?;
         let OpResponse::Txn {
             succeeded,
@@ -129,7 +130,7 @@ impl Kv for KvService {
         else {
             return Err(unexpected("txn"));
         };
-        let (succeeded, responses) = txn::txn_response(&t, succeeded, responses, resp.revision);
+        let (succeeded, responses) = txn::txn_response(&shape, succeeded, responses, resp.revision);
         Ok(Response::new(pb::TxnResponse {
             header: self.core.header(resp.revision),
             succeeded,

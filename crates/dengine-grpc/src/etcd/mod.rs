@@ -160,7 +160,7 @@ impl EtcdCore {
             Err(Error::NotLeader {
                 leader: Some(other),
             }) if other != self.member_id => self.forwarder.forward(other, bytes).await,
-            Err(e) => Err(read_error(&e)),
+            Err(e) => Err(errors::from_runtime(&e)),
         }
     }
 
@@ -178,14 +178,6 @@ impl EtcdCore {
         self.node
             .read(policy, query)
             .await
-            .map_err(|e| read_error(&e))
-    }
-}
-
-/// The etcd error for a runtime error, with "no leader" when none is known.
-fn read_error(e: &Error) -> Status {
-    match e {
-        Error::NotLeader { leader: None } => errors::no_leader(),
-        other => errors::from_runtime(other),
+            .map_err(|e| errors::from_runtime(&e))
     }
 }

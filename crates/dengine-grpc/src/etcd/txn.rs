@@ -333,6 +333,29 @@ pub fn txn_response(
     (succeeded, out)
 }
 
+/// What [`txn_response`] needs of a txn request: its ranges (to finish
+/// their answers) and nested txns; puts and deletes are answered by kind,
+/// so their keys and values are not kept (no copy of a txn's values on
+/// the write path).
+pub fn shape(t: &pb::TxnRequest) -> pb::TxnRequest {
+    let ops = |ops: &[pb::RequestOp]| -> Vec<pb::RequestOp> {
+        ops.iter()
+            .map(|op| pb::RequestOp {
+                request: match &op.request {
+                    Some(PbOp::RequestRange(r)) => Some(PbOp::RequestRange(r.clone())),
+                    Some(PbOp::RequestTxn(t)) => Some(PbOp::RequestTxn(shape(t))),
+                    _ => None,
+                },
+            })
+            .collect()
+    };
+    pb::TxnRequest {
+        compare: Vec::new(),
+        success: ops(&t.success),
+        failure: ops(&t.failure),
+    }
+}
+
 /// The store command of a txn request.
 pub fn txn_command(t: pb::TxnRequest) -> Result<KvCommand, Status> {
     Ok(KvCommand::Txn(txn_to_store(t)?))
@@ -416,6 +439,59 @@ mod tests {
             msg(check_txn(&txn(vec![nested(inner), put("a")], vec![]), 128)),
             dup
         );
+    }
+
+    #[test]
+    fn responses_follow_the_shape_without_the_values() {
+        let range = pb::RequestOp {
+            request: Some(PbOp::RequestRange(pb::RangeRequest {
+                key: b"a".to_vec(),
+                keys_only: true,
+                ..Default::default()
+            })),
+        };
+        let inner = txn(vec![put("x")], vec![range.clone()]);
+        let t = txn(vec![put("a"), range, nested(inner)], vec![]);
+        let shape = shape(&t);
+        // No put survives in the shape.
+        assert!(shape.success[0].request.is_none());
+        let kv = dengine_kv::KeyValue {
+            key: b"a".to_vec(),
+            value: b"secret".to_vec(),
+            ..Default::default()
+        };
+        let got = dengine_kv::RangeResponse {
+            kvs: vec![kv],
+            count: 1,
+            more: false,
+        };
+        let responses = vec![
+            OpResponse::Put { prev_kv: None },
+            OpResponse::Range(got.clone()),
+            OpResponse::Txn {
+                succeeded: false,
+                responses: vec![OpResponse::Range(got)],
+            },
+        ];
+        let (ok, out) = txn_response(&shape, true, responses, 7);
+        assert!(ok);
+        assert!(matches!(out[0].response, Some(PbResp::ResponsePut(_))));
+        let Some(PbResp::ResponseRange(r)) = &out[1].response else {
+            panic!("a range answer");
+        };
+        assert!(
+            r.kvs[0].value.is_empty(),
+            "keys_only applied from the shape"
+        );
+        let Some(PbResp::ResponseTxn(inner)) = &out[2].response else {
+            panic!("a nested txn answer");
+        };
+        assert!(!inner.succeeded);
+        let Some(PbResp::ResponseRange(r)) = &inner.responses[0].response else {
+            panic!("the failure branch's range");
+        };
+        assert!(r.kvs[0].value.is_empty());
+        assert_eq!(r.header.as_ref().map(|h| h.revision), Some(7));
     }
 
     #[test]
