@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::etcd::{
     AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Limits,
-    MaintenanceService, WatchService, forward,
+    MaintenanceService, WatchHub, WatchService, forward,
 };
 use crate::members::{self, ClusterRecord, Member, MembersError};
 use crate::peer::{GrpcTransport, KnownMembers, PeerIdentity, PeerLinkConfig, PeerService};
@@ -277,7 +277,9 @@ impl Server {
                 .add_peer(m.id, url)
                 .map_err(|e| ServerError::Config(format!("peer URL {url:?}: {e}")))?;
         }
-        let kv = KvStateMachine::open(&node_cfg)?;
+        let mut kv = KvStateMachine::open(&node_cfg)?;
+        let hub = WatchHub::default();
+        kv.set_event_sink(hub.sink());
         let node = NodeBuilder::new(node_cfg.clone(), kv)
             .initial_members(record.initial_voters.iter().map(|&i| NodeId(i)))
             .transport(Arc::new(transport.clone()))
@@ -329,7 +331,10 @@ impl Server {
                     core.clone(),
                 )))
                 .add_service(ClusterServer::new(ClusterService::new(core.clone())))
-                .add_service(WatchServer::new(WatchService))
+                .add_service(
+                    WatchServer::new(WatchService::new(core.clone(), hub.clone()))
+                        .max_encoding_message_size(usize::MAX),
+                )
                 .add_service(LeaseServer::new(LeaseService))
                 .add_service(AuthServer::new(AuthService));
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(

@@ -5,8 +5,19 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
 
-/// A change to one record: `None` removes it.
-pub type Change = (Vec<u8>, Option<Vec<u8>>);
+/// A change to one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Writes a record under a key that holds none (the store never
+    /// writes a revision's record twice), which saves backends that keep
+    /// a record in several pieces looking for old pieces. Under a key that
+    /// does hold a record, what is left of the old one is unspecified.
+    Insert(Vec<u8>, Vec<u8>),
+    /// Writes a record, replacing any.
+    Put(Vec<u8>, Vec<u8>),
+    /// Removes the record under a key, if any.
+    Remove(Vec<u8>),
+}
 
 /// Called for each record of a scan with its key and value; returns
 /// whether to go on.
@@ -40,33 +51,8 @@ fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound
     )
 }
 
-/// No records at all: for a store that lives in memory only (the state
-/// machine keeps every key itself).
-pub(crate) struct NoBackend;
-
-impl KvBackend for NoBackend {
-    fn get(&self, _: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-
-    fn scan(&self, _: &[u8], _: Option<&[u8]>, _: &mut Visit<'_>) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn write(&mut self, _: Vec<Change>) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn clear(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn durable(&self) -> bool {
-        false
-    }
-}
-
-/// Records in memory (tests, and a model of a backend).
+/// Records in memory (a store that does not survive restarts, and
+/// tests).
 #[derive(Default, Debug)]
 pub struct MemoryBackend(BTreeMap<Vec<u8>, Vec<u8>>);
 
@@ -88,10 +74,10 @@ impl KvBackend for MemoryBackend {
     }
 
     fn write(&mut self, changes: Vec<Change>) -> io::Result<()> {
-        for (k, v) in changes {
-            match v {
-                Some(v) => self.0.insert(k, v),
-                None => self.0.remove(&k),
+        for c in changes {
+            match c {
+                Change::Insert(k, v) | Change::Put(k, v) => self.0.insert(k, v),
+                Change::Remove(k) => self.0.remove(&k),
             };
         }
         Ok(())
@@ -312,9 +298,16 @@ mod sled_backend {
             // may change twice), so that the pieces a shorter value no
             // longer needs are removed.
             let mut pieces_now: HashMap<Vec<u8>, u32> = HashMap::new();
-            for (key, value) in changes {
+            for change in changes {
+                let (key, value, new) = match change {
+                    Change::Insert(k, v) => (k, Some(v), true),
+                    Change::Put(k, v) => (k, Some(v), false),
+                    Change::Remove(k) => (k, None, false),
+                };
                 let before = match pieces_now.get(&key) {
                     Some(&n) => n,
+                    // An inserted key holds nothing (no read needed).
+                    None if new => 0,
                     None => self.stored_pieces(&key)?,
                 };
                 let after = match value {
@@ -395,7 +388,9 @@ mod sled_backend {
                 (vec![b'd'; 300], value(4, 3 * MIB)),
             ];
             let mut b = SledBackend::open(dir.path()).unwrap();
-            let changes = want.iter().map(|(k, v)| (k.clone(), Some(v.clone())));
+            let changes = want
+                .iter()
+                .map(|(k, v)| Change::Insert(k.clone(), v.clone()));
             b.write(changes.collect()).unwrap();
             assert_eq!(scan_all(&b), want);
             drop(b);
@@ -411,10 +406,10 @@ mod sled_backend {
             assert_eq!(b.get(b"c").unwrap().as_deref(), Some(&want[3].1[..]));
             // A large value made small, one removed, one changed twice.
             b.write(vec![
-                (b"a".to_vec(), Some(b"small".to_vec())),
-                (b"c".to_vec(), None),
-                (b"b".to_vec(), Some(value(5, MIB))),
-                (b"b".to_vec(), Some(value(6, 100))),
+                Change::Put(b"a".to_vec(), b"small".to_vec()),
+                Change::Remove(b"c".to_vec()),
+                Change::Put(b"b".to_vec(), value(5, MIB)),
+                Change::Put(b"b".to_vec(), value(6, 100)),
             ])
             .unwrap();
             want[0].1 = b"small".to_vec();
@@ -435,7 +430,7 @@ mod sled_backend {
         fn a_missing_piece_and_an_old_database_are_reported() {
             let dir = tempfile::tempdir().unwrap();
             let mut b = SledBackend::open(dir.path()).unwrap();
-            b.write(vec![(b"k".to_vec(), Some(value(1, 20_000)))])
+            b.write(vec![Change::Insert(b"k".to_vec(), value(1, 20_000))])
                 .unwrap();
             b.db.remove(piece_key(b"k", 2)).unwrap();
             let Err(e) = b.get(b"k") else {
@@ -474,7 +469,7 @@ mod sled_backend {
                 b.db.get(LAYOUT_KEY).unwrap().as_deref(),
                 Some(&[LAYOUT_VERSION][..])
             );
-            b.write(vec![(b"k".to_vec(), Some(value(1, 20_000)))])
+            b.write(vec![Change::Insert(b"k".to_vec(), value(1, 20_000))])
                 .unwrap();
             b.clear().unwrap();
             assert_eq!(scan_all(&b), vec![]);
@@ -546,10 +541,10 @@ mod rocks_backend {
 
         fn write(&mut self, changes: Vec<Change>) -> io::Result<()> {
             let mut batch = WriteBatch::default();
-            for (k, v) in changes {
-                match v {
-                    Some(v) => batch.put(k, v),
-                    None => batch.delete(k),
+            for c in changes {
+                match c {
+                    Change::Insert(k, v) | Change::Put(k, v) => batch.put(k, v),
+                    Change::Remove(k) => batch.delete(k),
                 }
             }
             let mut opts = WriteOptions::default();

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use dengine_runtime::Term;
+use dengine_runtime::{EntryId, LogIndex, StateMachine, Term};
 
 /// etcd's error for a request without a key (`ErrGRPCEmptyKey`).
 const EMPTY_KEY: &str = "key is not provided";
@@ -43,11 +43,15 @@ fn refused<T>(why: &str) -> Result<T, KvError> {
     Err(KvError::InvalidRequest(why.into()))
 }
 
-/// etcd's KV semantics on a sorted map, written as plainly as possible.
+/// etcd's KV semantics on a sorted map, written as plainly as possible,
+/// with its history as a copy of the whole map at each revision.
 #[derive(Clone, Debug)]
 struct Model {
     kvs: BTreeMap<Vec<u8>, KeyValue>,
     revision: i64,
+    /// The map as each revision left it, from the compacted one on.
+    states: BTreeMap<i64, BTreeMap<Vec<u8>, KeyValue>>,
+    compacted: i64,
 }
 
 /// Whether the request range `(key, range_end)` holds `k`. etcd: an empty
@@ -83,6 +87,7 @@ fn check(cmd: &KvCommand) -> Result<(), KvError> {
             check_txn(t)?;
             check_duplicates(t)
         }
+        KvCommand::Compact(_) => Ok(()),
     }
 }
 
@@ -145,15 +150,41 @@ impl Model {
         Model {
             kvs: BTreeMap::new(),
             revision: 1,
+            states: BTreeMap::from([(1, BTreeMap::new())]),
+            compacted: 0,
         }
     }
 
     fn hits(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
-        self.kvs
-            .values()
+        Model::hits_in(&self.kvs, key, range_end)
+    }
+
+    fn hits_in(kvs: &BTreeMap<Vec<u8>, KeyValue>, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        kvs.values()
             .filter(|kv| covers(key, range_end, &kv.key))
             .cloned()
             .collect()
+    }
+
+    /// etcd's revision rules for a read at `revision` on a store at
+    /// `current`: after it is a future revision; 0 or less is the current
+    /// one; before the compacted one is gone.
+    fn check_revision(&self, current: i64, revision: i64) -> Result<(), KvError> {
+        if revision > current {
+            Err(KvError::FutureRevision)
+        } else if revision > 0 && revision < self.compacted {
+            Err(KvError::Compacted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A range at its revision, on the store of the last command (the
+    /// map as it was at that revision), or on `kvs` as they are now for
+    /// revision 0.
+    fn range_checked(&self, r: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.check_revision(self.revision, r.revision)?;
+        Ok(self.range(r))
     }
 
     /// etcd's Range: `count` is every key in the range; at most `limit`
@@ -161,7 +192,16 @@ impl Model {
     /// `count_only` returns no keys (and `more` false); `keys_only` leaves
     /// the values out.
     fn range(&self, r: &RangeRequest) -> RangeResponse {
-        let hits = self.hits(&r.key, &r.range_end);
+        let hits = if r.revision > 0 {
+            let (_, kvs) = self
+                .states
+                .range(..=r.revision)
+                .next_back()
+                .expect("a state at every revision from the compacted one");
+            Model::hits_in(kvs, &r.key, &r.range_end)
+        } else {
+            self.hits(&r.key, &r.range_end)
+        };
         let count = hits.len();
         if r.count_only {
             return RangeResponse {
@@ -201,8 +241,7 @@ impl Model {
             CompareTarget::Version(n) => (sortable(kv.version), sortable(*n)),
             CompareTarget::CreateRevision(n) => (sortable(kv.create_revision), sortable(*n)),
             CompareTarget::ModRevision(n) => (sortable(kv.mod_revision), sortable(*n)),
-            // No key has a lease yet: every key's lease is 0 ("no lease").
-            CompareTarget::Lease(n) => (sortable(0), sortable(*n)),
+            CompareTarget::Lease(n) => (sortable(kv.lease), sortable(*n)),
         };
         match op {
             CompareOp::Equal => mine == theirs,
@@ -226,13 +265,21 @@ impl Model {
     }
 
     /// etcd's `Put`: `ignore_value` and `ignore_lease` need the key as it
-    /// is when the put runs, and take its value (its lease: none yet).
-    fn put(&mut self, rev: i64, p: &PutRequest) -> Result<OpResponse, KvError> {
+    /// is before the command and when the put runs, and take its value or
+    /// its lease.
+    fn put(&mut self, before: &Model, rev: i64, p: &PutRequest) -> Result<OpResponse, KvError> {
         let prev = self.kvs.get(&p.key).cloned();
+        if (p.ignore_value || p.ignore_lease) && !before.kvs.contains_key(&p.key) {
+            return refused(KEY_NOT_FOUND);
+        }
         let value = match &prev {
             None if p.ignore_value || p.ignore_lease => return refused(KEY_NOT_FOUND),
             Some(kv) if p.ignore_value => kv.value.clone(),
             _ => p.value.clone(),
+        };
+        let lease = match &prev {
+            Some(kv) if p.ignore_lease => kv.lease,
+            _ => p.lease,
         };
         let kv = KeyValue {
             key: p.key.clone(),
@@ -240,6 +287,7 @@ impl Model {
             create_revision: prev.as_ref().map_or(rev, |kv| kv.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(0, |kv| kv.version) + 1,
+            lease,
         };
         self.kvs.insert(p.key.clone(), kv);
         Ok(OpResponse::Put {
@@ -258,26 +306,13 @@ impl Model {
         }
     }
 
-    /// etcd's `checkRequests(…, checkPut)`: on this state (the store
-    /// before the command), each put of the branches the command will take
-    /// that keeps its key's value or lease finds the key.
-    fn puts_find_their_keys(&self, t: &TxnRequest) -> bool {
-        let branch = if t.compare.iter().all(|c| self.holds(c)) {
-            &t.success
-        } else {
-            &t.failure
-        };
-        branch.iter().all(|op| match op {
-            TxnOp::Put(p) if p.ignore_value || p.ignore_lease => self.kvs.contains_key(&p.key),
-            TxnOp::Txn(nested) => self.puts_find_their_keys(nested),
-            _ => true,
-        })
-    }
-
     /// Runs one operation at revision `rev`, counting changes in
     /// `writes`. Transactions, nested ones included, choose their branch
     /// on `before`, the store before the command (etcd's
-    /// `compareToPath`), and run it on the store as it is.
+    /// `compareToPath`), and run it on the store as it is. The first
+    /// operation in running order that cannot run (etcd's
+    /// `checkRequests`: a read at a revision the store does not have, a
+    /// put keeping the value or lease of a missing key) fails the command.
     fn run(
         &mut self,
         before: &Model,
@@ -286,10 +321,15 @@ impl Model {
         writes: &mut i64,
     ) -> Result<OpResponse, KvError> {
         Ok(match op {
-            TxnOp::Range(r) => OpResponse::Range(self.range(r)),
+            TxnOp::Range(r) => {
+                // Checked against the store before the command; a read at
+                // the current revision sees the command's earlier writes.
+                before.check_revision(before.revision, r.revision)?;
+                OpResponse::Range(self.range(r))
+            }
             TxnOp::Put(p) => {
                 *writes += 1;
-                self.put(rev, p)?
+                self.put(before, rev, p)?
             }
             TxnOp::DeleteRange(d) => {
                 let out = self.delete(d);
@@ -328,8 +368,8 @@ impl Model {
             KvCommand::DeleteRange(d) => {
                 self.run(&before, rev, &TxnOp::DeleteRange(d.clone()), &mut writes)
             }
-            KvCommand::Txn(t) if !before.puts_find_their_keys(t) => refused(KEY_NOT_FOUND),
             KvCommand::Txn(t) => self.run(&before, rev, &TxnOp::Txn(t.clone()), &mut writes),
+            KvCommand::Compact(c) => self.compact(c.revision),
         };
         let op = match op {
             Ok(op) => op,
@@ -340,6 +380,7 @@ impl Model {
         };
         if writes > 0 {
             self.revision = rev;
+            self.states.insert(rev, self.kvs.clone());
         } else {
             assert_eq!(self.kvs, before.kvs, "no write, no change");
         }
@@ -347,6 +388,27 @@ impl Model {
             revision: self.revision,
             op,
         })
+    }
+}
+
+impl Model {
+    /// etcd's `Compact`: only forward, never past the current revision;
+    /// the map at `at` stays readable, earlier ones are gone.
+    fn compact(&mut self, at: i64) -> Result<OpResponse, KvError> {
+        if at <= self.compacted {
+            return Err(KvError::Compacted);
+        }
+        if at > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        let (&kept, _) = self
+            .states
+            .range(..=at)
+            .next_back()
+            .expect("a state at `at`");
+        self.states = self.states.split_off(&kept);
+        self.compacted = at;
+        Ok(OpResponse::Compact)
     }
 }
 
@@ -416,21 +478,26 @@ fn delete() -> impl Strategy<Value = DeleteRangeRequest> {
     })
 }
 
+/// Ranges, half of them at a past (or future, or compacted) revision.
 fn range() -> impl Strategy<Value = RangeRequest> {
     (
-        key(),
-        range_end(),
-        0u64..4,
-        any::<bool>(),
-        prop::bool::weighted(0.2),
+        (
+            key(),
+            range_end(),
+            0u64..4,
+            any::<bool>(),
+            prop::bool::weighted(0.2),
+        ),
+        prop_oneof![1 => Just(0i64), 1 => -1i64..30],
     )
         .prop_map(
-            |(key, range_end, limit, keys_only, count_only)| RangeRequest {
+            |((key, range_end, limit, keys_only, count_only), revision)| RangeRequest {
                 key,
                 range_end,
                 limit,
                 keys_only,
                 count_only,
+                revision,
             },
         )
 }
@@ -490,6 +557,9 @@ fn command() -> impl Strategy<Value = KvCommand> {
         put().prop_map(KvCommand::Put),
         delete().prop_map(KvCommand::DeleteRange),
         txn(2).prop_map(KvCommand::Txn),
+        // Compactions, some behind the last one or after the current
+        // revision.
+        (0i64..30).prop_map(|revision| KvCommand::Compact(CompactRequest { revision })),
     ]
 }
 
@@ -531,8 +601,19 @@ fn same_as_model(
         let want: Vec<KeyValue> = model.kvs.values().cloned().collect();
         prop_assert_eq!(contents(&sm), want.clone());
         prop_assert_eq!(sm.revision(), model.revision);
+        prop_assert_eq!(sm.compacted_revision(), model.compacted);
         for r in reads {
-            prop_assert_eq!(sm.range(r).expect("range"), model.range(r), "{:?}", r);
+            prop_assert_eq!(sm.range(r), model.range_checked(r), "{:?}", r);
+        }
+        // Every revision the store keeps reads as the model's map then.
+        for at in model.compacted.max(1)..=model.revision {
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                revision: at,
+                ..Default::default()
+            };
+            prop_assert_eq!(sm.range(&all), model.range_checked(&all), "at {}", at);
         }
 
         let mut snap = Vec::new();
@@ -542,6 +623,21 @@ fn same_as_model(
         copy.flush(LogIndex(index)).expect("flush");
         prop_assert_eq!(contents(&copy), want);
         prop_assert_eq!(copy.revision(), model.revision);
+        prop_assert_eq!(copy.compacted_revision(), model.compacted);
+        for at in model.compacted.max(1)..=model.revision {
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                revision: at,
+                ..Default::default()
+            };
+            prop_assert_eq!(
+                copy.range(&all),
+                model.range_checked(&all),
+                "copy at {}",
+                at
+            );
+        }
     }
     Ok(())
 }

@@ -1,5 +1,9 @@
+use std::io;
+
 use super::*;
-use dengine_runtime::Term;
+use crate::index::Revision;
+use crate::record;
+use dengine_runtime::{EntryId, LogIndex, StateMachine, Term};
 
 fn put(k: &str, v: &str) -> KvCommand {
     KvCommand::Put(PutRequest {
@@ -550,6 +554,7 @@ fn nested_transactions_run_at_the_outer_revision_and_answer_nested() {
         create_revision: if k == "a" { 2 } else { 3 },
         mod_revision: 3,
         version,
+        lease: 0,
     };
     let range_of = |kvs: Vec<KeyValue>| {
         OpResponse::Range(RangeResponse {
@@ -631,7 +636,7 @@ fn nested_transactions_run_at_the_outer_revision_and_answer_nested() {
 }
 
 #[test]
-fn lease_comparisons_see_no_lease() {
+fn lease_comparisons_see_the_keys_lease() {
     let mut sm = KvStateMachine::in_memory();
     one(&mut sm, 1, put("a", "1"));
     let holds = |sm: &mut KvStateMachine, index, k: &str, lease, op| {
@@ -653,17 +658,23 @@ fn lease_comparisons_see_no_lease() {
     assert!(holds(&mut sm, 4, "a", 7, CompareOp::Less));
     assert!(holds(&mut sm, 5, "a", -1, CompareOp::Greater));
     assert!(!holds(&mut sm, 6, "a", 7, CompareOp::Equal));
-    // A put's lease is accepted and kept nowhere (no leases yet).
-    one(
-        &mut sm,
-        7,
+    // A put's lease is kept with the key, kept by a put that ignores
+    // the lease, and dropped by a put without one.
+    let put_lease = |lease, ignore_lease| {
         KvCommand::Put(PutRequest {
             key: b"a".to_vec(),
-            lease: 7,
+            lease,
+            ignore_lease,
             ..Default::default()
-        }),
-    );
-    assert!(holds(&mut sm, 8, "a", 0, CompareOp::Equal));
+        })
+    };
+    one(&mut sm, 7, put_lease(7, false));
+    assert!(holds(&mut sm, 8, "a", 7, CompareOp::Equal));
+    one(&mut sm, 9, put_lease(0, true));
+    assert!(holds(&mut sm, 10, "a", 7, CompareOp::Equal));
+    assert_eq!(sm.get(b"a").expect("get").expect("a").lease, 7);
+    one(&mut sm, 11, put_lease(0, false));
+    assert!(holds(&mut sm, 12, "a", 0, CompareOp::Equal));
 }
 
 #[test]
@@ -902,26 +913,43 @@ fn a_snapshot_restores_the_same_store_and_bad_snapshots_are_refused() {
     huge.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
     huge.extend_from_slice(b"k");
     assert!(c.restore(&mut &huge[..]).is_err(), "a huge key length");
+    let mut huge = b"DKV3".to_vec();
+    huge.extend_from_slice(&2i64.to_le_bytes());
+    huge.extend_from_slice(&0i64.to_le_bytes());
+    huge.push(1);
+    huge.extend_from_slice(&2i64.to_le_bytes());
+    huge.extend_from_slice(&0u32.to_be_bytes());
+    huge.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
+    huge.extend_from_slice(b"k");
+    assert!(c.restore(&mut &huge[..]).is_err(), "a huge record length");
 }
 
 #[test]
 fn damaged_records_are_found_when_the_store_opens() {
     let mut backend = MemoryBackend::default();
-    let mut rec = encode_record(&KeyValue {
-        key: b"a".to_vec(),
-        value: b"v".to_vec(),
-        create_revision: 2,
-        mod_revision: 2,
-        version: 1,
-    });
+    let mut rec = record::encode(
+        &KeyValue {
+            key: b"a".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            lease: 0,
+        },
+        false,
+    );
     let last = rec.len() - 1;
     rec[last] ^= 1;
+    let rev = Revision { main: 2, sub: 0 };
     backend
-        .write(vec![(record_key(b"a"), Some(rec))])
+        .write(vec![
+            Change::Insert(record::rev_key(rev).to_vec(), rec),
+            Change::Put(b"m".to_vec(), record::encode_meta(LogIndex(1), 2, 0)),
+        ])
         .expect("write");
     let e = KvStateMachine::with_backend(Box::new(backend)).expect_err("refused");
     assert!(
-        e.to_string().contains("corrupt") && e.to_string().contains("\"a\""),
+        e.to_string().contains("corrupt") && e.to_string().contains("revision 2.0"),
         "{e}"
     );
 }
@@ -1094,6 +1122,7 @@ mod fixtures {
                     limit: 2,
                     keys_only: true,
                     count_only: false,
+                    revision: 0,
                 }),
                 TxnOp::Put(PutRequest {
                     key: b"p".to_vec(),
@@ -1117,6 +1146,7 @@ mod fixtures {
             create_revision: 2,
             mod_revision: 5,
             version: 3,
+            lease: 0,
         }
     }
 
@@ -1125,8 +1155,8 @@ mod fixtures {
         for (hex, want) in COMMANDS.iter().zip(commands()) {
             let bytes = unhex(hex);
             assert_eq!(KvCommand::decode(&bytes), Ok(want.clone()));
-            // Today's encoding is of format 2 (pinned by `COMMANDS_2`).
-            assert_eq!(want.encode()[0], 2, "{want:?}");
+            // Today's encoding is of format 3 (pinned by `COMMANDS_3`).
+            assert_eq!(want.encode()[0], 3, "{want:?}");
         }
     }
 
@@ -1201,9 +1231,49 @@ mod fixtures {
     }
 
     #[test]
-    fn commands_of_format_2_decode_and_are_todays_encoding() {
+    fn commands_of_format_2_decode() {
         assert_eq!(COMMANDS_2.len(), commands_2().len());
         for (hex, want) in COMMANDS_2.iter().zip(commands_2()) {
+            let bytes = unhex(hex);
+            assert_eq!(KvCommand::decode(&bytes), Ok(want.clone()));
+        }
+    }
+
+    /// The commands of [`commands_2`], then commands with every field and
+    /// variant that format 3 added, command format 3.
+    const COMMANDS_3: [&str; 8] = [
+        "0300016b017601000000",
+        "03010161016300",
+        "030204016100000200016101000104010162016302d80402016300030178030200016101000201000001017001\
+         7100000000010201640001",
+        "0300016b0000010100",
+        "0300016b0176010000d804",
+        "030201016100040e0102030101620004010301010162000001000001030000010201630000000161000000000001\
+         01017001710000000a",
+        "0302000100016101000000001200",
+        "0303d804",
+    ];
+
+    fn commands_3() -> Vec<KvCommand> {
+        let mut cmds = commands_2();
+        cmds.push(KvCommand::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![TxnOp::Range(RangeRequest {
+                key: b"a".to_vec(),
+                range_end: vec![0],
+                revision: 9,
+                ..Default::default()
+            })],
+            failure: vec![],
+        }));
+        cmds.push(KvCommand::Compact(CompactRequest { revision: 300 }));
+        cmds
+    }
+
+    #[test]
+    fn commands_of_format_3_decode_and_are_todays_encoding() {
+        assert_eq!(COMMANDS_3.len(), commands_3().len());
+        for (hex, want) in COMMANDS_3.iter().zip(commands_3()) {
             let bytes = unhex(hex);
             assert_eq!(KvCommand::decode(&bytes), Ok(want.clone()));
             assert_eq!(want.encode(), bytes, "today's encoding of {want:?}");
@@ -1247,7 +1317,7 @@ mod fixtures {
     #[test]
     fn commands_of_another_format_version_are_refused_and_change_nothing() {
         let mut sm = KvStateMachine::in_memory();
-        for version in [0, 3, 255] {
+        for version in [0, 4, 255] {
             let mut bytes = unhex(COMMANDS_2[0]);
             bytes[0] = version;
             let Err(KvError::InvalidRequest(e)) = KvCommand::decode(&bytes) else {
@@ -1255,7 +1325,7 @@ mod fixtures {
             };
             assert!(
                 e.contains(&format!("format version {version},"))
-                    && e.contains("reads versions 1 and 2"),
+                    && e.contains("reads versions 1 to 3"),
                 "{e}"
             );
             let out = sm.apply(EntryId::new(Term(1), LogIndex(1)), &bytes);
@@ -1275,21 +1345,121 @@ mod fixtures {
     #[test]
     fn records_of_format_1_decode_and_others_are_refused() {
         let bytes = unhex(RECORD);
-        assert_eq!(decode_record(b"k", &bytes), Ok(kv()));
-        assert_eq!(encode_record(&kv()), bytes);
+        assert_eq!(record::decode_v1(b"k", &bytes), Ok(kv()));
         let mut body = dengine_core::codec::open(&bytes).expect("sealed").to_vec();
         body[0] = 2;
-        let e = decode_record(b"k", &dengine_core::codec::seal(&body)).expect_err("version 2");
+        let e = record::decode_v1(b"k", &dengine_core::codec::seal(&body)).expect_err("version 2");
         assert!(e.to_string().contains("format version 2"), "{e}");
 
-        assert_eq!(decode_meta(&unhex(META)), Ok((LogIndex(7), 5)));
-        assert_eq!(encode_meta(LogIndex(7), 5), unhex(META));
+        let meta = record::decode_meta(&unhex(META)).expect("meta");
+        assert_eq!(
+            (meta.applied, meta.revision, meta.compacted, meta.v1),
+            (LogIndex(7), 5, 5, true)
+        );
         let mut body = dengine_core::codec::open(&unhex(META))
             .expect("sealed")
             .to_vec();
         body[0] = 9;
-        let e = decode_meta(&dengine_core::codec::seal(&body)).expect_err("version 9");
+        let e = record::decode_meta(&dengine_core::codec::seal(&body)).expect_err("version 9");
         assert!(e.to_string().contains("format version 9"), "{e}");
+    }
+
+    /// A record of today's format (2) of [`kv`] with lease 7, and a
+    /// tombstone of `k`.
+    const RECORD_2: &str =
+        "7f6825ef0200010000006b02000000000000000300000000000000070000000000000076";
+    const TOMBSTONE_2: &str =
+        "ffb744390201010000006b000000000000000000000000000000000000000000000000";
+    /// The store's own record at index 7, revision 5, compacted 3, format 2.
+    const META_2: &str = "50c567bc02070000000000000005000000000000000300000000000000";
+
+    #[test]
+    fn records_of_format_2_decode_and_are_todays_encoding() {
+        let rev = Revision { main: 5, sub: 1 };
+        let kv = KeyValue { lease: 7, ..kv() };
+        assert_eq!(record::encode(&kv, false), unhex(RECORD_2));
+        assert_eq!(
+            record::decode(rev, &unhex(RECORD_2))
+                .expect("record")
+                .to_kv(),
+            kv
+        );
+        let gone = KeyValue {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(record::encode(&gone, true), unhex(TOMBSTONE_2));
+        let tombstone = unhex(TOMBSTONE_2);
+        let t = record::decode(rev, &tombstone).expect("tombstone");
+        assert!(t.write.tombstone);
+        assert_eq!(record::encode_meta(LogIndex(7), 5, 3), unhex(META_2));
+    }
+
+    #[test]
+    fn a_store_of_format_1_is_converted_to_a_history_when_it_opens() {
+        // `a = 1` at 2, `b = 2` and `c = 3` in one txn at 4 (`b` made at
+        // 3), the store at revision 4, index 7.
+        let v1 = |key: &[u8], value: &[u8], create: i64, m: i64, version: i64| {
+            let mut body = vec![1u8];
+            for i in [create, m, version] {
+                body.extend_from_slice(&i.to_le_bytes());
+            }
+            body.extend_from_slice(value);
+            let mut k = vec![b'k'];
+            k.extend_from_slice(key);
+            Change::Put(k, dengine_core::codec::seal(&body))
+        };
+        let mut backend = MemoryBackend::default();
+        let mut meta = vec![1u8];
+        meta.extend_from_slice(&7u64.to_le_bytes());
+        meta.extend_from_slice(&4i64.to_le_bytes());
+        backend
+            .write(vec![
+                v1(b"a", b"1", 2, 2, 1),
+                v1(b"b", b"2", 3, 4, 2),
+                v1(b"c", b"3", 4, 4, 1),
+                Change::Put(b"m".to_vec(), dengine_core::codec::seal(&meta)),
+            ])
+            .expect("write");
+        let sm = KvStateMachine::with_backend(Box::new(backend)).expect("converted");
+        assert_eq!(sm.revision(), 4);
+        assert_eq!(sm.compacted_revision(), 4);
+        let all = sm.range(&range("\0", &[0])).expect("all");
+        let got: Vec<_> = all
+            .kvs
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.clone(),
+                    kv.create_revision,
+                    kv.mod_revision,
+                    kv.version,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (b"a".to_vec(), b"1".to_vec(), 2, 2, 1),
+                (b"b".to_vec(), b"2".to_vec(), 3, 4, 2),
+                (b"c".to_vec(), b"3".to_vec(), 4, 4, 1),
+            ]
+        );
+        let at3 = RangeRequest {
+            revision: 3,
+            ..range("\0", &[0])
+        };
+        assert_eq!(sm.range(&at3), Err(KvError::Compacted));
+        // Nothing of format 1 is left.
+        let mut old = 0;
+        sm.backend
+            .scan(b"k", Some(b"l"), &mut |_, _| {
+                old += 1;
+                Ok(true)
+            })
+            .expect("scan");
+        assert_eq!(old, 0);
     }
 
     #[test]
@@ -1299,9 +1469,9 @@ mod fixtures {
         old.extend_from_slice(&5i64.to_le_bytes());
         let mut backend = MemoryBackend::default();
         backend
-            .write(vec![(
-                META_KEY.to_vec(),
-                Some(dengine_core::codec::seal(&old)),
+            .write(vec![Change::Put(
+                b"m".to_vec(),
+                dengine_core::codec::seal(&old),
             )])
             .expect("write");
         let e = KvStateMachine::with_backend(Box::new(backend)).expect_err("refused");
@@ -1315,25 +1485,47 @@ mod fixtures {
         sm.restore(&mut &bytes[..]).expect("restore");
         sm.flush(LogIndex(2)).expect("flush");
         assert_eq!(sm.revision(), 3);
+        assert_eq!(sm.compacted_revision(), 3, "no history before");
         let kv = |k: &str, v: &str, rev| KeyValue {
             key: k.into(),
             value: v.into(),
             create_revision: rev,
             mod_revision: rev,
             version: 1,
+            lease: 0,
         };
         let all = sm.range(&range("\0", &[0])).expect("all");
         assert_eq!(all.kvs, [kv("a", "1", 2), kv("b", "2", 3)]);
+    }
+
+    /// A snapshot (format `3`) of a store after `a = 1`, then `b = 2`.
+    const SNAPSHOT_3: &str = "444b563303000000000000000000000000000000010200000000000000000000002400\
+         00009127a3f7020001000000610200000000000000010000000000000000000000000000003101030000000000\
+         00000000000024000000dd0b7639020001000000620300000000000000010000000000000000000000000000003200";
+
+    #[test]
+    fn a_snapshot_of_format_3_restores_and_is_todays() {
+        let bytes = unhex(SNAPSHOT_3);
         let mut again = KvStateMachine::in_memory();
         run(&mut again, 1, &[put("a", "1"), put("b", "2")]);
         assert_eq!(snapshot_of(&mut again), bytes, "today's snapshot");
+        let mut sm = KvStateMachine::in_memory();
+        sm.restore(&mut &bytes[..]).expect("restore");
+        sm.flush(LogIndex(2)).expect("flush");
+        assert_eq!(sm.revision(), 3);
+        assert_eq!(sm.compacted_revision(), 0);
+        let at2 = RangeRequest {
+            revision: 2,
+            ..range("\0", &[0])
+        };
+        assert_eq!(keys(&sm.range(&at2).expect("at 2")), ["a"]);
     }
 
     #[test]
     fn a_snapshot_of_another_format_is_refused_before_anything_is_forgotten() {
         let mut sm = KvStateMachine::in_memory();
         one(&mut sm, 1, put("keep", "me"));
-        for version in [b'1', b'3'] {
+        for version in [b'1', b'4'] {
             let mut bytes = unhex(SNAPSHOT);
             bytes[3] = version;
             let e = sm.restore(&mut &bytes[..]).expect_err("refused");

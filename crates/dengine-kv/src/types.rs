@@ -6,6 +6,7 @@ use std::cell::Cell;
 use serde::{Deserialize, Deserializer, Serialize};
 
 mod v1;
+mod v2;
 
 /// A key's current value and history counters, as etcd reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,8 @@ pub struct KeyValue {
     /// How many times the key was written since it was created (1 after
     /// the first put).
     pub version: i64,
+    /// The ID of the lease attached to the key (0: none).
+    pub lease: i64,
 }
 
 /// Which keys a request covers, as in etcd: `range_end` empty means the
@@ -67,6 +70,11 @@ pub struct RangeRequest {
     pub keys_only: bool,
     /// Return only the count.
     pub count_only: bool,
+    /// Read the keys as they were at this revision (0 or less: the
+    /// current one). Below the compacted revision the read fails with
+    /// [`KvError::Compacted`], above the current one with
+    /// [`KvError::FutureRevision`].
+    pub revision: i64,
 }
 
 /// The keys a range found.
@@ -95,9 +103,9 @@ pub struct PutRequest {
     /// Update the key using its current lease: `lease` must be 0, and the
     /// put fails ("key not found") if the key does not exist.
     pub ignore_lease: bool,
-    /// The ID of the lease to attach to the key; 0 for none. (The store
-    /// has no leases yet: it keeps nothing of this, and every key's lease
-    /// reads as 0.)
+    /// The ID of the lease to attach to the key; 0 for none. The store
+    /// keeps it with the key; whether the lease exists is the server's to
+    /// check.
     pub lease: i64,
 }
 
@@ -123,8 +131,7 @@ pub enum CompareTarget {
     ModRevision(i64),
     /// The key's value (a missing key fails the comparison).
     Value(Vec<u8>),
-    /// The ID of the key's lease (0 if it has none or does not exist; no
-    /// key has a lease yet).
+    /// The ID of the key's lease (0 if it has none or does not exist).
     Lease(i64),
 }
 
@@ -190,7 +197,7 @@ thread_local! {
 
 /// Decodes a [`TxnOp::Txn`], refusing nesting deeper than
 /// [`MAX_TXN_DEPTH`].
-fn nested_txn<'de, D: Deserializer<'de>>(d: D) -> Result<TxnRequest, D::Error> {
+fn nested_txn<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     struct Level;
     impl Drop for Level {
         fn drop(&mut self) {
@@ -206,13 +213,14 @@ fn nested_txn<'de, D: Deserializer<'de>>(d: D) -> Result<TxnRequest, D::Error> {
     if too_deep {
         return Err(serde::de::Error::custom(TOO_DEEP));
     }
-    TxnRequest::deserialize(d)
+    T::deserialize(d)
 }
 
 const TOO_DEEP: &str = "transactions nested too deep";
 
-/// Decodes the body of a command of today's format.
-fn decode_body(body: &[u8]) -> Result<KvCommand, KvError> {
+/// Decodes the body of a command of today's format, or of an older one
+/// whose types nest transactions.
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, KvError> {
     DECODE_DEPTH.with(|(_, too_deep)| too_deep.set(false));
     dengine_runtime::typed::decode_body(body).map_err(|e| {
         KvError::InvalidRequest(if DECODE_DEPTH.with(|(_, too_deep)| too_deep.get()) {
@@ -244,19 +252,33 @@ pub enum KvCommand {
     DeleteRange(DeleteRangeRequest),
     /// A conditional, atomic group of operations.
     Txn(TxnRequest),
+    /// Forget the history before a revision.
+    Compact(CompactRequest),
+}
+
+/// Forgets the history before `revision`: afterwards every key's value
+/// is readable at any revision from `revision` on, and no earlier.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRequest {
+    /// The first revision that stays readable: at most the current
+    /// revision, and above the revision of the last compaction.
+    pub revision: i64,
 }
 
 /// The format version [`KvCommand::encode`] writes (the first byte of an
-/// encoded command, see [`dengine_runtime::typed`]): 2, today's types
-/// (with etcd's `ignore_value`, `ignore_lease` and `lease` of a put, lease
-/// comparisons and nested transactions). [`KvCommand::decode`] also reads
-/// version 1, the format before them, through a frozen copy of the types
-/// of then (new fields default: no `ignore_value`, no `ignore_lease`,
-/// lease 0): entries of version 1 stay in logs and must apply the same
-/// way forever. A later change to the shape of a command adds version 3
-/// the same way, freezing today's types as version 2 (the fixtures in the
-/// store's tests check that old bytes keep decoding as they did).
-pub const COMMAND_VERSION: u8 = 2;
+/// encoded command, see [`dengine_runtime::typed`]): 3, today's types
+/// (with a range's `revision` and [`KvCommand::Compact`]).
+/// [`KvCommand::decode`] also reads the versions before, through frozen
+/// copies of the types of then, whose new fields take etcd's defaults:
+/// version 2 (no range revision) and version 1 (also no `ignore_value`,
+/// `ignore_lease`, lease, lease comparisons or nested transactions).
+/// Entries of old versions stay in logs and must apply the same way
+/// forever. A later change to the shape of a command adds version 4 the
+/// same way, freezing today's types as version 3 (the fixtures in the
+/// store's tests check that old bytes keep decoding as they did). A new
+/// command or operation added as the last variant of its enum changes
+/// nothing old bytes mean and needs no new version.
+pub const COMMAND_VERSION: u8 = 3;
 
 impl KvCommand {
     /// The bytes to propose: [`COMMAND_VERSION`], then the command.
@@ -275,12 +297,13 @@ impl KvCommand {
         };
         match split_version(bytes).map_err(invalid)? {
             (COMMAND_VERSION, body) => decode_body(body),
+            (v2::VERSION, body) => decode_body::<v2::KvCommand>(body).map(KvCommand::from),
             (v1::VERSION, body) => dengine_runtime::typed::decode_body::<v1::KvCommand>(body)
                 .map(KvCommand::from)
                 .map_err(invalid),
             (version, _) => Err(KvError::InvalidRequest(format!(
                 "key-value command of format version {version}, which this program does not \
-                 read (it reads versions {} and {COMMAND_VERSION})",
+                 read (it reads versions {} to {COMMAND_VERSION})",
                 v1::VERSION
             ))),
         }
@@ -311,6 +334,8 @@ pub enum OpResponse {
         /// The chosen branch's results, in order.
         responses: Vec<OpResponse>,
     },
+    /// A compaction's result (the history before its revision is gone).
+    Compact,
 }
 
 /// The answer to a [`KvCommand`].
@@ -333,4 +358,12 @@ pub enum KvError {
     /// The store's data is unreadable or a write failed: the node stops.
     #[error("key-value storage: {0}")]
     Storage(String),
+    /// The revision asked for was compacted away (etcd's
+    /// `ErrCompacted`; nothing changed).
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The revision asked for is after the current one (etcd's
+    /// `ErrFutureRev`; nothing changed).
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
 }

@@ -132,6 +132,8 @@ pub fn from_kv(e: &KvError) -> Status {
             Status::new(Code::InvalidArgument, format!("etcdserver: {why}"))
         }
         KvError::Storage(why) => Status::new(Code::Unavailable, format!("etcdserver: {why}")),
+        KvError::Compacted => compacted(),
+        KvError::FutureRevision => future_revision(),
         other => Status::internal(format!("etcdserver: {other}")),
     }
 }

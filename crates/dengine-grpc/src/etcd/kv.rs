@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dengine_kv::{KvCommand, OpResponse};
+use dengine_kv::{CompactRequest, KvCommand, OpResponse};
 use dengine_proto::etcdserverpb as pb;
 use dengine_proto::etcdserverpb::kv_server::Kv;
 use tonic::{Request, Response, Status};
@@ -38,21 +38,11 @@ impl Kv for KvService {
         let r = request.into_inner();
         range::check(&r)?;
         let q = range::to_store(&r);
-        let at = r.revision;
         let (revision, got) = self
             .core
             .read(r.serializable, move |kv| {
-                let current = kv.revision();
-                if at > current {
-                    return Err(errors::future_revision());
-                }
-                // No history is kept yet: only the current revision can
-                // be read (the MVCC store brings the past).
-                if at > 0 && at < current {
-                    return Err(errors::compacted());
-                }
                 kv.range(&q)
-                    .map(|got| (current, got))
+                    .map(|got| (kv.revision(), got))
                     .map_err(|e| errors::from_kv(&e))
             })
             .await??;
@@ -138,11 +128,29 @@ impl Kv for KvService {
         }))
     }
 
+    /// etcd's `Compact`: the history before the revision is forgotten on
+    /// every member, as a command in the log. The store forgets it as the
+    /// command applies (its index at once, the records in the same write
+    /// as the command's index), so the space is reclaimable when the
+    /// answer comes, `physical` or not.
     async fn compact(
         &self,
-        _request: Request<pb::CompactionRequest>,
+        request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        Err(errors::unimplemented("KV.Compact"))
+        self.core.check_has_leader(request.metadata())?;
+        let c = request.into_inner();
+        let resp = self
+            .core
+            .write(&KvCommand::Compact(CompactRequest {
+                revision: c.revision,
+            }))
+            .await?;
+        if !matches!(resp.op, OpResponse::Compact) {
+            return Err(unexpected("compaction"));
+        }
+        Ok(Response::new(pb::CompactionResponse {
+            header: self.core.header(resp.revision),
+        }))
     }
 }
 

@@ -1,7 +1,8 @@
 //! etcd's v3 API on the client port, served by a key-value node.
 //!
-//! - [`KvService`]: the `KV` service, `Range`, `Put`, `DeleteRange`, `Txn` (`Compact`
-//!   comes with the MVCC store);
+//! - [`KvService`]: the `KV` service, `Range` (at any revision back to
+//!   the last compaction), `Put`, `DeleteRange`, `Txn`, `Compact`;
+//! - [`WatchService`]: the `Watch` service (see [`watch`]);
 //! - [`MaintenanceService`]: the `Maintenance` service, `Status`, `Alarm` (no alarms exist yet);
 //! - [`ClusterService`]: the `Cluster` service, `MemberList`;
 //! - every other method of etcd's services answers `UNIMPLEMENTED`
@@ -20,6 +21,7 @@ mod maintenance;
 pub mod range;
 mod stubs;
 pub mod txn;
+pub mod watch;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,13 +30,14 @@ use dengine_core::NodeId;
 use dengine_kv::{KvCommand, KvResponse, KvStateMachine};
 use dengine_proto::etcdserverpb as pb;
 use dengine_runtime::{Error, Metrics, Node, ReadPolicy};
-use tokio::sync::watch;
+use tokio::sync::watch as signal;
 use tonic::Status;
 
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use maintenance::{ClusterService, MaintenanceService};
-pub use stubs::{AuthService, LeaseService, WatchService};
+pub use stubs::{AuthService, LeaseService};
+pub use watch::{WatchHub, WatchService};
 
 use crate::members::Member;
 
@@ -66,7 +69,7 @@ impl Default for Limits {
 /// What every etcd service of one member shares.
 pub struct EtcdCore {
     node: Node<KvStateMachine>,
-    metrics: watch::Receiver<Metrics>,
+    metrics: signal::Receiver<Metrics>,
     cluster_id: u64,
     member_id: NodeId,
     forwarder: Forwarder,

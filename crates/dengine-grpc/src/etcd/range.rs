@@ -42,6 +42,7 @@ pub fn to_store(r: &pb::RangeRequest) -> RangeRequest {
         // Sorting by value needs the values.
         keys_only: r.keys_only && !all,
         count_only: r.count_only,
+        revision: r.revision,
     }
 }
 
@@ -53,7 +54,7 @@ pub fn kv_to_pb(kv: KeyValue) -> mvccpb::KeyValue {
         mod_revision: kv.mod_revision,
         version: kv.version,
         value: kv.value,
-        lease: 0,
+        lease: kv.lease,
     }
 }
 
@@ -138,6 +139,7 @@ mod tests {
             create_revision: create,
             mod_revision: m,
             version,
+            lease: 0,
         }
     }
 

@@ -12,22 +12,6 @@ use super::errors;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// etcd's `Watch` service, not served yet.
-#[derive(Clone, Debug, Default)]
-pub struct WatchService;
-
-#[tonic::async_trait]
-impl pb::watch_server::Watch for WatchService {
-    type WatchStream = BoxStream<pb::WatchResponse>;
-
-    async fn watch(
-        &self,
-        _request: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(errors::unimplemented("Watch.Watch"))
-    }
-}
-
 /// etcd's `Lease` service, not served yet.
 #[derive(Clone, Debug, Default)]
 pub struct LeaseService;

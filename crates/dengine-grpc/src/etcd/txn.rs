@@ -274,7 +274,7 @@ pub fn txn_response(
     let out = branch
         .iter()
         .zip(responses)
-        .map(|(op, resp)| {
+        .filter_map(|(op, resp)| {
             let response = match (resp, &op.request) {
                 (OpResponse::Range(got), Some(PbOp::RequestRange(r))) => {
                     let (kvs, more, count) = range::finish(r, got);
@@ -324,10 +324,12 @@ pub fn txn_response(
                     succeeded,
                     responses: Vec::new(),
                 }),
+                // A transaction holds no compaction.
+                (OpResponse::Compact, _) => return None,
             };
-            pb::ResponseOp {
+            Some(pb::ResponseOp {
                 response: Some(response),
-            }
+            })
         })
         .collect();
     (succeeded, out)

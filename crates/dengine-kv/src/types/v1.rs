@@ -91,6 +91,7 @@ impl From<RangeRequest> for super::RangeRequest {
             limit: r.limit,
             keys_only: r.keys_only,
             count_only: r.count_only,
+            revision: 0,
         }
     }
 }

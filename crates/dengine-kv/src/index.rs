@@ -1,0 +1,259 @@
+//! The in-memory index of the store's history, as etcd's `treeIndex`:
+//! for each key, the revisions at which it was written or deleted (back to
+//! the compacted revision), and what comparisons need of its current
+//! value. Values are not here: they live in the backend, keyed by
+//! revision, so memory grows with the number of keys and retained
+//! revisions, not with the size of the data.
+
+use std::collections::BTreeMap;
+
+use crate::types::KeyRange;
+
+/// A point in the store's history: `main` is the store revision of a
+/// command, `sub` orders the writes within it (as etcd's `revision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Revision {
+    pub(crate) main: i64,
+    pub(crate) sub: u32,
+}
+
+/// One write of a key: a put or, if `tombstone`, the delete that ended
+/// one of its generations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Write {
+    pub(crate) rev: Revision,
+    pub(crate) tombstone: bool,
+}
+
+/// What the index knows of a key's current value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Current {
+    pub(crate) rev: Revision,
+    pub(crate) create_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) lease: i64,
+}
+
+/// A key's history: its writes (puts and tombstones) in revision order,
+/// back to the compacted revision, and its current generation's counters.
+/// A generation runs from a put on an absent key to the tombstone that
+/// ends it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KeyHistory {
+    writes: Vec<Write>,
+    /// The current generation's create revision and version, and the
+    /// lease of its last put (all 0 if the key does not exist now).
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+impl KeyHistory {
+    /// The key's value now, if it exists.
+    pub(crate) fn current(&self) -> Option<Current> {
+        match self.writes.last() {
+            Some(w) if !w.tombstone => Some(Current {
+                rev: w.rev,
+                create_revision: self.create_revision,
+                version: self.version,
+                lease: self.lease,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The revision of the key's value at store revision `at`, if it
+    /// existed then (and `at` is not below the compacted revision).
+    pub(crate) fn at(&self, at: i64) -> Option<Revision> {
+        let n = self.writes.partition_point(|w| w.rev.main <= at);
+        match n.checked_sub(1).map(|i| self.writes[i]) {
+            Some(w) if !w.tombstone => Some(w.rev),
+            _ => None,
+        }
+    }
+
+    /// Records a put at `rev`; returns its create revision and version.
+    pub(crate) fn put(&mut self, rev: Revision, lease: i64) -> (i64, i64) {
+        if self.current().is_none() {
+            self.create_revision = rev.main;
+            self.version = 0;
+        }
+        self.version += 1;
+        self.lease = lease;
+        self.writes.push(Write {
+            rev,
+            tombstone: false,
+        });
+        (self.create_revision, self.version)
+    }
+
+    /// Records the delete of the current value at `rev`.
+    pub(crate) fn tombstone(&mut self, rev: Revision) {
+        self.writes.push(Write {
+            rev,
+            tombstone: true,
+        });
+        self.create_revision = 0;
+        self.version = 0;
+        self.lease = 0;
+    }
+
+    /// Records a write read back from the backend (in revision order), with
+    /// the counters its record holds.
+    pub(crate) fn restore(&mut self, w: Write, create_revision: i64, version: i64, lease: i64) {
+        self.writes.push(w);
+        if w.tombstone {
+            (self.create_revision, self.version, self.lease) = (0, 0, 0);
+        } else {
+            (self.create_revision, self.version, self.lease) = (create_revision, version, lease);
+        }
+    }
+
+    /// Forgets the writes no read at `at` or later can see, as etcd's
+    /// `keyIndex.compact`: of the writes at or before `at`, only the last
+    /// is kept, and only if it is a put. Pushes the forgotten revisions to
+    /// `removed`; returns whether the key has no writes left.
+    pub(crate) fn compact(&mut self, at: i64, removed: &mut Vec<Revision>) -> bool {
+        let n = self.writes.partition_point(|w| w.rev.main <= at);
+        let keep_last = n > 0 && !self.writes[n - 1].tombstone;
+        let drop = if keep_last { n - 1 } else { n };
+        removed.extend(self.writes.drain(..drop).map(|w| w.rev));
+        self.writes.is_empty()
+    }
+
+    /// Every write kept, oldest first.
+    #[cfg(test)]
+    pub(crate) fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+}
+
+/// Every key's history, in key order.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    keys: BTreeMap<Vec<u8>, KeyHistory>,
+}
+
+impl Index {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&KeyHistory> {
+        self.keys.get(key)
+    }
+
+    /// The key's history, made if it has none.
+    #[allow(clippy::expect_used)] // Inserted just before, if missing.
+    pub(crate) fn entry(&mut self, key: &[u8]) -> &mut KeyHistory {
+        // Look up before inserting, so that a key already known (the
+        // common case) costs no allocation.
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.to_vec(), KeyHistory::default());
+        }
+        self.keys.get_mut(key).expect("inserted above")
+    }
+
+    /// The keys of a range with their histories, in key order.
+    pub(crate) fn range<'a>(
+        &'a self,
+        range: KeyRange<'a>,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)> + 'a {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let bounds = match range {
+            KeyRange::Single(key) => (Included(key), Included(key)),
+            KeyRange::Span(start, None) => (Included(start), Unbounded),
+            // Empty (a map range whose end precedes its start panics).
+            KeyRange::Span(start, Some(end)) if end <= start => (Included(start), Excluded(start)),
+            KeyRange::Span(start, Some(end)) => (Included(start), Excluded(end)),
+        };
+        self.keys.range::<[u8], _>(bounds)
+    }
+
+    /// Compacts every key at `at` (see [`KeyHistory::compact`]); keys left
+    /// without writes are forgotten.
+    pub(crate) fn compact(&mut self, at: i64, removed: &mut Vec<Revision>) {
+        self.keys.retain(|_, h| !h.compact(at, removed));
+    }
+
+    /// How many keys the index holds (existing or not).
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.keys.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(main: i64) -> Revision {
+        Revision { main, sub: 0 }
+    }
+
+    /// p2 p3 T4 p6 p7: two generations.
+    fn history() -> KeyHistory {
+        let mut h = KeyHistory::default();
+        assert_eq!(h.put(rev(2), 0), (2, 1));
+        assert_eq!(h.put(rev(3), 5), (2, 2));
+        h.tombstone(rev(4));
+        assert_eq!(h.put(rev(6), 0), (6, 1));
+        assert_eq!(h.put(rev(7), 0), (6, 2));
+        h
+    }
+
+    #[test]
+    fn reads_at_a_revision_see_the_write_in_force_then() {
+        let h = history();
+        let at: Vec<Option<i64>> = (1..=8).map(|r| h.at(r).map(|w| w.main)).collect();
+        assert_eq!(
+            at,
+            [
+                None,
+                Some(2),
+                Some(3),
+                None,
+                None,
+                Some(6),
+                Some(7),
+                Some(7)
+            ]
+        );
+        let c = h.current().unwrap();
+        assert_eq!((c.rev.main, c.create_revision, c.version), (7, 6, 2));
+    }
+
+    #[test]
+    fn compaction_keeps_what_reads_at_or_after_it_need() {
+        let mains = |h: &KeyHistory| h.writes().iter().map(|w| w.rev.main).collect::<Vec<_>>();
+        let cases: [(i64, &[i64], &[i64]); 6] = [
+            (1, &[2, 3, 4, 6, 7], &[]),
+            (2, &[2, 3, 4, 6, 7], &[]),
+            (3, &[3, 4, 6, 7], &[2]),
+            // The tombstone at 4 ends a generation no read from 4 on sees.
+            (4, &[6, 7], &[2, 3, 4]),
+            (6, &[6, 7], &[2, 3, 4]),
+            (9, &[7], &[2, 3, 4, 6]),
+        ];
+        for (at, kept, gone) in cases {
+            let mut h = history();
+            let mut removed = Vec::new();
+            assert!(!h.compact(at, &mut removed));
+            assert_eq!(mains(&h), kept, "compacted at {at}");
+            let removed: Vec<i64> = removed.iter().map(|r| r.main).collect();
+            assert_eq!(removed, gone, "compacted at {at}");
+            // Every read from `at` on is unchanged.
+            for r in at..=9 {
+                assert_eq!(
+                    h.at(r),
+                    history().at(r),
+                    "read at {r} after compacting at {at}"
+                );
+            }
+        }
+        let mut h = history();
+        h.tombstone(rev(8));
+        let mut removed = Vec::new();
+        assert!(h.compact(8, &mut removed), "a deleted key is forgotten");
+        assert_eq!(removed.len(), 6);
+    }
+}

@@ -1,0 +1,190 @@
+//! The store's snapshots: its whole history back to the compacted
+//! revision, as the records of its writes.
+//!
+//! Format 3 (`DKV3`): `revision (i64) ‖ compacted revision (i64) ‖ (1 ‖
+//! main (i64) ‖ sub (u32) ‖ record length (u32) ‖ record)* ‖ 0`, the
+//! records as in the database (so versioned themselves), in revision
+//! order. Format 2 (`DKV2`), from before the history was kept, is read
+//! too: `revision ‖ (key length (u32) ‖ key ‖ record length (u32) ‖
+//! record of format 1)* ‖ u32::MAX`, restored as a history compacted at its
+//! revision. Format 1 is refused.
+
+use std::io::{self, Read, Write};
+
+use crate::backend::Change;
+use crate::index::Revision;
+use crate::record::{self, META_KEY, REV_PREFIX, REVS_END};
+use crate::store::KvStateMachine;
+
+/// A snapshot starts with these bytes and a format version digit.
+const MAGIC: &[u8; 3] = b"DKV";
+const VERSION: u8 = b'3';
+const V2: u8 = b'2';
+const V2_END: u32 = u32::MAX;
+/// Restores write in batches of about this many bytes.
+const RESTORE_BATCH: usize = 4 << 20;
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("key-value snapshot: {what}"),
+    )
+}
+
+/// Writes the store's snapshot (the store must have been flushed).
+pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> {
+    if !sm.pending.is_empty() || !sm.removed.is_empty() {
+        return Err(io::Error::other("snapshot asked for before a flush"));
+    }
+    out.write_all(MAGIC)?;
+    out.write_all(&[VERSION])?;
+    out.write_all(&sm.revision.to_le_bytes())?;
+    out.write_all(&sm.compacted.to_le_bytes())?;
+    sm.backend
+        .scan(&[REV_PREFIX], Some(REVS_END), &mut |k, v| {
+            let rev = record::parse_rev_key(k).map_err(|e| io::Error::other(e.to_string()))?;
+            let len = u32::try_from(v.len()).map_err(|_| bad("a record of over 4 GiB"))?;
+            out.write_all(&[1])?;
+            out.write_all(&rev.main.to_le_bytes())?;
+            out.write_all(&rev.sub.to_be_bytes())?;
+            out.write_all(&len.to_le_bytes())?;
+            out.write_all(v)?;
+            Ok(true)
+        })?;
+    out.write_all(&[0])
+}
+
+/// Reads exactly `len` bytes, as far as the stream goes, never allocating
+/// what a length field merely claims.
+fn read_len(input: &mut dyn Read, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    input.take(len as u64).read_to_end(&mut out)?;
+    if out.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "key-value snapshot: truncated record",
+        ));
+    }
+    Ok(out)
+}
+
+fn read_array<const N: usize>(input: &mut dyn Read) -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    input.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Replaces the store with the snapshot's.
+pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    // The header first: a snapshot of a format this program does not read
+    // is refused before anything is forgotten.
+    let header: [u8; 4] = read_array(input)?;
+    let (magic, version) = header.split_at(3);
+    if magic != MAGIC {
+        return Err(bad("not a key-value snapshot"));
+    }
+    let version = version[0];
+    if version != VERSION && version != V2 {
+        return Err(bad(&format!(
+            "format version {}, which this program does not read (it reads versions {} and {})",
+            version.escape_ascii(),
+            char::from(V2),
+            char::from(VERSION)
+        )));
+    }
+    // Forget the stored index first: a crash from here on leaves a store
+    // that says it holds nothing, and the next start restores again.
+    sm.applied = None;
+    sm.pending.clear();
+    sm.removed.clear();
+    sm.index.clear();
+    sm.failed = None;
+    sm.backend.write(vec![Change::Remove(META_KEY.to_vec())])?;
+    sm.backend.clear()?;
+    let revision = i64::from_le_bytes(read_array(input)?);
+    let compacted = if version == V2 {
+        restore_v2(sm, input)?;
+        revision
+    } else {
+        let compacted = i64::from_le_bytes(read_array(input)?);
+        restore_records(sm, input)?;
+        compacted
+    };
+    sm.revision = revision;
+    sm.compacted = compacted;
+    if let Some(sink) = &mut sm.sink {
+        sink.restored(revision);
+    }
+    Ok(())
+}
+
+/// The records of format 3, written to the backend and the index.
+fn restore_records(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    let mut batch: Vec<Change> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut last: Option<Revision> = None;
+    loop {
+        match read_array::<1>(input)? {
+            [0] => break,
+            [1] => {}
+            [t] => return Err(bad(&format!("unknown item tag {t}"))),
+        }
+        let main = i64::from_le_bytes(read_array(input)?);
+        let sub = u32::from_be_bytes(read_array(input)?);
+        let rev = Revision { main, sub };
+        if last.is_some_and(|l| l >= rev) {
+            return Err(bad("records out of revision order"));
+        }
+        last = Some(rev);
+        let len = u32::from_le_bytes(read_array(input)?) as usize;
+        let bytes = read_len(input, len)?;
+        let r = record::decode(rev, &bytes).map_err(|e| bad(&e.to_string()))?;
+        sm.index
+            .entry(r.key)
+            .restore(r.write, r.create_revision, r.version, r.lease);
+        batch_bytes += bytes.len() + 13;
+        batch.push(Change::Insert(record::rev_key(rev).to_vec(), bytes));
+        if batch_bytes >= RESTORE_BATCH {
+            sm.backend.write(std::mem::take(&mut batch))?;
+            batch_bytes = 0;
+        }
+    }
+    sm.backend.write(batch)
+}
+
+/// A snapshot of format 2 (current values only, records of format 1),
+/// written as a history compacted at its revision.
+fn restore_v2(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    let mut kvs = Vec::new();
+    loop {
+        let klen = u32::from_le_bytes(read_array(input)?);
+        if klen == V2_END {
+            break;
+        }
+        let key = read_len(input, klen as usize)?;
+        let vlen = u32::from_le_bytes(read_array(input)?) as usize;
+        let bytes = read_len(input, vlen)?;
+        kvs.push(record::decode_v1(&key, &bytes).map_err(|e| bad(&e.to_string()))?);
+    }
+    let mut batch: Vec<Change> = Vec::new();
+    let mut batch_bytes = 0;
+    for (rev, kv) in record::from_v1(kvs) {
+        let bytes = record::encode(&kv, false);
+        sm.index.entry(&kv.key).restore(
+            crate::index::Write {
+                rev,
+                tombstone: false,
+            },
+            kv.create_revision,
+            kv.version,
+            kv.lease,
+        );
+        batch_bytes += bytes.len() + 13;
+        batch.push(Change::Insert(record::rev_key(rev).to_vec(), bytes));
+        if batch_bytes >= RESTORE_BATCH {
+            sm.backend.write(std::mem::take(&mut batch))?;
+            batch_bytes = 0;
+        }
+    }
+    sm.backend.write(batch)
+}

@@ -1,0 +1,669 @@
+//! The store: applying commands to the history and reading it.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::io;
+
+use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKind};
+
+use crate::backend::{self, Change, KvBackend, MemoryBackend};
+use crate::check::validate;
+use crate::events::{Event, EventKind, EventSink};
+use crate::index::{Current, Index, Revision};
+use crate::record::{self, META_KEY, REV_PREFIX, REVS_END, V1_KEY_PREFIX, V1_KEYS_END};
+use crate::types::*;
+
+pub(crate) fn storage(e: io::Error) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
+/// The key-value state machine (see the [crate docs](crate)).
+pub struct KvStateMachine {
+    pub(crate) backend: Box<dyn KvBackend>,
+    /// Every key's history; values live in the backend (and `pending`).
+    pub(crate) index: Index,
+    /// The records of the writes applied since the last flush, in
+    /// revision order, for the backend.
+    pub(crate) pending: Vec<(Revision, Vec<u8>)>,
+    /// The records compactions forgot since the last flush.
+    pub(crate) removed: Vec<Revision>,
+    /// The revision of the last command that changed something (1 before
+    /// the first write, as etcd).
+    pub(crate) revision: i64,
+    /// The revision of the last compaction: no read below it (0: none).
+    pub(crate) compacted: i64,
+    /// The sub revision the next write of the running command takes.
+    next_sub: u32,
+    /// The index the stored state reflects (durable backends only).
+    pub(crate) applied: Option<LogIndex>,
+    /// A failed write to the backend: every later flush fails, and the node
+    /// stops.
+    pub(crate) failed: Option<String>,
+    /// Where the events of applied commands go (watchers), if anywhere.
+    pub(crate) sink: Option<Box<dyn EventSink>>,
+    /// The events of the running command, while the sink wants them.
+    events: Option<Vec<Event>>,
+}
+
+impl std::fmt::Debug for KvStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStateMachine")
+            .field("revision", &self.revision)
+            .field("compacted", &self.compacted)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvStateMachine {
+    /// A store in memory.
+    pub fn in_memory() -> KvStateMachine {
+        KvStateMachine::empty(Box::new(MemoryBackend::default()))
+    }
+
+    fn empty(backend: Box<dyn KvBackend>) -> KvStateMachine {
+        KvStateMachine {
+            backend,
+            index: Index::default(),
+            pending: Vec::new(),
+            removed: Vec::new(),
+            revision: 1,
+            compacted: 0,
+            next_sub: 0,
+            applied: None,
+            failed: None,
+            sink: None,
+            events: None,
+        }
+    }
+
+    /// Opens the store on `backend`, checking every record and building
+    /// the index from them. A database of format 1 (no history) is
+    /// converted, in one atomic write, into a history compacted at its
+    /// revision.
+    pub fn with_backend(backend: Box<dyn KvBackend>) -> Result<KvStateMachine, KvError> {
+        let mut sm = KvStateMachine::empty(backend);
+        let Some(meta) = sm.backend.get(META_KEY).map_err(storage)? else {
+            return Ok(sm);
+        };
+        let meta = record::decode_meta(&meta)?;
+        if meta.v1 {
+            sm.convert_v1(meta.applied, meta.revision)?;
+        }
+        sm.applied = Some(meta.applied);
+        sm.revision = meta.revision;
+        sm.compacted = meta.compacted;
+        let mut bad = None;
+        let index = &mut sm.index;
+        sm.backend
+            .scan(&[REV_PREFIX], Some(REVS_END), &mut |k, v| {
+                let restored = record::parse_rev_key(k)
+                    .and_then(|rev| record::decode(rev, v))
+                    .map(|r| {
+                        index
+                            .entry(r.key)
+                            .restore(r.write, r.create_revision, r.version, r.lease);
+                    });
+                match restored {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        bad = Some(e);
+                        Ok(false)
+                    }
+                }
+            })
+            .map_err(storage)?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(sm),
+        }
+    }
+
+    /// Rewrites a database of format 1 (a record per key under `k`) as
+    /// records of writes.
+    fn convert_v1(&mut self, applied: LogIndex, revision: i64) -> Result<(), KvError> {
+        let mut kvs = Vec::new();
+        let mut bad = None;
+        self.backend
+            .scan(
+                &[V1_KEY_PREFIX],
+                Some(V1_KEYS_END),
+                &mut |k, v| match record::decode_v1(&k[1..], v) {
+                    Ok(kv) => {
+                        kvs.push(kv);
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        Ok(false)
+                    }
+                },
+            )
+            .map_err(storage)?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        let mut changes: Vec<Change> = Vec::with_capacity(2 * kvs.len() + 1);
+        for kv in &kvs {
+            let mut old = vec![V1_KEY_PREFIX];
+            old.extend_from_slice(&kv.key);
+            changes.push(Change::Remove(old));
+        }
+        for (rev, kv) in record::from_v1(kvs) {
+            changes.push(Change::Put(
+                record::rev_key(rev).to_vec(),
+                record::encode(&kv, false),
+            ));
+        }
+        changes.push(Change::Put(
+            META_KEY.to_vec(),
+            record::encode_meta(applied, revision, revision),
+        ));
+        self.backend.write(changes).map_err(storage)
+    }
+
+    /// Opens the store for a node with these settings: in memory, or in
+    /// `data_dir/kv` on the configured backend.
+    #[cfg_attr(
+        not(any(feature = "sled", feature = "rocksdb")),
+        allow(unreachable_code, unused_variables)
+    )]
+    pub fn open(config: &Config) -> Result<KvStateMachine, Error> {
+        let dir = config.data_dir.join("kv");
+        let fail = |e: String| Error::Storage(format!("key-value store {}: {e}", dir.display()));
+        let backend: Box<dyn KvBackend> = match config.storage {
+            StorageKind::Memory => return Ok(KvStateMachine::in_memory()),
+            #[cfg(feature = "sled")]
+            StorageKind::Sled => {
+                std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+                Box::new(backend::SledBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+            }
+            #[cfg(feature = "rocksdb")]
+            StorageKind::Rocksdb => {
+                std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+                Box::new(backend::RocksBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::Config(format!(
+                    "storage {other:?} is not compiled in"
+                )));
+            }
+        };
+        KvStateMachine::with_backend(backend).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The store's current revision (1 before the first write, as etcd).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision of the last compaction (0: none): reads at revisions
+    /// below it fail with [`KvError::Compacted`].
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    /// How many keys the index holds, deleted keys whose history is kept
+    /// included.
+    pub fn indexed_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The key's current value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+        match self.index.get(key).and_then(|h| h.current()) {
+            Some(c) => self.fetch_kv(c.rev).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The revision a read asking for `revision` reads at, as etcd: 0 or
+    /// less is the current one.
+    pub fn read_revision(&self, revision: i64) -> Result<i64, KvError> {
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        let at = if revision <= 0 {
+            self.revision
+        } else {
+            revision
+        };
+        if at < self.compacted {
+            return Err(KvError::Compacted);
+        }
+        Ok(at)
+    }
+
+    /// Runs `f` on the record of the write at `rev`.
+    fn with_record<T>(
+        &self,
+        rev: Revision,
+        f: impl FnOnce(record::RecordRef<'_>) -> T,
+    ) -> Result<T, KvError> {
+        let bytes: Cow<'_, [u8]> = match self.pending.binary_search_by_key(&rev, |(r, _)| *r) {
+            Ok(i) => Cow::Borrowed(&self.pending[i].1),
+            Err(_) => Cow::Owned(
+                self.backend
+                    .get(&record::rev_key(rev))
+                    .map_err(storage)?
+                    .ok_or_else(|| {
+                        KvError::Storage(format!(
+                            "the record of revision {}.{} is missing",
+                            rev.main, rev.sub
+                        ))
+                    })?,
+            ),
+        };
+        record::decode(rev, &bytes).map(f)
+    }
+
+    /// The key-value the write at `rev` made.
+    pub(crate) fn fetch_kv(&self, rev: Revision) -> Result<KeyValue, KvError> {
+        self.with_record(rev, |r| r.to_kv())
+    }
+
+    /// Reads keys (see [`RangeRequest`]).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let at = self.read_revision(req.revision)?;
+        self.range_at(req, at)
+    }
+
+    /// Reads keys at revision `at` (checked by the caller).
+    fn range_at(&self, req: &RangeRequest, at: i64) -> Result<RangeResponse, KvError> {
+        let mut out = RangeResponse::default();
+        for (_, h) in self.index.range(KeyRange::new(&req.key, &req.range_end)) {
+            let Some(rev) = h.at(at) else { continue };
+            out.count += 1;
+            if req.count_only {
+                continue;
+            }
+            if req.limit > 0 && out.kvs.len() as u64 >= req.limit {
+                out.more = true;
+                continue;
+            }
+            let kv = if req.keys_only {
+                self.with_record(rev, |r| KeyValue {
+                    key: r.key.to_vec(),
+                    value: Vec::new(),
+                    create_revision: r.create_revision,
+                    mod_revision: rev.main,
+                    version: r.version,
+                    lease: r.lease,
+                })?
+            } else {
+                self.fetch_kv(rev)?
+            };
+            out.kvs.push(kv);
+        }
+        Ok(out)
+    }
+
+    fn next_rev(&mut self, main: i64) -> Revision {
+        let rev = Revision {
+            main,
+            sub: self.next_sub,
+        };
+        self.next_sub += 1;
+        rev
+    }
+
+    /// Sets a key; a put with `ignore_value` or `ignore_lease` has been
+    /// checked to find its key (see [`KvStateMachine::choose`]).
+    fn put(&mut self, main: i64, req: &PutRequest) -> Result<OpResponse, KvError> {
+        let now = self.index.get(&req.key).and_then(|h| h.current());
+        let prev = match now {
+            Some(c) if req.prev_kv || req.ignore_value => Some(self.fetch_kv(c.rev)?),
+            _ => None,
+        };
+        let lease = match now {
+            Some(c) if req.ignore_lease => c.lease,
+            _ => req.lease,
+        };
+        let rev = self.next_rev(main);
+        let (create_revision, version) = self.index.entry(&req.key).put(rev, lease);
+        let value = match &prev {
+            Some(p) if req.ignore_value => &p.value,
+            _ => &req.value,
+        };
+        let record = record::encode_parts(&req.key, false, create_revision, version, lease, value);
+        if let Some(events) = &mut self.events {
+            events.push(Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: req.key.clone(),
+                    value: value.clone(),
+                    create_revision,
+                    mod_revision: main,
+                    version,
+                    lease,
+                },
+            });
+        }
+        self.pending.push((rev, record));
+        Ok(OpResponse::Put {
+            prev_kv: prev.filter(|_| req.prev_kv),
+        })
+    }
+
+    fn delete(&mut self, main: i64, req: &DeleteRangeRequest) -> Result<OpResponse, KvError> {
+        let found: Vec<(Vec<u8>, Revision)> = self
+            .index
+            .range(KeyRange::new(&req.key, &req.range_end))
+            .filter_map(|(k, h)| h.current().map(|c| (k.clone(), c.rev)))
+            .collect();
+        let mut prev_kvs = Vec::new();
+        for (key, was) in &found {
+            if req.prev_kv {
+                prev_kvs.push(self.fetch_kv(*was)?);
+            }
+            let rev = self.next_rev(main);
+            self.index.entry(key).tombstone(rev);
+            let record = record::encode_parts(key, true, 0, 0, 0, b"");
+            if let Some(events) = &mut self.events {
+                events.push(Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: key.clone(),
+                        mod_revision: main,
+                        ..KeyValue::default()
+                    },
+                });
+            }
+            self.pending.push((rev, record));
+        }
+        Ok(OpResponse::DeleteRange {
+            deleted: found.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    fn compact(&mut self, at: i64) -> Result<OpResponse, KvError> {
+        if at <= self.compacted {
+            return Err(KvError::Compacted);
+        }
+        if at > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        self.index.compact(at, &mut self.removed);
+        self.compacted = at;
+        Ok(OpResponse::Compact)
+    }
+
+    fn holds(&self, c: &Compare) -> Result<bool, KvError> {
+        let mut found = false;
+        for (_, h) in self.index.range(KeyRange::new(&c.key, &c.range_end)) {
+            let Some(now) = h.current() else { continue };
+            found = true;
+            if !self.compare(Some(now), c)? {
+                return Ok(false);
+            }
+        }
+        if found {
+            return Ok(true);
+        }
+        // As etcd: a value comparison on no key fails; the counters of a
+        // missing key are 0.
+        if matches!(c.target, CompareTarget::Value(_)) {
+            return Ok(false);
+        }
+        self.compare(None, c)
+    }
+
+    /// Whether the key whose value is `now` (`None`: missing) passes `c`.
+    fn compare(&self, now: Option<Current>, c: &Compare) -> Result<bool, KvError> {
+        use std::cmp::Ordering;
+        let counter = |f: fn(&Current) -> i64| now.as_ref().map_or(0, f);
+        let ord = match &c.target {
+            CompareTarget::Version(v) => counter(|c| c.version).cmp(v),
+            CompareTarget::CreateRevision(v) => counter(|c| c.create_revision).cmp(v),
+            CompareTarget::ModRevision(v) => counter(|c| c.rev.main).cmp(v),
+            CompareTarget::Lease(v) => counter(|c| c.lease).cmp(v),
+            CompareTarget::Value(v) => match now {
+                Some(c) => self.with_record(c.rev, |r| r.value.cmp(v.as_slice()))?,
+                // A missing key has no value to compare.
+                None => return Ok(false),
+            },
+        };
+        Ok(match c.op {
+            CompareOp::Equal => ord == Ordering::Equal,
+            CompareOp::NotEqual => ord != Ordering::Equal,
+            CompareOp::Greater => ord == Ordering::Greater,
+            CompareOp::Less => ord == Ordering::Less,
+        })
+    }
+
+    /// Whether a put with `ignore_value` or `ignore_lease` finds its key
+    /// when it runs after `earlier`, the writes of the command that run
+    /// before it. As etcd (`checkPut`), the key must exist before the
+    /// command runs; and it must still exist when the put runs, which etcd
+    /// leaves to its server's check that no key is both deleted and put in
+    /// one transaction (nested ones included), a check the store makes
+    /// only within each branch (see [`validate`]).
+    fn finds(&self, req: &PutRequest, earlier: &[Earlier<'_>]) -> bool {
+        if !(req.ignore_value || req.ignore_lease) {
+            return true;
+        }
+        let last = earlier.iter().rev().find_map(|w| match *w {
+            Earlier::Put(k) if k == req.key.as_slice() => Some(true),
+            Earlier::Delete(range) if range.contains(&req.key) => Some(false),
+            _ => None,
+        });
+        let exists = self
+            .index
+            .get(&req.key)
+            .is_some_and(|h| h.current().is_some());
+        exists && last.unwrap_or(true)
+    }
+
+    /// Decides, as etcd does before a transaction runs, which branch it
+    /// and every transaction nested in its chosen branch take: all their
+    /// comparisons see the store as it is before the command. Pushes the
+    /// choices to `path` in the order the transactions run, and checks on
+    /// the way, as etcd's `checkRequests`, that each range of the chosen
+    /// branches reads at a revision the store has and each put that keeps
+    /// its key's value or lease finds the key, so a command that would
+    /// fail changes nothing.
+    fn choose<'a>(
+        &self,
+        t: &'a TxnRequest,
+        path: &mut Vec<bool>,
+        earlier: &mut Vec<Earlier<'a>>,
+    ) -> Result<(), KvError> {
+        let mut succeeded = true;
+        for c in &t.compare {
+            if !self.holds(c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        path.push(succeeded);
+        for op in if succeeded { &t.success } else { &t.failure } {
+            match op {
+                TxnOp::Range(r) => {
+                    self.read_revision(r.revision)?;
+                }
+                TxnOp::Put(p) => {
+                    if !self.finds(p, earlier) {
+                        return Err(key_not_found());
+                    }
+                    earlier.push(Earlier::Put(&p.key));
+                }
+                TxnOp::DeleteRange(d) => {
+                    earlier.push(Earlier::Delete(KeyRange::new(&d.key, &d.range_end)));
+                }
+                TxnOp::Txn(nested) => self.choose(nested, path, earlier)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the branch of `t` that `path` (from [`KvStateMachine::choose`])
+    /// says, nested transactions included, at revision `main`; `wrote`
+    /// tells whether anything changed.
+    fn run_txn(
+        &mut self,
+        main: i64,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+        wrote: &mut bool,
+    ) -> Result<OpResponse, KvError> {
+        // `choose` made one choice per transaction, in this order.
+        let succeeded = path.next().unwrap_or(false);
+        let branch = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(match op {
+                TxnOp::Range(r) => {
+                    // As etcd's transactions: a read at the current
+                    // revision sees the command's earlier writes, at the
+                    // revision they are made at. `choose` checked the
+                    // others.
+                    let at = match r.revision {
+                        at if at > 0 => at,
+                        _ if *wrote => main,
+                        _ => self.revision,
+                    };
+                    OpResponse::Range(self.range_at(r, at)?)
+                }
+                TxnOp::Put(p) => {
+                    *wrote = true;
+                    self.put(main, p)?
+                }
+                TxnOp::DeleteRange(d) => {
+                    let op = self.delete(main, d)?;
+                    *wrote |= matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
+                    op
+                }
+                TxnOp::Txn(nested) => self.run_txn(main, nested, path, wrote)?,
+            });
+        }
+        Ok(OpResponse::Txn {
+            succeeded,
+            responses,
+        })
+    }
+
+    /// Runs a command; `Err` of kind `InvalidRequest`, `Compacted` or
+    /// `FutureRevision` changed nothing.
+    pub(crate) fn execute(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
+        validate(cmd)?;
+        self.events = self
+            .sink
+            .as_ref()
+            .filter(|s| s.wanted())
+            .map(|_| Vec::new());
+        // One revision for the whole command, nested transactions
+        // included, taken only if something changed.
+        let main = self.revision + 1;
+        self.next_sub = 0;
+        let mut wrote = false;
+        let op = match cmd {
+            KvCommand::Put(p) => {
+                if !self.finds(p, &[]) {
+                    return Err(key_not_found());
+                }
+                wrote = true;
+                self.put(main, p)?
+            }
+            KvCommand::DeleteRange(d) => {
+                let op = self.delete(main, d)?;
+                wrote = matches!(op, OpResponse::DeleteRange { deleted, .. } if deleted > 0);
+                op
+            }
+            KvCommand::Txn(t) => {
+                let mut path = Vec::new();
+                self.choose(t, &mut path, &mut Vec::new())?;
+                self.run_txn(main, t, &mut path.into_iter(), &mut wrote)?
+            }
+            KvCommand::Compact(c) => self.compact(c.revision)?,
+        };
+        if wrote {
+            self.revision = main;
+            if let (Some(sink), Some(events)) = (&mut self.sink, self.events.take()) {
+                sink.publish(main, events);
+            }
+        }
+        Ok(KvResponse {
+            revision: self.revision,
+            op,
+        })
+    }
+
+    /// Writes what was applied since the last flush, with the index
+    /// `applied` it reaches, in one atomic write.
+    pub(crate) fn write_pending(&mut self, applied: LogIndex) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let removed = std::mem::take(&mut self.removed);
+        let mut changes: Vec<Change> = Vec::with_capacity(pending.len() + removed.len() + 1);
+        // A record written and forgotten in one batch is never written.
+        let gone: HashSet<Revision> = removed.iter().copied().collect();
+        let mut skipped = HashSet::new();
+        for (rev, record) in pending {
+            if gone.contains(&rev) {
+                skipped.insert(rev);
+            } else {
+                changes.push(Change::Insert(record::rev_key(rev).to_vec(), record));
+            }
+        }
+        for rev in removed {
+            if !skipped.contains(&rev) {
+                changes.push(Change::Remove(record::rev_key(rev).to_vec()));
+            }
+        }
+        changes.push(Change::Put(
+            META_KEY.to_vec(),
+            record::encode_meta(applied, self.revision, self.compacted),
+        ));
+        self.backend.write(changes)
+    }
+}
+
+/// A write of a transaction, as [`KvStateMachine::choose`] follows them.
+#[derive(Clone, Copy)]
+enum Earlier<'a> {
+    Put(&'a [u8]),
+    Delete(KeyRange<'a>),
+}
+
+/// etcd's answer to a put that keeps the value or lease of a key that does
+/// not exist (`ErrKeyNotFound`, "etcdserver: key not found").
+fn key_not_found() -> KvError {
+    KvError::InvalidRequest("key not found".into())
+}
+
+impl StateMachine for KvStateMachine {
+    type Response = Result<KvResponse, KvError>;
+
+    fn apply(&mut self, _at: EntryId, command: &[u8]) -> Self::Response {
+        if let Some(f) = &self.failed {
+            return Err(KvError::Storage(f.clone()));
+        }
+        let cmd = KvCommand::decode(command)?;
+        self.execute(&cmd)
+    }
+
+    fn flush(&mut self, applied: LogIndex) -> io::Result<()> {
+        if let Some(f) = &self.failed {
+            return Err(io::Error::other(f.clone()));
+        }
+        if let Err(e) = self.write_pending(applied) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.applied = Some(applied);
+        Ok(())
+    }
+
+    fn applied_index(&self) -> Option<LogIndex> {
+        self.applied.filter(|_| self.backend.durable())
+    }
+
+    fn snapshot(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
+        crate::snapshot::write(self, out)
+    }
+
+    fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
+        crate::snapshot::restore(self, input)
+    }
+}
