@@ -149,6 +149,8 @@ fn decode_result(r: wire::ForwardResult) -> Outcome {
             Ok(Kind::Timeout) => errors::timed_out(),
             Ok(Kind::Overloaded) => errors::too_many_requests(),
             Ok(Kind::Invalid) => Status::invalid_argument(format!("etcdserver: {}", e.message)),
+            Ok(Kind::Compacted) => errors::compacted(),
+            Ok(Kind::FutureRevision) => errors::future_revision(),
             _ => Status::unknown(format!("etcdserver: {}", e.message)),
         }),
         None => Err(Status::internal("etcdserver: empty forwarded result")),
@@ -199,6 +201,12 @@ fn encode_outcome(
                 Err(e) => error_result(Kind::Other, e.to_string(), NodeId::NONE),
             },
             Err(KvError::InvalidRequest(m)) => error_result(Kind::Invalid, m, NodeId::NONE),
+            Err(e @ KvError::Compacted) => {
+                error_result(Kind::Compacted, e.to_string(), NodeId::NONE)
+            }
+            Err(e @ KvError::FutureRevision) => {
+                error_result(Kind::FutureRevision, e.to_string(), NodeId::NONE)
+            }
             Err(e) => error_result(Kind::Other, e.to_string(), NodeId::NONE),
         },
         Err(Error::NotLeader { leader }) => error_result(

@@ -55,6 +55,10 @@ pub mod forward_error {
         Stopped = 5,
         /// The command was refused as invalid.
         Invalid = 6,
+        /// The command reads or compacts at a revision compacted away.
+        Compacted = 7,
+        /// The command reads or compacts at a revision after the current one.
+        FutureRevision = 8,
     }
     impl Kind {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -70,6 +74,8 @@ pub mod forward_error {
                 Self::Dropped => "DROPPED",
                 Self::Stopped => "STOPPED",
                 Self::Invalid => "INVALID",
+                Self::Compacted => "COMPACTED",
+                Self::FutureRevision => "FUTURE_REVISION",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -82,6 +88,8 @@ pub mod forward_error {
                 "DROPPED" => Some(Self::Dropped),
                 "STOPPED" => Some(Self::Stopped),
                 "INVALID" => Some(Self::Invalid),
+                "COMPACTED" => Some(Self::Compacted),
+                "FUTURE_REVISION" => Some(Self::FutureRevision),
                 _ => None,
             }
         }

@@ -1,0 +1,319 @@
+//! The history over gRPC: reads at past revisions, compaction, and watch
+//! with etcd's guarantees (ordered, unique, atomic, reliable, resumable,
+//! bookmarkable, correct prev_kv and create vs modify), through the
+//! `etcd-client` crate, on followers as well as the leader.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+};
+
+use crate::harness::{Cluster, client, index_of, wait_leader};
+
+/// The next watch response, within a bound.
+async fn next(stream: &mut etcd_client::WatchStream) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch response within 10 s")
+        .expect("watch stream")
+        .expect("the stream goes on")
+}
+
+/// (type, key, value, create, mod, version, prev value) of an event.
+type Seen = (EventType, String, String, i64, i64, i64, Option<String>);
+
+fn seen(resp: &WatchResponse) -> Vec<Seen> {
+    resp.events()
+        .iter()
+        .map(|e| {
+            let kv = e.kv().expect("kv");
+            (
+                e.event_type(),
+                kv.key_str().expect("utf-8").to_string(),
+                kv.value_str().expect("utf-8").to_string(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                e.prev_kv()
+                    .map(|p| p.value_str().expect("utf-8").to_string()),
+            )
+        })
+        .collect()
+}
+
+fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("not a gRPC status: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_revisions_compaction_and_watch_on_every_member() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let follower = (index_of(&c, leader).await + 1) % 3;
+    let mut w = client(&c, follower).await;
+    let mut cl = client(&c, 0).await;
+
+    // Revisions 2..=6.
+    cl.put("w/a", "1", None).await.expect("put");
+    cl.put("w/b", "1", None).await.expect("put");
+    cl.put("w/a", "2", None).await.expect("put");
+    cl.delete("w/b", None).await.expect("delete");
+    let txn = Txn::new()
+        .when([Compare::version("w/a", CompareOp::Equal, 2)])
+        .and_then([TxnOp::put("w/c", "1", None), TxnOp::put("w/d", "1", None)]);
+    assert!(cl.txn(txn).await.expect("txn").succeeded());
+
+    // Reads at past revisions, on a follower, serializable and not.
+    let at = |rev: i64| Some(GetOptions::new().with_prefix().with_revision(rev));
+    let kvs = |r: etcd_client::GetResponse| -> Vec<(String, String)> {
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().expect("utf-8").into(),
+                    kv.value_str().expect("utf-8").into(),
+                )
+            })
+            .collect()
+    };
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(kvs(w.get("w/", at(1)).await.expect("at 1")), []);
+    assert_eq!(
+        kvs(w.get("w/", at(3)).await.expect("at 3")),
+        [pair("w/a", "1"), pair("w/b", "1")]
+    );
+    assert_eq!(
+        kvs(w.get("w/", at(5)).await.expect("at 5")),
+        [pair("w/a", "2")]
+    );
+    let got = w.get("w/", at(6)).await.expect("at 6");
+    assert_eq!(got.header().expect("header").revision(), 6);
+    assert_eq!(got.count(), 3);
+    let serializable = GetOptions::new()
+        .with_prefix()
+        .with_revision(4)
+        .with_serializable();
+    let got = w.get("w/", Some(serializable)).await.expect("serializable");
+    assert_eq!(kvs(got), [pair("w/a", "2"), pair("w/b", "1")]);
+    let e = w.get("w/", at(7)).await.expect_err("a future revision");
+    assert_eq!(
+        status_of(e),
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
+    );
+
+    // A watch on the follower from revision 2, with previous values.
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(2)
+        .with_prev_key();
+    let mut stream = w.watch("w/", Some(opts)).await.expect("watch");
+    let created = next(&mut stream).await;
+    assert!(created.created() && !created.canceled());
+    assert_eq!(created.watch_id(), 0, "etcd numbers watchers from 0");
+    let mut events = Vec::new();
+    let mut responses = Vec::new();
+    while events.len() < 6 {
+        let r = next(&mut stream).await;
+        assert_eq!(r.watch_id(), 0);
+        responses.push(seen(&r));
+        events.extend(seen(&r));
+    }
+    use EventType::{Delete, Put};
+    let s = |s: &str| s.to_string();
+    assert_eq!(
+        events,
+        [
+            (Put, s("w/a"), s("1"), 2, 2, 1, None),
+            (Put, s("w/b"), s("1"), 3, 3, 1, None),
+            (Put, s("w/a"), s("2"), 2, 4, 2, Some(s("1"))),
+            (Delete, s("w/b"), s(""), 0, 5, 0, Some(s("1"))),
+            (Put, s("w/c"), s("1"), 6, 6, 1, None),
+            (Put, s("w/d"), s("1"), 6, 6, 1, None),
+        ],
+        "ordered, unique, with create vs modify and prev_kv as etcd"
+    );
+    // Atomic: no revision's events are split between responses.
+    let mut revisions: Vec<i64> = responses
+        .iter()
+        .flat_map(|r| {
+            let mut revs: Vec<i64> = r.iter().map(|e| e.4).collect();
+            revs.dedup();
+            revs
+        })
+        .collect();
+    let all = revisions.len();
+    revisions.dedup();
+    assert_eq!(revisions.len(), all, "a revision split: {responses:?}");
+
+    // Live events, written through another member; a txn's in one
+    // response.
+    cl.put("w/e", "live", None).await.expect("put");
+    let r = next(&mut stream).await;
+    assert_eq!(seen(&r), [(Put, s("w/e"), s("live"), 7, 7, 1, None)]);
+    let txn = Txn::new().and_then([TxnOp::put("w/e", "again", None), TxnOp::delete("w/c", None)]);
+    cl.txn(txn).await.expect("txn");
+    let r = next(&mut stream).await;
+    assert_eq!(
+        seen(&r),
+        [
+            (Put, s("w/e"), s("again"), 7, 8, 2, Some(s("live"))),
+            (Delete, s("w/c"), s(""), 0, 8, 0, Some(s("1"))),
+        ]
+    );
+    // Bookmarkable: a progress notification at R once every event up to
+    // R was sent.
+    stream.request_progress().await.expect("progress");
+    let p = next(&mut stream).await;
+    assert_eq!(p.watch_id(), -1);
+    assert!(p.events().is_empty());
+    assert_eq!(p.header().expect("header").revision(), 8);
+
+    // Compaction, through a third member.
+    let mut third = client(&c, (follower + 1) % 3).await;
+    let done = third.compact(5, None).await.expect("compact");
+    assert_eq!(done.header().expect("header").revision(), 8);
+    let compacted = (
+        tonic::Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted".to_string(),
+    );
+    let e = third.compact(5, None).await.expect_err("again");
+    assert_eq!(status_of(e), compacted);
+    let e = third.compact(9, None).await.expect_err("future");
+    assert_eq!(status_of(e).0, tonic::Code::OutOfRange);
+    // Every member forgets the history before 5, and keeps 5 on.
+    for i in 0..3 {
+        let mut m = client(&c, i).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let opts = GetOptions::new()
+                .with_prefix()
+                .with_revision(4)
+                .with_serializable();
+            match m.get("w/", Some(opts)).await {
+                Err(e) => {
+                    assert_eq!(status_of(e), compacted, "member {i}");
+                    break;
+                }
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Ok(_) => panic!("member {i} still reads revision 4"),
+            }
+        }
+        assert_eq!(
+            kvs(m.get("w/", at(5)).await.expect("at 5")),
+            [pair("w/a", "2")],
+            "member {i}"
+        );
+    }
+    // A watch from a compacted revision is cancelled with the compacted
+    // revision, and the stream goes on.
+    let old = WatchOptions::new().with_prefix().with_start_revision(3);
+    stream.watch("w/", Some(old)).await.expect("watch");
+    let r = next(&mut stream).await;
+    assert!(r.created(), "{r:?}");
+    assert_eq!(r.watch_id(), 1);
+    let r = next(&mut stream).await;
+    assert!(r.canceled() && r.compact_revision() == 5, "{r:?}");
+    // The first watcher still gets live events.
+    cl.put("w/f", "1", None).await.expect("put");
+    let r = next(&mut stream).await;
+    assert_eq!(r.watch_id(), 0);
+    assert_eq!(seen(&r)[0].1, "w/f");
+    stream.cancel(0).await.expect("cancel");
+    let r = next(&mut stream).await;
+    assert!(r.canceled() && r.watch_id() == 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumes_after_its_member_and_the_leader_die_with_no_gap() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let leader = index_of(&c, leader).await;
+    let writer_at = (leader + 1) % 3;
+    let mut writer = client(&c, writer_at).await;
+    let first = writer.put("r/0", "0", None).await.expect("put");
+    let first = first.header().expect("header").revision();
+
+    // Writes go on while the watcher's member (the leader) is killed and
+    // restarted; the watcher moves to another member and resumes at the
+    // revision after the last one it saw.
+    let writes = tokio::spawn(async move {
+        let mut done = 0;
+        for i in 1..300 {
+            if writer
+                .put(format!("r/{i}"), i.to_string(), None)
+                .await
+                .is_ok()
+            {
+                done += 1;
+            }
+        }
+        done
+    });
+    let mut members = [leader, writer_at].into_iter().cycle();
+    let mut revisions: Vec<i64> = Vec::new();
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !writes.is_finished() || revisions.last() != Some(&current(&c, writer_at).await) {
+        assert!(Instant::now() < deadline, "saw {} events", revisions.len());
+        let m = members.next().expect("cycle");
+        let Ok(mut cl) = etcd_client::Client::connect([c.members[m].addr()], None).await else {
+            continue;
+        };
+        let from = revisions.last().map_or(first, |r| r + 1);
+        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+        let Ok(mut stream) = cl.watch("r/", Some(opts)).await else {
+            continue;
+        };
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+            let Ok(Ok(Some(r))) = got else { break };
+            assert!(!r.canceled(), "{r:?}");
+            revisions.extend(
+                r.events()
+                    .iter()
+                    .map(|e| e.kv().expect("kv").mod_revision()),
+            );
+            if !killed && revisions.len() > 50 {
+                killed = true;
+                c.kill(leader);
+                c.start(leader);
+                break;
+            }
+        }
+    }
+    let done = writes.await.expect("writer");
+    let want: Vec<i64> = (first..first + revisions.len() as i64).collect();
+    assert_eq!(revisions, want, "every revision once, in order");
+    assert!(
+        revisions.len() as i64 > done,
+        "{} events, {done} puts",
+        revisions.len()
+    );
+}
+
+/// The store's revision on member `i`.
+async fn current(c: &Cluster, i: usize) -> i64 {
+    let mut cl = client(c, i).await;
+    let opts = GetOptions::new().with_serializable().with_count_only();
+    match cl.get("r/", Some(opts)).await {
+        Ok(r) => r.header().map_or(0, |h| h.revision()),
+        Err(_) => 0,
+    }
+}
