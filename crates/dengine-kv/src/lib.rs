@@ -87,7 +87,7 @@ pub use backend::RocksBackend;
 #[cfg(feature = "sled")]
 pub use backend::SledBackend;
 pub use backend::{Change, KvBackend, MemoryBackend, Visit};
-pub use events::{Event, EventKind, EventSink, History};
+pub use events::{Event, EventKind, EventSink, History, HistoryHash};
 pub use store::KvStateMachine;
 pub use types::*;
 

@@ -105,18 +105,40 @@ impl Maintenance for MaintenanceService {
         Err(errors::unimplemented("Maintenance.Defragment"))
     }
 
+    /// etcd's `Hash`: here the hash of the whole history at the current
+    /// revision (what `HashKV` with revision 0 gives).
     async fn hash(
         &self,
         _request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.Hash"))
+        let h = self
+            .core
+            .read(true, |kv| kv.hash_kv(0))
+            .await?
+            .map_err(|e| errors::from_kv(&e))?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.core.header(h.revision),
+            hash: h.hash,
+        }))
     }
 
+    /// etcd's `HashKV`: the hash of this member's history up to the
+    /// revision, equal on every member that applied the same log.
     async fn hash_kv(
         &self,
-        _request: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.HashKV"))
+        let at = request.into_inner().revision;
+        let (h, current) = self
+            .core
+            .read(true, move |kv| kv.hash_kv(at).map(|h| (h, kv.revision())))
+            .await?
+            .map_err(|e| errors::from_kv(&e))?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.core.header(current),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

@@ -148,3 +148,71 @@ async fn etcdctl_works_against_a_cluster() {
     assert!(!success);
     assert!(err.contains("key is not provided"), "{err}");
 }
+
+/// `etcdctl watch` in the background while writes run, `get --rev` and
+/// `compaction --physical`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_reads_the_history_watches_and_compacts() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let (e0, e1) = (c.members[0].endpoint(), c.members[1].endpoint());
+    let e0 = e0.as_str();
+    // Revisions 2..=5.
+    assert_eq!(ok(e0, &["put", "h/a", "1"]), "OK\n");
+    assert_eq!(ok(&e1, &["put", "h/a", "2"]), "OK\n");
+    assert_eq!(ok(e0, &["put", "h/b", "x"]), "OK\n");
+    assert_eq!(ok(e0, &["del", "h/a"]), "1\n");
+    assert_eq!(ok(&e1, &["get", "h/a", "--rev", "2"]), "h/a\n1\n");
+    assert_eq!(ok(&e1, &["get", "h/a", "--rev", "3"]), "h/a\n2\n");
+    assert_eq!(
+        ok(&e1, &["get", "h/", "--prefix", "--rev", "5"]),
+        "h/b\nx\n"
+    );
+
+    // A watch from revision 2 with previous values, while more writes run.
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &e1,
+            "watch",
+            "--rev",
+            "2",
+            "--prefix",
+            "--prev-kv",
+            "h/",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl watch");
+    assert_eq!(ok(e0, &["put", "h/b", "y"]), "OK\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("watch output");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "PUT\nh/a\n1\nPUT\nh/a\n1\nh/a\n2\nPUT\nh/b\nx\nDELETE\nh/a\n2\nh/a\n\n\
+         PUT\nh/b\nx\nh/b\ny\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(
+        ok(e0, &["compaction", "--physical", "4"]),
+        "compacted revision 4\n"
+    );
+    let (_, err, success) = etcdctl(&e1, &["get", "h/a", "--rev", "3"], None);
+    assert!(!success);
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(&e1, &["get", "h/", "--prefix", "--rev", "4"]),
+        "h/a\n2\nh/b\nx\n"
+    );
+}

@@ -234,6 +234,31 @@ async fn past_revisions_compaction_and_watch_on_every_member() {
     stream.cancel(0).await.expect("cancel");
     let r = next(&mut stream).await;
     assert!(r.canceled() && r.watch_id() == 0, "{r:?}");
+
+    // Every member holds the same history.
+    assert_eq!(same_hash(&c, 9).await.1, 5);
+}
+
+/// The `HashKV` of every member at `revision` (waiting for each to
+/// apply it), which must be equal; (hash, compact revision).
+async fn same_hash(c: &Cluster, revision: i64) -> (u32, i64) {
+    let mut hashes = Vec::new();
+    for i in 0..c.members.len() {
+        let mut m = client(c, i).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let h = loop {
+            match m.hash_kv(revision).await {
+                Ok(h) => break h,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("member {i}: HashKV at {revision}: {e}"),
+            }
+        };
+        hashes.push((h.hash(), h.compact_version()));
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    hashes[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,6 +325,7 @@ async fn a_watcher_resumes_after_its_member_and_the_leader_die_with_no_gap() {
     }
     let done = writes.await.expect("writer");
     let want: Vec<i64> = (first..first + revisions.len() as i64).collect();
+    same_hash(&c, *revisions.last().expect("events")).await;
     assert_eq!(revisions, want, "every revision once, in order");
     assert!(
         revisions.len() as i64 > done,
