@@ -343,3 +343,100 @@ async fn current(c: &Cluster, i: usize) -> i64 {
         Err(_) => 0,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watchers_and_a_watcher_that_stops_reading() {
+    let mut c = Cluster::new(1);
+    c.start_all();
+    wait_leader(&c, 0, Duration::from_secs(10)).await;
+    let mut cl = client(&c, 0).await;
+
+    // A watcher that reads nothing while 6,000 commands apply (more than
+    // the hub keeps for a slow stream): its stream falls behind to the
+    // history, and it still gets every event, once, in order.
+    let mut slow = cl
+        .watch("s/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
+    assert!(next(&mut slow).await.created());
+
+    // 10,000 watchers on 10 streams, each on a key of its own, plus one
+    // on every key.
+    let mut streams = Vec::new();
+    for s in 0..10 {
+        let mut stream = cl.watch(format!("t/{s}/0"), None).await.expect("watch");
+        for w in 1..1000 {
+            stream
+                .watch(format!("t/{s}/{w}"), None)
+                .await
+                .expect("watch");
+        }
+        let mut created = 0;
+        while created < 1000 {
+            let r = next(&mut stream).await;
+            assert!(r.created(), "{r:?}");
+            created += 1;
+        }
+        streams.push(stream);
+    }
+    let mut writes = Vec::new();
+    for i in 0..6000 {
+        let mut cl = cl.clone();
+        writes.push(tokio::spawn(async move {
+            cl.put(format!("s/{}", i % 100), i.to_string(), None)
+                .await
+                .map(|_| ())
+        }));
+        if writes.len() >= 64 {
+            for w in writes.drain(..) {
+                w.await.expect("task").expect("put");
+            }
+        }
+    }
+    for w in writes {
+        w.await.expect("task").expect("put");
+    }
+    let first = {
+        let mut revisions = Vec::new();
+        while revisions.len() < 6000 {
+            let r = next(&mut slow).await;
+            assert!(!r.canceled(), "{r:?}");
+            revisions.extend(
+                r.events()
+                    .iter()
+                    .map(|e| e.kv().expect("kv").mod_revision()),
+            );
+        }
+        let first = revisions[0];
+        let want: Vec<i64> = (first..first + 6000).collect();
+        assert_eq!(revisions, want, "every event once, in order");
+        first
+    };
+
+    // One write to each of the 10,000 keys, 100 to a txn: each watcher
+    // gets its key's event.
+    for s in 0..10 {
+        for part in 0..10 {
+            let ops: Vec<TxnOp> = (part * 100..part * 100 + 100)
+                .map(|w| TxnOp::put(format!("t/{s}/{w}"), "x", None))
+                .collect();
+            cl.txn(Txn::new().and_then(ops)).await.expect("txn");
+        }
+    }
+    for (s, stream) in streams.iter_mut().enumerate() {
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < 1000 {
+            let r = next(stream).await;
+            for e in r.events() {
+                let key = e.kv().expect("kv").key_str().expect("utf-8").to_string();
+                assert!(key.starts_with(&format!("t/{s}/")), "{key}");
+                assert!(got.insert((r.watch_id(), key)), "a duplicate");
+            }
+        }
+        for (id, key) in &got {
+            assert_eq!(*key, format!("t/{s}/{id}"), "watcher {id} got {key}");
+        }
+        assert_eq!(got.len(), 1000);
+    }
+    assert!(first > 1);
+}
