@@ -7,6 +7,7 @@
 mod bad_input;
 mod etcdctl;
 mod harness;
+mod kubernetes;
 mod mvcc_watch;
 
 use std::collections::BTreeMap;
