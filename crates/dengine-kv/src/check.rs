@@ -22,7 +22,10 @@ pub(crate) fn validate(cmd: &KvCommand) -> Result<(), KvError> {
             check_requests(t)?;
             check_branches(t)
         }
-        KvCommand::Compact(_) => Ok(()),
+        KvCommand::Compact(_)
+        | KvCommand::LeaseGrant(_)
+        | KvCommand::LeaseRevoke(_)
+        | KvCommand::LeaseKeepAlive(_) => Ok(()),
     }
 }
 

@@ -41,6 +41,38 @@ pub trait EventSink: Send + 'static {
     /// The store was replaced by a snapshot at `revision`: the events
     /// since the last one published are in the history only.
     fn restored(&mut self, revision: i64);
+
+    /// A lease was granted, renewed or revoked, or a snapshot replaced
+    /// them all (for the members' lease clocks).
+    fn lease(&mut self, change: LeaseChange) {
+        let _ = change;
+    }
+}
+
+/// What happened to the store's leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// A lease was created with this TTL (seconds).
+    Granted {
+        /// Its ID.
+        id: i64,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// A lease was renewed: its TTL starts again.
+    Renewed {
+        /// Its ID.
+        id: i64,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// A lease ended (its keys are deleted).
+    Revoked {
+        /// Its ID.
+        id: i64,
+    },
+    /// A snapshot replaced every lease: these (ID, TTL) are all there are.
+    All(Vec<(i64, i64)>),
 }
 
 /// The events of one read of the history (see

@@ -172,6 +172,11 @@ impl Index {
         self.keys.retain(|_, h| !h.compact(at, removed));
     }
 
+    /// Every key with its history, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &KeyHistory)> {
+        self.keys.iter()
+    }
+
     /// How many keys the index holds (existing or not).
     pub(crate) fn len(&self) -> usize {
         self.keys.len()

@@ -77,6 +77,7 @@ mod backend;
 mod check;
 mod events;
 mod index;
+mod lease;
 mod record;
 mod snapshot;
 mod store;
@@ -87,7 +88,7 @@ pub use backend::RocksBackend;
 #[cfg(feature = "sled")]
 pub use backend::SledBackend;
 pub use backend::{Change, KvBackend, MemoryBackend, Visit};
-pub use events::{Event, EventKind, EventSink, History, HistoryHash};
+pub use events::{Event, EventKind, EventSink, History, HistoryHash, LeaseChange};
 pub use store::KvStateMachine;
 pub use types::*;
 

@@ -52,6 +52,8 @@ struct Model {
     /// The map as each revision left it, from the compacted one on.
     states: BTreeMap<i64, BTreeMap<Vec<u8>, KeyValue>>,
     compacted: i64,
+    /// Lease ID → granted TTL.
+    leases: BTreeMap<i64, i64>,
 }
 
 /// Whether the request range `(key, range_end)` holds `k`. etcd: an empty
@@ -87,7 +89,10 @@ fn check(cmd: &KvCommand) -> Result<(), KvError> {
             check_txn(t)?;
             check_duplicates(t)
         }
-        KvCommand::Compact(_) => Ok(()),
+        KvCommand::Compact(_)
+        | KvCommand::LeaseGrant(_)
+        | KvCommand::LeaseRevoke(_)
+        | KvCommand::LeaseKeepAlive(_) => Ok(()),
     }
 }
 
@@ -152,6 +157,7 @@ impl Model {
             revision: 1,
             states: BTreeMap::from([(1, BTreeMap::new())]),
             compacted: 0,
+            leases: BTreeMap::new(),
         }
     }
 
@@ -272,6 +278,9 @@ impl Model {
         if (p.ignore_value || p.ignore_lease) && !before.kvs.contains_key(&p.key) {
             return refused(KEY_NOT_FOUND);
         }
+        if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+            return Err(KvError::LeaseNotFound);
+        }
         let value = match &prev {
             None if p.ignore_value || p.ignore_lease => return refused(KEY_NOT_FOUND),
             Some(kv) if p.ignore_value => kv.value.clone(),
@@ -370,6 +379,43 @@ impl Model {
             }
             KvCommand::Txn(t) => self.run(&before, rev, &TxnOp::Txn(t.clone()), &mut writes),
             KvCommand::Compact(c) => self.compact(c.revision),
+            // etcd's lessor: IDs are positive and unique; a revoke
+            // deletes the lease's keys at one revision; a renewal of a
+            // lease that does not exist answers TTL 0.
+            KvCommand::LeaseGrant(g) if g.id <= 0 => Err(KvError::InvalidRequest(format!(
+                "lease ID {} (a lease ID is positive)",
+                g.id
+            ))),
+            KvCommand::LeaseGrant(g) if self.leases.contains_key(&g.id) => {
+                Err(KvError::LeaseExists)
+            }
+            KvCommand::LeaseGrant(g) => {
+                self.leases.insert(g.id, g.ttl);
+                Ok(OpResponse::LeaseGrant {
+                    id: g.id,
+                    ttl: g.ttl,
+                })
+            }
+            KvCommand::LeaseRevoke(r) if self.leases.remove(&r.id).is_none() => {
+                Err(KvError::LeaseNotFound)
+            }
+            KvCommand::LeaseRevoke(r) => {
+                let gone: Vec<Vec<u8>> = self
+                    .kvs
+                    .values()
+                    .filter(|kv| kv.lease == r.id)
+                    .map(|kv| kv.key.clone())
+                    .collect();
+                for k in gone {
+                    self.kvs.remove(&k);
+                    writes += 1;
+                }
+                Ok(OpResponse::LeaseRevoke)
+            }
+            KvCommand::LeaseKeepAlive(k) => Ok(OpResponse::LeaseKeepAlive {
+                id: k.id,
+                ttl: self.leases.get(&k.id).copied().unwrap_or(0),
+            }),
         };
         let op = match op {
             Ok(op) => op,
@@ -560,6 +606,13 @@ fn command() -> impl Strategy<Value = KvCommand> {
         // Compactions, some behind the last one or after the current
         // revision.
         (0i64..30).prop_map(|revision| KvCommand::Compact(CompactRequest { revision })),
+        // Leases 5 and 7 (the puts' lease), some IDs wrong.
+        (prop::sample::select(vec![5i64, 7, 0]), 1i64..100)
+            .prop_map(|(id, ttl)| KvCommand::LeaseGrant(LeaseGrantRequest { id, ttl })),
+        prop::sample::select(vec![5i64, 7])
+            .prop_map(|id| KvCommand::LeaseRevoke(LeaseRevokeRequest { id })),
+        prop::sample::select(vec![5i64, 9])
+            .prop_map(|id| KvCommand::LeaseKeepAlive(LeaseKeepAliveRequest { id })),
     ]
 }
 
@@ -602,6 +655,17 @@ fn same_as_model(
         prop_assert_eq!(contents(&sm), want.clone());
         prop_assert_eq!(sm.revision(), model.revision);
         prop_assert_eq!(sm.compacted_revision(), model.compacted);
+        let leases: Vec<(i64, i64)> = model.leases.iter().map(|(&i, &t)| (i, t)).collect();
+        prop_assert_eq!(sm.leases(), leases.clone());
+        for (id, _) in &leases {
+            let keys: Vec<Vec<u8>> = model
+                .kvs
+                .values()
+                .filter(|kv| kv.lease == *id)
+                .map(|kv| kv.key.clone())
+                .collect();
+            prop_assert_eq!(sm.lease(*id).map(|l| l.1), Some(keys));
+        }
         for r in reads {
             prop_assert_eq!(sm.range(r), model.range_checked(r), "{:?}", r);
         }
@@ -624,6 +688,10 @@ fn same_as_model(
         prop_assert_eq!(contents(&copy), want);
         prop_assert_eq!(copy.revision(), model.revision);
         prop_assert_eq!(copy.compacted_revision(), model.compacted);
+        prop_assert_eq!(copy.leases(), leases.clone());
+        for (id, _) in &leases {
+            prop_assert_eq!(copy.lease(*id), sm.lease(*id));
+        }
         for at in model.compacted.max(1)..=model.revision {
             let all = RangeRequest {
                 key: vec![0],

@@ -2,9 +2,10 @@
 //! revision, as the records of its writes.
 //!
 //! Format 3 (`DKV3`): `revision (i64) ‖ compacted revision (i64) ‖ (1 ‖
-//! main (i64) ‖ sub (u32) ‖ record length (u32) ‖ record)* ‖ 0`, the
-//! records as in the database (so versioned themselves), in revision
-//! order. Format 2 (`DKV2`), from before the history was kept, is read
+//! main (i64) ‖ sub (u32, big-endian) ‖ record length (u32) ‖ record)* ‖
+//! 0 ‖ (1 ‖ lease id (i64) ‖ ttl (i64))* ‖ 0`, the records as in the
+//! database (so versioned themselves), in revision order, then the
+//! leases. Format 2 (`DKV2`), from before the history was kept, is read
 //! too: `revision ‖ (key length (u32) ‖ key ‖ record length (u32) ‖
 //! record of format 1)* ‖ u32::MAX`, restored as a history compacted at its
 //! revision. Format 1 is refused.
@@ -51,6 +52,12 @@ pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> 
             out.write_all(v)?;
             Ok(true)
         })?;
+    out.write_all(&[0])?;
+    for (id, ttl) in sm.leases() {
+        out.write_all(&[1])?;
+        out.write_all(&id.to_le_bytes())?;
+        out.write_all(&ttl.to_le_bytes())?;
+    }
     out.write_all(&[0])
 }
 
@@ -98,6 +105,7 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     sm.pending.clear();
     sm.removed.clear();
     sm.index.clear();
+    sm.leases = Default::default();
     sm.failed = None;
     sm.backend.write(vec![Change::Remove(META_KEY.to_vec())])?;
     sm.backend.clear()?;
@@ -108,14 +116,39 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     } else {
         let compacted = i64::from_le_bytes(read_array(input)?);
         restore_records(sm, input)?;
+        restore_leases(sm, input)?;
         compacted
     };
     sm.revision = revision;
     sm.compacted = compacted;
+    sm.leases.attach_all(&sm.index);
+    let all = sm.leases();
     if let Some(sink) = &mut sm.sink {
         sink.restored(revision);
+        sink.lease(crate::LeaseChange::All(all));
     }
     Ok(())
+}
+
+/// The leases of format 3, written at the next flush.
+fn restore_leases(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    loop {
+        match read_array::<1>(input)? {
+            [0] => return Ok(()),
+            [1] => {}
+            [t] => return Err(bad(&format!("unknown lease tag {t}"))),
+        }
+        let id = i64::from_le_bytes(read_array(input)?);
+        let ttl = i64::from_le_bytes(read_array(input)?);
+        sm.leases.by_id.insert(
+            id,
+            crate::lease::Lease {
+                ttl,
+                keys: Default::default(),
+            },
+        );
+        sm.leases.pending.insert(id, Some(ttl));
+    }
 }
 
 /// The records of format 3, written to the backend and the index.

@@ -10,6 +10,7 @@ use crate::backend::{self, Change, KvBackend, MemoryBackend};
 use crate::check::validate;
 use crate::events::{Event, EventKind, EventSink};
 use crate::index::{Current, Index, Revision};
+use crate::lease::{LEASE_PREFIX, LEASES_END, Leases, decode_lease};
 use crate::record::{self, META_KEY, REV_PREFIX, REVS_END, V1_KEY_PREFIX, V1_KEYS_END};
 use crate::types::*;
 
@@ -43,6 +44,8 @@ pub struct KvStateMachine {
     pub(crate) sink: Option<Box<dyn EventSink>>,
     /// The events of the running command, while the sink wants them.
     events: Option<Vec<Event>>,
+    /// The leases.
+    pub(crate) leases: Leases,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -74,6 +77,7 @@ impl KvStateMachine {
             failed: None,
             sink: None,
             events: None,
+            leases: Leases::default(),
         }
     }
 
@@ -113,10 +117,37 @@ impl KvStateMachine {
                 }
             })
             .map_err(storage)?;
-        match bad {
-            Some(e) => Err(e),
-            None => Ok(sm),
+        if let Some(e) = bad {
+            return Err(e);
         }
+        let by_id = &mut sm.leases.by_id;
+        sm.backend
+            .scan(
+                &[LEASE_PREFIX],
+                Some(LEASES_END),
+                &mut |k, v| match decode_lease(k, v) {
+                    Ok((id, ttl)) => {
+                        by_id.insert(
+                            id,
+                            crate::lease::Lease {
+                                ttl,
+                                keys: Default::default(),
+                            },
+                        );
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        Ok(false)
+                    }
+                },
+            )
+            .map_err(storage)?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        sm.leases.attach_all(&sm.index);
+        Ok(sm)
     }
 
     /// Rewrites a database of format 1 (a record per key under `k`) as
@@ -321,6 +352,8 @@ impl KvStateMachine {
             _ => req.lease,
         };
         let rev = self.next_rev(main);
+        self.leases
+            .reattach(&req.key, now.map_or(0, |c| c.lease), lease);
         let (create_revision, version) = self.index.entry(&req.key).put(rev, lease);
         let value = match &prev {
             Some(p) if req.ignore_value => &p.value,
@@ -346,14 +379,19 @@ impl KvStateMachine {
         })
     }
 
-    fn delete(&mut self, main: i64, req: &DeleteRangeRequest) -> Result<OpResponse, KvError> {
-        let found: Vec<(Vec<u8>, Revision)> = self
+    pub(crate) fn delete(
+        &mut self,
+        main: i64,
+        req: &DeleteRangeRequest,
+    ) -> Result<OpResponse, KvError> {
+        let found: Vec<(Vec<u8>, Revision, i64)> = self
             .index
             .range(KeyRange::new(&req.key, &req.range_end))
-            .filter_map(|(k, h)| h.current().map(|c| (k.clone(), c.rev)))
+            .filter_map(|(k, h)| h.current().map(|c| (k.clone(), c.rev, c.lease)))
             .collect();
         let mut prev_kvs = Vec::new();
-        for (key, was) in &found {
+        for (key, was, lease) in &found {
+            self.leases.reattach(key, *lease, 0);
             if req.prev_kv {
                 prev_kvs.push(self.fetch_kv(*was)?);
             }
@@ -487,6 +525,9 @@ impl KvStateMachine {
                     if !self.finds(p, earlier) {
                         return Err(key_not_found());
                     }
+                    if !self.lease_exists(p.lease) {
+                        return Err(KvError::LeaseNotFound);
+                    }
                     earlier.push(Earlier::Put(&p.key));
                 }
                 TxnOp::DeleteRange(d) => {
@@ -563,6 +604,9 @@ impl KvStateMachine {
                 if !self.finds(p, &[]) {
                     return Err(key_not_found());
                 }
+                if !self.lease_exists(p.lease) {
+                    return Err(KvError::LeaseNotFound);
+                }
                 wrote = true;
                 self.put(main, p)?
             }
@@ -577,6 +621,12 @@ impl KvStateMachine {
                 self.run_txn(main, t, &mut path.into_iter(), &mut wrote)?
             }
             KvCommand::Compact(c) => self.compact(c.revision)?,
+            KvCommand::LeaseGrant(g) => self.lease_grant(g)?,
+            KvCommand::LeaseRevoke(r) => {
+                wrote = self.lease_revoke(main, r.id)?;
+                OpResponse::LeaseRevoke
+            }
+            KvCommand::LeaseKeepAlive(k) => self.lease_keep_alive(k.id),
         };
         if wrote {
             self.revision = main;
@@ -611,6 +661,7 @@ impl KvStateMachine {
                 changes.push(Change::Remove(record::rev_key(rev).to_vec()));
             }
         }
+        self.leases.take_changes(&mut changes);
         changes.push(Change::Put(
             META_KEY.to_vec(),
             record::encode_meta(applied, self.revision, self.compacted),

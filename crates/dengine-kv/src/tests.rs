@@ -668,6 +668,13 @@ fn lease_comparisons_see_the_keys_lease() {
             ..Default::default()
         })
     };
+    let refused = sm.apply(
+        EntryId::new(Term(1), LogIndex(7)),
+        &put_lease(7, false).encode(),
+    );
+    assert_eq!(refused, Err(KvError::LeaseNotFound), "no lease 7 yet");
+    let grant = KvCommand::LeaseGrant(LeaseGrantRequest { id: 7, ttl: 60 });
+    one(&mut sm, 7, grant);
     one(&mut sm, 7, put_lease(7, false));
     assert!(holds(&mut sm, 8, "a", 7, CompareOp::Equal));
     one(&mut sm, 9, put_lease(0, true));
@@ -1501,7 +1508,8 @@ mod fixtures {
     /// A snapshot (format `3`) of a store after `a = 1`, then `b = 2`.
     const SNAPSHOT_3: &str = "444b563303000000000000000000000000000000010200000000000000000000002400\
          00009127a3f7020001000000610200000000000000010000000000000000000000000000003101030000000000\
-         00000000000024000000dd0b7639020001000000620300000000000000010000000000000000000000000000003200";
+         00000000000024000000dd0b7639020001000000620300000000000000010000000000000000000000000000003200\
+         00";
 
     #[test]
     fn a_snapshot_of_format_3_restores_and_is_todays() {

@@ -254,6 +254,37 @@ pub enum KvCommand {
     Txn(TxnRequest),
     /// Forget the history before a revision.
     Compact(CompactRequest),
+    /// Create a lease.
+    LeaseGrant(LeaseGrantRequest),
+    /// End a lease, deleting its keys (at one revision).
+    LeaseRevoke(LeaseRevokeRequest),
+    /// Renew a lease: its time to live starts again, on every member.
+    LeaseKeepAlive(LeaseKeepAliveRequest),
+}
+
+/// Creates a lease. Its time to live is counted by the members, outside
+/// the store: the store only knows it exists, its granted TTL, and its
+/// keys; the leader revokes it when it expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantRequest {
+    /// The lease's ID (not 0: the server picks one before proposing).
+    pub id: i64,
+    /// Its time to live in seconds.
+    pub ttl: i64,
+}
+
+/// Ends a lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeRequest {
+    /// The lease's ID.
+    pub id: i64,
+}
+
+/// Renews a lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseKeepAliveRequest {
+    /// The lease's ID.
+    pub id: i64,
 }
 
 /// Forgets the history before `revision`: afterwards every key's value
@@ -336,6 +367,22 @@ pub enum OpResponse {
     },
     /// A compaction's result (the history before its revision is gone).
     Compact,
+    /// A lease was granted.
+    LeaseGrant {
+        /// Its ID.
+        id: i64,
+        /// Its time to live in seconds.
+        ttl: i64,
+    },
+    /// A lease was revoked, its keys deleted.
+    LeaseRevoke,
+    /// A lease was renewed (`ttl` 0: no such lease, as etcd answers).
+    LeaseKeepAlive {
+        /// Its ID.
+        id: i64,
+        /// Its granted time to live in seconds (0: not found).
+        ttl: i64,
+    },
 }
 
 /// The answer to a [`KvCommand`].
@@ -366,4 +413,11 @@ pub enum KvError {
     /// `ErrFutureRev`; nothing changed).
     #[error("mvcc: required revision is a future revision")]
     FutureRevision,
+    /// No lease has the ID (etcd's `ErrLeaseNotFound`; nothing changed).
+    #[error("lease not found")]
+    LeaseNotFound,
+    /// A lease with the ID exists already (etcd's `ErrLeaseExists`;
+    /// nothing changed).
+    #[error("lease already exists")]
+    LeaseExists,
 }
