@@ -25,11 +25,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::etcd::{
-    AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Limits,
-    MaintenanceService, WatchHub, WatchService, forward,
+    AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Lessor, Limits,
+    MaintenanceService, WatchHub, WatchService, forward, lease,
 };
 use crate::members::{self, ClusterRecord, Member, MembersError};
 use crate::peer::{GrpcTransport, KnownMembers, PeerIdentity, PeerLinkConfig, PeerService};
+use dengine_kv::LeaseChange;
 
 /// Whether this member starts a new cluster or joins one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -279,7 +280,11 @@ impl Server {
         }
         let mut kv = KvStateMachine::open(&node_cfg)?;
         let hub = WatchHub::default();
-        kv.set_event_sink(hub.sink());
+        let election_timeout = node_cfg.tick() * node_cfg.election_ticks;
+        let lessor = Arc::new(Lessor::new(record.member_id.0, election_timeout));
+        // Leases restored from disk start their whole TTL again.
+        lessor.changed(LeaseChange::All(kv.leases()));
+        kv.set_event_sink(hub.sink(Some(lessor.clone())));
         let node = NodeBuilder::new(node_cfg.clone(), kv)
             .initial_members(record.initial_voters.iter().map(|&i| NodeId(i)))
             .transport(Arc::new(transport.clone()))
@@ -310,6 +315,11 @@ impl Server {
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        let expiry = lease::run_expiry(core.clone(), lessor.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            expiry.await;
+            Ok(())
+        }));
         let max_client = cfg.limits.max_request_bytes + 512 * 1024;
         let client_addrs: Vec<SocketAddr> = client_listeners
             .iter()
@@ -335,7 +345,10 @@ impl Server {
                     WatchServer::new(WatchService::new(core.clone(), hub.clone()))
                         .max_encoding_message_size(usize::MAX),
                 )
-                .add_service(LeaseServer::new(LeaseService))
+                .add_service(LeaseServer::new(LeaseService::new(
+                    core.clone(),
+                    lessor.clone(),
+                )))
                 .add_service(AuthServer::new(AuthService));
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

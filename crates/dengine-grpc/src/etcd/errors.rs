@@ -133,10 +133,15 @@ pub fn from_kv(e: &KvError) -> Status {
         }
         KvError::Storage(why) => Status::new(Code::Unavailable, format!("etcdserver: {why}")),
         KvError::Compacted => compacted(),
+        KvError::LeaseNotFound => lease_not_found(),
+        KvError::LeaseExists => Status::new(Code::FailedPrecondition, LEASE_EXISTS),
         KvError::FutureRevision => future_revision(),
         other => Status::internal(format!("etcdserver: {other}")),
     }
 }
+
+/// etcd's `ErrGRPCLeaseExist`.
+pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 
 /// "etcdserver: requested lease not found"
 pub fn lease_not_found() -> Status {

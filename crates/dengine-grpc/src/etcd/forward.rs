@@ -150,6 +150,8 @@ fn decode_result(r: wire::ForwardResult) -> Outcome {
             Ok(Kind::Overloaded) => errors::too_many_requests(),
             Ok(Kind::Invalid) => Status::invalid_argument(format!("etcdserver: {}", e.message)),
             Ok(Kind::Compacted) => errors::compacted(),
+            Ok(Kind::LeaseNotFound) => errors::lease_not_found(),
+            Ok(Kind::LeaseExists) => Status::failed_precondition(errors::LEASE_EXISTS),
             Ok(Kind::FutureRevision) => errors::future_revision(),
             _ => Status::unknown(format!("etcdserver: {}", e.message)),
         }),
@@ -203,6 +205,12 @@ fn encode_outcome(
             Err(KvError::InvalidRequest(m)) => error_result(Kind::Invalid, m, NodeId::NONE),
             Err(e @ KvError::Compacted) => {
                 error_result(Kind::Compacted, e.to_string(), NodeId::NONE)
+            }
+            Err(e @ KvError::LeaseNotFound) => {
+                error_result(Kind::LeaseNotFound, e.to_string(), NodeId::NONE)
+            }
+            Err(e @ KvError::LeaseExists) => {
+                error_result(Kind::LeaseExists, e.to_string(), NodeId::NONE)
             }
             Err(e @ KvError::FutureRevision) => {
                 error_result(Kind::FutureRevision, e.to_string(), NodeId::NONE)

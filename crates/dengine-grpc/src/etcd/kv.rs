@@ -62,10 +62,6 @@ impl Kv for KvService {
         self.core.check_has_leader(request.metadata())?;
         let p = request.into_inner();
         txn::check_put(&p)?;
-        if p.lease != 0 {
-            // No leases exist yet, so none can be attached.
-            return Err(errors::lease_not_found());
-        }
         let resp = self
             .core
             .write(&KvCommand::Put(txn::put_to_store(p)))
@@ -107,9 +103,6 @@ impl Kv for KvService {
         self.core.check_has_leader(request.metadata())?;
         let t = request.into_inner();
         txn::check_txn(&t, self.core.limits.max_txn_ops)?;
-        if uses_lease(&t) {
-            return Err(errors::lease_not_found());
-        }
         let shape = txn::shape(&t);
         let cmd = txn::txn_command(t)?;
         let resp = self.core.write(&cmd).await?;
@@ -152,17 +145,4 @@ impl Kv for KvService {
             header: self.core.header(resp.revision),
         }))
     }
-}
-
-/// Whether a put anywhere in the txn attaches a lease.
-fn uses_lease(t: &pb::TxnRequest) -> bool {
-    use dengine_proto::etcdserverpb::request_op::Request as Op;
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .any(|op| match &op.request {
-            Some(Op::RequestPut(p)) => p.lease != 0,
-            Some(Op::RequestTxn(t)) => uses_lease(t),
-            _ => false,
-        })
 }

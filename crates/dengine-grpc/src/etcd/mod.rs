@@ -3,6 +3,7 @@
 //! - [`KvService`]: the `KV` service, `Range` (at any revision back to
 //!   the last compaction), `Put`, `DeleteRange`, `Txn`, `Compact`;
 //! - [`WatchService`]: the `Watch` service (see [`watch`]);
+//! - [`LeaseService`]: the `Lease` service (see [`lease`]);
 //! - [`MaintenanceService`]: the `Maintenance` service, `Status`, `Alarm` (no alarms exist yet);
 //! - [`ClusterService`]: the `Cluster` service, `MemberList`;
 //! - every other method of etcd's services answers `UNIMPLEMENTED`
@@ -17,6 +18,7 @@
 pub mod errors;
 pub mod forward;
 mod kv;
+pub mod lease;
 mod maintenance;
 pub mod range;
 mod stubs;
@@ -35,8 +37,9 @@ use tonic::Status;
 
 pub use forward::Forwarder;
 pub use kv::KvService;
+pub use lease::{LeaseService, Lessor};
 pub use maintenance::{ClusterService, MaintenanceService};
-pub use stubs::{AuthService, LeaseService};
+pub use stubs::AuthService;
 pub use watch::{WatchHub, WatchService};
 
 use crate::members::Member;

@@ -1,60 +1,11 @@
 //! The services of etcd's API that dengine does not serve yet: every
-//! method answers `UNIMPLEMENTED` naming itself (watch, leases and auth
-//! come in later releases; see the README).
-
-use std::pin::Pin;
+//! method answers `UNIMPLEMENTED` naming itself (auth comes with TLS;
+//! see the README).
 
 use dengine_proto::etcdserverpb as pb;
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use super::errors;
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// etcd's `Lease` service, not served yet.
-#[derive(Clone, Debug, Default)]
-pub struct LeaseService;
-
-#[tonic::async_trait]
-impl pb::lease_server::Lease for LeaseService {
-    async fn lease_grant(
-        &self,
-        _request: Request<pb::LeaseGrantRequest>,
-    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        Err(errors::unimplemented("Lease.LeaseGrant"))
-    }
-
-    async fn lease_revoke(
-        &self,
-        _request: Request<pb::LeaseRevokeRequest>,
-    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        Err(errors::unimplemented("Lease.LeaseRevoke"))
-    }
-
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-
-    async fn lease_keep_alive(
-        &self,
-        _request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(errors::unimplemented("Lease.LeaseKeepAlive"))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        _request: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        Err(errors::unimplemented("Lease.LeaseTimeToLive"))
-    }
-
-    async fn lease_leases(
-        &self,
-        _request: Request<pb::LeaseLeasesRequest>,
-    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        Err(errors::unimplemented("Lease.LeaseLeases"))
-    }
-}
 
 /// etcd's `Auth` service, not served yet.
 #[derive(Clone, Debug, Default)]

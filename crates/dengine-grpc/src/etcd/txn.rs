@@ -324,8 +324,14 @@ pub fn txn_response(
                     succeeded,
                     responses: Vec::new(),
                 }),
-                // A transaction holds no compaction.
-                (OpResponse::Compact, _) => return None,
+                // A transaction holds no compaction and no lease command.
+                (
+                    OpResponse::Compact
+                    | OpResponse::LeaseGrant { .. }
+                    | OpResponse::LeaseRevoke
+                    | OpResponse::LeaseKeepAlive { .. },
+                    _,
+                ) => return None,
             };
             Some(pb::ResponseOp {
                 response: Some(response),

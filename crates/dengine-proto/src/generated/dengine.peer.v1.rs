@@ -59,6 +59,10 @@ pub mod forward_error {
         Compacted = 7,
         /// The command reads or compacts at a revision after the current one.
         FutureRevision = 8,
+        /// The command names a lease that does not exist.
+        LeaseNotFound = 9,
+        /// The command grants a lease whose ID is taken.
+        LeaseExists = 10,
     }
     impl Kind {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -76,6 +80,8 @@ pub mod forward_error {
                 Self::Invalid => "INVALID",
                 Self::Compacted => "COMPACTED",
                 Self::FutureRevision => "FUTURE_REVISION",
+                Self::LeaseNotFound => "LEASE_NOT_FOUND",
+                Self::LeaseExists => "LEASE_EXISTS",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -90,6 +96,8 @@ pub mod forward_error {
                 "INVALID" => Some(Self::Invalid),
                 "COMPACTED" => Some(Self::Compacted),
                 "FUTURE_REVISION" => Some(Self::FutureRevision),
+                "LEASE_NOT_FOUND" => Some(Self::LeaseNotFound),
+                "LEASE_EXISTS" => Some(Self::LeaseExists),
                 _ => None,
             }
         }

@@ -216,3 +216,45 @@ async fn etcdctl_reads_the_history_watches_and_compacts() {
         "h/a\n2\nh/b\nx\n"
     );
 }
+
+/// `etcdctl lease grant|keep-alive --once|timetolive --keys|list|revoke`
+/// and `put --lease`, with their outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_leases() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let (e0, e1) = (c.members[0].endpoint(), c.members[1].endpoint());
+    let e0 = e0.as_str();
+    let granted = ok(e0, &["lease", "grant", "60"]);
+    let id = granted
+        .strip_prefix("lease ")
+        .and_then(|s| s.strip_suffix(" granted with TTL(60s)\n"))
+        .unwrap_or_else(|| panic!("{granted:?}"))
+        .to_string();
+    assert!(u64::from_str_radix(&id, 16).is_ok(), "{id}");
+    assert_eq!(ok(&e1, &["put", "--lease", &id, "lk", "v"]), "OK\n");
+    assert_eq!(
+        ok(e0, &["lease", "list"]),
+        format!("found 1 leases\n{id}\n")
+    );
+    assert_eq!(
+        ok(&e1, &["lease", "keep-alive", "--once", &id]),
+        format!("lease {id} keepalived with TTL(60)\n")
+    );
+    let ttl = ok(e0, &["lease", "timetolive", "--keys", &id]);
+    let re = format!("lease {id} granted with TTL(60s), remaining(");
+    assert!(ttl.starts_with(&re), "{ttl}");
+    assert!(ttl.ends_with("s), attached keys([lk])\n"), "{ttl}");
+    assert_eq!(
+        ok(&e1, &["lease", "revoke", &id]),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(ok(e0, &["get", "lk"]), "");
+    assert_eq!(
+        ok(e0, &["lease", "timetolive", &id]),
+        format!("lease {id} already expired\n")
+    );
+}

@@ -8,6 +8,7 @@ mod bad_input;
 mod etcdctl;
 mod harness;
 mod kubernetes;
+mod lease;
 mod mvcc_watch;
 
 use std::collections::BTreeMap;

@@ -22,12 +22,12 @@ mod stream;
 
 use std::sync::Arc;
 
-use dengine_kv::{Event, EventSink};
+use dengine_kv::{Event, EventSink, LeaseChange};
 use dengine_proto::etcdserverpb as pb;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::EtcdCore;
+use super::{EtcdCore, Lessor};
 
 /// How many applied commands wait for the slowest stream before it falls
 /// behind to the history.
@@ -70,10 +70,12 @@ impl WatchHub {
     }
 
     /// The sink to give the store
-    /// ([`dengine_kv::KvStateMachine::set_event_sink`]).
-    pub fn sink(&self) -> Box<dyn EventSink> {
+    /// ([`dengine_kv::KvStateMachine::set_event_sink`]), which also tells
+    /// `lessor` of the leases the store applies.
+    pub fn sink(&self, lessor: Option<Arc<Lessor>>) -> Box<dyn EventSink> {
         Box::new(HubSink {
             tx: self.tx.clone(),
+            lessor,
         })
     }
 
@@ -84,6 +86,7 @@ impl WatchHub {
 
 struct HubSink {
     tx: broadcast::Sender<Arc<Applied>>,
+    lessor: Option<Arc<Lessor>>,
 }
 
 impl EventSink for HubSink {
@@ -98,6 +101,12 @@ impl EventSink for HubSink {
 
     fn restored(&mut self, revision: i64) {
         let _ = self.tx.send(Arc::new(Applied::Restored { revision }));
+    }
+
+    fn lease(&mut self, change: LeaseChange) {
+        if let Some(l) = &self.lessor {
+            l.changed(change);
+        }
     }
 }
 
