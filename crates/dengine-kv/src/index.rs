@@ -80,6 +80,7 @@ impl KeyHistory {
         }
         self.version += 1;
         self.lease = lease;
+        self.reserve_one();
         self.writes.push(Write {
             rev,
             tombstone: false,
@@ -89,6 +90,7 @@ impl KeyHistory {
 
     /// Records the delete of the current value at `rev`.
     pub(crate) fn tombstone(&mut self, rev: Revision) {
+        self.reserve_one();
         self.writes.push(Write {
             rev,
             tombstone: true,
@@ -98,9 +100,19 @@ impl KeyHistory {
         self.lease = 0;
     }
 
+    /// Room for one more write: exactly one for a key's first (most keys
+    /// are written once between compactions; a `Vec` would take room for
+    /// four), then doubling.
+    fn reserve_one(&mut self) {
+        if self.writes.capacity() == 0 {
+            self.writes.reserve_exact(1);
+        }
+    }
+
     /// Records a write read back from the backend (in revision order), with
     /// the counters its record holds.
     pub(crate) fn restore(&mut self, w: Write, create_revision: i64, version: i64, lease: i64) {
+        self.reserve_one();
         self.writes.push(w);
         if w.tombstone {
             (self.create_revision, self.version, self.lease) = (0, 0, 0);
