@@ -42,6 +42,13 @@ pub trait KvBackend: Send + 'static {
 
     /// Whether the records survive a restart.
     fn durable(&self) -> bool;
+
+    /// Gives back the space of removed records, if the backend keeps it
+    /// until asked (etcd's defragmentation). By default nothing is left
+    /// to do.
+    fn defragment(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
@@ -567,6 +574,11 @@ mod rocks_backend {
 
         fn durable(&self) -> bool {
             true
+        }
+
+        fn defragment(&self) -> io::Result<()> {
+            self.db.compact_range::<&[u8], &[u8]>(None, None);
+            Ok(())
         }
     }
 }

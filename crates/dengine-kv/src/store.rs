@@ -241,6 +241,12 @@ impl KvStateMachine {
         self.index.len()
     }
 
+    /// Gives back the space of compacted records (see
+    /// [`KvBackend::defragment`]).
+    pub fn defragment(&self) -> Result<(), KvError> {
+        self.backend.defragment().map_err(storage)
+    }
+
     /// The key's current value.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
         match self.index.get(key).and_then(|h| h.current()) {

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use dengine_core::NodeId;
 use dengine_proto::etcdserverpb as pb;
 use dengine_proto::etcdserverpb::cluster_server::Cluster;
 use dengine_proto::etcdserverpb::maintenance_server::Maintenance;
@@ -98,11 +99,22 @@ impl Maintenance for MaintenanceService {
         Ok(resp)
     }
 
+    /// etcd's `Defragment`, on this member alone: the store's backend
+    /// gives back the space of compacted records (RocksDB compacts its
+    /// files; sled and memory reclaim space on their own, so nothing is
+    /// left to do).
     async fn defragment(
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.Defragment"))
+        let revision = self
+            .core
+            .read(true, |kv| kv.defragment().map(|()| kv.revision()))
+            .await?
+            .map_err(|e| errors::from_kv(&e))?;
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.core.header(revision),
+        }))
     }
 
     /// etcd's `Hash`: here the hash of the whole history at the current
@@ -150,11 +162,34 @@ impl Maintenance for MaintenanceService {
         Err(errors::unimplemented("Maintenance.Snapshot"))
     }
 
+    /// etcd's `MoveLeader`: sent to the leader, which hands leadership to
+    /// the voter named and answers once it has moved.
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.MoveLeader"))
+        let target = NodeId(request.into_inner().target_id);
+        let me = self.core.member_id;
+        let m = self.core.metrics.borrow().clone();
+        if m.leader != Some(me) {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if target != me {
+            if !m.membership.is_voter(target) {
+                return Err(Status::failed_precondition(
+                    "etcdserver: bad leader transferee",
+                ));
+            }
+            self.core
+                .node
+                .transfer_leadership(target)
+                .await
+                .map_err(|e| errors::from_runtime(&e))?;
+        }
+        let revision = self.core.current_revision().await?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.core.header(revision),
+        }))
     }
 
     async fn downgrade(

@@ -258,3 +258,65 @@ async fn etcdctl_leases() {
         format!("lease {id} already expired\n")
     );
 }
+
+/// `etcdctl endpoint hashkv -w table`, `move-leader`, `defrag`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_maintenance() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let all = eps.join(",");
+    for i in 0..20 {
+        ok(&eps[i % 3], &["put", &format!("m/{i}"), "v"]);
+    }
+    ok(&eps[0], &["compaction", "10"]);
+    // The same hash on every member, once each has applied everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = ok(&all, &["endpoint", "hashkv", "-w", "table"]);
+        let hashes: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains("127.0.0.1"))
+            .filter_map(|l| l.split('|').nth(2))
+            .map(str::trim)
+            .collect();
+        assert_eq!(hashes.len(), 3, "{table}");
+        if hashes.iter().all(|h| *h == hashes[0]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Leadership moves to the member named.
+    let leader_hex = format!("{leader:x}");
+    let status = ok(&all, &["endpoint", "status", "-w", "json"]);
+    let target = status
+        .split("\"member_id\":")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|s| s.parse::<u64>().ok())
+        .find(|&id| id != leader)
+        .expect("a follower's id");
+    let moved = ok(&all, &["move-leader", &format!("{target:x}")]);
+    assert_eq!(
+        moved,
+        format!("Leadership transferred from {leader_hex} to {target:x}\n")
+    );
+    let now = wait_leader(&c, 0, Duration::from_secs(10)).await;
+    assert_eq!(now, target);
+    let (_, err, success) = etcdctl(&all, &["move-leader", "12345"], None);
+    assert!(!success);
+    assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
+    for e in &eps {
+        let (out, err, success) = etcdctl(e, &["defrag"], None);
+        assert!(success, "{err}");
+        assert_eq!(
+            out + &err,
+            format!("Finished defragmenting etcd member[{e}]\n")
+        );
+    }
+}
