@@ -1,7 +1,9 @@
 //! The replicated key-value store the standalone server runs: etcd's v3
-//! data model (revisions; per key create and mod revisions and a version;
-//! ranges; conditional transactions) as a [`StateMachine`] whose state
-//! lives on the node's storage backend.
+//! MVCC data model (revisions; per key create and mod revisions and a
+//! version; the history back to the last compaction; ranges; conditional
+//! transactions; leases; the events watchers see) as a
+//! [`dengine_runtime::StateMachine`] whose state lives on the node's
+//! storage backend.
 //!
 //! Writes are [`KvCommand`]s proposed with [`KvCommand::encode`]; reads
 //! run on the state machine under a [`dengine_runtime::ReadPolicy`]:

@@ -3,7 +3,7 @@
 //! The store publishes the events of every command it applies, with the
 //! command's revision, to a [`WatchHub`] (a bounded broadcast channel, so
 //! one slow stream never makes memory grow). Each `Watch` call runs one
-//! task ([`stream`]) that holds that stream's watchers and sends their
+//! task (module `stream`) that holds that stream's watchers and sends their
 //! events in revision order. A watcher that starts at a past revision is
 //! first served from the store's history, then from the live events after
 //! the last revision that read covered: no gap and no duplicate at the
