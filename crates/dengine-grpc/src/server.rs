@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::etcd::compactor::{self, AutoCompaction};
 use crate::etcd::{
     AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Lessor, Limits,
     MaintenanceService, WatchHub, WatchService, forward, lease,
@@ -69,6 +70,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Tuning of the peer links.
     pub peer: PeerLinkConfig,
+    /// Automatic compaction (`--auto-compaction-mode`,
+    /// `--auto-compaction-retention`; off by default, as etcd).
+    pub auto_compaction: AutoCompaction,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             },
             limits: Limits::default(),
             peer: PeerLinkConfig::default(),
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }
@@ -315,6 +320,11 @@ impl Server {
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        let compactor = compactor::run(core.clone(), cfg.auto_compaction, stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            compactor.await;
+            Ok(())
+        }));
         let expiry = lease::run_expiry(core.clone(), lessor.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
             expiry.await;

@@ -15,6 +15,7 @@
 //! served from this member's own state; serializable reads are served
 //! from it at once.
 
+pub mod compactor;
 pub mod errors;
 pub mod forward;
 mod kv;

@@ -440,3 +440,51 @@ async fn ten_thousand_watchers_and_a_watcher_that_stops_reading() {
     }
     assert!(first > 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_keeps_its_retention() {
+    let mut c = Cluster::new(1);
+    c.extra
+        .extend(["--auto-compaction-retention".to_string(), "2s".to_string()]);
+    c.start_all();
+    wait_leader(&c, 0, Duration::from_secs(10)).await;
+    let mut cl = client(&c, 0).await;
+    let start = Instant::now();
+    let mut puts: Vec<(Instant, i64)> = Vec::new();
+    while start.elapsed() < Duration::from_millis(4500) {
+        let r = cl.put("p", "v", None).await.expect("put");
+        puts.push((Instant::now(), r.header().expect("header").revision()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = Instant::now();
+    let compacted = cl.hash_kv(0).await.expect("hash").compact_version();
+    // Compacted at a revision of about two seconds ago: after every put
+    // older than 3 s, before every put of the last 1.9 s.
+    let rev_at = |age: Duration| {
+        puts.iter()
+            .rev()
+            .find(|(at, _)| now.duration_since(*at) >= age)
+            .map_or(0, |&(_, r)| r)
+    };
+    let (older, newer) = (
+        rev_at(Duration::from_secs(3)),
+        rev_at(Duration::from_millis(1900)),
+    );
+    assert!(
+        older <= compacted && compacted <= newer,
+        "compacted at {compacted}, not between {older} and {newer}"
+    );
+    let e = cl
+        .get("p", Some(GetOptions::new().with_revision(older - 1)))
+        .await
+        .expect_err("compacted");
+    assert!(
+        e.to_string()
+            .contains("required revision has been compacted"),
+        "{e}"
+    );
+    let last = puts.last().expect("puts").1;
+    cl.get("p", Some(GetOptions::new().with_revision(last - 5)))
+        .await
+        .expect("kept");
+}

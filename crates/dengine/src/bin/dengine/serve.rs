@@ -95,6 +95,15 @@ pub struct ServeArgs {
     /// Storage engine: sled, rocksdb or memory.
     #[arg(long, env = "DENGINE_STORAGE")]
     storage: Option<Storage>,
+    /// How the history is compacted on its own: periodic (by time, the
+    /// default) or revision (by count), as etcd.
+    #[arg(long, env = "DENGINE_AUTO_COMPACTION_MODE")]
+    auto_compaction_mode: Option<String>,
+    /// How much history to keep: for periodic a duration (1h, 30m, 10s)
+    /// or a number of hours, for revision a number of revisions; 0 (the
+    /// default) turns automatic compaction off.
+    #[arg(long, env = "DENGINE_AUTO_COMPACTION_RETENTION")]
+    auto_compaction_retention: Option<String>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -130,6 +139,8 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_MAX_TXN_OPS",
     "DENGINE_MAX_PEER_MESSAGE_BYTES",
     "DENGINE_STORAGE",
+    "DENGINE_AUTO_COMPACTION_MODE",
+    "DENGINE_AUTO_COMPACTION_RETENTION",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -166,6 +177,10 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         max_txn_ops: cli.max_txn_ops.or(file.max_txn_ops),
         max_peer_message_bytes: cli.max_peer_message_bytes.or(file.max_peer_message_bytes),
         storage: cli.storage.or(file.storage),
+        auto_compaction_mode: cli.auto_compaction_mode.or(file.auto_compaction_mode),
+        auto_compaction_retention: cli
+            .auto_compaction_retention
+            .or(file.auto_compaction_retention),
         config_file: Some(path),
         node: file.node,
     })
@@ -242,6 +257,10 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
     if limits.max_txn_ops == 0 {
         return Err("--max-txn-ops must be at least 1".into());
     }
+    let auto_compaction = dengine::grpc::etcd::compactor::parse(
+        a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
+        a.auto_compaction_retention.as_deref().unwrap_or("0"),
+    )?;
     let mut peer = d.peer;
     if let Some(n) = a.max_peer_message_bytes {
         peer.max_message_bytes = n;
@@ -272,6 +291,7 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         node,
         limits,
         peer,
+        auto_compaction,
     })
 }
 
