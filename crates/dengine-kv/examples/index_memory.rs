@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         sm.apply(EntryId::new(Term(1), LogIndex(index)), &cmd.encode())?;
         // One flush per 1,000 entries, and one at the end.
-        if index % 1000 == 0 || k + 1 == keys {
+        if index.is_multiple_of(1000) || k + 1 == keys {
             sm.flush(LogIndex(index))?;
         }
         Ok(())
