@@ -1023,6 +1023,30 @@ fn survives_restart(open: &dyn Fn() -> Box<dyn KvBackend>) {
         keys(&sm.range(&range("\0", &[0])).expect("all")),
         ["a", "b"]
     );
+    // Leases, their keys and the history survive a restart too.
+    let grant = KvCommand::LeaseGrant(LeaseGrantRequest { id: 9, ttl: 30 });
+    let leased = KvCommand::Put(PutRequest {
+        key: b"l".to_vec(),
+        value: b"1".to_vec(),
+        lease: 9,
+        ..Default::default()
+    });
+    run(&mut sm, 3, &[grant, leased]);
+    drop(sm);
+    let mut sm = KvStateMachine::with_backend(open()).expect("reopen");
+    assert_eq!(sm.leases(), [(9, 30)]);
+    assert_eq!(sm.lease(9), Some((30, vec![b"l".to_vec()])));
+    let at2 = RangeRequest {
+        revision: 2,
+        ..range("\0", &[0])
+    };
+    assert_eq!(keys(&sm.range(&at2).expect("at 2")), ["a"]);
+    let revoke = KvCommand::LeaseRevoke(LeaseRevokeRequest { id: 9 });
+    run(&mut sm, 5, &[revoke]);
+    drop(sm);
+    let mut sm = KvStateMachine::with_backend(open()).expect("reopen");
+    assert_eq!(sm.leases(), []);
+    assert_eq!(sm.get(b"l").expect("get"), None);
     // A restore forgets the index before it starts.
     let snap = {
         let mut other = KvStateMachine::in_memory();
