@@ -5,7 +5,7 @@
 use crate::KvError;
 use crate::index::Revision;
 use crate::record;
-use crate::store::{KvStateMachine, storage};
+use crate::store::{KvStateMachine, scan, storage};
 use crate::types::{KeyRange, KeyValue};
 
 /// What a write did to its key.
@@ -256,14 +256,10 @@ impl KvStateMachine {
             main: at.saturating_add(1),
             sub: 0,
         });
-        self.backend
-            .scan(&start, Some(&end), &mut |k, v| {
-                let rev =
-                    record::parse_rev_key(k).map_err(|e| std::io::Error::other(e.to_string()))?;
-                add(rev, v);
-                Ok(true)
-            })
-            .map_err(storage)?;
+        scan(&*self.backend, &start, Some(&end), |k, v| {
+            add(record::parse_rev_key(k)?, v);
+            Ok(())
+        })?;
         for (rev, bytes) in self.pending.iter().filter(|(r, _)| r.main <= at) {
             add(*rev, bytes);
         }

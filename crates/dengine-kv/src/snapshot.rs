@@ -151,10 +151,44 @@ fn restore_leases(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<(
     }
 }
 
+/// Restored records, written to the backend in batches of about
+/// [`RESTORE_BATCH`] bytes and read into the index as they come.
+struct Restorer<'a> {
+    sm: &'a mut KvStateMachine,
+    batch: Vec<Change>,
+    bytes: usize,
+}
+
+impl Restorer<'_> {
+    /// Takes the record of the write at `rev`, checking it.
+    fn take(&mut self, rev: Revision, record: Vec<u8>) -> io::Result<()> {
+        let r = record::decode(rev, &record).map_err(|e| bad(&e.to_string()))?;
+        self.sm
+            .index
+            .entry(r.key)
+            .restore(r.write, r.create_revision, r.version, r.lease);
+        self.bytes += record.len() + 13;
+        self.batch
+            .push(Change::Insert(record::rev_key(rev).to_vec(), record));
+        if self.bytes >= RESTORE_BATCH {
+            self.sm.backend.write(std::mem::take(&mut self.batch))?;
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> io::Result<()> {
+        self.sm.backend.write(self.batch)
+    }
+}
+
 /// The records of format 3, written to the backend and the index.
 fn restore_records(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
-    let mut batch: Vec<Change> = Vec::new();
-    let mut batch_bytes = 0;
+    let mut out = Restorer {
+        sm,
+        batch: Vec::new(),
+        bytes: 0,
+    };
     let mut last: Option<Revision> = None;
     loop {
         match read_array::<1>(input)? {
@@ -170,19 +204,9 @@ fn restore_records(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<
         }
         last = Some(rev);
         let len = u32::from_le_bytes(read_array(input)?) as usize;
-        let bytes = read_len(input, len)?;
-        let r = record::decode(rev, &bytes).map_err(|e| bad(&e.to_string()))?;
-        sm.index
-            .entry(r.key)
-            .restore(r.write, r.create_revision, r.version, r.lease);
-        batch_bytes += bytes.len() + 13;
-        batch.push(Change::Insert(record::rev_key(rev).to_vec(), bytes));
-        if batch_bytes >= RESTORE_BATCH {
-            sm.backend.write(std::mem::take(&mut batch))?;
-            batch_bytes = 0;
-        }
+        out.take(rev, read_len(input, len)?)?;
     }
-    sm.backend.write(batch)
+    out.finish()
 }
 
 /// A snapshot of format 2 (current values only, records of format 1),
@@ -199,25 +223,13 @@ fn restore_v2(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
         let bytes = read_len(input, vlen)?;
         kvs.push(record::decode_v1(&key, &bytes).map_err(|e| bad(&e.to_string()))?);
     }
-    let mut batch: Vec<Change> = Vec::new();
-    let mut batch_bytes = 0;
+    let mut out = Restorer {
+        sm,
+        batch: Vec::new(),
+        bytes: 0,
+    };
     for (rev, kv) in record::from_v1(kvs) {
-        let bytes = record::encode(&kv, false);
-        sm.index.entry(&kv.key).restore(
-            crate::index::Write {
-                rev,
-                tombstone: false,
-            },
-            kv.create_revision,
-            kv.version,
-            kv.lease,
-        );
-        batch_bytes += bytes.len() + 13;
-        batch.push(Change::Insert(record::rev_key(rev).to_vec(), bytes));
-        if batch_bytes >= RESTORE_BATCH {
-            sm.backend.write(std::mem::take(&mut batch))?;
-            batch_bytes = 0;
-        }
+        out.take(rev, record::encode(&kv, false))?;
     }
-    sm.backend.write(batch)
+    out.finish()
 }

@@ -18,6 +18,27 @@ pub(crate) fn storage(e: io::Error) -> KvError {
     KvError::Storage(e.to_string())
 }
 
+/// Visits every record with `start <= key < end` until `visit` fails;
+/// the first failure (the backend's or `visit`'s) is the result.
+pub(crate) fn scan(
+    backend: &dyn KvBackend,
+    start: &[u8],
+    end: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), KvError>,
+) -> Result<(), KvError> {
+    let mut failed = None;
+    backend
+        .scan(start, end, &mut |k, v| match visit(k, v) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                failed = Some(e);
+                Ok(false)
+            }
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// The key-value state machine (see the [crate docs](crate)).
 pub struct KvStateMachine {
     pub(crate) backend: Box<dyn KvBackend>,
@@ -97,55 +118,22 @@ impl KvStateMachine {
         sm.applied = Some(meta.applied);
         sm.revision = meta.revision;
         sm.compacted = meta.compacted;
-        let mut bad = None;
         let index = &mut sm.index;
-        sm.backend
-            .scan(&[REV_PREFIX], Some(REVS_END), &mut |k, v| {
-                let restored = record::parse_rev_key(k)
-                    .and_then(|rev| record::decode(rev, v))
-                    .map(|r| {
-                        index
-                            .entry(r.key)
-                            .restore(r.write, r.create_revision, r.version, r.lease);
-                    });
-                match restored {
-                    Ok(()) => Ok(true),
-                    Err(e) => {
-                        bad = Some(e);
-                        Ok(false)
-                    }
-                }
-            })
-            .map_err(storage)?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
+        scan(&*sm.backend, &[REV_PREFIX], Some(REVS_END), |k, v| {
+            let rev = record::parse_rev_key(k)?;
+            let r = record::decode(rev, v)?;
+            index
+                .entry(r.key)
+                .restore(r.write, r.create_revision, r.version, r.lease);
+            Ok(())
+        })?;
         let by_id = &mut sm.leases.by_id;
-        sm.backend
-            .scan(
-                &[LEASE_PREFIX],
-                Some(LEASES_END),
-                &mut |k, v| match decode_lease(k, v) {
-                    Ok((id, ttl)) => {
-                        by_id.insert(
-                            id,
-                            crate::lease::Lease {
-                                ttl,
-                                keys: Default::default(),
-                            },
-                        );
-                        Ok(true)
-                    }
-                    Err(e) => {
-                        bad = Some(e);
-                        Ok(false)
-                    }
-                },
-            )
-            .map_err(storage)?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
+        scan(&*sm.backend, &[LEASE_PREFIX], Some(LEASES_END), |k, v| {
+            let (id, ttl) = decode_lease(k, v)?;
+            let keys = Default::default();
+            by_id.insert(id, crate::lease::Lease { ttl, keys });
+            Ok(())
+        })?;
         sm.leases.attach_all(&sm.index);
         Ok(sm)
     }
@@ -154,26 +142,15 @@ impl KvStateMachine {
     /// records of writes.
     fn convert_v1(&mut self, applied: LogIndex, revision: i64) -> Result<(), KvError> {
         let mut kvs = Vec::new();
-        let mut bad = None;
-        self.backend
-            .scan(
-                &[V1_KEY_PREFIX],
-                Some(V1_KEYS_END),
-                &mut |k, v| match record::decode_v1(&k[1..], v) {
-                    Ok(kv) => {
-                        kvs.push(kv);
-                        Ok(true)
-                    }
-                    Err(e) => {
-                        bad = Some(e);
-                        Ok(false)
-                    }
-                },
-            )
-            .map_err(storage)?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
+        scan(
+            &*self.backend,
+            &[V1_KEY_PREFIX],
+            Some(V1_KEYS_END),
+            |k, v| {
+                kvs.push(record::decode_v1(&k[1..], v)?);
+                Ok(())
+            },
+        )?;
         let mut changes: Vec<Change> = Vec::with_capacity(2 * kvs.len() + 1);
         for kv in &kvs {
             let mut old = vec![V1_KEY_PREFIX];
