@@ -230,3 +230,42 @@ pub async fn index_of(c: &Cluster, id: u64) -> usize {
     }
     panic!("no running member has id {id:x}");
 }
+
+/// The next watch response, within a bound.
+pub async fn next(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch response within 10 s")
+        .expect("watch stream")
+        .expect("the stream goes on")
+}
+
+/// The gRPC code and message of a client error.
+pub fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("not a gRPC status: {other}"),
+    }
+}
+
+/// The `HashKV` of every member at `revision` (waiting for each to
+/// apply it), which must be equal; (hash, compact revision).
+pub async fn same_hash(c: &Cluster, revision: i64) -> (u32, i64) {
+    let mut hashes = Vec::new();
+    for i in 0..c.members.len() {
+        let mut m = client(c, i).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let h = loop {
+            match m.hash_kv(revision).await {
+                Ok(h) => break h,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("member {i}: HashKV at {revision}: {e}"),
+            }
+        };
+        hashes.push((h.hash(), h.compact_version()));
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    hashes[0]
+}

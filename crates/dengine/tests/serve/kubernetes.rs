@@ -10,7 +10,7 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use crate::harness::{Cluster, client, index_of, wait_leader};
+use crate::harness::{Cluster, client, index_of, next, same_hash, wait_leader};
 
 /// kube-apiserver's create: put only if the key does not exist, else read
 /// it. Returns (succeeded, the revision of the write or of the key).
@@ -42,14 +42,6 @@ async fn guarded(cl: &mut Client, key: &str, value: Option<&str>, rev: i64) -> b
         .and_then([write])
         .or_else([TxnOp::get(key, None)]);
     cl.txn(txn).await.expect("guarded txn").succeeded()
-}
-
-async fn next(w: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
-    tokio::time::timeout(Duration::from_secs(10), w.message())
-        .await
-        .expect("a watch response")
-        .expect("stream")
-        .expect("open")
 }
 
 /// The end of the range of keys with `prefix` (etcd's prefix end).
@@ -217,21 +209,5 @@ async fn kube_apiserver_request_patterns_work_while_a_member_restarts() {
         .header()
         .expect("header")
         .revision();
-    let mut hashes = Vec::new();
-    for i in 0..3 {
-        let mut m = client(&c, i).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let h = loop {
-            match m.hash_kv(now).await {
-                Ok(h) => break h,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("member {i}: {e}"),
-            }
-        };
-        hashes.push((h.hash(), h.compact_version()));
-    }
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    assert_eq!(hashes[0].1, at);
+    assert_eq!(same_hash(&c, now).await.1, at);
 }

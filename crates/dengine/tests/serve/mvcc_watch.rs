@@ -9,16 +9,7 @@ use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions, WatchResponse,
 };
 
-use crate::harness::{Cluster, client, index_of, wait_leader};
-
-/// The next watch response, within a bound.
-async fn next(stream: &mut etcd_client::WatchStream) -> WatchResponse {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a watch response within 10 s")
-        .expect("watch stream")
-        .expect("the stream goes on")
-}
+use crate::harness::{Cluster, client, index_of, next, same_hash, status_of, wait_leader};
 
 /// (type, key, value, create, mod, version, prev value) of an event.
 type Seen = (EventType, String, String, i64, i64, i64, Option<String>);
@@ -40,13 +31,6 @@ fn seen(resp: &WatchResponse) -> Vec<Seen> {
             )
         })
         .collect()
-}
-
-fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("not a gRPC status: {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,28 +221,6 @@ async fn past_revisions_compaction_and_watch_on_every_member() {
 
     // Every member holds the same history.
     assert_eq!(same_hash(&c, 9).await.1, 5);
-}
-
-/// The `HashKV` of every member at `revision` (waiting for each to
-/// apply it), which must be equal; (hash, compact revision).
-async fn same_hash(c: &Cluster, revision: i64) -> (u32, i64) {
-    let mut hashes = Vec::new();
-    for i in 0..c.members.len() {
-        let mut m = client(c, i).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let h = loop {
-            match m.hash_kv(revision).await {
-                Ok(h) => break h,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("member {i}: HashKV at {revision}: {e}"),
-            }
-        };
-        hashes.push((h.hash(), h.compact_version()));
-    }
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    hashes[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
