@@ -450,3 +450,81 @@ async fn periodic_auto_compaction_keeps_its_retention() {
         .await
         .expect("kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_filters_fragments_and_refusals() {
+    let mut c = Cluster::new(1);
+    c.start_all();
+    wait_leader(&c, 0, Duration::from_secs(10)).await;
+    let mut cl = client(&c, 0).await;
+    // Revisions 2..=4: three values of 600 KB, together more than a
+    // request may carry (1.5 MiB).
+    for k in ["f/a", "f/b", "f/c"] {
+        cl.put(k, vec![b'x'; 600 * 1024], None).await.expect("put");
+    }
+    let from2 = || WatchOptions::new().with_prefix().with_start_revision(2);
+    let mut stream = cl.watch("f/", Some(from2())).await.expect("watch");
+    assert!(next(&mut stream).await.created());
+    assert_eq!(next(&mut stream).await.events().len(), 3, "one response");
+    // Asked for fragments, the same events come in more than one.
+    stream
+        .watch("f/", Some(from2().with_fragment()))
+        .await
+        .expect("watch");
+    assert!(next(&mut stream).await.created());
+    let mut parts = 0;
+    let mut events = 0;
+    while events < 3 {
+        events += next(&mut stream).await.events().len();
+        parts += 1;
+    }
+    assert!(parts > 1, "{parts} responses");
+    // Filters: no puts, only the delete.
+    stream
+        .watch(
+            "f/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_filters([etcd_client::WatchFilterType::NoPut]),
+            ),
+        )
+        .await
+        .expect("watch");
+    let created = next(&mut stream).await;
+    assert!(created.created());
+    let nodelete = created.watch_id();
+    cl.put("f/d", "small", None).await.expect("put");
+    cl.delete("f/a", None).await.expect("delete");
+    let mut got = Vec::new();
+    while !got.iter().any(|(id, _)| *id == nodelete) {
+        let r = next(&mut stream).await;
+        for e in r.events() {
+            got.push((r.watch_id(), e.event_type()));
+        }
+    }
+    let mine: Vec<_> = got.iter().filter(|(id, _)| *id == nodelete).collect();
+    assert_eq!(mine, [&(nodelete, EventType::Delete)], "{got:?}");
+    // A watch id in use, and an empty range, are refused as etcd does.
+    stream
+        .watch("x", Some(WatchOptions::new().with_watch_id(nodelete)))
+        .await
+        .expect("watch");
+    let mut r = next(&mut stream).await;
+    while !r.canceled() {
+        r = next(&mut stream).await;
+    }
+    assert!(r.created());
+    assert_eq!(r.watch_id(), -1);
+    assert_eq!(
+        r.cancel_reason(),
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+    stream
+        .watch("b", Some(WatchOptions::new().with_range("a")))
+        .await
+        .expect("watch");
+    let r = next(&mut stream).await;
+    assert!(r.created() && r.canceled(), "{r:?}");
+    assert_eq!(r.cancel_reason(), "mvcc: watcher range is empty");
+}

@@ -381,21 +381,25 @@ impl StreamTask {
             r.events = events;
             return self.send(r).await;
         }
-        let mut part = Vec::new();
+        // Each fragment holds as many events as fit in the limit (at
+        // least one); all but the last say more follow.
+        let mut part: Vec<mvccpb::Event> = Vec::new();
         let mut size = 0;
-        let mut events = events.into_iter().peekable();
-        while let Some(e) = events.next() {
-            size += e.encoded_len();
-            part.push(e);
-            let last = events.peek().is_none();
-            if size >= limit || last {
+        for e in events {
+            let len = e.encoded_len();
+            if !part.is_empty() && size + len > limit {
                 let mut r = self.response(id, revision);
                 r.events = std::mem::take(&mut part);
-                r.fragment = !last;
+                r.fragment = true;
                 self.send(r).await?;
                 size = 0;
             }
+            size += len;
+            part.push(e);
         }
+        let mut r = self.response(id, revision);
+        r.events = part;
+        self.send(r).await?;
         Ok(())
     }
 
