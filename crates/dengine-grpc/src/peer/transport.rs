@@ -253,6 +253,7 @@ async fn stream_messages(
         );
         let mut call = tokio::spawn(async move { client.raft(req).await });
         inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let mut sent_any = false;
         let ended = loop {
             let Some(m) = first.take() else {
                 tokio::select! {
@@ -263,15 +264,22 @@ async fn stream_messages(
                     res = &mut call => break res,
                 }
             };
+            // The peer is reachable once the call has taken what was
+            // sent on its stream before: the channel takes a batch or two
+            // before any connection exists, so a send alone proves
+            // nothing (the backoff would never grow, and a dead peer
+            // would look up).
+            if sent_any && tx.capacity() == tx.max_capacity() {
+                up.store(true, Ordering::Relaxed);
+                failures = 0;
+            }
             let batch = take_batch(&inner, m, &mut queue);
             let n = batch.messages.len() as u64;
             if tx.send(batch).await.is_err() {
                 // The call ended; its outcome says why.
                 break (&mut call).await;
             }
-            // The stream took a batch: the peer is reachable.
-            up.store(true, Ordering::Relaxed);
-            failures = 0;
+            sent_any = true;
             inner.stats.batches.fetch_add(1, Ordering::Relaxed);
             inner.stats.messages.fetch_add(n, Ordering::Relaxed);
         };
