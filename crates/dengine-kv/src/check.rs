@@ -25,7 +25,9 @@ pub(crate) fn validate(cmd: &KvCommand) -> Result<(), KvError> {
         KvCommand::Compact(_)
         | KvCommand::LeaseGrant(_)
         | KvCommand::LeaseRevoke(_)
-        | KvCommand::LeaseKeepAlive(_) => Ok(()),
+        | KvCommand::LeaseKeepAlive(_)
+        | KvCommand::MemberAttrs(_)
+        | KvCommand::MemberUpdate(_) => Ok(()),
     }
 }
 

@@ -47,6 +47,12 @@ pub trait EventSink: Send + 'static {
     fn lease(&mut self, change: LeaseChange) {
         let _ = change;
     }
+
+    /// The members' list changed (a membership change, a member's
+    /// published attributes, a snapshot): this is all of it now.
+    fn members(&mut self, list: &crate::MemberList) {
+        let _ = list;
+    }
 }
 
 /// What happened to the store's leases.

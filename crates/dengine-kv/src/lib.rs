@@ -80,6 +80,7 @@ mod check;
 mod events;
 mod index;
 mod lease;
+mod members;
 mod record;
 mod snapshot;
 mod store;
@@ -91,6 +92,7 @@ pub use backend::RocksBackend;
 pub use backend::SledBackend;
 pub use backend::{Change, KvBackend, MemoryBackend, Visit};
 pub use events::{Event, EventKind, EventSink, History, HistoryHash, LeaseChange};
+pub use members::{MemberInfo, MemberList, encode_context};
 pub use store::KvStateMachine;
 pub use types::*;
 

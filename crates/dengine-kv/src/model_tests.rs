@@ -92,7 +92,9 @@ fn check(cmd: &KvCommand) -> Result<(), KvError> {
         KvCommand::Compact(_)
         | KvCommand::LeaseGrant(_)
         | KvCommand::LeaseRevoke(_)
-        | KvCommand::LeaseKeepAlive(_) => Ok(()),
+        | KvCommand::LeaseKeepAlive(_)
+        | KvCommand::MemberAttrs(_)
+        | KvCommand::MemberUpdate(_) => Ok(()),
     }
 }
 
@@ -416,6 +418,9 @@ impl Model {
                 id: k.id,
                 ttl: self.leases.get(&k.id).copied().unwrap_or(0),
             }),
+            // The model's store has no members (their list has tests of
+            // its own).
+            KvCommand::MemberAttrs(_) | KvCommand::MemberUpdate(_) => Err(KvError::MemberNotFound),
         };
         let op = match op {
             Ok(op) => op,

@@ -1,11 +1,13 @@
 //! The store's snapshots: its whole history back to the compacted
 //! revision, as the records of its writes.
 //!
-//! Format 3 (`DKV3`): `revision (i64) ‖ compacted revision (i64) ‖ (1 ‖
+//! Format 4 (`DKV4`): `revision (i64) ‖ compacted revision (i64) ‖ (1 ‖
 //! main (i64) ‖ sub (u32, big-endian) ‖ record length (u32) ‖ record)* ‖
-//! 0 ‖ (1 ‖ lease id (i64) ‖ ttl (i64))* ‖ 0`, the records as in the
-//! database (so versioned themselves), in revision order, then the
-//! leases. Format 2 (`DKV2`), from before the history was kept, is read
+//! 0 ‖ (1 ‖ lease id (i64) ‖ ttl (i64))* ‖ 0 ‖ (1 ‖ length (u32) ‖
+//! member)* ‖ 0`, the records as in the database (so versioned
+//! themselves), in revision order, then the leases, then the members
+//! (postcard). Format 3 (`DKV3`) is format 4 without the members (a
+//! cluster whose members were not replicated yet). Format 2 (`DKV2`), from before the history was kept, is read
 //! too: `revision ‖ (key length (u32) ‖ key ‖ record length (u32) ‖
 //! record of format 1)* ‖ u32::MAX`, restored as a history compacted at its
 //! revision. Format 1 is refused.
@@ -19,7 +21,8 @@ use crate::store::KvStateMachine;
 
 /// A snapshot starts with these bytes and a format version digit.
 const MAGIC: &[u8; 3] = b"DKV";
-const VERSION: u8 = b'3';
+const VERSION: u8 = b'4';
+const V3: u8 = b'3';
 const V2: u8 = b'2';
 const V2_END: u32 = u32::MAX;
 /// Restores write in batches of about this many bytes.
@@ -58,6 +61,13 @@ pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> 
         out.write_all(&id.to_le_bytes())?;
         out.write_all(&ttl.to_le_bytes())?;
     }
+    out.write_all(&[0])?;
+    for member in sm.members.records() {
+        let len = u32::try_from(member.len()).map_err(|_| bad("a member of over 4 GiB"))?;
+        out.write_all(&[1])?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(&member)?;
+    }
     out.write_all(&[0])
 }
 
@@ -91,9 +101,9 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         return Err(bad("not a key-value snapshot"));
     }
     let version = version[0];
-    if version != VERSION && version != V2 {
+    if !matches!(version, VERSION | V3 | V2) {
         return Err(bad(&format!(
-            "format version {}, which this program does not read (it reads versions {} and {})",
+            "format version {}, which this program does not read (it reads versions {} to {})",
             version.escape_ascii(),
             char::from(V2),
             char::from(VERSION)
@@ -106,6 +116,7 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     sm.removed.clear();
     sm.index.clear();
     sm.leases = Default::default();
+    sm.members = Default::default();
     sm.failed = None;
     sm.backend.write(vec![Change::Remove(META_KEY.to_vec())])?;
     sm.backend.clear()?;
@@ -117,6 +128,9 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         let compacted = i64::from_le_bytes(read_array(input)?);
         restore_records(sm, input)?;
         restore_leases(sm, input)?;
+        if version == VERSION {
+            restore_members(sm, input)?;
+        }
         compacted
     };
     sm.revision = revision;
@@ -126,7 +140,26 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     if let Some(sink) = &mut sm.sink {
         sink.restored(revision);
         sink.lease(crate::LeaseChange::All(all));
+        sink.members(&sm.members.list);
     }
+    Ok(())
+}
+
+/// The members of format 4, written at the next flush.
+fn restore_members(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    let mut list = crate::MemberList::default();
+    loop {
+        match read_array::<1>(input)? {
+            [0] => break,
+            [1] => {}
+            [t] => return Err(bad(&format!("unknown member tag {t}"))),
+        }
+        let len = u32::from_le_bytes(read_array(input)?) as usize;
+        let bytes = read_len(input, len)?;
+        crate::members::Members::read_record(&bytes, &mut list)
+            .map_err(|e| bad(&format!("a member: {e}")))?;
+    }
+    sm.members.replace(list);
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io;
 
+use dengine_core::{ConfChange, ConfState};
 use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKind};
 
 use crate::backend::{self, Change, KvBackend, MemoryBackend};
@@ -11,6 +12,7 @@ use crate::check::validate;
 use crate::events::{Event, EventKind, EventSink};
 use crate::index::{Current, Index, Revision};
 use crate::lease::{LEASE_PREFIX, LEASES_END, Leases, decode_lease};
+use crate::members::{MEMBER_PREFIX, MEMBERS_END, Members, decode_member};
 use crate::record::{self, META_KEY, REV_PREFIX, REVS_END, V1_KEY_PREFIX, V1_KEYS_END};
 use crate::types::*;
 
@@ -67,6 +69,8 @@ pub struct KvStateMachine {
     events: Option<Vec<Event>>,
     /// The leases.
     pub(crate) leases: Leases,
+    /// The cluster's members.
+    pub(crate) members: Members,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -99,6 +103,7 @@ impl KvStateMachine {
             sink: None,
             events: None,
             leases: Leases::default(),
+            members: Members::default(),
         }
     }
 
@@ -135,6 +140,10 @@ impl KvStateMachine {
             Ok(())
         })?;
         sm.leases.attach_all(&sm.index);
+        let list = &mut sm.members.list;
+        scan(&*sm.backend, &[MEMBER_PREFIX], Some(MEMBERS_END), |k, v| {
+            decode_member(k, v, list)
+        })?;
         Ok(sm)
     }
 
@@ -610,6 +619,8 @@ impl KvStateMachine {
                 OpResponse::LeaseRevoke
             }
             KvCommand::LeaseKeepAlive(k) => self.lease_keep_alive(k.id),
+            KvCommand::MemberAttrs(a) => self.member_attrs(a)?,
+            KvCommand::MemberUpdate(u) => self.member_update(u)?,
         };
         if wrote {
             self.revision = main;
@@ -645,6 +656,7 @@ impl KvStateMachine {
             }
         }
         self.leases.take_changes(&mut changes);
+        self.members.take_changes(&mut changes);
         changes.push(Change::Put(
             META_KEY.to_vec(),
             record::encode_meta(applied, self.revision, self.compacted),
@@ -675,6 +687,10 @@ impl StateMachine for KvStateMachine {
         }
         let cmd = KvCommand::decode(command)?;
         self.execute(&cmd)
+    }
+
+    fn apply_membership(&mut self, _at: EntryId, change: &ConfChange, members: &ConfState) {
+        self.change_members(change, members);
     }
 
     fn flush(&mut self, applied: LogIndex) -> io::Result<()> {

@@ -260,6 +260,34 @@ pub enum KvCommand {
     LeaseRevoke(LeaseRevokeRequest),
     /// Renew a lease: its time to live starts again, on every member.
     LeaseKeepAlive(LeaseKeepAliveRequest),
+    /// A member publishes its name and client URLs (as etcd's `publish`
+    /// when a member starts).
+    MemberAttrs(MemberAttrsRequest),
+    /// Change a member's peer URLs.
+    MemberUpdate(MemberUpdateRequest),
+}
+
+/// What a member publishes of itself when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttrsRequest {
+    /// The member.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its peer URLs: recorded only if none are (a cluster made before the
+    /// members' URLs were replicated).
+    pub peer_urls: Vec<String>,
+    /// Its client URLs.
+    pub client_urls: Vec<String>,
+}
+
+/// Changes where a member's peers reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdateRequest {
+    /// The member.
+    pub id: u64,
+    /// Its new peer URLs (used by no other member).
+    pub peer_urls: Vec<String>,
 }
 
 /// Creates a lease. Its time to live is counted by the members, outside
@@ -383,6 +411,8 @@ pub enum OpResponse {
         /// Its granted time to live in seconds (0: not found).
         ttl: i64,
     },
+    /// The members' list was changed.
+    Member,
 }
 
 /// The answer to a [`KvCommand`].
@@ -420,4 +450,11 @@ pub enum KvError {
     /// nothing changed).
     #[error("lease already exists")]
     LeaseExists,
+    /// No member has the ID (etcd's `ErrIDNotFound`; nothing changed).
+    #[error("member not found")]
+    MemberNotFound,
+    /// Another member uses one of the peer URLs (etcd's
+    /// `ErrPeerURLexists`; nothing changed).
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
 }

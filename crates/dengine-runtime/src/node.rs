@@ -35,6 +35,7 @@ pub struct NodeBuilder<SM: StateMachine> {
     transport: Option<Arc<dyn Transport>>,
     network: Option<InMemoryNetwork>,
     initial_members: Vec<NodeId>,
+    bootstrap_context: Vec<u8>,
     store: Option<Store>,
 }
 
@@ -47,6 +48,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             transport: None,
             network: None,
             initial_members: Vec::new(),
+            bootstrap_context: Vec::new(),
             store: None,
         }
     }
@@ -56,6 +58,16 @@ impl<SM: StateMachine> NodeBuilder<SM> {
     /// existing cluster once a member adds it.
     pub fn initial_members(mut self, members: impl IntoIterator<Item = NodeId>) -> Self {
         self.initial_members = members.into_iter().collect();
+        self
+    }
+
+    /// Bytes the first entry of a new cluster (the membership change that
+    /// makes the initial members its voters) carries as its `context`,
+    /// handed to [`StateMachine::apply_membership`] like the context of any
+    /// later change: the members' metadata, say. It must be the same on
+    /// every initial member. Only used when the storage is empty.
+    pub fn bootstrap_context(mut self, context: Vec<u8>) -> Self {
+        self.bootstrap_context = context;
         self
     }
 
@@ -88,6 +100,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             transport,
             network,
             initial_members,
+            bootstrap_context,
             store,
         } = self;
         config.validate()?;
@@ -96,7 +109,11 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         let opened = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
-                open_and_restore(&config, store, initial_members, state_machine)
+                let bootstrap = Bootstrap {
+                    voters: initial_members,
+                    context: bootstrap_context,
+                };
+                open_and_restore(&config, store, bootstrap, state_machine)
             })
             .await
             .map_err(|e| Error::Fatal(format!("opening the node's storage panicked: {e}")))??
@@ -237,6 +254,12 @@ struct Opened<SM> {
     known_snapshot: Option<SnapshotData>,
 }
 
+/// What a node of a new cluster writes as its first entry.
+struct Bootstrap {
+    voters: Vec<NodeId>,
+    context: Vec<u8>,
+}
+
 /// The blocking part of starting a node: opens the store (checking it
 /// belongs to this cluster and node), writes the first entry of a new
 /// cluster, and brings the state machine to the snapshot the log starts
@@ -244,9 +267,10 @@ struct Opened<SM> {
 fn open_and_restore<SM: StateMachine>(
     config: &Config,
     store: Option<Store>,
-    initial_members: Vec<NodeId>,
+    bootstrap: Bootstrap,
     mut state_machine: SM,
 ) -> Result<Opened<SM>, Error> {
+    let initial_members = bootstrap.voters;
     let id = NodeId(config.node_id);
     let store = match store {
         Some(s) => s,
@@ -283,7 +307,11 @@ fn open_and_restore<SM: StateMachine>(
             vote: NodeId::NONE,
             commit: LogIndex(1),
         };
-        store.write(None, &[bootstrap_entry(initial_members)], Some(&hs))?;
+        let mut first = bootstrap_entry(initial_members);
+        if let dengine_core::EntryPayload::ConfChange(cc) = &mut first.payload {
+            cc.context = bootstrap.context;
+        }
+        store.write(None, &[first], Some(&hs))?;
         store.sync()?;
     }
 
@@ -527,6 +555,15 @@ impl<SM: StateMachine> Node<SM> {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Transfer { to, reply })?;
         self.wait(rx).await
+    }
+
+    /// The protocol's own view of the node: its logs' indexes, the
+    /// membership, and on the leader each member's replication progress
+    /// (how far its log is known to match, for a learner's promotion).
+    pub async fn raft_status(&self) -> Result<dengine_core::Status, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::Status { reply })?;
+        rx.await.map_err(|_| Error::Shutdown)
     }
 
     /// The node's current state.

@@ -303,6 +303,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Request::Transfer { reply, .. } => {
                     let _ = reply.send(Err(e));
                 }
+                Request::Status { reply } => {
+                    let _ = reply.send(self.raw.status());
+                }
                 Request::Shutdown => return true,
             }
             return false;
@@ -352,6 +355,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
                         reply,
                     });
                 }
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.raw.status());
             }
             Request::Shutdown => return true,
         }

@@ -92,6 +92,9 @@ pub(crate) enum Request<SM: StateMachine> {
         to: NodeId,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    Status {
+        reply: oneshot::Sender<dengine_core::Status>,
+    },
     Shutdown,
 }
 
