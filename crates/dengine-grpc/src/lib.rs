@@ -27,6 +27,7 @@
 pub use dengine_proto as proto;
 
 pub mod etcd;
+mod join;
 pub mod members;
 pub mod peer;
 pub mod server;

@@ -62,7 +62,7 @@ mod node_id {
 
 /// FNV-1a, 64 bits: stable across versions and platforms, unlike std's
 /// hasher.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

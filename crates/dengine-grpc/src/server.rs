@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dengine_core::NodeId;
@@ -27,11 +27,11 @@ use tokio::task::JoinHandle;
 use crate::etcd::compactor::{self, AutoCompaction};
 use crate::etcd::{
     AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Lessor, Limits,
-    MaintenanceService, WatchHub, WatchService, forward, lease,
+    MaintenanceService, MembersView, WatchHub, WatchService, cluster, forward, lease,
 };
 use crate::members::{self, ClusterRecord, Member, MembersError};
 use crate::peer::{GrpcTransport, KnownMembers, PeerIdentity, PeerLinkConfig, PeerService};
-use dengine_kv::LeaseChange;
+use dengine_kv::{LeaseChange, MemberAttrsRequest, MemberInfo};
 
 /// Whether this member starts a new cluster or joins one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,12 +130,22 @@ fn socket_addr(url: &str) -> Result<SocketAddr, ServerError> {
         .ok_or_else(|| ServerError::Config(format!("URL {url:?}: the host does not resolve")))
 }
 
-/// Who this member is and who the others are, from the record or the
-/// flags.
-fn identity(cfg: &ServerConfig) -> Result<(ClusterRecord, bool), ServerError> {
+/// Who this member is and who the others are: from the record, else from
+/// the flags (a new cluster) or from the cluster's members (joining one
+/// that exists).
+async fn identity(cfg: &ServerConfig) -> Result<(ClusterRecord, bool), ServerError> {
     if let Some(record) = ClusterRecord::load(&cfg.node.data_dir)? {
         return Ok((record, false));
     }
+    let record = identity_from_flags(cfg)?;
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        return Ok((crate::join::ask_members(cfg, &record).await?, true));
+    }
+    Ok((record, true))
+}
+
+/// Who this member is by the flags alone.
+fn identity_from_flags(cfg: &ServerConfig) -> Result<ClusterRecord, ServerError> {
     if cfg.name.is_empty() {
         return Err(ServerError::Config("--name is empty".into()));
     }
@@ -193,7 +203,28 @@ fn identity(cfg: &ServerConfig) -> Result<(ClusterRecord, bool), ServerError> {
         },
         members,
     };
-    Ok((record, true))
+    Ok(record)
+}
+
+/// The context of a new cluster's first entry: its initial members (the
+/// same on each of them, from `--initial-cluster`), so every member's list
+/// of members starts with their names and peer URLs. Client URLs are
+/// published by each member when it starts.
+fn bootstrap_context(record: &ClusterRecord) -> Vec<u8> {
+    if record.initial_voters.is_empty() {
+        return Vec::new();
+    }
+    let initial: Vec<MemberInfo> = record
+        .members
+        .iter()
+        .map(|m| MemberInfo {
+            id: m.id.0,
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            client_urls: Vec::new(),
+        })
+        .collect();
+    dengine_kv::encode_context(&initial)
 }
 
 /// A running member (see the module docs).
@@ -206,6 +237,7 @@ pub struct Server {
     record: ClusterRecord,
     transport: GrpcTransport,
     peer_service: PeerService,
+    removed: watch::Receiver<bool>,
 }
 
 impl Server {
@@ -234,7 +266,7 @@ impl Server {
                 "at least one client URL and one peer URL are needed".into(),
             ));
         }
-        let (record, fresh) = identity(&cfg)?;
+        let (record, fresh) = identity(&cfg).await?;
         let mut node_cfg = cfg.node.clone();
         node_cfg.node_id = record.member_id.0;
         node_cfg.cluster_id = record.cluster_id;
@@ -289,19 +321,18 @@ impl Server {
         let lessor = Arc::new(Lessor::new(record.member_id.0, election_timeout));
         // Leases restored from disk start their whole TTL again.
         lessor.changed(LeaseChange::All(kv.leases()));
-        kv.set_event_sink(hub.sink(Some(lessor.clone())));
+        let (members_tx, members_rx) = watch::channel(kv.members().clone());
+        kv.set_event_sink(hub.sink(Some(lessor.clone()), Some(members_tx)));
         let node = NodeBuilder::new(node_cfg.clone(), kv)
             .initial_members(record.initial_voters.iter().map(|&i| NodeId(i)))
+            .bootstrap_context(bootstrap_context(&record))
             .transport(Arc::new(transport.clone()))
             .build()
             .await?;
 
         let known = KnownMembers::new(record.members.iter().map(|m| m.id));
-        let peer_service = PeerService::new(Arc::new(node.clone()), identity.clone(), known)
-            .with_forward(forward::target(node.clone()))
-            .cut_next_snapshot_after(cfg.peer.cut_first_snapshot_after_chunks);
         let forwarder = Forwarder::new(
-            identity,
+            identity.clone(),
             transport.clone(),
             node_cfg.request_timeout(),
             node_cfg.max_pending_requests,
@@ -314,9 +345,19 @@ impl Server {
             forwarder,
             cfg.limits.clone(),
             leader_wait,
-            Arc::new(RwLock::new(record.members.clone())),
+            MembersView::new(members_rx.clone(), record.members.clone()),
             data_dir,
         );
+        let cluster = ClusterService::new(
+            core.clone(),
+            transport.clone(),
+            identity.clone(),
+            node_cfg.request_timeout(),
+        );
+        let peer_service = PeerService::new(Arc::new(node.clone()), identity, known.clone())
+            .with_forward(forward::target(node.clone()))
+            .with_members(Arc::new(cluster.clone()))
+            .cut_next_snapshot_after(cfg.peer.cut_first_snapshot_after_chunks);
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -328,6 +369,34 @@ impl Server {
         let expiry = lease::run_expiry(core.clone(), lessor.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
             expiry.await;
+            Ok(())
+        }));
+        let me = record.me().cloned();
+        let attrs = MemberAttrsRequest {
+            id: record.member_id.0,
+            name: me.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+            peer_urls: cfg.initial_advertise_peer_urls.clone(),
+            client_urls: cfg.advertise_client_urls.clone(),
+        };
+        let publishing = cluster::publish(core.clone(), attrs, stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            publishing.await;
+            Ok(())
+        }));
+        let (removed_tx, removed) = watch::channel(false);
+        let following = crate::join::follow_members(
+            crate::join::Followed {
+                me: record.member_id,
+                list: members_rx,
+                transport: transport.clone(),
+                known,
+                recorded: record.members.clone(),
+                removed: removed_tx,
+            },
+            stopped.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            following.await;
             Ok(())
         }));
         let max_client = cfg.limits.max_request_bytes + 512 * 1024;
@@ -350,7 +419,7 @@ impl Server {
                 .add_service(MaintenanceServer::new(MaintenanceService::new(
                     core.clone(),
                 )))
-                .add_service(ClusterServer::new(ClusterService::new(core.clone())))
+                .add_service(ClusterServer::new(cluster.clone()))
                 .add_service(
                     WatchServer::new(WatchService::new(core.clone(), hub.clone()))
                         .max_encoding_message_size(usize::MAX),
@@ -389,7 +458,19 @@ impl Server {
             record,
             transport,
             peer_service,
+            removed,
         })
+    }
+
+    /// Resolves once this member has been removed from the cluster (it
+    /// should then stop, as etcd's members do).
+    pub async fn removed(&self) {
+        let mut removed = self.removed.clone();
+        while !*removed.borrow_and_update() {
+            if removed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The addresses clients connect to (the bound ones: a port of 0 in

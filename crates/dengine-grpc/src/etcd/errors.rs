@@ -121,6 +121,9 @@ pub fn from_runtime(e: &Error) -> Status {
         Error::Overloaded => too_many_requests(),
         Error::Invalid(why) => Status::invalid_argument(format!("etcdserver: {why}")),
         Error::Shutdown | Error::Fatal(_) | Error::Storage(_) => stopped(),
+        Error::ConfChange(why) => {
+            Status::failed_precondition(format!("etcdserver: membership change refused: {why}"))
+        }
         other => Status::internal(format!("etcdserver: {other}")),
     }
 }
@@ -136,6 +139,8 @@ pub fn from_kv(e: &KvError) -> Status {
         KvError::LeaseNotFound => lease_not_found(),
         KvError::LeaseExists => Status::new(Code::FailedPrecondition, LEASE_EXISTS),
         KvError::FutureRevision => future_revision(),
+        KvError::MemberNotFound => member_not_found(),
+        KvError::PeerUrlExists => peer_url_exists(),
         other => Status::internal(format!("etcdserver: {other}")),
     }
 }
@@ -146,4 +151,49 @@ pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 /// "etcdserver: requested lease not found"
 pub fn lease_not_found() -> Status {
     Status::new(Code::NotFound, "etcdserver: requested lease not found")
+}
+
+/// etcd's `ErrGRPCMemberNotFound` (also for a removed member).
+pub fn member_not_found() -> Status {
+    Status::new(Code::NotFound, "etcdserver: member not found")
+}
+
+/// etcd's `ErrGRPCPeerURLExist`.
+pub fn peer_url_exists() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    )
+}
+
+/// etcd's `ErrGRPCMemberBadURLs`.
+pub fn member_bad_urls() -> Status {
+    Status::new(
+        Code::InvalidArgument,
+        "etcdserver: given member URLs are invalid",
+    )
+}
+
+/// etcd's `ErrGRPCMemberNotLearner`.
+pub fn member_not_learner() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member",
+    )
+}
+
+/// etcd's `ErrGRPCLearnerNotReady`.
+pub fn learner_not_ready() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    )
+}
+
+/// etcd's `ErrGRPCTooManyLearners`.
+pub fn too_many_learners() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: too many learner members in cluster",
+    )
 }

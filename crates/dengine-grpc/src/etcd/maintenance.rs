@@ -1,12 +1,10 @@
-//! etcd's `Maintenance` service (`Status`, `Alarm`) and `Cluster` service
-//! (`MemberList`); the rest of both answer `UNIMPLEMENTED` for now.
+//! etcd's `Maintenance` service.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use dengine_core::NodeId;
 use dengine_proto::etcdserverpb as pb;
-use dengine_proto::etcdserverpb::cluster_server::Cluster;
 use dengine_proto::etcdserverpb::maintenance_server::Maintenance;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -43,7 +41,7 @@ impl MaintenanceService {
 
 impl EtcdCore {
     /// The store's current revision, as this member has applied it.
-    async fn current_revision(&self) -> Result<i64, Status> {
+    pub(super) async fn current_revision(&self) -> Result<i64, Status> {
         self.read(true, |kv| kv.revision()).await
     }
 }
@@ -197,75 +195,5 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(errors::unimplemented("Maintenance.Downgrade"))
-    }
-}
-
-/// etcd's `Cluster` service.
-#[derive(Clone)]
-pub struct ClusterService {
-    core: Arc<EtcdCore>,
-}
-
-impl ClusterService {
-    /// The service of `core`'s node.
-    pub fn new(core: Arc<EtcdCore>) -> ClusterService {
-        ClusterService { core }
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _request: Request<pb::MemberAddRequest>,
-    ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(errors::unimplemented("Cluster.MemberAdd"))
-    }
-
-    async fn member_remove(
-        &self,
-        _request: Request<pb::MemberRemoveRequest>,
-    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(errors::unimplemented("Cluster.MemberRemove"))
-    }
-
-    async fn member_update(
-        &self,
-        _request: Request<pb::MemberUpdateRequest>,
-    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(errors::unimplemented("Cluster.MemberUpdate"))
-    }
-
-    async fn member_list(
-        &self,
-        _request: Request<pb::MemberListRequest>,
-    ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let revision = self.core.current_revision().await?;
-        let membership = self.core.metrics.borrow().membership.clone();
-        let members = match self.core.members.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        let members = members
-            .into_iter()
-            .map(|m| pb::Member {
-                id: m.id.0,
-                is_learner: membership.is_learner(m.id),
-                name: m.name,
-                peer_ur_ls: m.peer_urls,
-                client_ur_ls: m.client_urls,
-            })
-            .collect();
-        Ok(Response::new(pb::MemberListResponse {
-            header: self.core.header(revision),
-            members,
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        _request: Request<pb::MemberPromoteRequest>,
-    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(errors::unimplemented("Cluster.MemberPromote"))
     }
 }

@@ -5,7 +5,7 @@
 //! - [`WatchService`]: the `Watch` service (see [`watch`]);
 //! - [`LeaseService`]: the `Lease` service (see [`lease`]);
 //! - [`MaintenanceService`]: the `Maintenance` service, `Status`, `Alarm` (no alarms exist yet);
-//! - [`ClusterService`]: the `Cluster` service, `MemberList`;
+//! - [`ClusterService`]: the `Cluster` service (see [`cluster`]);
 //! - every other method of etcd's services answers `UNIMPLEMENTED`
 //!   naming the method.
 //!
@@ -15,6 +15,7 @@
 //! served from this member's own state; serializable reads are served
 //! from it at once.
 
+pub mod cluster;
 pub mod compactor;
 pub mod errors;
 pub mod forward;
@@ -26,7 +27,7 @@ mod stubs;
 pub mod txn;
 pub mod watch;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dengine_core::NodeId;
@@ -36,14 +37,13 @@ use dengine_runtime::{Error, Metrics, Node, ReadPolicy};
 use tokio::sync::watch as signal;
 use tonic::Status;
 
+pub use cluster::{ClusterService, MembersView};
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use lease::{LeaseService, Lessor};
-pub use maintenance::{ClusterService, MaintenanceService};
+pub use maintenance::MaintenanceService;
 pub use stubs::AuthService;
 pub use watch::{WatchHub, WatchService};
-
-use crate::members::Member;
 
 /// The etcd API level served: clients gate features on `Status.version`
 /// (Kubernetes turns watch progress requests off below 3.4.31 and for
@@ -80,7 +80,7 @@ pub struct EtcdCore {
     limits: Limits,
     /// How long a write waits for a leader to be known.
     leader_wait: Duration,
-    members: Arc<RwLock<Vec<Member>>>,
+    members: MembersView,
     /// Where the node's data lives (for `db_size`); `None` in memory.
     data_dir: Option<std::path::PathBuf>,
 }
@@ -94,7 +94,7 @@ impl EtcdCore {
         forwarder: Forwarder,
         limits: Limits,
         leader_wait: Duration,
-        members: Arc<RwLock<Vec<Member>>>,
+        members: MembersView,
         data_dir: Option<std::path::PathBuf>,
     ) -> Arc<EtcdCore> {
         Arc::new(EtcdCore {

@@ -324,9 +324,11 @@ pub fn txn_response(
                     succeeded,
                     responses: Vec::new(),
                 }),
-                // A transaction holds no compaction and no lease command.
+                // A transaction holds no compaction, lease or member
+                // command.
                 (
-                    OpResponse::Compact
+                    OpResponse::Member
+                    | OpResponse::Compact
                     | OpResponse::LeaseGrant { .. }
                     | OpResponse::LeaseRevoke
                     | OpResponse::LeaseKeepAlive { .. },

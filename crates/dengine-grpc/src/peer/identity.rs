@@ -16,6 +16,9 @@ pub const CLUSTER_ID: &str = "dengine-cluster-id";
 pub const FROM: &str = "dengine-from";
 /// The metadata key of the receiver's id.
 pub const TO: &str = "dengine-to";
+/// The metadata key a refusal carries when the caller was removed from
+/// the cluster (so it stops).
+pub const REMOVED: &str = "dengine-removed";
 
 /// This member and its cluster, as its peer calls state them.
 #[derive(Clone, Debug)]
@@ -35,31 +38,58 @@ impl PeerIdentity {
     }
 }
 
-/// The members a node takes peer calls from (kept current as membership
-/// changes).
+/// The members a node takes peer calls from, and those removed from the
+/// cluster (kept current as membership changes).
 #[derive(Clone, Debug, Default)]
-pub struct KnownMembers(Arc<RwLock<BTreeSet<NodeId>>>);
+pub struct KnownMembers(Arc<RwLock<Known>>);
+
+#[derive(Debug, Default)]
+struct Known {
+    members: BTreeSet<NodeId>,
+    removed: BTreeSet<NodeId>,
+}
 
 impl KnownMembers {
     /// A set holding `ids`.
     pub fn new(ids: impl IntoIterator<Item = NodeId>) -> KnownMembers {
-        KnownMembers(Arc::new(RwLock::new(ids.into_iter().collect())))
+        KnownMembers(Arc::new(RwLock::new(Known {
+            members: ids.into_iter().collect(),
+            removed: BTreeSet::new(),
+        })))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Known> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `id` is a member.
     pub fn contains(&self, id: NodeId) -> bool {
-        match self.0.read() {
-            Ok(g) => g.contains(&id),
-            Err(p) => p.into_inner().contains(&id),
-        }
+        self.read().members.contains(&id)
+    }
+
+    /// Whether `id` was removed from the cluster.
+    pub fn was_removed(&self, id: NodeId) -> bool {
+        self.read().removed.contains(&id)
     }
 
     /// Adds `id`.
     pub fn insert(&self, id: NodeId) {
-        match self.0.write() {
-            Ok(mut g) => g.insert(id),
-            Err(p) => p.into_inner().insert(id),
-        };
+        self.write().members.insert(id);
+    }
+
+    /// Makes `ids` the members and `removed` the removed ones.
+    pub fn replace(
+        &self,
+        ids: impl IntoIterator<Item = NodeId>,
+        removed: impl IntoIterator<Item = NodeId>,
+    ) {
+        let mut known = self.write();
+        known.members = ids.into_iter().collect();
+        known.removed = removed.into_iter().collect();
     }
 }
 
@@ -100,6 +130,16 @@ pub fn check_caller(
         )));
     }
     let from = NodeId(read_u64(md, FROM)?);
+    if members.was_removed(from) {
+        let mut status = Status::permission_denied(format!(
+            "peer call from {:x} refused: it was removed from cluster {:x}",
+            from.0, me.cluster_id
+        ));
+        status
+            .metadata_mut()
+            .insert(REMOVED, MetadataValue::from_static("1"));
+        return Err(status);
+    }
     if !members.contains(from) || from == me.me {
         return Err(Status::permission_denied(format!(
             "peer call from {:x} refused: not a member of cluster {:x}",
@@ -154,6 +194,14 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = check_caller(&MetadataMap::new(), &me, &members).expect_err("none");
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.metadata().get(REMOVED).is_none());
+        // A removed member is told so, to stop.
+        members.replace([1, 3].map(NodeId), [NodeId(2)]);
+        let e = check_caller(&md(7, 2, 1), &me, &members).expect_err("removed");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.metadata().get(REMOVED).is_some());
+        let e = check_caller(&md(7, 9, 1), &me, &members).expect_err("stranger");
+        assert!(e.metadata().get(REMOVED).is_none());
     }
 
     #[test]

@@ -55,6 +55,23 @@ pub trait ForwardTarget: Send + Sync + 'static {
     ) -> Pin<Box<dyn std::future::Future<Output = Vec<wire::ForwardResult>> + Send + '_>>;
 }
 
+/// Answers the membership calls of the peer protocol: the changes other
+/// members pass to this one (when it leads), and the list a joining
+/// member asks for. The key-value server supplies it; without one, both
+/// calls are `UNIMPLEMENTED`.
+pub trait MembersTarget: Send + Sync + 'static {
+    /// Runs a change a member passed on: etcd's request of `method`,
+    /// encoded; answers etcd's response, encoded, or etcd's status.
+    fn change(
+        &self,
+        method: wire::member_change_request::Method,
+        request: bytes::Bytes,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, Status>> + Send + '_>>;
+
+    /// The cluster's id and its members.
+    fn list(&self) -> wire::MembersResponse;
+}
+
 /// How long a broken transfer's frames are kept for a resume.
 const PARTIAL_KEPT: Duration = Duration::from_secs(120);
 
@@ -82,6 +99,7 @@ type PartialKey = (NodeId, LogIndex, Term);
 pub struct PeerService {
     node: Arc<dyn PeerInbox>,
     forward: Option<Arc<dyn ForwardTarget>>,
+    member_calls: Option<Arc<dyn MembersTarget>>,
     identity: PeerIdentity,
     members: KnownMembers,
     partial: Arc<Mutex<HashMap<PartialKey, (SnapshotReceiver, Instant)>>>,
@@ -100,6 +118,7 @@ impl PeerService {
         PeerService {
             node,
             forward: None,
+            member_calls: None,
             identity,
             members,
             partial: Arc::new(Mutex::new(HashMap::new())),
@@ -120,6 +139,12 @@ impl PeerService {
     /// Takes forwarded writes with `target`.
     pub fn with_forward(mut self, target: Arc<dyn ForwardTarget>) -> Self {
         self.forward = Some(target);
+        self
+    }
+
+    /// Answers membership calls with `target`.
+    pub fn with_members(mut self, target: Arc<dyn MembersTarget>) -> Self {
+        self.member_calls = Some(target);
         self
     }
 
@@ -214,6 +239,34 @@ impl Peer for PeerService {
         let commands = request.into_inner().commands;
         let results = target.forward(commands).await;
         Ok(Response::new(wire::ForwardResponse { results }))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<wire::MemberChangeRequest>,
+    ) -> Result<Response<wire::MemberChangeResponse>, Status> {
+        self.caller(&request)?;
+        let Some(target) = &self.member_calls else {
+            return Err(Status::unimplemented(
+                "ChangeMembers is not served by this member",
+            ));
+        };
+        let req = request.into_inner();
+        let method = req.method();
+        let response = target.change(method, req.request).await?;
+        Ok(Response::new(wire::MemberChangeResponse { response }))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<wire::MembersRequest>,
+    ) -> Result<Response<wire::MembersResponse>, Status> {
+        let Some(target) = &self.member_calls else {
+            return Err(Status::unimplemented(
+                "Members is not served by this member",
+            ));
+        };
+        Ok(Response::new(target.list()))
     }
 
     type SnapshotStream = ProgressStream;

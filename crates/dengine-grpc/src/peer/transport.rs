@@ -97,6 +97,8 @@ struct Inner {
     config: PeerLinkConfig,
     links: RwLock<HashMap<NodeId, Link>>,
     stats: Arc<LinkStats>,
+    /// Set once a peer refused this member as removed from the cluster.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A [`Transport`] that reaches peers over gRPC (see the module docs).
@@ -116,8 +118,16 @@ impl GrpcTransport {
                 config,
                 links: RwLock::new(HashMap::new()),
                 stats: Arc::new(LinkStats::default()),
+                removed: tokio::sync::watch::channel(false).0,
             }),
         }
+    }
+
+    /// Becomes `true` once a peer refuses this member as removed from the
+    /// cluster (a member removed while it could not hear of it learns it
+    /// this way).
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.removed.subscribe()
     }
 
     /// The counters of this transport.
@@ -287,6 +297,9 @@ async fn stream_messages(
         match ended {
             Ok(Ok(_)) => tracing::debug!(peer = %to, "peer stream closed by the peer"),
             Ok(Err(status)) => {
+                if status.metadata().get(super::REMOVED).is_some() {
+                    inner.removed.send_replace(true);
+                }
                 if failures == 0 {
                     tracing::warn!(peer = %to, code = ?status.code(), message = status.message(),
                         "peer stream failed; reconnecting");

@@ -71,11 +71,17 @@ impl WatchHub {
 
     /// The sink to give the store
     /// ([`dengine_kv::KvStateMachine::set_event_sink`]), which also tells
-    /// `lessor` of the leases the store applies.
-    pub fn sink(&self, lessor: Option<Arc<Lessor>>) -> Box<dyn EventSink> {
+    /// `lessor` of the leases the store applies, and `members` of the
+    /// members' list.
+    pub fn sink(
+        &self,
+        lessor: Option<Arc<Lessor>>,
+        members: Option<tokio::sync::watch::Sender<dengine_kv::MemberList>>,
+    ) -> Box<dyn EventSink> {
         Box::new(HubSink {
             tx: self.tx.clone(),
             lessor,
+            members,
         })
     }
 
@@ -87,6 +93,7 @@ impl WatchHub {
 struct HubSink {
     tx: broadcast::Sender<Arc<Applied>>,
     lessor: Option<Arc<Lessor>>,
+    members: Option<tokio::sync::watch::Sender<dengine_kv::MemberList>>,
 }
 
 impl EventSink for HubSink {
@@ -106,6 +113,12 @@ impl EventSink for HubSink {
     fn lease(&mut self, change: LeaseChange) {
         if let Some(l) = &self.lessor {
             l.changed(change);
+        }
+    }
+
+    fn members(&mut self, list: &dengine_kv::MemberList) {
+        if let Some(m) = &self.members {
+            m.send_replace(list.clone());
         }
     }
 }

@@ -368,8 +368,12 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     println!(
         "try: etcdctl --endpoints={client} put hello world && etcdctl --endpoints={client} get hello"
     );
-    wait_for_signal().await;
-    tracing::info!("stopping");
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("stopping"),
+        _ = server.removed() => {
+            eprintln!("dengine serve: this member was removed from the cluster; stopping");
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
