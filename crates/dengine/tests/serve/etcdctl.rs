@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::harness::{Cluster, wait_leader};
 
 /// Runs etcdctl against `endpoint`; (stdout, stderr, success).
-fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, String, bool) {
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, String, bool) {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .args(["--endpoints", endpoint, "--command-timeout", "5s"])
@@ -42,7 +42,7 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, Strin
     )
 }
 
-fn ok(endpoint: &str, args: &[&str]) -> String {
+pub fn ok(endpoint: &str, args: &[&str]) -> String {
     let (out, err, success) = etcdctl(endpoint, args, None);
     assert!(success, "etcdctl {args:?} failed: {err}");
     out

@@ -26,6 +26,9 @@ pub struct Member {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Started with `--initial-cluster-state existing` (added by
+    /// `MemberAdd` to a cluster that runs).
+    pub joining: bool,
 }
 
 impl Member {
@@ -39,7 +42,8 @@ impl Member {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    fn peer_url(&self) -> String {
+    /// `http://127.0.0.1:<peer port>`.
+    pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 }
@@ -67,6 +71,7 @@ impl Cluster {
                     log: dir.path().join(format!("{name}.log")),
                     name,
                     child: None,
+                    joining: false,
                 }
             })
             .collect();
@@ -106,6 +111,11 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-token", &self.token])
+            .args(if m.joining {
+                &["--initial-cluster-state", "existing"][..]
+            } else {
+                &[]
+            })
             .args(&self.extra)
             .env("DENGINE_LOG", "info")
             .stdin(Stdio::null());
@@ -127,6 +137,44 @@ impl Cluster {
             .spawn()
             .expect("start dengine serve");
         self.members[i].child = Some(child);
+    }
+
+    /// A new member, not started, that joins the running cluster (after a
+    /// `MemberAdd` of its peer URL); its index.
+    pub fn add_member(&mut self) -> usize {
+        let i = self.members.len();
+        let name = format!("m{i}");
+        let dir = self.members[0]
+            .dir
+            .parent()
+            .expect("cluster dir")
+            .to_path_buf();
+        self.members.push(Member {
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: dir.join(&name),
+            log: dir.join(format!("{name}.log")),
+            name,
+            child: None,
+            joining: true,
+        });
+        i
+    }
+
+    /// Waits for member `i` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.members[i].child.as_mut().expect("running");
+            if let Some(s) = c.try_wait().expect("wait") {
+                self.members[i].child = None;
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("member {i} did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts every member.

@@ -9,6 +9,7 @@ mod etcdctl;
 mod harness;
 mod kubernetes;
 mod lease;
+mod membership;
 mod mvcc_watch;
 
 use std::collections::BTreeMap;
