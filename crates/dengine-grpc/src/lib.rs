@@ -26,6 +26,7 @@
 
 pub use dengine_proto as proto;
 
+pub mod backup;
 pub mod etcd;
 mod join;
 pub mod members;

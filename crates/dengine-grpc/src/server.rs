@@ -144,6 +144,14 @@ async fn identity(cfg: &ServerConfig) -> Result<(ClusterRecord, bool), ServerErr
     Ok((record, true))
 }
 
+/// The record of the member `cfg` describes in a new cluster (for a
+/// restore from a backup, which always makes one).
+pub(crate) fn new_cluster_record(cfg: &ServerConfig) -> Result<ClusterRecord, ServerError> {
+    let mut cfg = cfg.clone();
+    cfg.initial_cluster_state = ClusterState::New;
+    identity_from_flags(&cfg)
+}
+
 /// Who this member is by the flags alone.
 fn identity_from_flags(cfg: &ServerConfig) -> Result<ClusterRecord, ServerError> {
     if cfg.name.is_empty() {

@@ -49,6 +49,13 @@ pub trait KvBackend: Send + 'static {
     fn defragment(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Makes every write so far durable (writes are not synced one by one:
+    /// the Raft log is the durable record; a restore from a backup has no
+    /// log behind it). By default nothing is left to do.
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
@@ -343,6 +350,10 @@ mod sled_backend {
         fn durable(&self) -> bool {
             true
         }
+
+        fn sync(&self) -> io::Result<()> {
+            self.db.flush().map(|_| ()).map_err(err)
+        }
     }
 
     #[cfg(test)]
@@ -574,6 +585,10 @@ mod rocks_backend {
 
         fn durable(&self) -> bool {
             true
+        }
+
+        fn sync(&self) -> io::Result<()> {
+            self.db.flush_wal(true).map_err(err)
         }
 
         fn defragment(&self) -> io::Result<()> {

@@ -71,6 +71,29 @@ pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> 
     out.write_all(&[0])
 }
 
+impl KvStateMachine {
+    /// Writes the store's snapshot, as [`dengine_runtime::StateMachine::snapshot`]
+    /// does, from a shared reference (a read job): the keys with their
+    /// history, the leases and the members.
+    pub fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        write(self, out)
+    }
+
+    /// Makes this store the start of a new cluster from a snapshot (a
+    /// backup): the keys with their history and the leases, not the old
+    /// cluster's members (the new cluster's first entry names its own),
+    /// stored as applied through index 0 so the new cluster's log applies
+    /// on top of it.
+    pub fn restore_for_new_cluster(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        restore(self, input)?;
+        self.members = Default::default();
+        self.write_pending(dengine_runtime::LogIndex::ZERO)?;
+        self.backend.sync()?;
+        self.applied = Some(dengine_runtime::LogIndex::ZERO);
+        Ok(())
+    }
+}
+
 /// Reads exactly `len` bytes, as far as the stream goes, never allocating
 /// what a length field merely claims.
 fn read_len(input: &mut dyn Read, len: usize) -> io::Result<Vec<u8>> {

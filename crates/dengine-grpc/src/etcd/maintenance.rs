@@ -10,6 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{ETCD_API_VERSION, EtcdCore, errors};
+use crate::backup::{self, BackupHeader};
 
 /// Bytes of files under `dir`, recursively (0 when unreadable).
 fn dir_size(dir: &std::path::Path) -> u64 {
@@ -43,6 +44,18 @@ impl EtcdCore {
     /// The store's current revision, as this member has applied it.
     pub(super) async fn current_revision(&self) -> Result<i64, Status> {
         self.read(true, |kv| kv.revision()).await
+    }
+}
+
+/// Bytes of a backup per `SnapshotResponse` (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -153,11 +166,73 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
+    /// etcd's `Snapshot`: a backup of this member's store (see
+    /// [`crate::backup`]), written to a file in its data directory by a
+    /// read job (so it is the store at one applied index), then streamed
+    /// in chunks; the file is removed once sent or when the client goes.
     async fn snapshot(
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(errors::unimplemented("Maintenance.Snapshot"))
+        let dir = self
+            .core
+            .data_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let file = TempFile(dir.join(format!("backup-{}-{nanos}.tmp", std::process::id())));
+        let path = file.0.clone();
+        let (cluster_id, member_id) = (self.core.cluster_id, self.core.member_id.0);
+        let made = self
+            .core
+            .read(true, move |kv| {
+                let header = BackupHeader {
+                    cluster_id,
+                    member_id,
+                    revision: kv.revision(),
+                };
+                backup::write_file(&path, header, kv).map(|size| (size, header.revision))
+            })
+            .await?;
+        let (size, revision) = made.map_err(|e| {
+            Status::unavailable(format!("etcdserver: making the snapshot failed: {e}"))
+        })?;
+        let header = self.core.header(revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let send = async {
+                let mut f = tokio::fs::File::open(&file.0).await?;
+                let mut remaining = size;
+                while remaining > 0 {
+                    let mut blob = vec![0u8; SNAPSHOT_CHUNK.min(remaining as usize)];
+                    f.read_exact(&mut blob).await?;
+                    remaining -= blob.len() as u64;
+                    let chunk = pb::SnapshotResponse {
+                        header: header.clone(),
+                        remaining_bytes: remaining,
+                        blob,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            if let Err(e) = send.await {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "etcdserver: reading the snapshot failed: {e}"
+                    ))))
+                    .await;
+            }
+            drop(file);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     /// etcd's `MoveLeader`: sent to the leader, which hands leadership to

@@ -306,9 +306,14 @@ fn init_logging() {
         .try_init();
 }
 
+/// A member's settings from its flags, environment and config file.
+pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
+    merge(args).and_then(server_config)
+}
+
 /// Runs `dengine serve` to the end; the exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
-    let cfg = match merge(args).and_then(server_config) {
+    let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dengine serve: {e}");
