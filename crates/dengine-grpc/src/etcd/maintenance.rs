@@ -211,7 +211,7 @@ impl Maintenance for MaintenanceService {
                     f.read_exact(&mut blob).await?;
                     remaining -= blob.len() as u64;
                     let chunk = pb::SnapshotResponse {
-                        header: header.clone(),
+                        header,
                         remaining_bytes: remaining,
                         blob,
                     };
