@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// Automatic compaction (`--auto-compaction-mode`,
     /// `--auto-compaction-retention`; off by default, as etcd).
     pub auto_compaction: AutoCompaction,
+    /// The store's space quota in bytes (`--quota-backend-bytes`; `None`:
+    /// no quota). Default 2 GiB, as etcd.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             peer: PeerLinkConfig::default(),
             auto_compaction: AutoCompaction::Off,
+            quota_backend_bytes: Some(crate::etcd::quota::DEFAULT_QUOTA_BYTES),
         }
     }
 }
@@ -355,6 +359,7 @@ impl Server {
             leader_wait,
             MembersView::new(members_rx.clone(), record.members.clone()),
             data_dir,
+            cfg.quota_backend_bytes,
         );
         let cluster = ClusterService::new(
             core.clone(),
@@ -372,6 +377,11 @@ impl Server {
         let compactor = compactor::run(core.clone(), cfg.auto_compaction, stopped.clone());
         tasks.push(tokio::spawn(async move {
             compactor.await;
+            Ok(())
+        }));
+        let measuring = crate::etcd::quota::run(core.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            measuring.await;
             Ok(())
         }));
         let expiry = lease::run_expiry(core.clone(), lessor.clone(), stopped.clone());

@@ -27,7 +27,8 @@ pub(crate) fn validate(cmd: &KvCommand) -> Result<(), KvError> {
         | KvCommand::LeaseRevoke(_)
         | KvCommand::LeaseKeepAlive(_)
         | KvCommand::MemberAttrs(_)
-        | KvCommand::MemberUpdate(_) => Ok(()),
+        | KvCommand::MemberUpdate(_)
+        | KvCommand::Alarm(_) => Ok(()),
     }
 }
 

@@ -75,6 +75,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod alarms;
 mod backend;
 mod check;
 mod events;
@@ -86,6 +87,7 @@ mod snapshot;
 mod store;
 mod types;
 
+pub use alarms::{AlarmKind, AlarmRequest, grows};
 #[cfg(feature = "rocksdb")]
 pub use backend::RocksBackend;
 #[cfg(feature = "sled")]

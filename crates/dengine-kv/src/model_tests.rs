@@ -94,7 +94,8 @@ fn check(cmd: &KvCommand) -> Result<(), KvError> {
         | KvCommand::LeaseRevoke(_)
         | KvCommand::LeaseKeepAlive(_)
         | KvCommand::MemberAttrs(_)
-        | KvCommand::MemberUpdate(_) => Ok(()),
+        | KvCommand::MemberUpdate(_)
+        | KvCommand::Alarm(_) => Ok(()),
     }
 }
 
@@ -421,6 +422,8 @@ impl Model {
             // The model's store has no members (their list has tests of
             // its own).
             KvCommand::MemberAttrs(_) | KvCommand::MemberUpdate(_) => Err(KvError::MemberNotFound),
+            // The model raises no alarm (alarms have tests of their own).
+            KvCommand::Alarm(_) => Ok(OpResponse::Alarm { alarms: Vec::new() }),
         };
         let op = match op {
             Ok(op) => op,

@@ -4,10 +4,11 @@
 //! Format 4 (`DKV4`): `revision (i64) ‖ compacted revision (i64) ‖ (1 ‖
 //! main (i64) ‖ sub (u32, big-endian) ‖ record length (u32) ‖ record)* ‖
 //! 0 ‖ (1 ‖ lease id (i64) ‖ ttl (i64))* ‖ 0 ‖ (1 ‖ length (u32) ‖
-//! member)* ‖ 0`, the records as in the database (so versioned
-//! themselves), in revision order, then the leases, then the members
-//! (postcard). Format 3 (`DKV3`) is format 4 without the members (a
-//! cluster whose members were not replicated yet). Format 2 (`DKV2`), from before the history was kept, is read
+//! member)* ‖ 0 ‖ (1 ‖ member id (u64) ‖ alarm kind (u8))* ‖ 0`, the
+//! records as in the database (so versioned themselves), in revision
+//! order, then the leases, then the members (postcard), then the raised
+//! alarms. Format 3 (`DKV3`) is format 4 without the members and alarms
+//! (a cluster whose members were not replicated yet). Format 2 (`DKV2`), from before the history was kept, is read
 //! too: `revision ‖ (key length (u32) ‖ key ‖ record length (u32) ‖
 //! record of format 1)* ‖ u32::MAX`, restored as a history compacted at its
 //! revision. Format 1 is refused.
@@ -67,6 +68,11 @@ pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> 
         out.write_all(&[1])?;
         out.write_all(&len.to_le_bytes())?;
         out.write_all(&member)?;
+    }
+    out.write_all(&[0])?;
+    for (member, kind) in sm.alarms() {
+        out.write_all(&[1])?;
+        out.write_all(&crate::alarms::encode_for_snapshot(member, kind))?;
     }
     out.write_all(&[0])
 }
@@ -140,6 +146,7 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     sm.index.clear();
     sm.leases = Default::default();
     sm.members = Default::default();
+    sm.alarms = Default::default();
     sm.failed = None;
     sm.backend.write(vec![Change::Remove(META_KEY.to_vec())])?;
     sm.backend.clear()?;
@@ -153,6 +160,7 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         restore_leases(sm, input)?;
         if version == VERSION {
             restore_members(sm, input)?;
+            restore_alarms(sm, input)?;
         }
         compacted
     };
@@ -166,6 +174,21 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         sink.members(&sm.members.list);
     }
     Ok(())
+}
+
+/// The alarms of format 4, written at the next flush.
+fn restore_alarms(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    loop {
+        match read_array::<1>(input)? {
+            [0] => return Ok(()),
+            [1] => {}
+            [t] => return Err(bad(&format!("unknown alarm tag {t}"))),
+        }
+        let alarm = crate::alarms::decode_from_snapshot(read_array(input)?)
+            .ok_or_else(|| bad("an alarm of an unknown kind"))?;
+        sm.alarms.raised.insert(alarm);
+        sm.alarms.changed.insert(alarm);
+    }
 }
 
 /// The members of format 4, written at the next flush.

@@ -7,7 +7,8 @@ use std::io;
 use dengine_core::{ConfChange, ConfState};
 use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKind};
 
-use crate::backend::{self, Change, KvBackend, MemoryBackend};
+use crate::alarms::{ALARM_PREFIX, ALARMS_END, Alarms, decode_alarm};
+use crate::backend::{Change, KvBackend, MemoryBackend};
 use crate::check::validate;
 use crate::events::{Event, EventKind, EventSink};
 use crate::index::{Current, Index, Revision};
@@ -71,6 +72,8 @@ pub struct KvStateMachine {
     pub(crate) leases: Leases,
     /// The cluster's members.
     pub(crate) members: Members,
+    /// The raised alarms.
+    pub(crate) alarms: Alarms,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -104,6 +107,7 @@ impl KvStateMachine {
             events: None,
             leases: Leases::default(),
             members: Members::default(),
+            alarms: Alarms::default(),
         }
     }
 
@@ -143,6 +147,11 @@ impl KvStateMachine {
         let list = &mut sm.members.list;
         scan(&*sm.backend, &[MEMBER_PREFIX], Some(MEMBERS_END), |k, v| {
             decode_member(k, v, list)
+        })?;
+        let raised = &mut sm.alarms.raised;
+        scan(&*sm.backend, &[ALARM_PREFIX], Some(ALARMS_END), |k, v| {
+            raised.insert(decode_alarm(k, v)?);
+            Ok(())
         })?;
         Ok(sm)
     }
@@ -193,12 +202,12 @@ impl KvStateMachine {
             #[cfg(feature = "sled")]
             StorageKind::Sled => {
                 std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
-                Box::new(backend::SledBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+                Box::new(crate::backend::SledBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
             }
             #[cfg(feature = "rocksdb")]
             StorageKind::Rocksdb => {
                 std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
-                Box::new(backend::RocksBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+                Box::new(crate::backend::RocksBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
             }
             #[allow(unreachable_patterns)]
             other => {
@@ -581,6 +590,7 @@ impl KvStateMachine {
     /// `FutureRevision` changed nothing.
     pub(crate) fn execute(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
         validate(cmd)?;
+        self.check_space(cmd)?;
         self.events = self
             .sink
             .as_ref()
@@ -621,6 +631,7 @@ impl KvStateMachine {
             KvCommand::LeaseKeepAlive(k) => self.lease_keep_alive(k.id),
             KvCommand::MemberAttrs(a) => self.member_attrs(a)?,
             KvCommand::MemberUpdate(u) => self.member_update(u)?,
+            KvCommand::Alarm(a) => self.alarm(a),
         };
         if wrote {
             self.revision = main;
@@ -657,6 +668,7 @@ impl KvStateMachine {
         }
         self.leases.take_changes(&mut changes);
         self.members.take_changes(&mut changes);
+        self.alarms.take_changes(&mut changes);
         changes.push(Change::Put(
             META_KEY.to_vec(),
             record::encode_meta(applied, self.revision, self.compacted),

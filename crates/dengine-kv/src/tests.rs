@@ -1536,11 +1536,11 @@ mod fixtures {
          00";
 
     /// The same store's snapshot in format `4`: format 3 with an empty
-    /// list of members after the leases.
+    /// list of members and no alarm after the leases.
     fn snapshot_4() -> Vec<u8> {
         let mut bytes = unhex(SNAPSHOT_3);
         bytes[3] = b'4';
-        bytes.push(0);
+        bytes.extend([0, 0]);
         bytes
     }
 

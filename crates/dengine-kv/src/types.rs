@@ -265,6 +265,8 @@ pub enum KvCommand {
     MemberAttrs(MemberAttrsRequest),
     /// Change a member's peer URLs.
     MemberUpdate(MemberUpdateRequest),
+    /// Raise or clear an alarm.
+    Alarm(crate::AlarmRequest),
 }
 
 /// What a member publishes of itself when it starts.
@@ -413,6 +415,11 @@ pub enum OpResponse {
     },
     /// The members' list was changed.
     Member,
+    /// The alarms an alarm command changed: (member, kind).
+    Alarm {
+        /// The alarm raised, or cleared (none if it was not raised).
+        alarms: Vec<(u64, crate::AlarmKind)>,
+    },
 }
 
 /// The answer to a [`KvCommand`].
@@ -457,4 +464,8 @@ pub enum KvError {
     /// `ErrPeerURLexists`; nothing changed).
     #[error("Peer URLs already exists")]
     PeerUrlExists,
+    /// A `NOSPACE` alarm is raised: writes that grow the store are
+    /// refused (etcd's `ErrNoSpace`; nothing changed).
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
 }

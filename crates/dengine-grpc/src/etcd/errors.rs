@@ -141,6 +141,7 @@ pub fn from_kv(e: &KvError) -> Status {
         KvError::FutureRevision => future_revision(),
         KvError::MemberNotFound => member_not_found(),
         KvError::PeerUrlExists => peer_url_exists(),
+        KvError::NoSpace => no_space(),
         other => Status::internal(format!("etcdserver: {other}")),
     }
 }
@@ -195,5 +196,13 @@ pub fn too_many_learners() -> Status {
     Status::new(
         Code::FailedPrecondition,
         "etcdserver: too many learner members in cluster",
+    )
+}
+
+/// etcd's `ErrGRPCNoSpace`.
+pub fn no_space() -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
     )
 }

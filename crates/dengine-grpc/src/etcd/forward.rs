@@ -152,6 +152,7 @@ fn decode_result(r: wire::ForwardResult) -> Outcome {
             Ok(Kind::Compacted) => errors::compacted(),
             Ok(Kind::LeaseNotFound) => errors::lease_not_found(),
             Ok(Kind::LeaseExists) => Status::failed_precondition(errors::LEASE_EXISTS),
+            Ok(Kind::NoSpace) => errors::no_space(),
             Ok(Kind::FutureRevision) => errors::future_revision(),
             _ => Status::unknown(format!("etcdserver: {}", e.message)),
         }),
@@ -212,6 +213,7 @@ fn encode_outcome(
             Err(e @ KvError::LeaseExists) => {
                 error_result(Kind::LeaseExists, e.to_string(), NodeId::NONE)
             }
+            Err(e @ KvError::NoSpace) => error_result(Kind::NoSpace, e.to_string(), NodeId::NONE),
             Err(e @ KvError::FutureRevision) => {
                 error_result(Kind::FutureRevision, e.to_string(), NodeId::NONE)
             }

@@ -11,21 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ETCD_API_VERSION, EtcdCore, errors};
 use crate::backup::{self, BackupHeader};
-
-/// Bytes of files under `dir`, recursively (0 when unreadable).
-fn dir_size(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
+use dengine_kv::{AlarmKind, AlarmRequest, KvCommand, OpResponse};
 
 /// etcd's `Maintenance` service.
 #[derive(Clone)]
@@ -63,16 +49,67 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Sta
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// etcd's `Alarm`: lists the raised alarms (all, or those of one
+    /// kind), or raises or clears one member's alarm (replicated, as every
+    /// alarm).
     async fn alarm(
         &self,
-        _request: Request<pb::AlarmRequest>,
+        request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        // No alarm is raised yet (the space quota comes with the MVCC
-        // store): every action finds none.
-        let revision = self.core.current_revision().await?;
+        use pb::alarm_request::AlarmAction;
+        let req = request.into_inner();
+        let kind = AlarmKind::from_code(req.alarm);
+        if req.alarm != 0 && kind.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: unknown alarm type {}",
+                req.alarm
+            )));
+        }
+        let (revision, alarms) = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                self.core
+                    .read(false, move |kv| {
+                        let all = kv.alarms();
+                        let wanted = all
+                            .into_iter()
+                            .filter(|(_, k)| kind.is_none_or(|w| w == *k));
+                        (kv.revision(), wanted.collect::<Vec<_>>())
+                    })
+                    .await?
+            }
+            Ok(action) => {
+                let Some(kind) = kind else {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: an alarm to raise or clear needs its type",
+                    ));
+                };
+                let cmd = KvCommand::Alarm(AlarmRequest {
+                    activate: action == AlarmAction::Activate,
+                    member: req.member_id,
+                    kind,
+                });
+                let done = self.core.write(&cmd).await?;
+                match done.op {
+                    OpResponse::Alarm { alarms } => (done.revision, alarms),
+                    _ => (done.revision, Vec::new()),
+                }
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: unknown alarm action {}",
+                    req.action
+                )));
+            }
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: self.core.header(revision),
-            alarms: Vec::new(),
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, kind)| pb::AlarmMember {
+                    member_id,
+                    alarm: kind.code(),
+                })
+                .collect(),
         }))
     }
 
@@ -82,13 +119,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let revision = self.core.current_revision().await?;
         let m = self.core.metrics.borrow().clone();
-        let db_size = self
-            .core
-            .data_dir
-            .as_deref()
-            .map_or(0, dir_size)
-            // Never 0: `etcdctl endpoint status` divides by it.
-            .max(1) as i64;
+        // Never 0: `etcdctl endpoint status` divides by it.
+        let db_size = self.core.quota.measure().max(1) as i64;
         let me = self.core.member_id;
         let mut resp = Response::new(pb::StatusResponse {
             header: self.core.header(revision),

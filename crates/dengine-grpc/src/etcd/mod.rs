@@ -22,6 +22,7 @@ pub mod forward;
 mod kv;
 pub mod lease;
 mod maintenance;
+pub mod quota;
 pub mod range;
 mod stubs;
 pub mod txn;
@@ -81,8 +82,10 @@ pub struct EtcdCore {
     /// How long a write waits for a leader to be known.
     leader_wait: Duration,
     members: MembersView,
-    /// Where the node's data lives (for `db_size`); `None` in memory.
+    /// Where the node's data lives; `None` in memory.
     data_dir: Option<std::path::PathBuf>,
+    /// The space quota and the store's size.
+    quota: quota::Quota,
 }
 
 impl EtcdCore {
@@ -96,6 +99,7 @@ impl EtcdCore {
         leader_wait: Duration,
         members: MembersView,
         data_dir: Option<std::path::PathBuf>,
+        quota_bytes: Option<u64>,
     ) -> Arc<EtcdCore> {
         Arc::new(EtcdCore {
             metrics: node.metrics(),
@@ -106,6 +110,7 @@ impl EtcdCore {
             limits,
             leader_wait,
             members,
+            quota: quota::Quota::new(quota_bytes, data_dir.as_deref()),
             data_dir,
         })
     }
@@ -156,6 +161,7 @@ impl EtcdCore {
         if bytes.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }
+        self.check_quota(cmd, bytes.len() as u64).await?;
         let leader = self.leader().await?;
         if leader != self.member_id {
             return self.forwarder.forward(leader, bytes).await;

@@ -328,6 +328,7 @@ pub fn txn_response(
                 // command.
                 (
                     OpResponse::Member
+                    | OpResponse::Alarm { .. }
                     | OpResponse::Compact
                     | OpResponse::LeaseGrant { .. }
                     | OpResponse::LeaseRevoke

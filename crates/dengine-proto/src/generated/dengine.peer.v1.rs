@@ -133,6 +133,8 @@ pub mod forward_error {
         LeaseNotFound = 9,
         /// The command grants a lease whose ID is taken.
         LeaseExists = 10,
+        /// A NOSPACE alarm is raised and the command would grow the store.
+        NoSpace = 11,
     }
     impl Kind {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -152,6 +154,7 @@ pub mod forward_error {
                 Self::FutureRevision => "FUTURE_REVISION",
                 Self::LeaseNotFound => "LEASE_NOT_FOUND",
                 Self::LeaseExists => "LEASE_EXISTS",
+                Self::NoSpace => "NO_SPACE",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -168,6 +171,7 @@ pub mod forward_error {
                 "FUTURE_REVISION" => Some(Self::FutureRevision),
                 "LEASE_NOT_FOUND" => Some(Self::LeaseNotFound),
                 "LEASE_EXISTS" => Some(Self::LeaseExists),
+                "NO_SPACE" => Some(Self::NoSpace),
                 _ => None,
             }
         }

@@ -12,6 +12,7 @@ mod kubernetes;
 mod lease;
 mod membership;
 mod mvcc_watch;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -104,6 +104,15 @@ pub struct ServeArgs {
     /// default) turns automatic compaction off.
     #[arg(long, env = "DENGINE_AUTO_COMPACTION_RETENTION")]
     auto_compaction_retention: Option<String>,
+    /// The store's space quota in bytes: past it, writes that grow the
+    /// store fail and the NOSPACE alarm is raised, as etcd. 0 (the
+    /// default): 2 GiB; negative: no quota.
+    #[arg(
+        long,
+        env = "DENGINE_QUOTA_BACKEND_BYTES",
+        allow_negative_numbers = true
+    )]
+    quota_backend_bytes: Option<i64>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -141,6 +150,7 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_STORAGE",
     "DENGINE_AUTO_COMPACTION_MODE",
     "DENGINE_AUTO_COMPACTION_RETENTION",
+    "DENGINE_QUOTA_BACKEND_BYTES",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -181,6 +191,7 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         auto_compaction_retention: cli
             .auto_compaction_retention
             .or(file.auto_compaction_retention),
+        quota_backend_bytes: cli.quota_backend_bytes.or(file.quota_backend_bytes),
         config_file: Some(path),
         node: file.node,
     })
@@ -292,6 +303,11 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         limits,
         peer,
         auto_compaction,
+        quota_backend_bytes: match a.quota_backend_bytes.unwrap_or(0) {
+            0 => Some(dengine::grpc::etcd::quota::DEFAULT_QUOTA_BYTES),
+            n if n < 0 => None,
+            n => Some(n as u64),
+        },
     })
 }
 
