@@ -26,7 +26,12 @@ const PROTO_ROOT: &str = "proto";
 
 /// The files to compile, relative to [`PROTO_ROOT`]. Their imports
 /// (etcd's `kv.proto` and `auth.proto`) are generated with them.
-const PROTOS: &[&str] = &["etcd/etcdserverpb/rpc.proto", "dengine/peer/v1/peer.proto"];
+const PROTOS: &[&str] = &[
+    "etcd/etcdserverpb/rpc.proto",
+    "etcd/v3lockpb/v3lock.proto",
+    "etcd/v3electionpb/v3election.proto",
+    "dengine/peer/v1/peer.proto",
+];
 
 /// Where the generated code is committed, relative to the workspace root.
 const OUT_DIR: &str = "crates/dengine-proto/src/generated";

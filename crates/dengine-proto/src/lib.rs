@@ -9,6 +9,8 @@
 //! | [`etcdserverpb`] | `etcdserverpb` | etcd's v3 API (`KV`, `Watch`, `Lease`, `Cluster`, `Maintenance`, `Auth`) |
 //! | [`mvccpb`] | `mvccpb` | etcd's `KeyValue` and `Event` |
 //! | [`authpb`] | `authpb` | etcd's users, roles and permissions |
+//! | [`v3lockpb`] | `v3lockpb` | etcd's `Lock` service |
+//! | [`v3electionpb`] | `v3electionpb` | etcd's `Election` service |
 //! | [`peer`] | `dengine.peer.v1` | dengine's peer protocol (Raft between members, snapshot streams) |
 //!
 //! etcd's files are vendored from etcd's `release-3.5` branch with only
@@ -83,6 +85,16 @@ pub mod authpb {
 /// the server, wrapping an implementation of the trait `peer_server::Peer`.
 /// The crate `dengine-grpc` converts between [`peer::Message`] and the
 /// engine's own message type.
+#[allow(missing_docs)]
+pub mod v3lockpb {
+    include!("generated/v3lockpb.rs");
+}
+
+#[allow(missing_docs)]
+pub mod v3electionpb {
+    include!("generated/v3electionpb.rs");
+}
+
 #[allow(missing_docs)]
 pub mod peer {
     include!("generated/dengine.peer.v1.rs");
