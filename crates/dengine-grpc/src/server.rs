@@ -19,6 +19,8 @@ use dengine_proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use dengine_proto::peer::peer_server::PeerServer;
+use dengine_proto::v3electionpb::election_server::ElectionServer;
+use dengine_proto::v3lockpb::lock_server::LockServer;
 use dengine_runtime::{Config, Node, NodeBuilder, StorageKind};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,8 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::etcd::compactor::{self, AutoCompaction};
 use crate::etcd::{
-    AuthService, ClusterService, EtcdCore, Forwarder, KvService, LeaseService, Lessor, Limits,
-    MaintenanceService, MembersView, WatchHub, WatchService, cluster, forward, lease,
+    AuthService, ClusterService, ElectionService, EtcdCore, Forwarder, KvService, LeaseService,
+    Lessor, Limits, LockService, MaintenanceService, MembersView, WatchHub, WatchService, cluster,
+    forward, lease,
 };
 use crate::members::{self, ClusterRecord, Member, MembersError};
 use crate::peer::{GrpcTransport, KnownMembers, PeerIdentity, PeerLinkConfig, PeerService};
@@ -444,6 +447,16 @@ impl Server {
                 )
                 .add_service(LeaseServer::new(LeaseService::new(
                     core.clone(),
+                    lessor.clone(),
+                )))
+                .add_service(LockServer::new(LockService::new(
+                    core.clone(),
+                    hub.clone(),
+                    lessor.clone(),
+                )))
+                .add_service(ElectionServer::new(ElectionService::new(
+                    core.clone(),
+                    hub.clone(),
                     lessor.clone(),
                 )))
                 .add_service(AuthServer::new(AuthService));

@@ -41,7 +41,7 @@ pub struct Lessor {
     deadlines: Mutex<HashMap<i64, (Instant, Duration)>>,
     /// The shortest TTL a lease is given (etcd's `minTTL`: 1.5 election
     /// timeouts, in whole seconds).
-    min_ttl: i64,
+    pub(crate) min_ttl: i64,
     /// How much longer every lease lives when this member becomes leader.
     promotion_extend: Duration,
     /// The next lease ID this member hands out (when a client asks for
@@ -122,7 +122,7 @@ impl Lessor {
         out
     }
 
-    fn new_id(&self) -> i64 {
+    pub(crate) fn new_id(&self) -> i64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) & i64::MAX
     }
 }

@@ -6,6 +6,8 @@
 //! - [`LeaseService`]: the `Lease` service (see [`lease`]);
 //! - [`MaintenanceService`]: the `Maintenance` service, `Status`, `Alarm` (no alarms exist yet);
 //! - [`ClusterService`]: the `Cluster` service (see [`cluster`]);
+//! - [`LockService`], [`ElectionService`]: etcd's `Lock` and `Election`
+//!   services (distributed locks and leader election on leases);
 //! - every other method of etcd's services answers `UNIMPLEMENTED`
 //!   naming the method.
 //!
@@ -17,6 +19,7 @@
 
 pub mod cluster;
 pub mod compactor;
+mod concurrency;
 pub mod errors;
 pub mod forward;
 mod kv;
@@ -39,6 +42,7 @@ use tokio::sync::watch as signal;
 use tonic::Status;
 
 pub use cluster::{ClusterService, MembersView};
+pub use concurrency::{ElectionService, LockService};
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use lease::{LeaseService, Lessor};

@@ -6,6 +6,7 @@
 
 mod backup;
 mod bad_input;
+mod concurrency;
 mod etcdctl;
 mod harness;
 mod kubernetes;

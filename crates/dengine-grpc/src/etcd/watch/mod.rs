@@ -85,7 +85,7 @@ impl WatchHub {
         })
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Applied>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Applied>> {
         self.tx.subscribe()
     }
 }
