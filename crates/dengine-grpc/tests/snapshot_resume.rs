@@ -146,9 +146,13 @@ async fn a_member_catches_up_by_a_snapshot_that_resumes_after_a_cut() {
         "the sender resumed"
     );
     // Resumed, not restarted: fewer bytes sent than two whole snapshots.
+    // The snapshot is of an index of at least 250, so it holds at least
+    // 240 of the values (the log's first entries are the cluster's own:
+    // its first membership, a leader's blank entry, the members
+    // publishing their URLs).
     let bytes = sent.snapshot_bytes.load(Ordering::Relaxed);
     assert!(
-        bytes > 300 * 4096,
+        bytes > 240 * 4096,
         "the whole snapshot was sent ({bytes} bytes)"
     );
     assert!(

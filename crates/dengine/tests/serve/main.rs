@@ -6,6 +6,7 @@
 
 mod backup;
 mod bad_input;
+mod check_perf;
 mod concurrency;
 mod etcdctl;
 mod harness;
@@ -14,6 +15,7 @@ mod lease;
 mod membership;
 mod mvcc_watch;
 mod quota;
+mod watch_history;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
