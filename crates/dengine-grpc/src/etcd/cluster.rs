@@ -18,7 +18,12 @@
 //! - `MemberUpdate` changes a member's peer URLs.
 //!
 //! One voter changes at a time (each change is a simple change; Raft's
-//! joint consensus is not needed for one).
+//! joint consensus is not needed for one). As etcd's strict
+//! reconfiguration check, a change of voters that could leave the cluster
+//! without a working quorum is refused: adding or promoting a voter needs
+//! a quorum of the larger set of voters started (published) and, for an
+//! add, every voter connected to the leader; removing a connected voter
+//! needs a quorum of the smaller set still connected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,6 +190,64 @@ impl ClusterService {
         Ok(Bytes::from(answer))
     }
 
+    /// The voters that started (published their name), and those the
+    /// leader is connected to (itself included).
+    fn voters_started_and_connected(&self, conf: &ConfState) -> (Vec<NodeId>, Vec<NodeId>) {
+        let list = self.core.members.list();
+        let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
+        let started = voters
+            .iter()
+            .copied()
+            .filter(|id| list.members.get(&id.0).is_some_and(|m| !m.name.is_empty()))
+            .collect();
+        let connected = voters
+            .iter()
+            .copied()
+            .filter(|&id| id == self.core.member_id || self.transport.is_connected(id))
+            .collect();
+        (started, connected)
+    }
+
+    /// etcd's checks before a voter joins: added (not started yet), or a
+    /// learner promoted (started: it caught up).
+    fn check_voter_joins(&self, conf: &ConfState, added: bool) -> Result<(), Status> {
+        let (started, connected) = self.voters_started_and_connected(conf);
+        let voters = conf.voters.len() + 1;
+        let started = started.len() + usize::from(!added);
+        // A second voter added to a cluster of one is let through (etcd's
+        // exception, for a cluster restored from a backup).
+        let lone = added && voters == 2 && started == 1;
+        if started < voters / 2 + 1 && !lone {
+            return Err(errors::not_enough_started());
+        }
+        if added && connected.len() < conf.voters.len() {
+            return Err(errors::unhealthy());
+        }
+        Ok(())
+    }
+
+    /// etcd's checks before a voter leaves.
+    fn check_voter_leaves(&self, conf: &ConfState, id: NodeId) -> Result<(), Status> {
+        if !conf.voters.contains(&id) {
+            return Ok(());
+        }
+        let (started, connected) = self.voters_started_and_connected(conf);
+        let remaining = conf.voters.len() - 1;
+        let quorum = remaining / 2 + 1;
+        if started.iter().filter(|&&s| s != id).count() < quorum {
+            return Err(errors::not_enough_started());
+        }
+        // A member that is down is not in the working quorum: removing it
+        // leaves that quorum as it is.
+        if id != self.core.member_id && !connected.contains(&id) {
+            return Ok(());
+        }
+        if connected.len() - 1 < quorum {
+            return Err(errors::unhealthy());
+        }
+        Ok(())
+    }
+
     fn membership(&self) -> ConfState {
         self.core.metrics.borrow().membership.clone()
     }
@@ -226,6 +289,9 @@ impl ClusterService {
         if req.is_learner && conf.learners.len() >= MAX_LEARNERS {
             return Err(errors::too_many_learners());
         }
+        if !req.is_learner {
+            self.check_voter_joins(&conf, true)?;
+        }
         let taken = |id: u64| {
             conf.contains(NodeId(id))
                 || list.members.contains_key(&id)
@@ -266,9 +332,11 @@ impl ClusterService {
         req: pb::MemberRemoveRequest,
     ) -> Result<pb::MemberRemoveResponse, Status> {
         let id = NodeId(req.id);
-        if !self.membership().contains(id) {
+        let conf = self.membership();
+        if !conf.contains(id) {
             return Err(errors::member_not_found());
         }
+        self.check_voter_leaves(&conf, id)?;
         self.change(ConfChangeStep::Remove(id), Vec::new()).await?;
         tracing::info!(member = %format!("{:x}", req.id), "member removed");
         let revision = self.core.current_revision().await?;
@@ -333,6 +401,7 @@ impl ClusterService {
         if (learner_match as f64) < (leader_match.0 as f64) * READY_SHARE {
             return Err(errors::learner_not_ready());
         }
+        self.check_voter_joins(&conf, false)?;
         self.change(ConfChangeStep::AddVoter(id), Vec::new())
             .await?;
         tracing::info!(member = %format!("{:x}", req.id), "learner promoted");

@@ -206,3 +206,16 @@ pub fn no_space() -> Status {
         "etcdserver: mvcc: database space exceeded",
     )
 }
+
+/// etcd's `ErrGRPCMemberNotEnoughStarted`.
+pub fn not_enough_started() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: re-configuration failed due to not enough started members",
+    )
+}
+
+/// etcd's `ErrGRPCUnhealthy`.
+pub fn unhealthy() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: unhealthy cluster")
+}

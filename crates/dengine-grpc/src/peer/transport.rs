@@ -162,6 +162,13 @@ impl GrpcTransport {
         Ok(())
     }
 
+    /// Whether the stream to peer `id` is up (an unknown peer is not).
+    pub fn is_connected(&self, id: NodeId) -> bool {
+        self.read()
+            .get(&id)
+            .is_some_and(|l| l.up.load(Ordering::Relaxed))
+    }
+
     /// The connection to peer `id` (shared by every call to it).
     pub fn channel(&self, id: NodeId) -> Option<Channel> {
         self.read().get(&id).map(|l| l.channel.clone())

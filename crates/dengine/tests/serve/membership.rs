@@ -245,4 +245,41 @@ async fn members_are_added_promoted_updated_and_removed_with_etcdctl() {
         hashes.push(h);
     }
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    // etcd's strict reconfiguration checks: with a member down, adding a
+    // voter or removing a live one could leave no working quorum, and is
+    // refused; removing the member that is down is not.
+    let leader = index_of(&c, wait_leader(&c, 0, Duration::from_secs(10)).await).await;
+    let (down, live) = ((leader + 1) % 3, (leader + 2) % 3);
+    let id_of = |rows: &[Vec<String>], i: usize| {
+        rows.iter()
+            .find(|r| r[2] == c.members[i].name)
+            .map(|r| r[0].clone())
+            .expect("listed")
+    };
+    let rows = member_list(&via);
+    let (down_id, live_id) = (id_of(&rows, down), id_of(&rows, live));
+    c.kill(down);
+    let at = c.members[leader].endpoint();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (out, err, success) = etcdctl(
+            &at,
+            &["member", "add", "y", "--peer-urls", "http://127.0.0.1:3"],
+            None,
+        );
+        assert!(!success, "a voter added with a member down: {out}");
+        if err.contains("etcdserver: unhealthy cluster") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let err = refused(&at, &["member", "remove", &live_id]);
+    assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
+    let removed = ok(&at, &["member", "remove", &down_id]);
+    assert!(
+        removed.starts_with(&format!("Member {down_id} removed")),
+        "{removed}"
+    );
 }
