@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// The store's space quota in bytes (`--quota-backend-bytes`; `None`:
     /// no quota). Default 2 GiB, as etcd.
     pub quota_backend_bytes: Option<u64>,
+    /// How often watchers that asked for progress notifications get one
+    /// (`--experimental-watch-progress-notify-interval`, 10 minutes).
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             peer: PeerLinkConfig::default(),
             auto_compaction: AutoCompaction::Off,
             quota_backend_bytes: Some(crate::etcd::quota::DEFAULT_QUOTA_BYTES),
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }
@@ -442,8 +446,11 @@ impl Server {
                 )))
                 .add_service(ClusterServer::new(cluster.clone()))
                 .add_service(
-                    WatchServer::new(WatchService::new(core.clone(), hub.clone()))
-                        .max_encoding_message_size(usize::MAX),
+                    WatchServer::new(
+                        WatchService::new(core.clone(), hub.clone())
+                            .with_progress_interval(cfg.watch_progress_notify_interval),
+                    )
+                    .max_encoding_message_size(usize::MAX),
                 )
                 .add_service(LeaseServer::new(LeaseService::new(
                     core.clone(),

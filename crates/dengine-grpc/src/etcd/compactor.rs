@@ -125,7 +125,7 @@ pub fn parse(mode: &str, retention: &str) -> Result<AutoCompaction, String> {
 }
 
 /// A duration as Go writes them: numbers with units h, m, s, ms.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {

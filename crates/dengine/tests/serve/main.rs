@@ -228,6 +228,13 @@ fn bad_flags_exit_2_with_one_line_and_create_nothing() {
             "must be at least",
         ),
         (
+            vec![
+                "--experimental-watch-progress-notify-interval".into(),
+                "soon".into(),
+            ],
+            "expected a duration",
+        ),
+        (
             vec!["--listen-client-urls".into(), "127.0.0.1:2379".into()],
             "expected http://host:port",
         ),

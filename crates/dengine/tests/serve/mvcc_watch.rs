@@ -528,3 +528,40 @@ async fn watch_filters_fragments_and_refusals() {
     assert!(r.created() && r.canceled(), "{r:?}");
     assert_eq!(r.cancel_reason(), "mvcc: watcher range is empty");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notifications_come_at_the_configured_interval() {
+    let mut c = Cluster::new(3);
+    c.extra.extend([
+        "--experimental-watch-progress-notify-interval".into(),
+        "300ms".into(),
+    ]);
+    c.start_all();
+    for i in 0..3 {
+        wait_leader(&c, i, Duration::from_secs(10)).await;
+    }
+    let mut cl = client(&c, 1).await;
+    let put = cl.put("elsewhere", "x", None).await.expect("put");
+    let revision = put.header().expect("header").revision();
+    let notified = WatchOptions::new().with_progress_notify();
+    let mut with = cl.watch("quiet", Some(notified)).await.expect("watch");
+    let mut without = cl.watch("quiet", None).await.expect("watch");
+    assert!(next(&mut with).await.created());
+    assert!(next(&mut without).await.created());
+    // Two notifications within a couple of seconds, each at the store's
+    // revision, with no event.
+    let started = Instant::now();
+    for _ in 0..2 {
+        let r = next(&mut with).await;
+        assert!(r.events().is_empty() && !r.canceled(), "{r:?}");
+        assert_eq!(r.header().expect("header").revision(), revision);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A watcher that did not ask gets none.
+    let quiet = tokio::time::timeout(Duration::from_millis(800), without.message()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+}

@@ -128,13 +128,27 @@ impl EventSink for HubSink {
 pub struct WatchService {
     core: Arc<EtcdCore>,
     hub: WatchHub,
+    progress_every: std::time::Duration,
 }
 
 impl WatchService {
     /// The service of `core`'s node, fed by `hub` (whose sink the node's
     /// store holds).
     pub fn new(core: Arc<EtcdCore>, hub: WatchHub) -> WatchService {
-        WatchService { core, hub }
+        WatchService {
+            core,
+            hub,
+            progress_every: stream::PROGRESS_INTERVAL,
+        }
+    }
+
+    /// Sends progress notifications to the watchers that asked for them
+    /// every `every` they had no event (etcd's
+    /// `--experimental-watch-progress-notify-interval`; 10 minutes by
+    /// default).
+    pub fn with_progress_interval(mut self, every: std::time::Duration) -> WatchService {
+        self.progress_every = every;
+        self
     }
 }
 
@@ -153,7 +167,7 @@ impl pb::watch_server::Watch for WatchService {
         // the first read of the store is in the channel.
         let live = self.hub.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(stream::OUT_BUFFER);
-        let task = stream::StreamTask::new(self.core.clone(), live, tx);
+        let task = stream::StreamTask::new(self.core.clone(), live, tx, self.progress_every);
         tokio::spawn(task.run(request.into_inner()));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -21,9 +21,9 @@ pub(super) const OUT_BUFFER: usize = 64;
 /// Events read from the history at a time (a revision is never split).
 const HISTORY_CHUNK: usize = 1000;
 /// How often watchers that asked for progress notifications get one when
-/// they had no events (etcd's default
+/// they had no events, by default (etcd's
 /// `--experimental-watch-progress-notify-interval`).
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 /// The watch id of a response to a progress request (etcd's
 /// `InvalidWatchID`).
 const ALL_WATCHERS: i64 = -1;
@@ -81,6 +81,8 @@ pub(super) struct StreamTask {
     /// Every event up to this revision was sent to every watcher that
     /// wants it.
     seen: i64,
+    /// How often watchers that asked for them get progress notifications.
+    progress_every: Duration,
 }
 
 impl StreamTask {
@@ -88,11 +90,13 @@ impl StreamTask {
         core: Arc<EtcdCore>,
         live: broadcast::Receiver<Arc<Applied>>,
         out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+        progress_every: Duration,
     ) -> StreamTask {
         StreamTask {
             core,
             live,
             out,
+            progress_every,
             watchers: BTreeMap::new(),
             next_id: 0,
             seen: 0,
@@ -105,8 +109,9 @@ impl StreamTask {
 
     async fn serve(&mut self, inbound: &mut Streaming<pb::WatchRequest>) -> Result<(), Gone> {
         self.seen = self.read(|kv| kv.revision()).await?;
-        let start = tokio::time::Instant::now() + PROGRESS_INTERVAL;
-        let mut tick = tokio::time::interval_at(start, PROGRESS_INTERVAL);
+        let every = self.progress_every.max(Duration::from_millis(1));
+        let start = tokio::time::Instant::now() + every;
+        let mut tick = tokio::time::interval_at(start, every);
         loop {
             tokio::select! {
                 req = inbound.message() => match req {

@@ -113,6 +113,14 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     quota_backend_bytes: Option<i64>,
+    /// How often watchers that asked for progress notifications get one
+    /// when they had no events, as a duration (10m, 5s, 500ms); etcd's
+    /// flag of the same name, 10m by default.
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        env = "DENGINE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"
+    )]
+    experimental_watch_progress_notify_interval: Option<String>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -151,6 +159,7 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_AUTO_COMPACTION_MODE",
     "DENGINE_AUTO_COMPACTION_RETENTION",
     "DENGINE_QUOTA_BACKEND_BYTES",
+    "DENGINE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -192,6 +201,9 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
             .auto_compaction_retention
             .or(file.auto_compaction_retention),
         quota_backend_bytes: cli.quota_backend_bytes.or(file.quota_backend_bytes),
+        experimental_watch_progress_notify_interval: cli
+            .experimental_watch_progress_notify_interval
+            .or(file.experimental_watch_progress_notify_interval),
         config_file: Some(path),
         node: file.node,
     })
@@ -272,6 +284,17 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
         a.auto_compaction_retention.as_deref().unwrap_or("0"),
     )?;
+    let watch_progress_notify_interval = match a.experimental_watch_progress_notify_interval {
+        None => d.watch_progress_notify_interval,
+        Some(text) => dengine::grpc::etcd::compactor::parse_duration(&text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--experimental-watch-progress-notify-interval {text:?}: expected a \
+                     duration such as 10m, 5s or 500ms"
+                )
+            })?,
+    };
     let mut peer = d.peer;
     if let Some(n) = a.max_peer_message_bytes {
         peer.max_message_bytes = n;
@@ -308,6 +331,7 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
             n if n < 0 => None,
             n => Some(n as u64),
         },
+        watch_progress_notify_interval,
     })
 }
 
