@@ -11,7 +11,7 @@ use dengine::grpc::proto::peer as wire;
 use dengine::grpc::proto::peer::peer_client::PeerClient;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
-use crate::harness::{Cluster, client, wait_leader};
+use crate::harness::{Cluster, client};
 
 fn garbage(port: u16) {
     for chunk in [
@@ -30,10 +30,7 @@ fn garbage(port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_etcd_errors_and_changes_nothing() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let mut cl = client(&c, 0).await;
     cl.put("keep", "me", None).await.expect("put");
 

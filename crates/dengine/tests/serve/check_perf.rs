@@ -5,17 +5,13 @@
 //! printed, not asserted (speed is shown by the benchmarks, not tests).
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use crate::harness::{Cluster, client, wait_leader};
+use crate::harness::{Cluster, client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_check_perf_runs_to_its_end() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let all = (0..3)
         .map(|i| c.members[i].endpoint())
         .collect::<Vec<_>>()

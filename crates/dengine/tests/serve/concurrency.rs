@@ -7,7 +7,7 @@ use std::time::Duration;
 use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
 
 use crate::etcdctl::ok;
-use crate::harness::{Cluster, client, status_of, wait_leader};
+use crate::harness::{Cluster, client, status_of};
 
 /// `f`'s outcome within 10 s.
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -32,10 +32,7 @@ async fn still_waiting<T>(f: &mut tokio::task::JoinHandle<T>, wait: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_and_elections_wait_for_their_turn() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let mut a = client(&c, 0).await;
     let b = client(&c, 1).await;
     let lease = |cl: &mut etcd_client::Client| {

@@ -51,10 +51,7 @@ pub fn ok(endpoint: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_works_against_a_cluster() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let (e0, e1, e2) = (
         c.members[0].endpoint(),
         c.members[1].endpoint(),
@@ -154,10 +151,7 @@ async fn etcdctl_works_against_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_reads_the_history_watches_and_compacts() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let (e0, e1) = (c.members[0].endpoint(), c.members[1].endpoint());
     let e0 = e0.as_str();
     // Revisions 2..=5.
@@ -222,10 +216,7 @@ async fn etcdctl_reads_the_history_watches_and_compacts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_leases() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let (e0, e1) = (c.members[0].endpoint(), c.members[1].endpoint());
     let e0 = e0.as_str();
     let granted = ok(e0, &["lease", "grant", "60"]);
@@ -263,11 +254,7 @@ async fn etcdctl_leases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_maintenance() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
     let all = eps.join(",");
     for i in 0..20 {

@@ -177,6 +177,17 @@ impl Cluster {
         }
     }
 
+    /// Starts every member and waits until each knows a leader; the
+    /// leader's id.
+    pub async fn start_and_wait(&mut self) -> u64 {
+        self.start_all();
+        let leader = wait_leader(self, 0, Duration::from_secs(10)).await;
+        for i in 1..self.members.len() {
+            wait_leader(self, i, Duration::from_secs(10)).await;
+        }
+        leader
+    }
+
     /// Starts every member.
     pub fn start_all(&mut self) {
         for i in 0..self.members.len() {

@@ -4,13 +4,11 @@
 //! from the next revision, progress requests, the compactor's guarded
 //! txn and `Compact`; while a member is killed and restarted.
 
-use std::time::Duration;
-
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use crate::harness::{Cluster, client, index_of, next, same_hash, wait_leader};
+use crate::harness::{Cluster, client, index_of, next, same_hash};
 
 /// kube-apiserver's create: put only if the key does not exist, else read
 /// it. Returns (succeeded, the revision of the write or of the key).
@@ -54,11 +52,7 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_apiserver_request_patterns_work_while_a_member_restarts() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     // Clients on the leader and on a follower; the other follower is
     // killed and restarted (a leader killed makes writes fail until the
     // next election, and kube-apiserver retries them: not what this test

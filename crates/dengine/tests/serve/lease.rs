@@ -15,11 +15,7 @@ async fn exists(cl: &mut etcd_client::Client, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_keep_their_keys_while_renewed_and_delete_them_when_they_end() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let follower = (index_of(&c, leader).await + 1) % 3;
     let mut cl = client(&c, follower).await;
 
@@ -145,11 +141,7 @@ async fn leases_keep_their_keys_while_renewed_and_delete_them_when_they_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_does_not_expire_early_when_the_leader_dies() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let old = index_of(&c, leader).await;
     let other = (old + 1) % 3;
     let mut cl = client(&c, other).await;

@@ -73,11 +73,7 @@ async fn members_are_added_promoted_updated_and_removed_with_etcdctl() {
         "promoted"
     ));
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 1..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let follower = (index_of(&c, leader).await + 1) % 3;
     let via = c.members[follower].endpoint();
     let all = (0..3)

@@ -36,11 +36,7 @@ fn seen(resp: &WatchResponse) -> Vec<Seen> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_revisions_compaction_and_watch_on_every_member() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let follower = (index_of(&c, leader).await + 1) % 3;
     let mut w = client(&c, follower).await;
     let mut cl = client(&c, 0).await;
@@ -226,11 +222,7 @@ async fn past_revisions_compaction_and_watch_on_every_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resumes_after_its_member_and_the_leader_die_with_no_gap() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let leader = index_of(&c, leader).await;
     let writer_at = (leader + 1) % 3;
     let mut writer = client(&c, writer_at).await;
@@ -536,10 +528,7 @@ async fn progress_notifications_come_at_the_configured_interval() {
         "--experimental-watch-progress-notify-interval".into(),
         "300ms".into(),
     ]);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let mut cl = client(&c, 1).await;
     let put = cl.put("elsewhere", "x", None).await.expect("put");
     let revision = put.header().expect("header").revision();

@@ -17,10 +17,7 @@ async fn past_the_quota_writes_fail_and_the_alarm_is_disarmed() {
     let mut c = Cluster::new(3);
     c.extra
         .extend(["--quota-backend-bytes".into(), QUOTA.into()]);
-    c.start_all();
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    c.start_and_wait().await;
     let mut cl = client(&c, 0).await;
     let big = vec![b'x'; 100_000];
     let mut refused = None;

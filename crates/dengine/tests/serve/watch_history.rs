@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 
-use crate::harness::{Cluster, client, index_of, wait_leader};
+use crate::harness::{Cluster, client, index_of};
 
 /// What the checker keeps of a key: (value, create, mod, version).
 type Model = BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>;
@@ -23,11 +23,7 @@ type Model = BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_history_keeps_etcds_guarantees_across_a_leader_change() {
     let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = wait_leader(&c, 0, Duration::from_secs(10)).await;
-    for i in 0..3 {
-        wait_leader(&c, i, Duration::from_secs(10)).await;
-    }
+    let leader = c.start_and_wait().await;
     let leader = index_of(&c, leader).await;
     let writer_at = (leader + 1) % 3;
     let mut writer = client(&c, writer_at).await;
