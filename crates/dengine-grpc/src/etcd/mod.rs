@@ -75,6 +75,14 @@ impl Default for Limits {
     }
 }
 
+/// Whether the client asked for a member with a leader (the `hasleader`
+/// metadata etcd's clients send with `WithRequireLeader`).
+fn wants_leader(md: &tonic::metadata::MetadataMap) -> bool {
+    md.get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
+}
+
 /// What every etcd service of one member shares.
 pub struct EtcdCore {
     node: Node<KvStateMachine>,
@@ -136,14 +144,15 @@ impl EtcdCore {
     /// Fails with "etcdserver: no leader" when the client asked for a
     /// member with a leader (`hasleader` metadata) and none is known.
     fn check_has_leader(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let wants = md
-            .get("hasleader")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "true");
-        if wants && self.leader_now().is_none() {
+        if wants_leader(md) && self.leader_now().is_none() {
             return Err(errors::no_leader());
         }
         Ok(())
+    }
+
+    /// The election timeout (a write waits two for a leader).
+    fn election_timeout(&self) -> Duration {
+        self.leader_wait / 2
     }
 
     /// The leader, waiting a little (an election) when none is known.

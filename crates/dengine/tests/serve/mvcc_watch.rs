@@ -554,3 +554,39 @@ async fn progress_notifications_come_at_the_configured_interval() {
     let quiet = tokio::time::timeout(Duration::from_millis(800), without.message()).await;
     assert!(quiet.is_err(), "{quiet:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_requires_a_leader_ends_when_its_member_has_none() {
+    let mut c = Cluster::new(3);
+    c.start_and_wait().await;
+    let connect = |require: bool| {
+        let addr = c.members[0].addr();
+        async move {
+            let opts = etcd_client::ConnectOptions::new().with_require_leader(require);
+            etcd_client::Client::connect([addr], Some(opts))
+                .await
+                .expect("connect")
+        }
+    };
+    let mut strict = connect(true).await.watch("k", None).await.expect("watch");
+    let mut lenient = connect(false).await.watch("k", None).await.expect("watch");
+    assert!(next(&mut strict).await.created());
+    assert!(next(&mut lenient).await.created());
+    // The other two members go: member 0 is left without a leader.
+    c.kill(1);
+    c.kill(2);
+    let ended = tokio::time::timeout(Duration::from_secs(10), strict.message())
+        .await
+        .expect("the stream ends within 10 s");
+    let e = ended.expect_err("ends with an error");
+    assert_eq!(
+        status_of(e),
+        (
+            tonic::Code::Unavailable,
+            "etcdserver: no leader".to_string()
+        )
+    );
+    // A watch that did not ask stays open.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), lenient.message()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+}

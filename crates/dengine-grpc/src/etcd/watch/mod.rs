@@ -163,11 +163,13 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let require_leader = super::wants_leader(request.metadata());
         // Subscribed before anything is read, so that every command after
         // the first read of the store is in the channel.
         let live = self.hub.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(stream::OUT_BUFFER);
-        let task = stream::StreamTask::new(self.core.clone(), live, tx, self.progress_every);
+        let task = stream::StreamTask::new(self.core.clone(), live, tx, self.progress_every)
+            .requiring_leader(require_leader);
         tokio::spawn(task.run(request.into_inner()));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

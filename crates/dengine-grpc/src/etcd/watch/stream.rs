@@ -24,6 +24,9 @@ const HISTORY_CHUNK: usize = 1000;
 /// they had no events, by default (etcd's
 /// `--experimental-watch-progress-notify-interval`).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+/// Election timeouts without a leader before a stream that requires one
+/// ends (etcd's `maxNoLeaderCnt`).
+const NO_LEADER_CHECKS: u32 = 3;
 /// The watch id of a response to a progress request (etcd's
 /// `InvalidWatchID`).
 const ALL_WATCHERS: i64 = -1;
@@ -83,6 +86,11 @@ pub(super) struct StreamTask {
     seen: i64,
     /// How often watchers that asked for them get progress notifications.
     progress_every: Duration,
+    /// The client asked for a member with a leader (`hasleader`): the
+    /// stream ends with "etcdserver: no leader" once this member has known
+    /// none for [`NO_LEADER_CHECKS`] election timeouts (etcd's
+    /// `monitorLeader`), so the client moves to a member that has one.
+    require_leader: bool,
 }
 
 impl StreamTask {
@@ -97,10 +105,18 @@ impl StreamTask {
             live,
             out,
             progress_every,
+            require_leader: false,
             watchers: BTreeMap::new(),
             next_id: 0,
             seen: 0,
         }
+    }
+
+    /// Ends the stream when this member stays without a leader (see
+    /// `require_leader`).
+    pub(super) fn requiring_leader(mut self, require: bool) -> StreamTask {
+        self.require_leader = require;
+        self
     }
 
     pub(super) async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
@@ -112,6 +128,10 @@ impl StreamTask {
         let every = self.progress_every.max(Duration::from_millis(1));
         let start = tokio::time::Instant::now() + every;
         let mut tick = tokio::time::interval_at(start, every);
+        let election = self.core.election_timeout().max(Duration::from_millis(1));
+        let mut leader_check =
+            tokio::time::interval_at(tokio::time::Instant::now() + election, election);
+        let mut without_leader = 0;
         loop {
             tokio::select! {
                 req = inbound.message() => match req {
@@ -124,6 +144,17 @@ impl StreamTask {
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 _ = tick.tick() => self.progress_notify().await?,
+                _ = leader_check.tick(), if self.require_leader => {
+                    if self.core.leader_now().is_some() {
+                        without_leader = 0;
+                    } else {
+                        without_leader += 1;
+                    }
+                    if without_leader >= NO_LEADER_CHECKS {
+                        let _ = self.out.send(Err(crate::etcd::errors::no_leader())).await;
+                        return Ok(());
+                    }
+                }
             }
         }
     }
