@@ -141,27 +141,31 @@ pub(crate) fn decode_member(k: &[u8], v: &[u8], list: &mut MemberList) -> Result
 }
 
 impl Members {
+    /// The record of member `id`: the member, or that it was removed
+    /// (`None`: the list does not know it).
+    fn record(&self, id: u64) -> Option<MemberRecord> {
+        if let Some(info) = self.list.members.get(&id) {
+            return Some(MemberRecord {
+                info: info.clone(),
+                removed: false,
+            });
+        }
+        self.list.removed.contains(&id).then(|| MemberRecord {
+            info: MemberInfo {
+                id,
+                ..MemberInfo::default()
+            },
+            removed: true,
+        })
+    }
+
     /// The changes to write at a flush.
     pub(crate) fn take_changes(&mut self, out: &mut Vec<Change>) {
         for id in std::mem::take(&mut self.changed) {
-            let record = match self.list.members.get(&id) {
-                Some(info) => MemberRecord {
-                    info: info.clone(),
-                    removed: false,
-                },
-                None if self.list.removed.contains(&id) => MemberRecord {
-                    info: MemberInfo {
-                        id,
-                        ..MemberInfo::default()
-                    },
-                    removed: true,
-                },
-                None => {
-                    out.push(Change::Remove(member_key(id)));
-                    continue;
-                }
-            };
-            out.push(Change::Put(member_key(id), encode_record(&record)));
+            out.push(match self.record(id) {
+                Some(record) => Change::Put(member_key(id), encode_record(&record)),
+                None => Change::Remove(member_key(id)),
+            });
         }
     }
 
@@ -174,18 +178,8 @@ impl Members {
 
     /// The snapshot form of the list: every record.
     pub(crate) fn records(&self) -> Vec<Vec<u8>> {
-        let live = self.list.members.values().map(|info| MemberRecord {
-            info: info.clone(),
-            removed: false,
-        });
-        let gone = self.list.removed.iter().map(|&id| MemberRecord {
-            info: MemberInfo {
-                id,
-                ..MemberInfo::default()
-            },
-            removed: true,
-        });
-        live.chain(gone)
+        let ids = self.list.members.keys().chain(&self.list.removed);
+        ids.filter_map(|&id| self.record(id))
             .map(|r| postcard::to_allocvec(&r).unwrap_or_default())
             .collect()
     }

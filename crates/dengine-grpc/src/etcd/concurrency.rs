@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use dengine_kv::{
     Compare, CompareOp, CompareTarget, DeleteRangeRequest, EventKind, KeyValue, KvCommand,
-    KvResponse, LeaseGrantRequest, OpResponse, PutRequest, RangeRequest, TxnOp, TxnRequest,
+    KvResponse, OpResponse, PutRequest, RangeRequest, TxnOp, TxnRequest,
 };
 use dengine_proto::v3electionpb as epb;
 use dengine_proto::v3lockpb as lpb;
@@ -149,17 +149,9 @@ impl Recipes {
         if lease != 0 {
             return Ok(lease);
         }
-        let ttl = DEFAULT_SESSION_TTL.max(self.lessor.min_ttl);
-        for _ in 0..3 {
-            let id = self.lessor.new_id();
-            let cmd = KvCommand::LeaseGrant(LeaseGrantRequest { id, ttl });
-            match self.core.write(&cmd).await {
-                Ok(_) => return Ok(id),
-                Err(s) if s.message() == errors::LEASE_EXISTS => continue,
-                Err(s) => return Err(s),
-            }
-        }
-        Err(Status::unavailable("etcdserver: no free lease ID"))
+        let (id, _, _) =
+            super::lease::grant(&self.core, &self.lessor, 0, DEFAULT_SESSION_TTL).await?;
+        Ok(id)
     }
 
     /// Puts this holder's key unless it exists: (its create revision, the

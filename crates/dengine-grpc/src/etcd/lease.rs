@@ -41,7 +41,7 @@ pub struct Lessor {
     deadlines: Mutex<HashMap<i64, (Instant, Duration)>>,
     /// The shortest TTL a lease is given (etcd's `minTTL`: 1.5 election
     /// timeouts, in whole seconds).
-    pub(crate) min_ttl: i64,
+    min_ttl: i64,
     /// How much longer every lease lives when this member becomes leader.
     promotion_extend: Duration,
     /// The next lease ID this member hands out (when a client asks for
@@ -122,8 +122,39 @@ impl Lessor {
         out
     }
 
-    pub(crate) fn new_id(&self) -> i64 {
+    fn new_id(&self) -> i64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) & i64::MAX
+    }
+}
+
+/// Grants a lease of `ttl` seconds (at least the lessor's minimum) with
+/// the ID `id`, or with one this member chooses when `id` is 0 (another,
+/// should the one it chose be taken); (ID, TTL, revision).
+pub(crate) async fn grant(
+    core: &EtcdCore,
+    lessor: &Lessor,
+    id: i64,
+    ttl: i64,
+) -> Result<(i64, i64, i64), Status> {
+    let ttl = ttl.max(lessor.min_ttl);
+    let chosen = id == 0;
+    let mut tries = 0;
+    loop {
+        let id = if chosen { lessor.new_id() } else { id };
+        let cmd = KvCommand::LeaseGrant(LeaseGrantRequest { id, ttl });
+        match core.write(&cmd).await {
+            Ok(resp) => {
+                let OpResponse::LeaseGrant { id, ttl } = resp.op else {
+                    return Err(Status::internal("etcdserver: not a lease grant"));
+                };
+                return Ok((id, ttl, resp.revision));
+            }
+            // An ID this member chose is taken: choose another.
+            Err(s) if chosen && s.message() == errors::LEASE_EXISTS && tries < 3 => {
+                tries += 1;
+            }
+            Err(s) => return Err(s),
+        }
     }
 }
 
@@ -181,31 +212,13 @@ impl pb::lease_server::Lease for LeaseService {
         if g.ttl > MAX_LEASE_TTL {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
         }
-        let ttl = g.ttl.max(self.lessor.min_ttl);
-        let chosen = g.id == 0;
-        let mut tries = 0;
-        loop {
-            let id = if chosen { self.lessor.new_id() } else { g.id };
-            let cmd = KvCommand::LeaseGrant(LeaseGrantRequest { id, ttl });
-            match self.core.write(&cmd).await {
-                Ok(resp) => {
-                    let OpResponse::LeaseGrant { id, ttl } = resp.op else {
-                        return Err(Status::internal("etcdserver: not a lease grant"));
-                    };
-                    return Ok(Response::new(pb::LeaseGrantResponse {
-                        header: self.core.header(resp.revision),
-                        id,
-                        ttl,
-                        error: String::new(),
-                    }));
-                }
-                // An ID this member chose is taken: choose another.
-                Err(s) if chosen && s.message() == errors::LEASE_EXISTS && tries < 3 => {
-                    tries += 1;
-                }
-                Err(s) => return Err(s),
-            }
-        }
+        let (id, ttl, revision) = grant(&self.core, &self.lessor, g.id, g.ttl).await?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: self.core.header(revision),
+            id,
+            ttl,
+            error: String::new(),
+        }))
     }
 
     async fn lease_revoke(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
+use etcd_client::{GetOptions, LockOptions, ProclaimOptions, ResignOptions};
 
 use crate::etcdctl::ok;
 use crate::harness::{Cluster, client, status_of};
@@ -81,6 +81,26 @@ async fn locks_and_elections_wait_for_their_turn() {
         .expect("task")
         .expect("lock");
     assert_eq!(third.key(), format!("job/{l3:x}").as_bytes());
+    // A waiter whose client gives up leaves no key behind.
+    let l4 = lease(&mut a).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        a.lock("job", Some(LockOptions::new().with_lease(l4))),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the lock is held by l3");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = within("get", a.get("job/", Some(GetOptions::new().with_prefix())))
+            .await
+            .expect("get");
+        let keys: Vec<&[u8]> = held.kvs().iter().map(|kv| kv.key()).collect();
+        if keys == [format!("job/{l3:x}").as_bytes()] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let e = within(
         "lock",
         a.lock("other", Some(LockOptions::new().with_lease(0x7777))),
