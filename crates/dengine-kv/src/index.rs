@@ -140,6 +140,18 @@ impl KeyHistory {
     }
 }
 
+/// What [`Index::put`] did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PutOutcome {
+    /// The key's value before the put, if it existed.
+    pub(crate) before: Option<Current>,
+    /// The key's create revision and version after the put.
+    pub(crate) create_revision: i64,
+    pub(crate) version: i64,
+    /// The lease the key has now.
+    pub(crate) lease: i64,
+}
+
 /// Every key's history, in key order.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -149,6 +161,31 @@ pub(crate) struct Index {
 impl Index {
     pub(crate) fn get(&self, key: &[u8]) -> Option<&KeyHistory> {
         self.keys.get(key)
+    }
+
+    /// Records a put of `key` at `rev` with `lease` (`None`: the lease the
+    /// key has now), in one lookup of the key when it is known (the common
+    /// case: a put is on the path of every write). Returns what the key
+    /// was before, its create revision and version now, and its lease.
+    pub(crate) fn put(&mut self, key: &[u8], rev: Revision, lease: Option<i64>) -> PutOutcome {
+        let put = |h: &mut KeyHistory| {
+            let before = h.current();
+            let lease = lease.unwrap_or_else(|| before.map_or(0, |c| c.lease));
+            let (create_revision, version) = h.put(rev, lease);
+            PutOutcome {
+                before,
+                create_revision,
+                version,
+                lease,
+            }
+        };
+        if let Some(h) = self.keys.get_mut(key) {
+            return put(h);
+        }
+        let mut h = KeyHistory::default();
+        let outcome = put(&mut h);
+        self.keys.insert(key.to_vec(), h);
+        outcome
     }
 
     /// The key's history, made if it has none.

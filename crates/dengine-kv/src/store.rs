@@ -343,23 +343,27 @@ impl KvStateMachine {
     /// Sets a key; a put with `ignore_value` or `ignore_lease` has been
     /// checked to find its key (see [`KvStateMachine::choose`]).
     fn put(&mut self, main: i64, req: &PutRequest) -> Result<OpResponse, KvError> {
-        let now = self.index.get(&req.key).and_then(|h| h.current());
-        let prev = match now {
-            Some(c) if req.prev_kv || req.ignore_value => Some(self.fetch_kv(c.rev)?),
-            _ => None,
-        };
-        let lease = match now {
-            Some(c) if req.ignore_lease => c.lease,
-            _ => req.lease,
+        // Read before anything changes, so that a failed read changes
+        // nothing; only puts that ask for the value before pay the lookup.
+        let prev = match (req.prev_kv || req.ignore_value)
+            .then(|| self.index.get(&req.key).and_then(|h| h.current()))
+            .flatten()
+        {
+            Some(c) => Some(self.fetch_kv(c.rev)?),
+            None => None,
         };
         let rev = self.next_rev(main);
+        // `ignore_lease` keeps the lease the key has (it was checked to
+        // exist: see `finds`).
+        let lease = (!req.ignore_lease).then_some(req.lease);
+        let put = self.index.put(&req.key, rev, lease);
         self.leases
-            .reattach(&req.key, now.map_or(0, |c| c.lease), lease);
-        let (create_revision, version) = self.index.entry(&req.key).put(rev, lease);
+            .reattach(&req.key, put.before.map_or(0, |c| c.lease), put.lease);
         let value = match &prev {
             Some(p) if req.ignore_value => &p.value,
             _ => &req.value,
         };
+        let (create_revision, version, lease) = (put.create_revision, put.version, put.lease);
         let record = record::encode_parts(&req.key, false, create_revision, version, lease, value);
         if let Some(events) = &mut self.events {
             events.push(Event {

@@ -5,6 +5,7 @@ use std::cell::Cell;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod bytes;
 mod v1;
 mod v2;
 
@@ -12,8 +13,10 @@ mod v2;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "bytes")]
     pub key: Vec<u8>,
     /// The value (empty for `keys_only` ranges).
+    #[serde(with = "bytes")]
     pub value: Vec<u8>,
     /// The store revision that created the key (since its last deletion).
     pub create_revision: i64,
@@ -60,8 +63,10 @@ impl<'a> KeyRange<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// The first key (or the only one).
+    #[serde(with = "bytes")]
     pub key: Vec<u8>,
     /// See [`RangeRequest`]'s key rules: empty, `[0]`, or an exclusive end.
+    #[serde(with = "bytes")]
     pub range_end: Vec<u8>,
     /// At most this many keys are returned (0: no limit); `count` still
     /// counts them all.
@@ -92,8 +97,10 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key (not empty).
+    #[serde(with = "bytes")]
     pub key: Vec<u8>,
     /// The new value (empty if `ignore_value`).
+    #[serde(with = "bytes")]
     pub value: Vec<u8>,
     /// Return the value it replaced.
     pub prev_kv: bool,
@@ -113,8 +120,10 @@ pub struct PutRequest {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
     /// The first key (or the only one).
+    #[serde(with = "bytes")]
     pub key: Vec<u8>,
     /// As in [`RangeRequest`].
+    #[serde(with = "bytes")]
     pub range_end: Vec<u8>,
     /// Return the removed keys.
     pub prev_kv: bool,
@@ -130,7 +139,7 @@ pub enum CompareTarget {
     /// The key's mod revision (0 if it does not exist).
     ModRevision(i64),
     /// The key's value (a missing key fails the comparison).
-    Value(Vec<u8>),
+    Value(#[serde(with = "bytes")] Vec<u8>),
     /// The ID of the key's lease (0 if it has none or does not exist).
     Lease(i64),
 }
@@ -152,8 +161,10 @@ pub enum CompareOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key (or first key).
+    #[serde(with = "bytes")]
     pub key: Vec<u8>,
     /// As in [`RangeRequest`].
+    #[serde(with = "bytes")]
     pub range_end: Vec<u8>,
     /// The field and the value to compare with.
     pub target: CompareTarget,
