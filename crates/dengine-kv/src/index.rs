@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 
 use crate::types::KeyRange;
 
+mod key;
+
+pub(crate) use key::IndexKey;
+
 /// A point in the store's history: `main` is the store revision of a
 /// command, `sub` orders the writes within it (as etcd's `revision`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,7 +159,7 @@ pub(crate) struct PutOutcome {
 /// Every key's history, in key order.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: BTreeMap<IndexKey, KeyHistory>,
 }
 
 impl Index {
@@ -184,7 +188,7 @@ impl Index {
         }
         let mut h = KeyHistory::default();
         let outcome = put(&mut h);
-        self.keys.insert(key.to_vec(), h);
+        self.keys.insert(IndexKey::new(key), h);
         outcome
     }
 
@@ -194,7 +198,7 @@ impl Index {
         // Look up before inserting, so that a key already known (the
         // common case) costs no allocation.
         if !self.keys.contains_key(key) {
-            self.keys.insert(key.to_vec(), KeyHistory::default());
+            self.keys.insert(IndexKey::new(key), KeyHistory::default());
         }
         self.keys.get_mut(key).expect("inserted above")
     }
@@ -203,7 +207,7 @@ impl Index {
     pub(crate) fn range<'a>(
         &'a self,
         range: KeyRange<'a>,
-    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)> + 'a {
+    ) -> impl Iterator<Item = (&'a IndexKey, &'a KeyHistory)> + 'a {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let bounds = match range {
             KeyRange::Single(key) => (Included(key), Included(key)),
@@ -222,7 +226,7 @@ impl Index {
     }
 
     /// Every key with its history, in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &KeyHistory)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&IndexKey, &KeyHistory)> {
         self.keys.iter()
     }
 

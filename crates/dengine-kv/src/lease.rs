@@ -78,7 +78,7 @@ impl Leases {
             if let Some(c) = h.current().filter(|c| c.lease != 0)
                 && let Some(l) = self.by_id.get_mut(&c.lease)
             {
-                l.keys.insert(key.clone());
+                l.keys.insert(key.to_vec());
             }
         }
     }

@@ -392,7 +392,7 @@ impl KvStateMachine {
         let found: Vec<(Vec<u8>, Revision, i64)> = self
             .index
             .range(KeyRange::new(&req.key, &req.range_end))
-            .filter_map(|(k, h)| h.current().map(|c| (k.clone(), c.rev, c.lease)))
+            .filter_map(|(k, h)| h.current().map(|c| (k.to_vec(), c.rev, c.lease)))
             .collect();
         let mut prev_kvs = Vec::new();
         for (key, was, lease) in &found {
