@@ -1,0 +1,179 @@
+//! Frames: how records are laid out in a segment file, and how a torn
+//! write at the end of the log is told from damage.
+//!
+//! A frame is its body's length (`u32`), the CRC32 of those four bytes,
+//! the CRC32 of the body (all little-endian) and the body. A segment is
+//! frames one after another, nothing between them. The length has a
+//! checksum of its own so that a damaged length is reported as damage,
+//! not taken for a frame cut short by the end of the file.
+
+/// The unit a disk writes whole.
+const SECTOR: usize = 512;
+
+/// Bytes of a frame's header.
+pub(crate) const HEADER: usize = 12;
+
+/// Appends the frame of `body` to `out`.
+pub(crate) fn push(out: &mut Vec<u8>, body: &[u8]) {
+    let len = (body.len() as u32).to_le_bytes();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// What reading a frame at some offset of a segment found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Read<'a> {
+    /// A whole frame with a good checksum: its body, and where the next
+    /// one starts.
+    Frame(&'a [u8], usize),
+    /// The end of the segment: nothing, or only zeros, follow.
+    End,
+    /// A frame that was never wholly written: it runs past the end of the
+    /// file, or a 512-byte sector of it reads as zeros (what a crash
+    /// leaves of a write the file system had not finished), and nothing
+    /// but zeros follows it. Only the last segment may end so.
+    Torn,
+    /// Anything else: a bad checksum, a length that makes no sense, bytes
+    /// after a torn frame. The segment is damaged; the body as found, if
+    /// its length could be trusted (to name what is damaged).
+    Damaged(String, Option<&'a [u8]>),
+}
+
+/// Reads the frame at `at` of `bytes` (a whole segment).
+pub(crate) fn read(bytes: &[u8], at: usize) -> Read<'_> {
+    let rest = &bytes[at.min(bytes.len())..];
+    if rest.iter().all(|&b| b == 0) {
+        return Read::End;
+    }
+    let Some((header, after)) = rest.split_first_chunk::<HEADER>() else {
+        // Some bytes, not zeros, shorter than a header: the header itself
+        // was torn.
+        return Read::Torn;
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, len_crc, crc) = (word(0), word(4), word(8));
+    if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+        if after.iter().all(|&b| b == 0) {
+            return Read::Torn;
+        }
+        return Read::Damaged(format!("a damaged record header at offset {at}"), None);
+    }
+    let len = len as usize;
+    if after.len() < len {
+        return Read::Torn;
+    }
+    let body = &after[..len];
+    if crc32fast::hash(body) == crc {
+        return Read::Frame(body, at + HEADER + len);
+    }
+    let end = at + HEADER + len;
+    // Sectors are written whole: a write cut by a crash reads as zeros
+    // from a sector boundary inside it to the end of the file, or has a
+    // sector of zeros with only zeros after it.
+    let zeros_from = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    let zeros_after = zeros_from <= end;
+    if zeros_from.div_ceil(SECTOR) * SECTOR < end
+        || (zeros_after && has_zero_sector(bytes, at, end))
+    {
+        return Read::Torn;
+    }
+    Read::Damaged(
+        format!("checksum mismatch in the {len}-byte record at offset {at}"),
+        Some(body),
+    )
+}
+
+/// Whether a whole 512-byte sector (at a multiple of 512 in the file)
+/// within `start..end` holds only zeros.
+fn has_zero_sector(bytes: &[u8], start: usize, end: usize) -> bool {
+    let mut s = start.div_ceil(SECTOR) * SECTOR;
+    while s + SECTOR <= end {
+        if bytes[s..s + SECTOR].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in bodies {
+            push(&mut out, b);
+        }
+        out
+    }
+
+    fn bodies(bytes: &[u8]) -> (Vec<Vec<u8>>, Read<'_>) {
+        let mut at = 0;
+        let mut out = Vec::new();
+        loop {
+            match read(bytes, at) {
+                Read::Frame(b, next) => {
+                    out.push(b.to_vec());
+                    at = next;
+                }
+                other => return (out, other),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_read_back_and_end_at_zeros() {
+        let mut seg = segment(&[b"one", b"", b"three"]);
+        let (got, end) = bodies(&seg);
+        assert_eq!(got, [&b"one"[..], b"", b"three"]);
+        assert_eq!(end, Read::End);
+        seg.extend_from_slice(&[0; 4096]);
+        assert_eq!(bodies(&seg).1, Read::End);
+    }
+
+    #[test]
+    fn a_write_cut_anywhere_reads_as_torn_never_as_a_frame() {
+        let big = vec![7u8; 3000];
+        let seg = segment(&[b"first", &big]);
+        let first_len = HEADER + 5;
+        for cut in first_len + 1..seg.len() {
+            let (got, end) = bodies(&seg[..cut]);
+            assert_eq!(got, [b"first".to_vec()], "cut at {cut}");
+            assert_eq!(end, Read::Torn, "cut at {cut}");
+        }
+        // The file grew but a sector of the write never reached the disk.
+        let mut holed = seg.clone();
+        let hole = first_len.div_ceil(512) * 512 + 512;
+        holed[hole..hole + 512].fill(0);
+        assert_eq!(bodies(&holed).1, Read::Torn);
+    }
+
+    #[test]
+    fn damage_is_not_taken_for_a_torn_write() {
+        let big = vec![7u8; 3000];
+        let seg = segment(&[b"first", &big, b"last"]);
+        for at in [
+            2,
+            6,
+            HEADER + 2,
+            HEADER + 5 + HEADER + 100,
+            HEADER + 5 + 1,
+            seg.len() - 1,
+        ] {
+            let mut bad = seg.clone();
+            bad[at] ^= 1;
+            assert!(
+                matches!(bodies(&bad).1, Read::Damaged(..)),
+                "a flipped byte at {at} was not reported"
+            );
+        }
+        // A torn frame with frames after it is damage.
+        let mut holed = seg.clone();
+        holed[1024..1536].fill(0);
+        assert!(matches!(bodies(&holed).1, Read::Damaged(..)));
+    }
+}

@@ -1,0 +1,166 @@
+//! The store's contents in memory, and how each record changes them: the
+//! same code replays the segments when the store opens and applies each
+//! change after it is written.
+
+use dengine_core::storage::checks::{hard_state_after_install, is_newer_snapshot};
+use dengine_core::{Entry, EntryId, LogIndex, StorageError, Term};
+
+use crate::record::{Install, Meta, Record};
+
+/// The metadata and the uncompacted log.
+#[derive(Debug, Default)]
+pub(crate) struct Log {
+    pub(crate) meta: Meta,
+    /// Consecutive entries. While segments are replayed the first may come
+    /// after `base + 1` (the entries between lived in segments deleted
+    /// once a compaction covered them, which a later record shows);
+    /// [`Log::finish`] checks that they start right after the base.
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl Log {
+    pub(crate) fn first_index(&self) -> LogIndex {
+        self.meta.base.index.next()
+    }
+
+    pub(crate) fn last_index(&self) -> LogIndex {
+        self.entries
+            .last()
+            .map_or(self.meta.base.index, |e| e.index)
+    }
+
+    /// The term at `index`, if the log holds it or it is the base.
+    pub(crate) fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.meta.base.index {
+            return Some(self.meta.base.term);
+        }
+        let first = self.entries.first()?.index;
+        if index < first {
+            return None;
+        }
+        self.entries
+            .get((index.0 - first.0) as usize)
+            .map(|e| e.term)
+    }
+
+    /// [`dengine_core::LogStorage::term`].
+    pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index < self.meta.base.index {
+            return Err(StorageError::Compacted(index));
+        }
+        self.term_at(index).ok_or(StorageError::Unavailable(index))
+    }
+
+    /// [`dengine_core::LogStorage::entries`].
+    pub(crate) fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if lo < self.first_index() {
+            return Err(StorageError::Compacted(lo));
+        }
+        if hi > self.last_index().next() {
+            return Err(StorageError::Unavailable(hi));
+        }
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let first = self.first_index();
+        let range = &self.entries[(lo.0 - first.0) as usize..(hi.0 - first.0) as usize];
+        let mut take = 0;
+        let mut size = 0;
+        for e in range {
+            size += e.size();
+            if take > 0 && size > max_bytes {
+                break;
+            }
+            take += 1;
+        }
+        Ok(range[..take].to_vec())
+    }
+
+    /// Whether installing a snapshot ending at `last` keeps the entries
+    /// after it: the log holds its last entry with its term.
+    pub(crate) fn keeps_after(&self, last: EntryId) -> bool {
+        self.term_at(last.index) == Some(last.term)
+    }
+
+    /// Applies a record. `Err` names what is inconsistent (only replay can
+    /// meet that: live writes are checked before they are written).
+    pub(crate) fn apply(&mut self, record: Record) -> Result<(), String> {
+        match record {
+            Record::Checkpoint(meta) => {
+                self.meta = meta;
+                self.entries.clear();
+            }
+            Record::Write {
+                install,
+                hard_state,
+                entries,
+            } => {
+                if let Some(Install { meta, keep }) = install {
+                    if keep {
+                        self.entries.retain(|e| e.index > meta.last_index);
+                    } else {
+                        self.entries.clear();
+                    }
+                    self.meta.base = meta.last_id();
+                    if let Some(hs) = hard_state_after_install(&self.meta.hard_state, &meta) {
+                        self.meta.hard_state = hs;
+                    }
+                    self.meta.snapshot = meta;
+                }
+                self.append(entries)?;
+                if let Some(hs) = hard_state {
+                    self.meta.hard_state = hs;
+                }
+            }
+            Record::Compact(base) => {
+                self.entries.retain(|e| e.index > base.index);
+                self.meta.base = base;
+            }
+            Record::Identity(id) => self.meta.identity = Some(id),
+            Record::Snapshot(meta) => {
+                if is_newer_snapshot(&self.meta.snapshot, &meta) {
+                    self.meta.snapshot = meta;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(head) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        match self.entries.first().map(|e| e.index) {
+            // Replaces the stored suffix from `head` on.
+            Some(first) if head >= first => {
+                let last = self.last_index();
+                if head > last.next() {
+                    return Err(format!("log entry {} is missing", last.next()));
+                }
+                self.entries.truncate((head.0 - first.0) as usize);
+            }
+            // Nothing stored, or all of it replaced.
+            _ => self.entries.clear(),
+        }
+        self.entries.extend(entries);
+        Ok(())
+    }
+
+    /// After replay: drops what the base covers and checks the log starts
+    /// right after it.
+    pub(crate) fn finish(&mut self) -> Result<(), String> {
+        let base = self.meta.base.index;
+        self.entries.retain(|e| e.index > base);
+        match self.entries.first() {
+            Some(e) if e.index != base.next() => {
+                Err(format!("log entry {} is missing", base.next()))
+            }
+            _ => Ok(()),
+        }
+    }
+}

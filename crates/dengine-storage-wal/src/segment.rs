@@ -1,0 +1,335 @@
+//! The segment files: reading them all when the store opens, appending
+//! records, syncing, starting new segments and deleting old ones.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use dengine_core::LogIndex;
+use dengine_core::storage::checks::check_base_covered;
+
+use crate::frame::{self, Read};
+use crate::log::Log;
+use crate::record::{self, BadRecord, Record};
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// The greatest index of the entries written to it, if any.
+    max_index: Option<LogIndex>,
+}
+
+/// The segments, and the last one open for appending.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    file: File,
+    /// Bytes in the last segment.
+    size: u64,
+    segment_bytes: u64,
+    /// A segment was created since the last sync: the directory needs one.
+    dir_dirty: bool,
+    /// Why a write or sync failed: nothing after it can be trusted to be
+    /// durable, so every later call fails.
+    pub(crate) failed: Option<String>,
+    /// A record's body, kept to be reused.
+    pub(crate) body: Vec<u8>,
+    /// A frame, kept to be reused.
+    frame: Vec<u8>,
+}
+
+fn name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Journal {
+    /// Opens the segments in `dir` (creating the first one if there is
+    /// none) and replays them.
+    pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<(Journal, Log), String> {
+        let mut segments = Vec::new();
+        let listing = std::fs::read_dir(dir).map_err(|e| format!("listing it: {e}"))?;
+        for item in listing {
+            let item = item.map_err(|e| format!("listing it: {e}"))?;
+            let file_name = item.file_name();
+            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+                continue;
+            };
+            let seq = u64::from_str_radix(stem, 16)
+                .ok()
+                .filter(|_| stem.len() == 16)
+                .ok_or_else(|| format!("{}: not a segment name", file_name.to_string_lossy()))?;
+            segments.push(Segment {
+                seq,
+                path: item.path(),
+                max_index: None,
+            });
+        }
+        segments.sort_by_key(|s| s.seq);
+        for pair in segments.windows(2) {
+            if pair[1].seq != pair[0].seq + 1 {
+                return Err(format!("segment {} is missing", name(pair[0].seq + 1)));
+            }
+        }
+        let mut log = Log::default();
+        let mut valid_end = 0u64;
+        let count = segments.len();
+        for (i, seg) in segments.iter_mut().enumerate() {
+            let at_fault = |what: String| format!("segment {}: {what}", name(seg.seq));
+            let bytes =
+                std::fs::read(&seg.path).map_err(|e| at_fault(format!("reading it: {e}")))?;
+            let (end, max_index) =
+                replay(&bytes, &mut log, i == 0, i + 1 == count).map_err(at_fault)?;
+            seg.max_index = max_index;
+            valid_end = end as u64;
+        }
+        log.finish()?;
+        check_base_covered(&log.meta.base, &log.meta.snapshot).map_err(|e| e.to_string())?;
+
+        let mut journal = match segments.last() {
+            None => {
+                let path = dir.join(name(1));
+                let file = create(&path)?;
+                segments.push(Segment {
+                    seq: 1,
+                    path,
+                    max_index: None,
+                });
+                Journal::with(dir, segments, file, 0, segment_bytes)
+            }
+            Some(last) => {
+                let file = File::options()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(|e| format!("segment {}: opening it: {e}", name(last.seq)))?;
+                // Cut what a crash left after the last whole record (a
+                // torn record, zeros), so appends follow it directly.
+                let on_disk = file.metadata().map(|m| m.len()).unwrap_or(valid_end);
+                if on_disk != valid_end {
+                    file.set_len(valid_end)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| {
+                            format!("segment {}: cutting its torn end: {e}", name(last.seq))
+                        })?;
+                }
+                Journal::with(dir, segments, file, valid_end, segment_bytes)
+            }
+        };
+        if journal.size == 0 {
+            // A new segment, or one a crash left empty: it starts with the
+            // metadata as the segments before it leave it.
+            let checkpoint = record::checkpoint(&log.meta);
+            journal.write_frame(&checkpoint)?;
+            journal.sync()?;
+        }
+        Ok((journal, log))
+    }
+
+    fn with(
+        dir: &Path,
+        segments: Vec<Segment>,
+        file: File,
+        size: u64,
+        segment_bytes: u64,
+    ) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+            segments,
+            file,
+            size,
+            segment_bytes,
+            dir_dirty: true,
+            failed: None,
+            body: Vec::new(),
+            frame: Vec::new(),
+        }
+    }
+
+    /// The segment files, oldest first.
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.segments.iter().map(|s| s.path.clone()).collect()
+    }
+
+    /// Appends the record `body`, whose entries (if any) end at
+    /// `max_index`; starts a new segment first, with the checkpoint
+    /// `checkpoint` makes, if the current one is full.
+    pub(crate) fn append(
+        &mut self,
+        body: &[u8],
+        max_index: Option<LogIndex>,
+        checkpoint: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), String> {
+        if self.size >= self.segment_bytes {
+            self.start_segment(&checkpoint())?;
+        }
+        self.write_frame(body)?;
+        if let Some(seg) = self.segments.last_mut()
+            && max_index.is_some()
+        {
+            seg.max_index = seg.max_index.max(max_index);
+        }
+        Ok(())
+    }
+
+    fn write_frame(&mut self, body: &[u8]) -> Result<(), String> {
+        self.frame.clear();
+        frame::push(&mut self.frame, body);
+        if let Err(e) = self.file.write_all(&self.frame) {
+            return Err(self.fail(format!("writing a record: {e}")));
+        }
+        self.size += self.frame.len() as u64;
+        Ok(())
+    }
+
+    fn start_segment(&mut self, checkpoint: &[u8]) -> Result<(), String> {
+        // What the full segment holds becomes durable before anything in
+        // the next one can.
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fail(format!("syncing a full segment: {e}")));
+        }
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let path = self.dir.join(name(seq));
+        let file = create(&path).map_err(|e| self.fail(e))?;
+        self.file = file;
+        self.size = 0;
+        self.segments.push(Segment {
+            seq,
+            path,
+            max_index: None,
+        });
+        self.dir_dirty = true;
+        self.write_frame(checkpoint)
+    }
+
+    /// Makes everything written durable.
+    pub(crate) fn sync(&mut self) -> Result<(), String> {
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fail(format!("syncing: {e}")));
+        }
+        if self.dir_dirty {
+            if let Err(e) = sync_dir(&self.dir) {
+                return Err(self.fail(format!("syncing the directory: {e}")));
+            }
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest segments, as long as every entry they hold is at
+    /// or below `index` (compacted, and the compaction synced). The last
+    /// segment stays.
+    pub(crate) fn delete_covered(&mut self, index: LogIndex) -> Result<(), String> {
+        let covered = self
+            .segments
+            .iter()
+            .take(self.segments.len().saturating_sub(1))
+            .take_while(|s| s.max_index.is_none_or(|m| m <= index))
+            .count();
+        if covered == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..covered) {
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("deleting segment {}: {e}", name(seg.seq))),
+            }
+        }
+        sync_dir(&self.dir).map_err(|e| format!("syncing the directory: {e}"))
+    }
+
+    fn fail(&mut self, why: String) -> String {
+        self.failed = Some(why.clone());
+        why
+    }
+}
+
+/// A new, empty segment file.
+fn create(path: &Path) -> Result<File, String> {
+    File::options()
+        .append(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("creating segment {}: {e}", path.display()))
+}
+
+/// Replays one segment's records into `log`; the first segment's
+/// checkpoint sets the metadata, later ones only follow. Returns where
+/// its last whole record ends and the greatest index of its entries.
+fn replay(
+    bytes: &[u8],
+    log: &mut Log,
+    first_segment: bool,
+    last_segment: bool,
+) -> Result<(usize, Option<LogIndex>), String> {
+    let mut at = 0;
+    let mut max_index = None;
+    loop {
+        match frame::read(bytes, at) {
+            Read::Frame(body, next) => {
+                let record = record::decode(body).map_err(|e| describe(e, at))?;
+                match record {
+                    Record::Checkpoint(_) if at > 0 => {
+                        return Err(format!("a checkpoint at offset {at}, not first"));
+                    }
+                    Record::Checkpoint(_) if !first_segment => {}
+                    ref r if at == 0 && !matches!(r, Record::Checkpoint(_)) => {
+                        return Err("the segment does not start with a checkpoint".into());
+                    }
+                    record => {
+                        if let Record::Write { entries, .. } = &record {
+                            max_index = max_index.max(entries.last().map(|e| e.index));
+                        }
+                        log.apply(record)?;
+                    }
+                }
+                at = next;
+            }
+            Read::End => return Ok((at, max_index)),
+            Read::Torn if last_segment => return Ok((at, max_index)),
+            Read::Torn => {
+                return Err(format!(
+                    "a record at offset {at} was never wholly written, and segments follow"
+                ));
+            }
+            Read::Damaged(why, body) => {
+                // Name the entry, where the body shows which.
+                let entry = body.and_then(|b| match record::decode(b) {
+                    Err(BadRecord::Entry { after, .. }) => Some(
+                        after.map_or("the first log entry of a write".to_string(), |a| {
+                            format!("log entry {}", a + 1)
+                        }),
+                    ),
+                    Ok(Record::Write { entries, .. }) if !entries.is_empty() => Some(format!(
+                        "log entries {} to {}",
+                        entries[0].index,
+                        entries[entries.len() - 1].index
+                    )),
+                    _ => None,
+                });
+                return Err(match entry {
+                    Some(entry) => format!("{entry} is corrupt: {why}"),
+                    None => why,
+                });
+            }
+        }
+    }
+}
+
+fn describe(e: BadRecord, at: usize) -> String {
+    match e {
+        BadRecord::Entry { after, why } => format!(
+            "{} is corrupt: {why}",
+            after.map_or("the first log entry of a write".to_string(), |a| format!(
+                "log entry {}",
+                a + 1
+            ))
+        ),
+        BadRecord::Other(why) => format!("the record at offset {at} does not decode: {why}"),
+    }
+}
