@@ -27,7 +27,10 @@ const ENV_PREFIX: &str = "DENGINE_";
 pub enum StorageKind {
     /// In memory: nothing survives the process (tests, examples).
     Memory,
-    /// sled in `data_dir` (feature `sled`, the default).
+    /// The default disk storage (feature `sled`): the log in dengine's
+    /// write-ahead log under `data_dir/wal` (`dengine-storage-wal`; a data
+    /// directory made before it keeps its log on sled, `data_dir/log`),
+    /// a state machine's own data (the key-value store's) on sled.
     #[default]
     Sled,
     /// RocksDB in `data_dir` (feature `rocksdb`).

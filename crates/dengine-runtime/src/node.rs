@@ -386,7 +386,13 @@ fn open_store(config: &Config) -> Result<Store, Error> {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                 Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
             })?;
-            let s = dengine_storage_sled::SledStore::open(config.data_dir.join("log"))?;
+            // A data directory made before the write-ahead log keeps its
+            // log in sled.
+            let sled_log = config.data_dir.join("log");
+            if sled_log.exists() {
+                return Ok(Arc::new(dengine_storage_sled::SledStore::open(sled_log)?));
+            }
+            let s = dengine_storage_wal::WalStore::open(config.data_dir.join("wal"))?;
             Ok(Arc::new(s))
         }
         #[cfg(feature = "rocksdb")]

@@ -49,7 +49,8 @@
 //! ## Storage
 //! Pick the backend with [`Config::storage`]: `memory` (always there),
 //! `sled` (feature `sled`, the default: builds in seconds, no system
-//! packages), `rocksdb` (feature `rocksdb`: ~12 minutes to build from
+//! packages; the log in dengine's write-ahead log, the key-value store on
+//! sled), `rocksdb` (feature `rocksdb`: ~12 minutes to build from
 //! source, needs libclang).
 //! ## The crates behind this one
 //! This crate is a facade: it re-exports the layers below and picks the
