@@ -100,10 +100,19 @@ pub fn cargo() -> Command {
     command
 }
 
-/// The workspace root: the parent of this crate's directory.
+/// The workspace root: the parent of this crate's directory. Taken from
+/// the `CARGO_MANIFEST_DIR` cargo sets when it runs the task, before the
+/// one compiled in: a binary built in another checkout sharing the target
+/// directory (cargo reuses it) would otherwise work in that checkout, or
+/// fail to start anything once it is gone.
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
 }
 
 /// The command line, for messages: `cargo` plus its arguments and any

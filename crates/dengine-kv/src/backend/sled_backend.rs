@@ -89,9 +89,10 @@ fn piece_max(key: &[u8]) -> usize {
 /// key of more than a few KiB still makes sled write blobs.
 ///
 /// The store's revision records (keys `r ‖ revision`) are not stored one
-/// by one but many to a sled value, in pages (see [`pages`]): a page is
+/// by one but many to a sled value, in pages of up to 6 KiB: a page is
 /// stored as a record (in pieces, when one large record makes it larger
-/// than a piece) under the key of its first record.
+/// than a piece) under the key of its first record, and holds the records
+/// from its key to the next page's.
 ///
 /// The layout has a format version, stored under the key `0x02` (one
 /// byte: 2, this layout), written when the database is created. A
