@@ -36,26 +36,34 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// Writes the store's snapshot (the store must have been flushed).
+/// Writes the store's snapshot: the records in the backend and those not
+/// written to it yet (which are newer), less those compacted since.
 pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> {
-    if !sm.pending.is_empty() || !sm.removed.is_empty() {
-        return Err(io::Error::other("snapshot asked for before a flush"));
-    }
     out.write_all(MAGIC)?;
     out.write_all(&[VERSION])?;
     out.write_all(&sm.revision.to_le_bytes())?;
     out.write_all(&sm.compacted.to_le_bytes())?;
+    let removed: std::collections::HashSet<Revision> = sm.removed.iter().copied().collect();
+    let mut record = |rev: Revision, v: &[u8]| -> io::Result<()> {
+        if removed.contains(&rev) {
+            return Ok(());
+        }
+        let len = u32::try_from(v.len()).map_err(|_| bad("a record of over 4 GiB"))?;
+        out.write_all(&[1])?;
+        out.write_all(&rev.main.to_le_bytes())?;
+        out.write_all(&rev.sub.to_be_bytes())?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(v)
+    };
     sm.backend
         .scan(&[REV_PREFIX], Some(REVS_END), &mut |k, v| {
             let rev = record::parse_rev_key(k).map_err(|e| io::Error::other(e.to_string()))?;
-            let len = u32::try_from(v.len()).map_err(|_| bad("a record of over 4 GiB"))?;
-            out.write_all(&[1])?;
-            out.write_all(&rev.main.to_le_bytes())?;
-            out.write_all(&rev.sub.to_be_bytes())?;
-            out.write_all(&len.to_le_bytes())?;
-            out.write_all(v)?;
+            record(rev, v)?;
             Ok(true)
         })?;
+    for (rev, v) in &sm.pending {
+        record(*rev, v)?;
+    }
     out.write_all(&[0])?;
     for (id, ttl) in sm.leases() {
         out.write_all(&[1])?;

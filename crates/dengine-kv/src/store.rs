@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io;
+use std::time::{Duration, Instant};
 
 use dengine_core::{ConfChange, ConfState};
 use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKind};
@@ -59,6 +60,16 @@ pub struct KvStateMachine {
     pub(crate) compacted: i64,
     /// The sub revision the next write of the running command takes.
     next_sub: u32,
+    /// When the oldest write not yet in a durable backend was flushed.
+    unwritten_since: Option<Instant>,
+    /// How long flushed writes may wait in memory ([`WRITE_AFTER`]; zero:
+    /// each flush writes).
+    pub(crate) write_after: Duration,
+    /// The index the last flush was asked for.
+    flush_target: Option<LogIndex>,
+    /// Whether commands were applied since the last flush (then `pending`
+    /// is ahead of `flush_target`).
+    applied_since_flush: bool,
     /// The index the stored state reflects (durable backends only).
     pub(crate) applied: Option<LogIndex>,
     /// A failed write to the backend: every later flush fails, and the node
@@ -101,6 +112,10 @@ impl KvStateMachine {
             revision: 1,
             compacted: 0,
             next_sub: 0,
+            unwritten_since: None,
+            write_after: WRITE_AFTER,
+            flush_target: None,
+            applied_since_flush: false,
             applied: None,
             failed: None,
             sink: None,
@@ -681,6 +696,46 @@ impl KvStateMachine {
     }
 }
 
+/// Writes applied to a durable backend wait in memory until this many
+/// records (written or removed) gather...
+const WRITE_RECORDS: usize = 8192;
+/// ... or the oldest has waited this long.
+const WRITE_AFTER: Duration = Duration::from_millis(20);
+
+impl KvStateMachine {
+    /// Writes everything applied so far, stored as applied through
+    /// `applied`.
+    fn write_all_pending(&mut self, applied: LogIndex) -> io::Result<()> {
+        if let Err(e) = self.write_pending(applied) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.applied = Some(applied);
+        self.unwritten_since = None;
+        Ok(())
+    }
+}
+
+impl Drop for KvStateMachine {
+    /// A store closed between batches writes what it kept in memory, so a
+    /// clean stop replays nothing. Closed in the middle of a batch (the
+    /// runtime stopping on a failure), it writes nothing: the writes it
+    /// holds go beyond the last index it was told, and the log replays
+    /// them.
+    fn drop(&mut self) {
+        let waiting = self.unwritten_since.is_some();
+        if let (Some(target), true, false, None) = (
+            self.flush_target,
+            waiting,
+            self.applied_since_flush,
+            &self.failed,
+        ) && let Err(e) = self.write_all_pending(target)
+        {
+            tracing::warn!(error = %e, "writing the key-value store's last batch failed");
+        }
+    }
+}
+
 /// A write of a transaction, as [`KvStateMachine::choose`] follows them.
 #[derive(Clone, Copy)]
 enum Earlier<'a> {
@@ -701,11 +756,13 @@ impl StateMachine for KvStateMachine {
         if let Some(f) = &self.failed {
             return Err(KvError::Storage(f.clone()));
         }
+        self.applied_since_flush = true;
         let cmd = KvCommand::decode(command)?;
         self.execute(&cmd)
     }
 
     fn apply_membership(&mut self, _at: EntryId, change: &ConfChange, members: &ConfState) {
+        self.applied_since_flush = true;
         self.change_members(change, members);
     }
 
@@ -713,12 +770,22 @@ impl StateMachine for KvStateMachine {
         if let Some(f) = &self.failed {
             return Err(io::Error::other(f.clone()));
         }
-        if let Err(e) = self.write_pending(applied) {
-            self.failed = Some(e.to_string());
-            return Err(e);
+        self.flush_target = Some(applied);
+        self.applied_since_flush = false;
+        if self.backend.durable() {
+            // Writes wait in memory (reads see them there) until enough
+            // gather: a durable backend pays a lot per batch (sled about a
+            // millisecond), and the log, not the backend, is what makes an
+            // applied write durable. The stored applied index stays where
+            // the last write left it, so a restart replays the rest.
+            let since = *self.unwritten_since.get_or_insert_with(Instant::now);
+            if self.pending.len() + self.removed.len() < WRITE_RECORDS
+                && since.elapsed() < self.write_after
+            {
+                return Ok(());
+            }
         }
-        self.applied = Some(applied);
-        Ok(())
+        self.write_all_pending(applied)
     }
 
     fn applied_index(&self) -> Option<LogIndex> {
@@ -730,6 +797,8 @@ impl StateMachine for KvStateMachine {
     }
 
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
+        // The state is ahead of the last flush until the next one.
+        self.applied_since_flush = true;
         crate::snapshot::restore(self, input)
     }
 }

@@ -990,6 +990,7 @@ impl KvBackend for Failing {
 fn a_failed_write_stops_the_state_machine() {
     let mut sm =
         KvStateMachine::with_backend(Box::new(Failing(MemoryBackend::default()))).expect("open");
+    sm.write_after = std::time::Duration::ZERO;
     assert!(
         sm.apply(EntryId::new(Term(1), LogIndex(1)), &put("a", "1").encode())
             .is_ok()
@@ -1007,6 +1008,7 @@ fn a_failed_write_stops_the_state_machine() {
 fn survives_restart(open: &dyn Fn() -> Box<dyn KvBackend>) {
     {
         let mut sm = KvStateMachine::with_backend(open()).expect("open");
+        sm.write_after = std::time::Duration::ZERO;
         assert_eq!(sm.applied_index(), None);
         run(&mut sm, 1, &[put("a", "1"), put("b", "2")]);
         sm.apply(
@@ -1071,6 +1073,55 @@ fn on_sled_flushed_batches_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     survives_restart(&|| Box::new(SledBackend::open(&path).expect("sled")));
+}
+
+/// Flushed writes wait in memory (reads see them) until enough gather;
+/// a clean close writes them; a store dropped in the middle of a batch
+/// writes nothing, and its stored index says what the log must replay.
+#[cfg(feature = "sled")]
+#[test]
+fn on_sled_flushed_writes_wait_in_memory_until_written_or_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || {
+        KvStateMachine::with_backend(Box::new(SledBackend::open(dir.path()).expect("sled")))
+            .expect("open")
+    };
+    {
+        let mut sm = open();
+        run(&mut sm, 1, &[put("a", "1"), put("b", "2")]);
+        assert_eq!(sm.applied_index(), None, "written at once");
+        assert_eq!(
+            keys(&sm.range(&range("\0", &[0])).expect("all")),
+            ["a", "b"]
+        );
+        let mut snapshot = Vec::new();
+        sm.snapshot(&mut snapshot)
+            .expect("a snapshot of writes not yet written");
+        let mut copy = KvStateMachine::in_memory();
+        copy.restore(&mut snapshot.as_slice()).expect("restore");
+        assert_eq!(
+            keys(&copy.range(&range("\0", &[0])).expect("all")),
+            ["a", "b"]
+        );
+        // Applied, not flushed: the close writes nothing.
+        sm.apply(EntryId::new(Term(1), LogIndex(3)), &put("c", "3").encode())
+            .expect("apply");
+    }
+    let mut sm = open();
+    assert_eq!(sm.applied_index(), None);
+    assert_eq!(sm.revision(), 1, "the log replays everything");
+    run(&mut sm, 1, &[put("a", "1"), put("b", "2")]);
+    drop(sm);
+    let sm = open();
+    assert_eq!(
+        sm.applied_index(),
+        Some(LogIndex(2)),
+        "a clean close writes"
+    );
+    assert_eq!(
+        keys(&sm.range(&range("\0", &[0])).expect("all")),
+        ["a", "b"]
+    );
 }
 
 #[cfg(feature = "rocksdb")]
