@@ -14,12 +14,22 @@ const SECTOR: usize = 512;
 pub(crate) const HEADER: usize = 12;
 
 /// Appends the frame of `body` to `out`.
+#[cfg(test)]
 pub(crate) fn push(out: &mut Vec<u8>, body: &[u8]) {
-    let len = (body.len() as u32).to_le_bytes();
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
+    push_with(out, |out| out.extend_from_slice(body));
+}
+
+/// Appends a frame to `out` whose body `body` appends (in place: the body
+/// is not copied again).
+pub(crate) fn push_with(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    body(out);
+    let len = ((out.len() - start - HEADER) as u32).to_le_bytes();
+    let crc = crc32fast::hash(&out[start + HEADER..]).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + 8].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc);
 }
 
 /// What reading a frame at some offset of a segment found.

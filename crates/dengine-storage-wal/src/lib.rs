@@ -200,7 +200,8 @@ impl WalStore {
         }
     }
 
-    /// Writes `body` as the next record and applies `record` to the log.
+    /// Writes `body` as the next record and applies `record` to the log
+    /// (a record without entries: writes go through [`LogStore::write`]).
     fn append(
         &self,
         j: &mut Journal,
@@ -208,20 +209,26 @@ impl WalStore {
         record: Record,
         sync: bool,
     ) -> Result<(), StorageError> {
-        let max_index = match &record {
-            Record::Write { entries, .. } => entries.last().map(|e| e.index),
-            _ => None,
-        };
-        j.append(body, max_index, || {
-            record::checkpoint(&self.read_log().meta)
-        })
-        .map_err(|e| self.fatal(e))?;
+        self.write_record(j, |out| out.extend_from_slice(body), None)?;
         if sync {
             j.sync().map_err(|e| self.fatal(e))?;
         }
         self.write_log()
             .apply(record)
             .map_err(|e| self.fatal(format!("applying a record just written: {e}")))
+    }
+
+    /// Appends the record `body` writes, whose entries end at `max_index`.
+    fn write_record(
+        &self,
+        j: &mut Journal,
+        body: impl FnOnce(&mut Vec<u8>),
+        max_index: Option<LogIndex>,
+    ) -> Result<(), StorageError> {
+        j.append(body, max_index, || {
+            record::checkpoint(&self.read_log().meta)
+        })
+        .map_err(|e| self.fatal(e))
     }
 }
 
@@ -315,16 +322,14 @@ impl LogStore for WalStore {
             check_append(entries, first, last).map_err(|r| self.refusal(r))?;
             install
         };
-        let mut body = std::mem::take(&mut j.body);
-        record::write_into(&mut body, install.as_ref(), hard_state, entries);
-        let record = Record::Write {
-            install,
-            hard_state: hard_state.copied(),
-            entries: entries.to_vec(),
-        };
-        let written = self.append(&mut j, &body, record, false);
-        j.body = body;
-        written
+        self.write_record(
+            &mut j,
+            |out| record::write_into(out, install.as_ref(), hard_state, entries),
+            entries.last().map(|e| e.index),
+        )?;
+        self.write_log()
+            .apply_write(install, hard_state.copied(), entries)
+            .map_err(|e| self.fatal(format!("applying a write just made: {e}")))
     }
 
     fn sync(&self) -> Result<(), StorageError> {

@@ -3,7 +3,7 @@
 //! change after it is written.
 
 use dengine_core::storage::checks::{hard_state_after_install, is_newer_snapshot};
-use dengine_core::{Entry, EntryId, LogIndex, StorageError, Term};
+use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError, Term};
 
 use crate::record::{Install, Meta, Record};
 
@@ -99,24 +99,7 @@ impl Log {
                 install,
                 hard_state,
                 entries,
-            } => {
-                if let Some(Install { meta, keep }) = install {
-                    if keep {
-                        self.entries.retain(|e| e.index > meta.last_index);
-                    } else {
-                        self.entries.clear();
-                    }
-                    self.meta.base = meta.last_id();
-                    if let Some(hs) = hard_state_after_install(&self.meta.hard_state, &meta) {
-                        self.meta.hard_state = hs;
-                    }
-                    self.meta.snapshot = meta;
-                }
-                self.append(entries)?;
-                if let Some(hs) = hard_state {
-                    self.meta.hard_state = hs;
-                }
-            }
+            } => self.apply_write(install, hard_state, &entries)?,
             Record::Compact(base) => {
                 self.entries.retain(|e| e.index > base.index);
                 self.meta.base = base;
@@ -131,7 +114,33 @@ impl Log {
         Ok(())
     }
 
-    fn append(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+    /// Applies a write record (the entries are copied into the log).
+    pub(crate) fn apply_write(
+        &mut self,
+        install: Option<Install>,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        if let Some(Install { meta, keep }) = install {
+            if keep {
+                self.entries.retain(|e| e.index > meta.last_index);
+            } else {
+                self.entries.clear();
+            }
+            self.meta.base = meta.last_id();
+            if let Some(hs) = hard_state_after_install(&self.meta.hard_state, &meta) {
+                self.meta.hard_state = hs;
+            }
+            self.meta.snapshot = meta;
+        }
+        self.append(entries)?;
+        if let Some(hs) = hard_state {
+            self.meta.hard_state = hs;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
         let Some(head) = entries.first().map(|e| e.index) else {
             return Ok(());
         };
@@ -147,7 +156,7 @@ impl Log {
             // Nothing stored, or all of it replaced.
             _ => self.entries.clear(),
         }
-        self.entries.extend(entries);
+        self.entries.extend_from_slice(entries);
         Ok(())
     }
 

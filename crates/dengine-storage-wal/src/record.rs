@@ -80,14 +80,13 @@ pub(crate) fn checkpoint(m: &Meta) -> Vec<u8> {
     out
 }
 
-/// The body of a write record, into `out` (cleared first).
+/// Appends the body of a write record to `out`.
 pub(crate) fn write_into(
     out: &mut Vec<u8>,
     install: Option<&Install>,
     hard_state: Option<&HardState>,
     entries: &[Entry],
 ) {
-    out.clear();
     out.push(WRITE);
     let mut flags = 0;
     if let Some(i) = install {
@@ -107,7 +106,12 @@ pub(crate) fn write_into(
         field(out, &codec::encode_hard_state(hs));
     }
     for e in entries {
-        field(out, &codec::encode_entry(e));
+        // The length, filled in once the entry is written after it.
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        codec::encode_entry_into(e, out);
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
 }
 
@@ -317,6 +321,18 @@ mod tests {
         let mut body = Vec::new();
         write_into(&mut body, Some(&install), Some(&hs), &entries);
         assert_eq!(
+            body.len(),
+            1 + 1
+                + 4
+                + codec::encode_snapshot_meta(&meta()).len()
+                + 4
+                + codec::encode_hard_state(&hs).len()
+                + entries
+                    .iter()
+                    .map(|e| 4 + codec::encode_entry(e).len())
+                    .sum::<usize>()
+        );
+        assert_eq!(
             decode(&body).unwrap(),
             Record::Write {
                 install: Some(install),
@@ -324,6 +340,7 @@ mod tests {
                 entries: entries.clone()
             }
         );
+        body.clear();
         write_into(&mut body, None, None, &[]);
         assert_eq!(
             decode(&body).unwrap(),

@@ -34,8 +34,6 @@ pub(crate) struct Journal {
     /// Why a write or sync failed: nothing after it can be trusted to be
     /// durable, so every later call fails.
     pub(crate) failed: Option<String>,
-    /// A record's body, kept to be reused.
-    pub(crate) body: Vec<u8>,
     /// A frame, kept to be reused.
     frame: Vec<u8>,
 }
@@ -124,7 +122,7 @@ impl Journal {
             // A new segment, or one a crash left empty: it starts with the
             // metadata as the segments before it leave it.
             let checkpoint = record::checkpoint(&log.meta);
-            journal.write_frame(&checkpoint)?;
+            journal.write_frame(|out| out.extend_from_slice(&checkpoint))?;
             journal.sync()?;
         }
         Ok((journal, log))
@@ -145,7 +143,6 @@ impl Journal {
             segment_bytes,
             dir_dirty: true,
             failed: None,
-            body: Vec::new(),
             frame: Vec::new(),
         }
     }
@@ -155,12 +152,12 @@ impl Journal {
         self.segments.iter().map(|s| s.path.clone()).collect()
     }
 
-    /// Appends the record `body`, whose entries (if any) end at
-    /// `max_index`; starts a new segment first, with the checkpoint
-    /// `checkpoint` makes, if the current one is full.
+    /// Appends the record whose body `body` writes, whose entries (if
+    /// any) end at `max_index`; starts a new segment first, with the
+    /// checkpoint `checkpoint` makes, if the current one is full.
     pub(crate) fn append(
         &mut self,
-        body: &[u8],
+        body: impl FnOnce(&mut Vec<u8>),
         max_index: Option<LogIndex>,
         checkpoint: impl FnOnce() -> Vec<u8>,
     ) -> Result<(), String> {
@@ -176,9 +173,9 @@ impl Journal {
         Ok(())
     }
 
-    fn write_frame(&mut self, body: &[u8]) -> Result<(), String> {
+    fn write_frame(&mut self, body: impl FnOnce(&mut Vec<u8>)) -> Result<(), String> {
         self.frame.clear();
-        frame::push(&mut self.frame, body);
+        frame::push_with(&mut self.frame, body);
         if let Err(e) = self.file.write_all(&self.frame) {
             return Err(self.fail(format!("writing a record: {e}")));
         }
@@ -203,7 +200,7 @@ impl Journal {
             max_index: None,
         });
         self.dir_dirty = true;
-        self.write_frame(checkpoint)
+        self.write_frame(|out| out.extend_from_slice(checkpoint))
     }
 
     /// Makes everything written durable.

@@ -500,12 +500,12 @@ impl<SM: StateMachine> CoreLoop<SM> {
             Event::Persisted(batches) => {
                 self.disk_jobs = self.disk_jobs.saturating_sub(batches.len());
                 let mut res = Ok(());
-                for b in batches {
-                    if let Err(e) = self.raw.on_persisted(b.persisted()) {
+                for (persisted, messages) in batches {
+                    if let Err(e) = self.raw.on_persisted(persisted) {
                         res = Err(e);
                         break;
                     }
-                    for m in b.messages {
+                    for m in messages {
                         self.send(m);
                     }
                 }

@@ -62,9 +62,11 @@ fn run(
         let mut merged = Merged::default();
         for job in group {
             match job {
-                DiskJob::Write(batch) if batch.snapshot.is_none() => {
-                    merged.add(&batch);
-                    written.push(batch);
+                DiskJob::Write(mut batch) if batch.snapshot.is_none() => {
+                    // The entries move into the merged write (no copy).
+                    let persisted = batch.persisted();
+                    merged.add(std::mem::take(&mut batch.entries), batch.hard_state);
+                    written.push((persisted, batch.messages));
                 }
                 DiskJob::Write(batch) => {
                     // The snapshot's data was made durable when it was
@@ -76,7 +78,7 @@ fn run(
                         &batch.entries,
                         batch.hard_state.as_ref(),
                     )?;
-                    written.push(batch);
+                    written.push((batch.persisted(), batch.messages));
                 }
                 DiskJob::Compact(index) => {
                     merged.flush(store)?;
@@ -126,21 +128,24 @@ struct Merged {
 }
 
 impl Merged {
-    fn add(&mut self, b: &dengine_core::PersistBatch) {
-        if let Some(first) = b.entries.first() {
-            if let Some(start) = self.entries.first().map(|e| e.index) {
-                if first.index >= start {
+    fn add(
+        &mut self,
+        entries: Vec<dengine_core::Entry>,
+        hard_state: Option<dengine_core::HardState>,
+    ) {
+        if let Some(first) = entries.first() {
+            match self.entries.first().map(|e| e.index) {
+                Some(start) if first.index >= start => {
                     self.entries.truncate((first.index.0 - start.0) as usize);
-                } else {
-                    // Rewrites from before this group's entries: write what we
-                    // have first would be wrong order; the new batch replaces it.
-                    self.entries.clear();
+                    self.entries.extend(entries);
                 }
+                // The first batch, or one that rewrites from before this
+                // group's entries: it replaces them all.
+                _ => self.entries = entries,
             }
-            self.entries.extend(b.entries.iter().cloned());
         }
-        if b.hard_state.is_some() {
-            self.hard_state = b.hard_state;
+        if hard_state.is_some() {
+            self.hard_state = hard_state;
         }
     }
 

@@ -41,7 +41,7 @@ pub(crate) mod supervisor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dengine_core::{ConfChange, LogIndex, Message, NodeId, PersistBatch, SnapshotMeta};
+use dengine_core::{ConfChange, LogIndex, Message, NodeId, PersistBatch, Persisted, SnapshotMeta};
 use tokio::sync::oneshot;
 
 pub(crate) use core_loop::CoreLoop;
@@ -103,7 +103,9 @@ pub(crate) enum Request<SM: StateMachine> {
 /// number is bounded by those.
 pub(crate) enum Event {
     SnapshotReport(NodeId, bool),
-    Persisted(Vec<PersistBatch>),
+    /// Batches made durable: what each persisted, and the messages that
+    /// waited for it.
+    Persisted(Vec<(Persisted, Vec<Message>)>),
     Applied(LogIndex),
     SnapshotMade(SnapshotMeta, SnapshotData),
     SnapshotSaved(SnapshotMeta, SnapshotData),
