@@ -2,7 +2,7 @@
 //! same code replays the segments when the store opens and applies each
 //! change after it is written.
 
-use dengine_core::storage::checks::{hard_state_after_install, is_newer_snapshot};
+use dengine_core::storage::checks::{hard_state_after_install, is_newer_snapshot, within_bytes};
 use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError, Term};
 
 use crate::record::{Install, Meta, Record};
@@ -69,16 +69,7 @@ impl Log {
         }
         let first = self.first_index();
         let range = &self.entries[(lo.0 - first.0) as usize..(hi.0 - first.0) as usize];
-        let mut take = 0;
-        let mut size = 0;
-        for e in range {
-            size += e.size();
-            if take > 0 && size > max_bytes {
-                break;
-            }
-            take += 1;
-        }
-        Ok(range[..take].to_vec())
+        Ok(within_bytes(range, max_bytes).to_vec())
     }
 
     /// Whether installing a snapshot ending at `last` keeps the entries

@@ -180,6 +180,22 @@ pub fn check_base_covered(base: &EntryId, snapshot: &SnapshotMeta) -> Result<(),
     Ok(())
 }
 
+/// The longest prefix of `entries` whose total [`Entry::size`] stays
+/// within `max_bytes`, but at least one entry (what
+/// [`crate::LogStorage::entries`] returns of a range held in memory).
+pub fn within_bytes(entries: &[Entry], max_bytes: u64) -> &[Entry] {
+    let mut take = 0;
+    let mut size = 0;
+    for e in entries {
+        size += e.size();
+        if take > 0 && size > max_bytes {
+            break;
+        }
+        take += 1;
+    }
+    &entries[..take]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

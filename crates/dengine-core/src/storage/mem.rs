@@ -8,6 +8,7 @@ use crate::error::StorageError;
 use crate::rawnode::{PersistBatch, bootstrap_entry};
 use crate::storage::checks::{
     check_append, check_compaction, check_identity, hard_state_after_install, is_newer_snapshot,
+    within_bytes,
 };
 use crate::storage::{InitialState, LogStorage, LogStore, MetaStore, StoreIdentity};
 use crate::types::{ConfState, Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, Term};
@@ -83,17 +84,7 @@ impl MemStorageCore {
         let start = (lo.0 - self.first_index().0) as usize;
         let end = (hi.0 - self.first_index().0) as usize;
         // Count first, then copy in one go (no regrowth of the result).
-        let range = &self.entries[start..end];
-        let mut take = 0;
-        let mut size = 0;
-        for e in range {
-            size += e.size();
-            if take > 0 && size > max_bytes {
-                break;
-            }
-            take += 1;
-        }
-        Ok(range[..take].to_vec())
+        Ok(within_bytes(&self.entries[start..end], max_bytes).to_vec())
     }
 
     /// Appends `ents`, replacing anything stored at or after the first one.
