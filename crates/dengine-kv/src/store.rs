@@ -700,7 +700,7 @@ impl KvStateMachine {
 /// records (written or removed) gather...
 const WRITE_RECORDS: usize = 8192;
 /// ... or the oldest has waited this long.
-const WRITE_AFTER: Duration = Duration::from_millis(20);
+const WRITE_AFTER: Duration = Duration::from_millis(10);
 
 impl KvStateMachine {
     /// Writes everything applied so far, stored as applied through
