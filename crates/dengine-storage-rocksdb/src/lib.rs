@@ -91,8 +91,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dengine_core::codec;
 use dengine_core::storage::checks::{
-    check_append, check_base_covered, check_compaction, check_identity, hard_state_after_install,
-    is_newer_snapshot,
+    check_append, check_base_covered, check_compaction, check_identity, check_read,
+    hard_state_after_install, is_newer_snapshot,
 };
 use dengine_core::storage::{
     InitialState, LogStorage, LogStore, MetaStore, StoreIdentity, StoreRefusal,
@@ -385,14 +385,8 @@ impl LogStorage for RocksStore {
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
         let st = self.read_state()?;
-        if lo < st.first() {
-            return Err(StorageError::Compacted(lo));
-        }
-        if hi > st.last.next() {
-            return Err(StorageError::Unavailable(hi));
-        }
         let mut out = Vec::new();
-        if lo >= hi {
+        if !check_read(lo, hi, st.first(), st.last)? {
             return Ok(out);
         }
         let mut opts = ReadOptions::default();

@@ -165,7 +165,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use dengine_core::codec::{self, CodecError};
 use dengine_core::storage::StoreRefusal;
 use dengine_core::storage::checks::{
-    check_append, check_compaction, check_identity, hard_state_after_install, is_newer_snapshot,
+    check_append, check_compaction, check_identity, check_read, hard_state_after_install,
+    is_newer_snapshot,
 };
 use dengine_core::{
     Entry, EntryId, HardState, InitialState, LogIndex, LogStorage, LogStore, MetaStore,
@@ -567,13 +568,7 @@ impl LogStorage for SledStore {
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
         let s = self.read_state()?;
-        if lo < s.first() {
-            return Err(StorageError::Compacted(lo));
-        }
-        if hi > s.last.next() {
-            return Err(StorageError::Unavailable(hi));
-        }
-        if lo >= hi {
+        if !check_read(lo, hi, s.first(), s.last)? {
             return Ok(Vec::new());
         }
         let mut take = Take {

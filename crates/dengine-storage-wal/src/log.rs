@@ -2,7 +2,9 @@
 //! same code replays the segments when the store opens and applies each
 //! change after it is written.
 
-use dengine_core::storage::checks::{hard_state_after_install, is_newer_snapshot, within_bytes};
+use dengine_core::storage::checks::{
+    check_read, hard_state_after_install, is_newer_snapshot, within_bytes,
+};
 use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError, Term};
 
 use crate::record::{Install, Meta, Record};
@@ -58,13 +60,7 @@ impl Log {
         hi: LogIndex,
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        if lo < self.first_index() {
-            return Err(StorageError::Compacted(lo));
-        }
-        if hi > self.last_index().next() {
-            return Err(StorageError::Unavailable(hi));
-        }
-        if lo >= hi {
+        if !check_read(lo, hi, self.first_index(), self.last_index())? {
             return Ok(Vec::new());
         }
         let first = self.first_index();

@@ -297,11 +297,7 @@ fn replay(
             Read::Damaged(why, body) => {
                 // Name the entry, where the body shows which.
                 let entry = body.and_then(|b| match record::decode(b) {
-                    Err(BadRecord::Entry { after, .. }) => Some(
-                        after.map_or("the first log entry of a write".to_string(), |a| {
-                            format!("log entry {}", a + 1)
-                        }),
-                    ),
+                    Err(BadRecord::Entry { after, .. }) => Some(entry_after(after)),
                     Ok(Record::Write { entries, .. }) if !entries.is_empty() => Some(format!(
                         "log entries {} to {}",
                         entries[0].index,
@@ -320,13 +316,15 @@ fn replay(
 
 fn describe(e: BadRecord, at: usize) -> String {
     match e {
-        BadRecord::Entry { after, why } => format!(
-            "{} is corrupt: {why}",
-            after.map_or("the first log entry of a write".to_string(), |a| format!(
-                "log entry {}",
-                a + 1
-            ))
-        ),
+        BadRecord::Entry { after, why } => format!("{} is corrupt: {why}", entry_after(after)),
         BadRecord::Other(why) => format!("the record at offset {at} does not decode: {why}"),
     }
+}
+
+/// The entry of a write record that follows the entry at `after` (none:
+/// its first), named for an error.
+fn entry_after(after: Option<u64>) -> String {
+    after.map_or("the first log entry of a write".to_string(), |a| {
+        format!("log entry {}", a + 1)
+    })
 }

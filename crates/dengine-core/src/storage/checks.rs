@@ -180,6 +180,26 @@ pub fn check_base_covered(base: &EntryId, snapshot: &SnapshotMeta) -> Result<(),
     Ok(())
 }
 
+/// Checks a read of the entries `[lo, hi)` from a log holding
+/// `first..=last` (`last == first - 1` when it is empty), as
+/// [`crate::LogStorage::entries`] answers it: [`StorageError::Compacted`]
+/// if `lo` is below the first index, [`StorageError::Unavailable`] if `hi`
+/// is past the end. `Ok(false)`: the range is empty, nothing to read.
+pub fn check_read(
+    lo: LogIndex,
+    hi: LogIndex,
+    first: LogIndex,
+    last: LogIndex,
+) -> Result<bool, StorageError> {
+    if lo < first {
+        return Err(StorageError::Compacted(lo));
+    }
+    if hi > last.next() {
+        return Err(StorageError::Unavailable(hi));
+    }
+    Ok(lo < hi)
+}
+
 /// The longest prefix of `entries` whose total [`Entry::size`] stays
 /// within `max_bytes`, but at least one entry (what
 /// [`crate::LogStorage::entries`] returns of a range held in memory).
@@ -208,6 +228,21 @@ mod tests {
             index: LogIndex(index),
             payload: EntryPayload::Normal(Bytes::new()),
         }
+    }
+
+    #[test]
+    fn reads_are_checked_against_the_log_held() {
+        let r = |lo, hi| check_read(LogIndex(lo), LogIndex(hi), LogIndex(5), LogIndex(9));
+        assert_eq!(r(5, 10), Ok(true));
+        assert_eq!(r(7, 7), Ok(false));
+        assert_eq!(r(8, 6), Ok(false), "an inverted range reads nothing");
+        assert_eq!(r(4, 8), Err(StorageError::Compacted(LogIndex(4))));
+        assert_eq!(r(6, 11), Err(StorageError::Unavailable(LogIndex(11))));
+        // An empty log after a base at 4.
+        assert_eq!(
+            check_read(LogIndex(5), LogIndex(5), LogIndex(5), LogIndex(4)),
+            Ok(false)
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::StorageError;
 use crate::rawnode::{PersistBatch, bootstrap_entry};
 use crate::storage::checks::{
-    check_append, check_compaction, check_identity, hard_state_after_install, is_newer_snapshot,
-    within_bytes,
+    check_append, check_compaction, check_identity, check_read, hard_state_after_install,
+    is_newer_snapshot, within_bytes,
 };
 use crate::storage::{InitialState, LogStorage, LogStore, MetaStore, StoreIdentity};
 use crate::types::{ConfState, Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, Term};
@@ -75,11 +75,8 @@ impl MemStorageCore {
         hi: LogIndex,
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        if lo < self.first_index() {
-            return Err(StorageError::Compacted(lo));
-        }
-        if hi > self.last_index().next() {
-            return Err(StorageError::Unavailable(hi));
+        if !check_read(lo, hi, self.first_index(), self.last_index())? {
+            return Ok(Vec::new());
         }
         let start = (lo.0 - self.first_index().0) as usize;
         let end = (hi.0 - self.first_index().0) as usize;
