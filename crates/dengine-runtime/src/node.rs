@@ -697,3 +697,53 @@ impl<T: crate::typed::TypedStateMachine> Node<crate::typed::Typed<T>> {
         }
     }
 }
+
+#[cfg(all(test, feature = "sled"))]
+mod tests {
+    use super::*;
+    use dengine_core::{Entry, EntryPayload, LogIndex, LogStorage, LogStore, Term};
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            storage: StorageKind::Sled,
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            term: Term(1),
+            index: LogIndex(i),
+            payload: EntryPayload::Normal(vec![i as u8].into()),
+        }
+    }
+
+    #[test]
+    fn a_new_data_dir_gets_the_write_ahead_log_and_an_old_one_keeps_its_sled_log() {
+        let new = tempfile::tempdir().unwrap();
+        let store = open_store(&config(new.path())).unwrap();
+        store.write(None, &[entry(1)], None).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        assert!(new.path().join("wal").is_dir());
+        assert!(!new.path().join("log").exists());
+        let store = open_store(&config(new.path())).unwrap();
+        assert_eq!(store.last_index().unwrap(), LogIndex(1));
+        drop(store);
+
+        let old = tempfile::tempdir().unwrap();
+        {
+            let sled = dengine_storage_sled::SledStore::open(old.path().join("log")).unwrap();
+            sled.write(None, &[entry(1), entry(2)], None).unwrap();
+            sled.sync().unwrap();
+        }
+        let store = open_store(&config(old.path())).unwrap();
+        assert_eq!(
+            store.last_index().unwrap(),
+            LogIndex(2),
+            "the sled log is read"
+        );
+        assert!(!old.path().join("wal").exists());
+    }
+}
