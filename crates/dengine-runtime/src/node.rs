@@ -518,8 +518,11 @@ impl<SM: StateMachine> Node<SM> {
         let slot = self.inner.reads.acquire()?;
         let (tx, rx) = oneshot::channel();
         let job = Box::new(move |sm: Result<&SM, Error>| {
-            let _ = tx.send(sm.map(query));
+            let answer = sm.map(query);
+            // The place is given back before the answer leaves: a caller
+            // woken by it may read again at once and must find it free.
             drop(slot);
+            let _ = tx.send(answer);
         });
         self.submit(Request::Read { policy, job })?;
         self.wait(rx).await
