@@ -7,6 +7,7 @@
 mod backup;
 mod bad_input;
 mod check_perf;
+mod client;
 mod concurrency;
 mod etcdctl;
 mod harness;
