@@ -18,6 +18,7 @@ pub fn run() -> ExitCode {
     }
     for ensure in [
         crate::sysdeps::ensure_etcdctl,
+        crate::sysdeps::ensure_etcd,
         crate::sysdeps::ensure_protoc,
     ] {
         if let Err(e) = ensure() {

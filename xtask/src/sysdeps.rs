@@ -120,21 +120,52 @@ fn runs(program: &str, arg: &str) -> bool {
 /// against `dengine serve` (a client nobody here wrote). Installs Debian's
 /// `etcd-client` when root on Debian; otherwise says what to install.
 pub fn ensure_etcdctl() -> Result<(), String> {
-    if runs("etcdctl", "version") {
-        return Ok(());
+    ensure_debian_tool(
+        ("etcdctl", "version"),
+        "etcd-client",
+        "the etcd interoperability tests need etcdctl",
+    )
+    .map(|_| ())
+}
+
+/// Makes sure `etcd` is installed: the client tests run the same checks
+/// against an etcd cluster, to show the client speaks etcd and not only
+/// dengine. Installs Debian's `etcd-server` when root on Debian (and stops
+/// the service the package starts: the tests run their own members on
+/// free ports); otherwise says what to install.
+pub fn ensure_etcd() -> Result<(), String> {
+    let installed = ensure_debian_tool(
+        ("etcd", "--version"),
+        "etcd-server",
+        "the client tests run etcd itself for comparison",
+    )?;
+    if installed && Path::new("/usr/bin/systemctl").exists() {
+        let _ = run_quiet("systemctl", &["disable", "--now", "etcd"]);
     }
-    const HINT: &str = "the etcd interoperability tests need etcdctl: run \
-        `apt-get install -y etcd-client` (as root), or put etcdctl 3.4+ on PATH, and retry";
+    Ok(())
+}
+
+/// Makes sure `program` runs (`probe` is the program and an argument it
+/// answers); installs Debian's `package` when root on Debian. Returns
+/// whether it installed it.
+fn ensure_debian_tool(probe: (&str, &str), package: &str, why: &str) -> Result<bool, String> {
+    let (program, arg) = probe;
+    if runs(program, arg) {
+        return Ok(false);
+    }
+    let hint = format!(
+        "{why}: run `apt-get install -y {package}` (as root), or put {program} 3.4+ on PATH, and retry"
+    );
     if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
-        return Err(HINT.to_string());
+        return Err(hint);
     }
-    println!("==> installing etcd-client (etcdctl, for the etcd interoperability tests)");
+    println!("==> installing {package} ({program}: {why})");
     let ok = run_quiet("apt-get", &["update", "-qq"])
-        && run_quiet("apt-get", &["install", "-y", "-qq", "etcd-client"]);
-    if ok && runs("etcdctl", "version") {
-        Ok(())
+        && run_quiet("apt-get", &["install", "-y", "-qq", package]);
+    if ok && runs(program, arg) {
+        Ok(true)
     } else {
-        Err(format!("installing etcd-client failed. {HINT}"))
+        Err(format!("installing {package} failed. {hint}"))
     }
 }
 

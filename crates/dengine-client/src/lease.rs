@@ -77,13 +77,19 @@ async fn keep_alive(pool: Arc<Pool>, id: i64, ttl: watch::Sender<Option<i64>>) {
     loop {
         let conn = pool.pick(Route::Leader, attempt);
         let (requests, rx) = mpsc::channel(1);
+        // The first renewal goes in before the stream opens: a server may
+        // send its headers only with its first answer (etcd does), so
+        // waiting for the stream before sending would wait forever.
+        let _ = requests.send(LeaseKeepAliveRequest { id }).await;
         let mut lease = LeaseClient::new(conn.channel.clone());
-        if let Ok(stream) = lease.lease_keep_alive(ReceiverStream::new(rx)).await {
+        let opened = tokio::time::timeout(
+            pool.options.request_timeout,
+            lease.lease_keep_alive(ReceiverStream::new(rx)),
+        )
+        .await;
+        if let Ok(Ok(stream)) = opened {
             let mut stream = stream.into_inner();
             loop {
-                if requests.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    break;
-                }
                 let answer =
                     tokio::time::timeout(pool.options.request_timeout, stream.message()).await;
                 match answer {
@@ -100,6 +106,9 @@ async fn keep_alive(pool: Arc<Pool>, id: i64, ttl: watch::Sender<Option<i64>>) {
                         }
                     }
                     _ => break,
+                }
+                if requests.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    break;
                 }
             }
         }

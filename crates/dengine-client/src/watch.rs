@@ -250,8 +250,12 @@ async fn run(
             })
             .await;
         let mut client = WatchClient::new(conn.channel.clone());
+        let opening = tokio::time::timeout(
+            pool.options.request_timeout,
+            client.watch(ReceiverStream::new(rx)),
+        );
         let opened = tokio::select! {
-            r = client.watch(ReceiverStream::new(rx)) => r,
+            r = opening => r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer"))),
             _ = out.closed() => return,
         };
         match opened {

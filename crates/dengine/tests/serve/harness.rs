@@ -54,7 +54,34 @@ pub struct Cluster {
     pub token: String,
     /// Extra flags for every member.
     pub extra: Vec<String>,
+    /// The program each member runs: `dengine serve`, or etcd itself.
+    pub program: Program,
     _dir: tempfile::TempDir,
+}
+
+/// What a cluster's members run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `dengine serve` (the binary under test).
+    Dengine,
+    /// etcd, at this path (same flags, for tests that compare).
+    Etcd(PathBuf),
+}
+
+/// etcd's binary (Debian's `etcd-server`, which `cargo xtask ci` installs
+/// when root on Debian), or a panic that says how to get it.
+pub fn etcd_binary() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "this test runs etcd itself for comparison and found no `etcd` on PATH: \
+             run `apt-get install -y etcd-server` (as root), or put etcd 3.4+ on PATH"
+        )
+    })
 }
 
 impl Cluster {
@@ -84,8 +111,16 @@ impl Cluster {
                 "--election-timeout".into(),
                 "300".into(),
             ],
+            program: Program::Dengine,
             _dir: dir,
         }
+    }
+
+    /// `n` etcd members, none started (see [`etcd_binary`]).
+    pub fn etcd(n: usize) -> Cluster {
+        let mut c = Cluster::new(n);
+        c.program = Program::Etcd(etcd_binary());
+        c
     }
 
     /// The `--initial-cluster` value.
@@ -100,9 +135,15 @@ impl Cluster {
     /// The command that starts member `i`.
     pub fn command(&self, i: usize) -> Command {
         let m = &self.members[i];
-        let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .args(["--name", &m.name])
+        let mut cmd = match &self.program {
+            Program::Dengine => {
+                let mut cmd = Command::new(binary());
+                cmd.arg("serve").env("DENGINE_LOG", "info");
+                cmd
+            }
+            Program::Etcd(path) => Command::new(path),
+        };
+        cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.dir)
             .args(["--listen-client-urls", &m.endpoint()])
@@ -117,7 +158,6 @@ impl Cluster {
                 &[]
             })
             .args(&self.extra)
-            .env("DENGINE_LOG", "info")
             .stdin(Stdio::null());
         cmd
     }
