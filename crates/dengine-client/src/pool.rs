@@ -306,8 +306,12 @@ pub(crate) fn describe(status: &Status) -> String {
     let mut text = status.message().to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        // Layers often repeat their cause's words: keep each once.
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = e.source();
     }
     text

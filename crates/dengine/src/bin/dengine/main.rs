@@ -1,7 +1,10 @@
 //! The `dengine` command: `dengine serve` runs a member of a cluster that
-//! speaks etcd's v3 API; `dengine snapshot restore` makes a new cluster's
-//! data from a backup.
+//! speaks etcd's v3 API; the client commands (`put`, `get`, `del`, `txn`,
+//! `watch`, `compact`, `lease`, `member`, `leader`, `status`, `snapshot
+//! save`) talk to a running cluster as etcdctl does; `dengine snapshot
+//! restore` makes a new cluster's data from a backup.
 
+mod ctl;
 mod serve;
 mod snapshot;
 
@@ -16,6 +19,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    conn: ctl::Conn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -23,7 +28,31 @@ enum Command {
     /// Runs a member of a cluster (with no flags: a single-node cluster on
     /// 127.0.0.1, data in ./dengine-data).
     Serve(Box<serve::ServeArgs>),
-    /// Backups (`etcdctl snapshot save` makes one from a running member).
+    /// Writes a key.
+    Put(ctl::kv::PutArgs),
+    /// Reads a key or a range.
+    Get(ctl::kv::GetArgs),
+    /// Deletes a key or a range.
+    Del(ctl::kv::DelArgs),
+    /// Runs a transaction read from stdin (etcdctl's format).
+    Txn(ctl::kv::TxnArgs),
+    /// Prints changes to a key or a range as they happen.
+    Watch(ctl::watch::WatchArgs),
+    /// Drops the history before a revision.
+    Compact(ctl::kv::CompactArgs),
+    /// Leases.
+    #[command(subcommand)]
+    Lease(ctl::lease::LeaseCommand),
+    /// The cluster's members.
+    #[command(subcommand)]
+    Member(ctl::member::MemberCommand),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(ctl::member::LeaderCommand),
+    /// One table of every member's state.
+    Status(ctl::status::StatusArgs),
+    /// Backups: `save` downloads one from a running member, `restore`
+    /// makes a new cluster's data from one.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
 }
@@ -32,6 +61,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(*args),
-        Command::Snapshot(command) => snapshot::run(command),
+        Command::Put(a) => ctl::kv::put(a, &cli.conn),
+        Command::Get(a) => ctl::kv::get(a, &cli.conn),
+        Command::Del(a) => ctl::kv::del(a, &cli.conn),
+        Command::Txn(a) => ctl::kv::txn(a, &cli.conn),
+        Command::Watch(a) => ctl::watch::watch(a, &cli.conn),
+        Command::Compact(a) => ctl::kv::compact(a, &cli.conn),
+        Command::Lease(c) => ctl::lease::run_lease(c, &cli.conn),
+        Command::Member(c) => ctl::member::run_member(c, &cli.conn),
+        Command::Leader(c) => ctl::member::run_leader(c, &cli.conn),
+        Command::Status(a) => ctl::status::status(a, &cli.conn),
+        Command::Snapshot(command) => snapshot::run(command, &cli.conn),
     }
 }

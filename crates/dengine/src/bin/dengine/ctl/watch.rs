@@ -1,0 +1,65 @@
+//! `dengine watch`: prints every change to a key or range as it happens
+//! (through member failures: the client's watch resumes by itself).
+
+use std::process::ExitCode;
+
+use clap::Args;
+use dengine_client::WatchOptions;
+use serde_json::json;
+
+use super::out::{self, print_json};
+use super::{Conn, Failed, Format, run, text};
+
+/// `dengine watch KEY [RANGE_END]`.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The key (or the start of the range).
+    pub key: String,
+    /// The end of the range (excluded).
+    pub range_end: Option<String>,
+    /// Every key starting with KEY.
+    #[arg(long, conflicts_with = "range_end")]
+    pub prefix: bool,
+    /// Starts at this revision (past changes included).
+    #[arg(long, default_value_t = 0)]
+    pub rev: i64,
+    /// Prints each key's previous value too.
+    #[arg(long)]
+    pub prev_kv: bool,
+}
+
+pub fn watch(a: WatchArgs, conn: &Conn) -> ExitCode {
+    run("watch", conn, |client, conn| async move {
+        let mut o = WatchOptions::new().with_start_revision(a.rev);
+        if a.prefix {
+            o = o.with_prefix();
+        } else if let Some(end) = &a.range_end {
+            o = o.with_range(end.as_bytes());
+        }
+        if a.prev_kv {
+            o = o.with_prev_key();
+        }
+        let mut w = client.watch(a.key, Some(o)).await?;
+        while let Some(r) = w.message().await {
+            let r = r?;
+            for e in &r.events {
+                if conn.write_out == Format::Json {
+                    print_json(&json!({
+                        "header": out::header(r.header.as_ref()),
+                        "event": out::event(e),
+                    }));
+                    continue;
+                }
+                println!("{}", out::event_type(e));
+                if let Some(kv) = &e.kv {
+                    println!("{}", text(&kv.key));
+                    if let Some(prev) = &e.prev_kv {
+                        println!("{}", text(&prev.value));
+                    }
+                    println!("{}", text(&kv.value));
+                }
+            }
+        }
+        Err(Failed::Message("the watch ended".into()))
+    })
+}
