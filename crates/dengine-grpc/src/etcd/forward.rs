@@ -121,15 +121,44 @@ async fn run(
                     Err(status) => {
                         tracing::debug!(leader = %to, code = ?status.code(), message = status.message(),
                             "forwarding writes failed");
-                        // Whether the leader took them is unknown.
+                        // The leader never got them if it could not be
+                        // reached (it died, and no other is known yet):
+                        // "no leader" tells the client it may send them
+                        // again. Otherwise whether it took them is unknown.
+                        let error = if never_sent(&status) {
+                            errors::no_leader
+                        } else {
+                            errors::timed_out_connection_lost
+                        };
                         for reply in replies {
-                            let _ = reply.send(Err(errors::timed_out_connection_lost()));
+                            let _ = reply.send(Err(error()));
                         }
                     }
                 }
             });
         }
     }
+}
+
+/// Whether a forward surely never reached the leader: the connection to
+/// it could not be made.
+fn never_sent(status: &Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message().contains("tcp connect error")
 }
 
 fn decode_result(r: wire::ForwardResult) -> Outcome {

@@ -7,7 +7,9 @@
 mod backup;
 mod bad_input;
 mod check_perf;
+mod cli;
 mod client;
+mod cluster_cmd;
 mod concurrency;
 mod etcdctl;
 mod harness;
@@ -16,6 +18,7 @@ mod lease;
 mod membership;
 mod mvcc_watch;
 mod quota;
+mod readme;
 mod watch_history;
 
 use std::collections::BTreeMap;

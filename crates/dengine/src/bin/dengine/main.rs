@@ -4,6 +4,7 @@
 //! save`) talk to a running cluster as etcdctl does; `dengine snapshot
 //! restore` makes a new cluster's data from a backup.
 
+mod cluster;
 mod ctl;
 mod serve;
 mod snapshot;
@@ -55,6 +56,9 @@ enum Command {
     /// makes a new cluster's data from one.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// A local cluster of real processes to try dengine with.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn main() -> ExitCode {
@@ -72,5 +76,6 @@ fn main() -> ExitCode {
         Command::Leader(c) => ctl::member::run_leader(c, &cli.conn),
         Command::Status(a) => ctl::status::status(a, &cli.conn),
         Command::Snapshot(command) => snapshot::run(command, &cli.conn),
+        Command::Cluster(command) => cluster::run(command),
     }
 }
