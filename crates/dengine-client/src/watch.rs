@@ -17,7 +17,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Client;
-use crate::error::{Error, Failure};
+use crate::error::{Error, ErrorKind, Failure};
 use crate::kv::prefix_end;
 use crate::pool::{Pool, Route, backoff};
 
@@ -226,6 +226,17 @@ impl Resume {
     }
 }
 
+/// Whether a member cancelled a watch for a reason another member would
+/// give too (the request itself is refused), rather than for its own state
+/// (no leader, stopping).
+fn refused(reason: &str) -> bool {
+    !reason.is_empty()
+        && !matches!(
+            ErrorKind::of(reason),
+            ErrorKind::NoLeader | ErrorKind::Stopped | ErrorKind::LeaderChanged
+        )
+}
+
 /// Keeps one watch open until the caller drops it.
 async fn run(
     pool: Arc<Pool>,
@@ -249,7 +260,8 @@ async fn run(
                 request_union: Some(RequestUnion::CreateRequest(request)),
             })
             .await;
-        let mut client = WatchClient::new(conn.channel.clone());
+        let mut client = WatchClient::new(conn.channel.clone())
+            .max_decoding_message_size(pool.options.max_response_bytes);
         let opening = tokio::time::timeout(
             pool.options.request_timeout,
             client.watch(ReceiverStream::new(rx)),
@@ -286,6 +298,17 @@ async fn run(
                                 }
                                 created = true;
                             } else if r.canceled {
+                                if refused(&r.cancel_reason) {
+                                    let kind = ErrorKind::of(&r.cancel_reason);
+                                    let _ = out
+                                        .send(Err(Error::Server {
+                                            kind,
+                                            code: tonic::Code::FailedPrecondition,
+                                            message: r.cancel_reason.clone(),
+                                        }))
+                                        .await;
+                                    return;
+                                }
                                 // Ended by the member (it lost its leader,
                                 // or stops): go on elsewhere.
                                 break;
@@ -386,6 +409,13 @@ mod tests {
             .iter()
             .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
             .collect()
+    }
+
+    #[test]
+    fn only_a_refused_request_ends_a_cancelled_watch() {
+        assert!(!refused(""));
+        assert!(!refused("etcdserver: no leader"));
+        assert!(refused("etcdserver: permission denied"));
     }
 
     #[test]

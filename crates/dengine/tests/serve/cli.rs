@@ -188,6 +188,47 @@ async fn every_client_command_against_a_cluster() {
         .map(str::to_string);
     assert_eq!(leader.as_deref(), Some(follower.as_str()));
 
+    // Membership: a learner added, started, promoted, updated, removed.
+    let new = c.add_member();
+    let (name, peer) = (c.members[new].name.clone(), c.members[new].peer_url());
+    let added = json(
+        e,
+        &["member", "add", &name, "--peer-urls", &peer, "--learner"],
+    );
+    let id = added["member"]["id"].as_str().expect("id").to_string();
+    assert_eq!(added["member"]["is_learner"], true);
+    let initial = added["initial_cluster"].as_str().expect("initial cluster");
+    assert!(initial.contains(&format!("{name}={peer}")), "{initial}");
+    c.start(new);
+    // Promoted once it has caught up with the leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = dengine(e, &["member", "promote", &id], None);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the learner was not promoted: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let listed = json(e, &["member", "list"]);
+    let members = listed["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4);
+    assert!(members.iter().all(|m| m["is_learner"] == false));
+    assert_eq!(
+        ok(e, &["member", "update", &id, "--peer-urls", &peer]),
+        format!("member {id} updated\n")
+    );
+    assert_eq!(
+        ok(e, &["member", "remove", &id]),
+        format!("member {id} removed\n")
+    );
+    let listed = json(e, &["member", "list"]);
+    assert_eq!(listed["members"].as_array().expect("members").len(), 3);
+
     // History: compaction, and a read below it says what is left.
     let now = json(e, &["get", "greeting"])["header"]["revision"]
         .as_i64()

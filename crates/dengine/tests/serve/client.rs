@@ -241,11 +241,21 @@ async fn through_a_leader_kill(mut c: Cluster) {
         .with_deadline(Duration::from_secs(8))
         .with_request_timeout(Duration::from_secs(2));
     let client = connect_with(&c, options).await;
-    let mut watch = client
-        .watch("w/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .expect("watch");
-    assert!(next(&mut watch).await.created);
+    // One watcher pinned to each member (a client of that member alone):
+    // the leader's must resume on it after it restarts, the others go on.
+    let mut watchers = Vec::new();
+    for m in &c.members {
+        let options = ClientOptions::default().with_discover_members(false);
+        let pinned = Client::connect_with([m.endpoint()], options)
+            .await
+            .expect("connect");
+        let mut w = pinned
+            .watch("w/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .expect("watch");
+        assert!(next(&mut w).await.created);
+        watchers.push((pinned, w));
+    }
 
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -329,29 +339,35 @@ async fn through_a_leader_kill(mut c: Cluster) {
         );
     }
 
-    // The watch saw every write once, in revision order, through the kill.
+    // Every watcher saw every write once, in revision order, through the
+    // kill (the leader's through its restart).
     let last = all.header.expect("header").revision;
-    let mut seen = BTreeSet::new();
-    let mut revision = 0;
-    while revision < last {
-        let r = next(&mut watch).await;
-        for e in r.events {
-            let kv = e.kv.expect("kv");
-            assert!(
-                kv.mod_revision > revision,
-                "revision {} after {revision}",
-                kv.mod_revision
-            );
-            revision = kv.mod_revision;
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            assert!(seen.insert(key.clone()), "{key} delivered twice");
-        }
-    }
     let expected: BTreeSet<String> = present.keys().cloned().collect();
-    assert_eq!(
-        seen, expected,
-        "the watch saw other writes than the store holds"
-    );
+    for (i, (_, watch)) in watchers.iter_mut().enumerate() {
+        let mut seen = BTreeSet::new();
+        let mut revision = 0;
+        while revision < last {
+            let r = next(watch).await;
+            for e in r.events {
+                let kv = e.kv.expect("kv");
+                assert!(
+                    kv.mod_revision > revision,
+                    "member {i}'s watcher: revision {} after {revision}",
+                    kv.mod_revision
+                );
+                revision = kv.mod_revision;
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                assert!(
+                    seen.insert(key.clone()),
+                    "member {i}'s watcher: {key} delivered twice"
+                );
+            }
+        }
+        assert_eq!(
+            seen, expected,
+            "member {i}'s watcher saw other writes than the store holds"
+        );
+    }
     eprintln!(
         "acked {} ({} after the kill), unknown {}, failed {}",
         o.acked.len(),

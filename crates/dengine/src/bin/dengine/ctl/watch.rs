@@ -50,13 +50,11 @@ pub fn watch(a: WatchArgs, conn: &Conn) -> ExitCode {
                     }));
                     continue;
                 }
+                // As etcdctl prints it: the type, the previous key and
+                // value if asked for, then the key and value.
                 println!("{}", out::event_type(e));
-                if let Some(kv) = &e.kv {
-                    println!("{}", text(&kv.key));
-                    if let Some(prev) = &e.prev_kv {
-                        println!("{}", text(&prev.value));
-                    }
-                    println!("{}", text(&kv.value));
+                for kv in e.prev_kv.iter().chain(&e.kv) {
+                    println!("{}\n{}", text(&kv.key), text(&kv.value));
                 }
             }
         }
