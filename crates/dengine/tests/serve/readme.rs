@@ -2,7 +2,6 @@
 //! `<!-- tour: begin -->` and `<!-- tour: end -->` markers, with the
 //! `dengine` under test first on `PATH`.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,26 +28,46 @@ fn tour() -> String {
     body.join("\n")
 }
 
-/// Stops what the tour started, whatever happened.
+/// Stops what the tour started, whatever happened: `cluster down`, then
+/// a SIGKILL to every process still working in the tour's directory (the
+/// members and anything left in the background).
+///
+/// Each process by its own pid: never `kill -SIG -PGID`, which procps-ng
+/// 4.0.2 (Debian 12's `kill`) reads as `kill -SIG -1`, a signal to every
+/// process the caller may signal.
 struct Cleanup {
     dir: std::path::PathBuf,
-    group: Option<u32>,
+}
+
+/// The pids of the processes whose working directory is under `dir`.
+fn working_in(dir: &std::path::Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid > 1 && *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(pgid) = self.group {
-            let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{pgid}")])
-                .stderr(Stdio::null())
-                .status();
-        }
         let _ = Command::new(binary())
             .args(["cluster", "down", "--dir", "tour"])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        for pid in working_in(&self.dir) {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -70,22 +89,19 @@ fn the_readme_tour_runs_as_written() {
     let stdout_path = dir.path().join("tour.out");
     let stderr_path = dir.path().join("tour.err");
     let file = |p: &std::path::Path| std::fs::File::create(p).expect("output file");
-    let mut cleanup = Cleanup {
+    let _cleanup = Cleanup {
         dir: dir.path().to_path_buf(),
-        group: None,
     };
     let mut child = Command::new("bash")
         .args(["-c", &script])
         .current_dir(dir.path())
         .env("PATH", path)
         .env_remove("DENGINE_ENDPOINTS")
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(file(&stdout_path))
         .stderr(file(&stderr_path))
         .spawn()
         .expect("bash");
-    cleanup.group = Some(child.id());
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {

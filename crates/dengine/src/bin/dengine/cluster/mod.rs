@@ -115,18 +115,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Sends `signal` (`TERM` or `KILL`) to `pid` with the `kill` command.
 fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
+    if pid <= 1 {
+        return Err(format!("refusing to signal pid {pid}"));
+    }
+    // `-s SIG -- PID`: procps-ng 4.0.2's `kill` misreads some other forms
+    // (`kill -SIG -N` signals every process).
     let status = Command::new("kill")
-        .arg(format!("-{signal}"))
+        .args(["-s", signal, "--"])
         .arg(pid.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("running `kill -{signal} {pid}`: {e}"))?;
+        .map_err(|e| format!("running `kill -s {signal} {pid}`: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`kill -{signal} {pid}` failed ({status})"))
+        Err(format!("`kill -s {signal} {pid}` failed ({status})"))
     }
 }
 
@@ -570,20 +575,10 @@ fn up(args: &UpArgs) -> ExitCode {
 }
 
 fn down(dir: &Path) -> ExitCode {
-    const WHO: &str = "dengine cluster down";
     let shown = shell_word(&dir.to_string_lossy());
-    let state = match read_state(dir) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            eprintln!(
-                "{WHO}: there is no cluster in {shown} (no {STATE_FILE}; `dengine cluster up --dir {shown}` starts one)"
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("{WHO}: {e}");
-            return ExitCode::FAILURE;
-        }
+    let state = match existing_state(dir, "dengine cluster down") {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let pids: Vec<u32> = state.members.iter().map(|m| m.pid).collect();
     let outcome = stop(&pids, |i| state.runs(&state.members[i]));
@@ -615,41 +610,39 @@ fn down(dir: &Path) -> ExitCode {
     }
 }
 
-fn endpoints(dir: &Path) -> ExitCode {
+/// The state of the cluster in `dir`, or (said on stderr as `who`) why
+/// there is none.
+fn existing_state(dir: &Path, who: &str) -> Result<State, ExitCode> {
     match read_state(dir) {
-        Ok(Some(state)) => {
-            println!("{}", state.endpoints());
-            ExitCode::SUCCESS
-        }
+        Ok(Some(s)) => Ok(s),
         Ok(None) => {
             let shown = shell_word(&dir.to_string_lossy());
             eprintln!(
-                "dengine cluster endpoints: there is no cluster in {shown} (`dengine cluster up --dir {shown}` starts one)"
+                "{who}: there is no cluster in {shown} (no {STATE_FILE}; `dengine cluster up --dir {shown}` starts one)"
             );
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
         Err(e) => {
-            eprintln!("dengine cluster endpoints: {e}");
-            ExitCode::FAILURE
+            eprintln!("{who}: {e}");
+            Err(ExitCode::FAILURE)
         }
     }
 }
 
+fn endpoints(dir: &Path) -> ExitCode {
+    match existing_state(dir, "dengine cluster endpoints") {
+        Ok(state) => {
+            println!("{}", state.endpoints());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 fn status(dir: &Path) -> ExitCode {
-    const WHO: &str = "dengine cluster status";
-    let shown = shell_word(&dir.to_string_lossy());
-    let state = match read_state(dir) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            eprintln!(
-                "{WHO}: there is no cluster in {shown} (no {STATE_FILE}; `dengine cluster up --dir {shown}` starts one)"
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("{WHO}: {e}");
-            return ExitCode::FAILURE;
-        }
+    let state = match existing_state(dir, "dengine cluster status") {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let rt = match runtime("status") {
         Ok(rt) => rt,

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::out::{self, print_json};
 use super::txn_parse;
-use super::{Conn, Failed, Format, parse_hex_id, run, text};
+use super::{Conn, Failed, Format, KeyRange, Span, parse_hex_id, run, text};
 
 /// `dengine put KEY VALUE`.
 #[derive(Args, Debug)]
@@ -40,16 +40,8 @@ pub enum Consistency {
 /// `dengine get KEY [RANGE_END]`.
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// The key (or the start of the range).
-    pub key: String,
-    /// The end of the range (excluded).
-    pub range_end: Option<String>,
-    /// Every key starting with KEY.
-    #[arg(long, conflicts_with_all = ["from_key", "range_end"])]
-    pub prefix: bool,
-    /// Every key from KEY on.
-    #[arg(long, conflicts_with = "range_end")]
-    pub from_key: bool,
+    #[command(flatten)]
+    pub range: KeyRange,
     /// Reads at a past revision.
     #[arg(long, default_value_t = 0)]
     pub rev: i64,
@@ -70,16 +62,8 @@ pub struct GetArgs {
 /// `dengine del KEY [RANGE_END]`.
 #[derive(Args, Debug)]
 pub struct DelArgs {
-    /// The key (or the start of the range).
-    pub key: String,
-    /// The end of the range (excluded).
-    pub range_end: Option<String>,
-    /// Every key starting with KEY.
-    #[arg(long, conflicts_with_all = ["from_key", "range_end"])]
-    pub prefix: bool,
-    /// Every key from KEY on.
-    #[arg(long, conflicts_with = "range_end")]
-    pub from_key: bool,
+    #[command(flatten)]
+    pub range: KeyRange,
     /// Prints the deleted keys and values.
     #[arg(long)]
     pub prev_kv: bool,
@@ -131,14 +115,13 @@ pub fn put(a: PutArgs, conn: &Conn) -> ExitCode {
 
 pub fn get(a: GetArgs, conn: &Conn) -> ExitCode {
     run("get", conn, |client, conn| async move {
-        let mut o = GetOptions::new().with_revision(a.rev).with_limit(a.limit);
-        if a.prefix {
-            o = o.with_prefix();
-        } else if a.from_key {
-            o = o.with_from_key();
-        } else if let Some(end) = &a.range_end {
-            o = o.with_range(end.as_bytes());
-        }
+        let o = GetOptions::new().with_revision(a.rev).with_limit(a.limit);
+        let mut o = match a.range.span() {
+            Span::Key => o,
+            Span::Prefix => o.with_prefix(),
+            Span::FromKey => o.with_from_key(),
+            Span::End(end) => o.with_range(end.as_bytes()),
+        };
         if a.keys_only {
             o = o.with_keys_only();
         }
@@ -148,7 +131,7 @@ pub fn get(a: GetArgs, conn: &Conn) -> ExitCode {
         if a.consistency == Consistency::S {
             o = o.with_serializable();
         }
-        let r = match client.get(a.key, Some(o)).await {
+        let r = match client.get(a.range.key, Some(o)).await {
             Ok(r) => r,
             Err(e) if e.kind() == Some(ErrorKind::Compacted) => {
                 return Err(Failed::Message(compacted(&client, a.rev).await));
@@ -202,18 +185,16 @@ fn print_range(r: &RangeResponse, format: Format, keys_only: bool, count_only: b
 
 pub fn del(a: DelArgs, conn: &Conn) -> ExitCode {
     run("del", conn, |client, conn| async move {
-        let mut o = DeleteOptions::new();
-        if a.prefix {
-            o = o.with_prefix();
-        } else if a.from_key {
-            o = o.with_from_key();
-        } else if let Some(end) = &a.range_end {
-            o = o.with_range(end.as_bytes());
-        }
+        let mut o = match a.range.span() {
+            Span::Key => DeleteOptions::new(),
+            Span::Prefix => DeleteOptions::new().with_prefix(),
+            Span::FromKey => DeleteOptions::new().with_from_key(),
+            Span::End(end) => DeleteOptions::new().with_range(end.as_bytes()),
+        };
         if a.prev_kv {
             o = o.with_prev_key();
         }
-        let r = client.delete(a.key, Some(o)).await?;
+        let r = client.delete(a.range.key, Some(o)).await?;
         match conn.write_out {
             Format::Json => print_json(&json!({
                 "header": out::header(r.header.as_ref()),

@@ -57,6 +57,45 @@ pub struct Conn {
     pub command_timeout: Duration,
 }
 
+/// A key, or a range of keys (`get`, `del`, `watch`).
+#[derive(Args, Debug)]
+pub struct KeyRange {
+    /// The key (or the start of the range).
+    pub key: String,
+    /// The end of the range (excluded).
+    pub range_end: Option<String>,
+    /// Every key starting with KEY.
+    #[arg(long, conflicts_with_all = ["from_key", "range_end"])]
+    pub prefix: bool,
+    /// Every key from KEY on.
+    #[arg(long, conflicts_with = "range_end")]
+    pub from_key: bool,
+}
+
+/// Which keys a [`KeyRange`] names beside its key.
+pub enum Span<'a> {
+    /// The key alone.
+    Key,
+    /// Every key with the key as prefix.
+    Prefix,
+    /// Every key from the key on.
+    FromKey,
+    /// Up to this end.
+    End(&'a str),
+}
+
+impl KeyRange {
+    /// Which keys it names beside its key.
+    pub fn span(&self) -> Span<'_> {
+        match (&self.range_end, self.prefix, self.from_key) {
+            (_, true, _) => Span::Prefix,
+            (_, _, true) => Span::FromKey,
+            (Some(end), _, _) => Span::End(end),
+            (None, false, false) => Span::Key,
+        }
+    }
+}
+
 /// A duration like `5s`, `500ms`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -8,18 +8,13 @@ use dengine_client::WatchOptions;
 use serde_json::json;
 
 use super::out::{self, print_json};
-use super::{Conn, Failed, Format, run, text};
+use super::{Conn, Failed, Format, KeyRange, Span, run, text};
 
 /// `dengine watch KEY [RANGE_END]`.
 #[derive(Args, Debug)]
 pub struct WatchArgs {
-    /// The key (or the start of the range).
-    pub key: String,
-    /// The end of the range (excluded).
-    pub range_end: Option<String>,
-    /// Every key starting with KEY.
-    #[arg(long, conflicts_with = "range_end")]
-    pub prefix: bool,
+    #[command(flatten)]
+    pub range: KeyRange,
     /// Starts at this revision (past changes included).
     #[arg(long, default_value_t = 0)]
     pub rev: i64,
@@ -30,16 +25,17 @@ pub struct WatchArgs {
 
 pub fn watch(a: WatchArgs, conn: &Conn) -> ExitCode {
     run("watch", conn, |client, conn| async move {
-        let mut o = WatchOptions::new().with_start_revision(a.rev);
-        if a.prefix {
-            o = o.with_prefix();
-        } else if let Some(end) = &a.range_end {
-            o = o.with_range(end.as_bytes());
-        }
+        let o = WatchOptions::new().with_start_revision(a.rev);
+        let mut o = match a.range.span() {
+            Span::Key => o,
+            Span::Prefix => o.with_prefix(),
+            Span::FromKey => o.with_from_key(),
+            Span::End(end) => o.with_range(end.as_bytes()),
+        };
         if a.prev_kv {
             o = o.with_prev_key();
         }
-        let mut w = client.watch(a.key, Some(o)).await?;
+        let mut w = client.watch(a.range.key, Some(o)).await?;
         while let Some(r) = w.message().await {
             let r = r?;
             for e in &r.events {
