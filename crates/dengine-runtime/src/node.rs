@@ -210,6 +210,8 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             inline_store: inline.then(|| store.clone()),
             disk_jobs: 0,
             transfer: None,
+            published: metrics_tx.borrow().clone(),
+            progress_tick: 0,
         };
         let task = tokio::spawn(core.run());
         let supervisor = tokio::spawn(supervise(
