@@ -86,13 +86,26 @@ impl MemStorageCore {
 
     /// Appends `ents`, replacing anything stored at or after the first one.
     pub fn append(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
-        check_append(ents, self.first_index(), self.last_index())?;
-        let Some(first) = ents.first() else {
-            return Ok(());
-        };
-        let keep = (first.index.0 - self.first_index().0) as usize;
-        self.entries.truncate(keep);
+        self.make_room_for(ents)?;
         self.entries.extend_from_slice(ents);
+        Ok(())
+    }
+
+    /// [`append`](Self::append), taking the entries without a copy.
+    pub fn append_owned(&mut self, ents: Vec<Entry>) -> Result<(), StorageError> {
+        self.make_room_for(&ents)?;
+        self.entries.extend(ents);
+        Ok(())
+    }
+
+    /// Checks that `ents` may be appended and removes the stored entries
+    /// they replace.
+    fn make_room_for(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
+        check_append(ents, self.first_index(), self.last_index())?;
+        if let Some(first) = ents.first() {
+            let keep = (first.index.0 - self.first_index().0) as usize;
+            self.entries.truncate(keep);
+        }
         Ok(())
     }
 
@@ -277,11 +290,72 @@ impl LogStore for MemStorage {
         Ok(())
     }
 
+    fn write_owned(
+        &self,
+        snapshot: Option<&SnapshotMeta>,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        if let Some(meta) = snapshot {
+            let data = std::mem::take(&mut c.snapshot_data);
+            c.install_snapshot(meta.clone(), data);
+        }
+        c.append_owned(entries)?;
+        if let Some(hs) = hard_state {
+            c.hard_state = *hs;
+        }
+        Ok(())
+    }
+
     fn sync(&self) -> Result<(), StorageError> {
         Ok(())
     }
 
     fn compact(&self, index: LogIndex) -> Result<(), StorageError> {
         self.lock().compact(index)
+    }
+}
+
+#[cfg(test)]
+mod owned_write_tests {
+    use super::*;
+    use crate::types::{EntryPayload, HardState, LogIndex, Term};
+
+    fn ents(term: u64, from: u64, to: u64) -> Vec<Entry> {
+        (from..=to)
+            .map(|i| Entry {
+                term: Term(term),
+                index: LogIndex(i),
+                payload: EntryPayload::Normal(vec![i as u8].into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_owned_write_leaves_the_log_a_slice_write_leaves() {
+        let (by_slice, by_value) = (MemStorage::new(), MemStorage::new());
+        let hs = HardState {
+            term: Term(2),
+            ..HardState::default()
+        };
+        // Appends, then a suffix replaced by a new term's entries, then
+        // an append that does not follow the log (refused by both).
+        for (batch, hard) in [
+            (ents(1, 1, 5), None),
+            (ents(2, 4, 7), Some(&hs)),
+            (ents(2, 9, 9), None),
+        ] {
+            let a = by_slice.write(None, &batch, hard);
+            let b = by_value.write_owned(None, batch, hard);
+            assert_eq!(a.is_ok(), b.is_ok());
+        }
+        let all = |s: &MemStorage| s.entries(LogIndex(1), LogIndex(8), u64::MAX);
+        assert_eq!(all(&by_slice), all(&by_value));
+        assert_eq!(all(&by_value).map(|e| e.len()), Ok(7));
+        assert_eq!(
+            by_slice.initial_state().map(|s| s.hard_state),
+            by_value.initial_state().map(|s| s.hard_state)
+        );
     }
 }

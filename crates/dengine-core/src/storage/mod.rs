@@ -106,6 +106,18 @@ pub trait LogStore: LogStorage + MetaStore + Send + Sync {
         hard_state: Option<&HardState>,
     ) -> Result<(), StorageError>;
 
+    /// [`write`](Self::write), with the entries given by value: a store
+    /// that keeps entries as they are (the memory store) takes them without
+    /// a copy. By default, writes them as a slice.
+    fn write_owned(
+        &self,
+        snapshot: Option<&SnapshotMeta>,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        self.write(snapshot, &entries, hard_state)
+    }
+
     /// Makes every write so far durable (one fsync for a group of writes).
     fn sync(&self) -> Result<(), StorageError>;
 

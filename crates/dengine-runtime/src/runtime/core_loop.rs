@@ -635,7 +635,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         for m in rd.messages {
             self.send(m);
         }
-        if let Some(batch) = rd.persist {
+        if let Some(mut batch) = rd.persist {
             let data = batch
                 .snapshot
                 .as_ref()
@@ -652,10 +652,11 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             match &self.inline_store {
                 Some(store) => {
+                    let persisted = batch.persisted();
                     let res = store
-                        .write(
+                        .write_owned(
                             batch.snapshot.as_ref(),
-                            &batch.entries,
+                            std::mem::take(&mut batch.entries),
                             batch.hard_state.as_ref(),
                         )
                         .and_then(|()| store.sync());
@@ -663,7 +664,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                         self.fail(Error::Storage(e.to_string()));
                         return;
                     }
-                    if let Err(e) = self.raw.on_persisted(batch.persisted()) {
+                    if let Err(e) = self.raw.on_persisted(persisted) {
                         self.fail(e.into());
                         return;
                     }
