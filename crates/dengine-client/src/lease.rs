@@ -124,7 +124,7 @@ async fn keep_alive(pool: Arc<Pool>, id: i64, ttl: watch::Sender<Option<i64>>) {
 /// How often a lease of `ttl` seconds is renewed: a third of it, at
 /// least every 500 ms.
 fn renew_every(ttl: i64) -> Duration {
-    let ms = u64::try_from(ttl.max(1)).unwrap_or(1) * 1000 / 3;
+    let ms = u64::try_from(ttl.max(1)).unwrap_or(1).saturating_mul(1000) / 3;
     Duration::from_millis(ms.max(500))
 }
 

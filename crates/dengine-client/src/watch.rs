@@ -202,7 +202,7 @@ impl Resume {
             {
                 // A progress notification: everything up to it was sent.
                 if h.revision >= self.next {
-                    self.next = h.revision + 1;
+                    self.next = h.revision.saturating_add(1);
                     self.delivered = 0;
                 }
                 return true;
@@ -219,7 +219,7 @@ impl Resume {
                 self.delivered = of_last;
             }
         } else {
-            self.next = last + 1;
+            self.next = last.saturating_add(1);
             self.delivered = 0;
         }
         true
@@ -291,7 +291,11 @@ async fn run(
                             if r.created {
                                 attempt = 0;
                                 if resume.next == 0 {
-                                    resume.next = r.header.as_ref().map_or(0, |h| h.revision) + 1;
+                                    resume.next = r
+                                        .header
+                                        .as_ref()
+                                        .map_or(0, |h| h.revision)
+                                        .saturating_add(1);
                                 }
                                 if created {
                                     continue;

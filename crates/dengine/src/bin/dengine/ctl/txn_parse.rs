@@ -55,7 +55,7 @@ fn comparison(line: &str) -> Result<Comparison, String> {
         )
     };
     let open = line.find('(').ok_or_else(bad)?;
-    let close = line.rfind(')').ok_or_else(bad)?;
+    let close = line.rfind(')').filter(|&c| c > open).ok_or_else(bad)?;
     let target = line[..open].trim();
     let key = words(&line[open + 1..close])?
         .into_iter()
@@ -191,7 +191,16 @@ mod tests {
         assert!(parse("mod(\"k\") > \"x\"\n\n\n").is_err());
         assert!(parse("\nfrobnicate k\n\n").is_err());
         assert!(parse("\nget k --rev 3\n\n").is_err());
+        assert!(parse(")value(\"k\" = \"v\"\n\n\n").is_err());
         // Only requests: no comparisons, the success part runs.
         assert!(parse("\nput a 1\nput b 2\n\n").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Whatever is typed, the parser answers (never panics).
+        #[test]
+        fn any_input_gets_an_answer(input in "[a-z()\"=<>!\\ \n-]{0,80}") {
+            let _ = parse(&input);
+        }
     }
 }
