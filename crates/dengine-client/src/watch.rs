@@ -32,12 +32,24 @@ pub struct WatchOptions {
     progress_notify: bool,
     no_put: bool,
     no_delete: bool,
+    /// Off: the member may serve the watch without a leader.
+    any_member: bool,
 }
 
 impl WatchOptions {
-    /// Watches the key alone, from the next change on.
+    /// Watches the key alone, from the next change on, on a member that
+    /// has a leader.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Lets a member without a leader go on serving the watch. By default
+    /// the watch asks for a member with a leader (etcd's `hasleader`
+    /// metadata): a member cut off from the others ends the stream with
+    /// "no leader", and the watch resumes on another member, rather than
+    /// staying silent on one that no longer hears of changes.
+    pub fn with_any_member(mut self) -> Self {
+        self.any_member = true;
+        self
     }
     /// Every key starting with the key given.
     pub fn with_prefix(mut self) -> Self {
@@ -237,10 +249,24 @@ fn refused(reason: &str) -> bool {
         )
 }
 
+/// The stream of watch requests as a gRPC request, with etcd's `hasleader`
+/// metadata when a member with a leader is required.
+fn watch_request<T>(requests: T, require_leader: bool) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(requests);
+    if require_leader {
+        r.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    r
+}
+
 /// Keeps one watch open until the caller drops it.
 async fn run(
     pool: Arc<Pool>,
     base: WatchCreateRequest,
+    require_leader: bool,
     out: mpsc::Sender<Result<WatchResponse, Error>>,
 ) {
     let mut resume = Resume {
@@ -264,7 +290,7 @@ async fn run(
             .max_decoding_message_size(pool.options.max_response_bytes);
         let opening = tokio::time::timeout(
             pool.options.request_timeout,
-            client.watch(ReceiverStream::new(rx)),
+            client.watch(watch_request(ReceiverStream::new(rx), require_leader)),
         );
         let opened = tokio::select! {
             r = opening => r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer"))),
@@ -370,9 +396,10 @@ impl Client {
         key: impl Into<Vec<u8>>,
         options: Option<WatchOptions>,
     ) -> Result<Watcher, Error> {
-        let request = options.unwrap_or_default().request(key.into());
+        let options = options.unwrap_or_default();
+        let request = options.request(key.into());
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(run(self.pool.clone(), request, tx));
+        let task = tokio::spawn(run(self.pool.clone(), request, !options.any_member, tx));
         Ok(Watcher {
             responses: ReceiverStream::new(rx),
             task,
@@ -413,6 +440,26 @@ mod tests {
             .iter()
             .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
             .collect()
+    }
+
+    #[test]
+    fn a_watch_asks_for_a_member_with_a_leader_unless_told_not_to() {
+        let asked = watch_request((), true);
+        assert_eq!(
+            asked
+                .metadata()
+                .get("hasleader")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        assert!(
+            watch_request((), false)
+                .metadata()
+                .get("hasleader")
+                .is_none()
+        );
+        assert!(!WatchOptions::new().any_member);
+        assert!(WatchOptions::new().with_any_member().any_member);
     }
 
     #[test]
