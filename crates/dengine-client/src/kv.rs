@@ -408,6 +408,15 @@ impl Txn {
     }
 }
 
+/// The key-value service on `channel`, taking answers up to `max` bytes
+/// (a range, or the previous values of a put or delete, can be large).
+fn kv_client(
+    channel: tonic::transport::Channel,
+    max: usize,
+) -> KvClient<tonic::transport::Channel> {
+    KvClient::new(channel).max_decoding_message_size(max)
+}
+
 impl Client {
     /// Reads a key (or a range, see [`GetOptions`]). Linearizable reads go
     /// to the leader, serializable ones to any member; both are retried on
@@ -438,12 +447,7 @@ impl Client {
         self.pool
             .call(route, Kind::Read, |ch| {
                 let request = request.clone();
-                async move {
-                    KvClient::new(ch)
-                        .max_decoding_message_size(max)
-                        .range(request)
-                        .await
-                }
+                async move { kv_client(ch, max).range(request).await }
             })
             .await
     }
@@ -466,10 +470,11 @@ impl Client {
         let request = options
             .unwrap_or_default()
             .request(key.into(), value.into());
+        let max = self.pool.options.max_response_bytes;
         self.pool
             .call(Route::Leader, Kind::Write, |ch| {
                 let request = request.clone();
-                async move { KvClient::new(ch).put(request).await }
+                async move { kv_client(ch, max).put(request).await }
             })
             .await
     }
@@ -489,10 +494,11 @@ impl Client {
         options: Option<DeleteOptions>,
     ) -> Result<DeleteRangeResponse, Error> {
         let request = options.unwrap_or_default().request(key.into());
+        let max = self.pool.options.max_response_bytes;
         self.pool
             .call(Route::Leader, Kind::Write, |ch| {
                 let request = request.clone();
-                async move { KvClient::new(ch).delete_range(request).await }
+                async move { kv_client(ch, max).delete_range(request).await }
             })
             .await
     }
@@ -520,12 +526,7 @@ impl Client {
         self.pool
             .call(Route::Leader, kind, |ch| {
                 let request = request.clone();
-                async move {
-                    KvClient::new(ch)
-                        .max_decoding_message_size(max)
-                        .txn(request)
-                        .await
-                }
+                async move { kv_client(ch, max).txn(request).await }
             })
             .await
     }
@@ -545,11 +546,12 @@ impl Client {
         physical: bool,
     ) -> Result<CompactionResponse, Error> {
         let request = CompactionRequest { revision, physical };
+        let max = self.pool.options.max_response_bytes;
         // Not repeated after it was sent: a second compaction at the same
         // revision fails ("compacted"), which would hide the first one.
         self.pool
             .call(Route::Leader, Kind::Write, |ch| async move {
-                KvClient::new(ch).compact(request).await
+                kv_client(ch, max).compact(request).await
             })
             .await
     }

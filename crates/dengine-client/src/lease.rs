@@ -185,9 +185,12 @@ impl Client {
         id: i64,
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse, Error> {
+        // A lease's keys can be many.
+        let max = self.pool.options.max_response_bytes;
         self.pool
             .call(Route::Leader, Kind::Read, |ch| async move {
                 LeaseClient::new(ch)
+                    .max_decoding_message_size(max)
                     .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
                     .await
             })
