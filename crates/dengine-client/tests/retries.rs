@@ -185,7 +185,7 @@ async fn a_member_that_cannot_be_reached_is_passed_over_even_by_writes() {
 }
 
 #[tokio::test]
-async fn a_write_left_unanswered_is_unknown_and_not_sent_again() {
+async fn a_write_left_unanswered_is_unknown_and_a_read_there_is_not() {
     // A server that takes the request and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
