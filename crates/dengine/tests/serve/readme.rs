@@ -9,8 +9,12 @@ use crate::harness::binary;
 
 /// The tour's shell lines.
 fn tour() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
+    // The package's directory as cargo gives it when the test runs, not as
+    // it was when the test was built: a build shared by two clones of the
+    // repository (one target directory) must read this clone's README.
+    let package = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let readme = std::fs::read_to_string(format!("{package}/../../README.md")).expect("README.md");
     let begin = readme
         .find("<!-- tour: begin -->")
         .expect("the README marks where its tour begins");
