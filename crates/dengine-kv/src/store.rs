@@ -667,13 +667,15 @@ impl KvStateMachine {
     /// Writes what was applied since the last flush, with the index
     /// `applied` it reaches, in one atomic write.
     pub(crate) fn write_pending(&mut self, applied: LogIndex) -> io::Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let removed = std::mem::take(&mut self.removed);
-        let mut changes: Vec<Change> = Vec::with_capacity(pending.len() + removed.len() + 1);
+        // Drained, not taken: the buffers keep their room for the next
+        // batch instead of growing again from nothing.
+        let mut changes: Vec<Change> =
+            Vec::with_capacity(self.pending.len() + self.removed.len() + 1);
+        let removed: Vec<Revision> = self.removed.drain(..).collect();
         // A record written and forgotten in one batch is never written.
         let gone: HashSet<Revision> = removed.iter().copied().collect();
         let mut skipped = HashSet::new();
-        for (rev, record) in pending {
+        for (rev, record) in self.pending.drain(..) {
             if gone.contains(&rev) {
                 skipped.insert(rev);
             } else {
@@ -685,6 +687,8 @@ impl KvStateMachine {
                 changes.push(Change::Remove(record::rev_key(rev).to_vec()));
             }
         }
+        // A batch far larger than usual (a restore) gives its room back.
+        self.pending.shrink_to(2 * WRITE_RECORDS);
         self.leases.take_changes(&mut changes);
         self.members.take_changes(&mut changes);
         self.alarms.take_changes(&mut changes);

@@ -355,8 +355,15 @@ pub const COMMAND_VERSION: u8 = 3;
 impl KvCommand {
     /// The bytes to propose: [`COMMAND_VERSION`], then the command.
     pub fn encode(&self) -> Vec<u8> {
+        // A put (the common command) knows its size: its key and value and
+        // a few bytes of lengths, flags and lease; others start at 64.
+        let size_hint = match self {
+            KvCommand::Put(p) => p.key.len() + p.value.len() + 24,
+            _ => 64,
+        };
         // Plain data of vectors, integers and enums always encodes.
-        dengine_runtime::typed::encode_version(COMMAND_VERSION, self).unwrap_or_default()
+        dengine_runtime::typed::encode_version_sized(COMMAND_VERSION, self, size_hint)
+            .unwrap_or_default()
     }
 
     /// Decodes bytes made by [`KvCommand::encode`], of this format version

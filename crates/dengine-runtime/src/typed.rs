@@ -81,7 +81,20 @@ pub fn encode<C: Serialize>(command: &C) -> Result<Vec<u8>, CommandError> {
 /// (`version ‖ postcard(command)`), for a type that keeps several versions
 /// (see [Format versions](self#format-versions)).
 pub fn encode_version<C: Serialize>(version: u8, command: &C) -> Result<Vec<u8>, CommandError> {
-    postcard::to_extend(command, vec![version]).map_err(|e| CommandError::Encoding(e.to_string()))
+    encode_version_sized(version, command, 64)
+}
+
+/// [`encode_version`] into a buffer made with room for `size_hint` bytes:
+/// a command that knows about how long it encodes (a put: its key and
+/// value) is written without the buffer growing (and copying) on the way.
+pub fn encode_version_sized<C: Serialize>(
+    version: u8,
+    command: &C,
+    size_hint: usize,
+) -> Result<Vec<u8>, CommandError> {
+    let mut out = Vec::with_capacity(size_hint.max(1));
+    out.push(version);
+    postcard::to_extend(command, out).map_err(|e| CommandError::Encoding(e.to_string()))
 }
 
 /// Decodes bytes made by [`encode`]: version [`FORMAT_VERSION`] only;

@@ -61,6 +61,14 @@ impl PartialEq for IndexKey {
 
 impl Eq for IndexKey {}
 
+/// Hashed as its bytes, as `[u8]` is, so that a map keyed by `IndexKey`
+/// is searched with a `&[u8]`.
+impl std::hash::Hash for IndexKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
 impl PartialOrd for IndexKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
