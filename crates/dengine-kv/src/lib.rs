@@ -85,6 +85,7 @@ mod members;
 mod record;
 mod snapshot;
 mod store;
+mod telemetry;
 mod types;
 
 pub use alarms::{AlarmKind, AlarmRequest, grows};
@@ -96,6 +97,7 @@ pub use backend::{Change, KvBackend, MemoryBackend, Visit};
 pub use events::{Event, EventKind, EventSink, History, HistoryHash, LeaseChange};
 pub use members::{MemberInfo, MemberList, encode_context};
 pub use store::KvStateMachine;
+pub use telemetry::describe as describe_metrics;
 pub use types::*;
 
 #[cfg(test)]

@@ -774,6 +774,8 @@ impl StateMachine for KvStateMachine {
         if let Some(f) = &self.failed {
             return Err(io::Error::other(f.clone()));
         }
+        // Once per applied batch, not per command.
+        crate::telemetry::record(self);
         self.flush_target = Some(applied);
         self.applied_since_flush = false;
         if self.backend.durable() {

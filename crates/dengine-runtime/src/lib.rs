@@ -75,6 +75,9 @@ pub use dengine_core as core;
 pub use dengine_core::{EntryId, LogIndex, NodeId, Term};
 pub use error::Error;
 pub use node::{Node, NodeBuilder, Proposed};
+/// Gives the node's metrics their help text (see the `metrics` facade);
+/// call once after installing a recorder, before the first node starts.
+pub use runtime::telemetry::describe as describe_metrics;
 pub use runtime::{Metrics, ReadPolicy};
 pub use state_machine::StateMachine;
 pub use transport::{InMemoryNetwork, SnapshotDone, Transport, Unreachable};

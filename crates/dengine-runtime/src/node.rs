@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{Config, StorageKind};
 use crate::error::Error;
 use crate::runtime::supervisor::Threads;
+use crate::runtime::telemetry;
 use crate::runtime::{
     Channels, CoreLoop, Metrics, ProposalQueue, ReadLimit, ReadPolicy, Request, Store, TickClock,
     spawn_applier, spawn_disk_thread, supervise,
@@ -493,10 +494,21 @@ impl<SM: StateMachine> Node<SM> {
         &self,
         command: impl Into<dengine_core::Bytes>,
     ) -> Result<Proposed<SM::Response>, Error> {
+        let outcome = self.propose_unrecorded(command.into()).await;
+        if let Err(e) = &outcome {
+            telemetry::record_refused(e);
+        }
+        outcome
+    }
+
+    async fn propose_unrecorded(
+        &self,
+        command: dengine_core::Bytes,
+    ) -> Result<Proposed<SM::Response>, Error> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .queue
-            .push((command.into(), reply))
+            .push((command, reply))
             .map_err(|(e, _)| e)?;
         // No timer per proposal (it cost a third of the throughput at 256
         // proposers): the core answers `Timeout` itself once the request
@@ -513,6 +525,19 @@ impl<SM: StateMachine> Node<SM> {
 
     /// Runs `query` on the state machine under `policy`.
     pub async fn read<R: Send + 'static>(
+        &self,
+        policy: ReadPolicy,
+        query: impl FnOnce(&SM) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        telemetry::record_read(policy);
+        let outcome = self.read_unrecorded(policy, query).await;
+        if let Err(e) = &outcome {
+            telemetry::record_refused(e);
+        }
+        outcome
+    }
+
+    async fn read_unrecorded<R: Send + 'static>(
         &self,
         policy: ReadPolicy,
         query: impl FnOnce(&SM) -> R + Send + 'static,

@@ -6,10 +6,12 @@
 //! ```text
 //! cargo run --release -p dengine --example bench -- [--storage memory|sled|rocksdb]
 //!     [--proposers 1,16,256] [--seconds 5] [--payload 0] [--runs 1] [--sm count|kv]
+//!     [--metrics off|on]
 //! ```
 //! `--sm count` (the default) measures the protocol alone; `--sm kv` runs
 //! the key-value state machine on the node's backend (puts over 100,000
-//! keys).
+//! keys). `--metrics on` installs a Prometheus recorder, as `dengine
+//! serve --listen-metrics-urls` does, to measure what the metrics cost.
 //! Settings can be overridden with `DENGINE_<FIELD>=value` as for any node.
 //! Prints one line per proposer count: proposals/s, p50, p99, max latency
 //! (with `--runs N`, each run on a fresh cluster, then the median run by
@@ -91,6 +93,9 @@ struct Args {
     payload: usize,
     runs: usize,
     sm: String,
+    /// Whether a Prometheus recorder takes the metrics (`--metrics on`):
+    /// what `dengine serve --listen-metrics-urls` pays.
+    metrics: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -101,6 +106,7 @@ fn parse() -> Result<Args, String> {
         payload: 0,
         runs: 1,
         sm: "count".to_string(),
+        metrics: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
@@ -132,6 +138,13 @@ fn parse() -> Result<Args, String> {
                 a.runs = v.parse().map_err(|e| format!("--runs: {e}"))?;
                 if a.runs == 0 {
                     return Err("--runs must be at least 1".into());
+                }
+            }
+            "--metrics" => {
+                a.metrics = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("--metrics {v}: on or off")),
                 }
             }
             _ => return Err(format!("unknown argument {f}")),
@@ -248,6 +261,27 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.metrics {
+        // As `dengine serve`: histograms in buckets, drained every 5 s.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[0.0001, 0.001, 0.01, 0.1, 1.0])
+            .and_then(|b| b.install_recorder());
+        match recorder {
+            Ok(handle) => {
+                dengine::describe_metrics();
+                std::thread::spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        handle.run_upkeep();
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("bench: metrics: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -78,6 +78,8 @@ impl Quota {
     pub fn measure(&self) -> u64 {
         let size = self.dir.as_deref().map_or(0, dir_size);
         self.size.store(size, Ordering::Relaxed);
+        metrics::gauge!("dengine_mvcc_db_size_bytes").set(size as f64);
+        metrics::gauge!("etcd_mvcc_db_total_size_in_bytes").set(size as f64);
         size
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::sync::{oneshot, watch};
 
 use super::pending::{Pending, Proposal, ProposalQueue};
+use super::telemetry;
 use super::{
     ApplyJob, DiskJob, Event, Inbound, MAX_DISK_JOBS, ReadJob, ReadPolicy, Request, Store,
     TickClock,
@@ -431,6 +432,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         if self.batch.is_empty() {
             return;
         }
+        telemetry::record_proposals(self.batch.len());
         let mut data = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());
         for (d, r) in self.batch.drain(..) {
@@ -781,6 +783,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         self.progress_tick = self.clock.ticks();
         let published = &self.published;
-        self.metrics.send_modify(|m| m.clone_from(published));
+        self.metrics.send_modify(|m| {
+            telemetry::record_state(m, published);
+            m.clone_from(published);
+        });
     }
 }

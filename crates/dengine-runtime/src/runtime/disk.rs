@@ -60,11 +60,13 @@ fn run(
         // Consecutive plain writes are merged into one store write: one
         // transaction and one fsync for the whole group.
         let mut merged = Merged::default();
+        let mut entries = 0;
         for job in group {
             match job {
                 DiskJob::Write(mut batch) if batch.snapshot.is_none() => {
                     // The entries move into the merged write (no copy).
                     let persisted = batch.persisted();
+                    entries += batch.entries.len();
                     merged.add(std::mem::take(&mut batch.entries), batch.hard_state);
                     written.push((persisted, batch.messages));
                 }
@@ -78,6 +80,7 @@ fn run(
                         &batch.entries,
                         batch.hard_state.as_ref(),
                     )?;
+                    entries += batch.entries.len();
                     written.push((batch.persisted(), batch.messages));
                 }
                 DiskJob::Compact(index) => {
@@ -96,7 +99,9 @@ fn run(
         }
         merged.flush(store)?;
         if !written.is_empty() || !saved.is_empty() {
+            let started = std::time::Instant::now();
             store.sync()?;
+            super::telemetry::record_sync(started.elapsed(), entries);
         }
         if let Some(recorded) = prune
             && let Err(e) = snapshots.prune(recorded)

@@ -37,6 +37,7 @@ mod core_loop;
 mod disk;
 mod pending;
 pub(crate) mod supervisor;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

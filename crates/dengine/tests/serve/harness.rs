@@ -23,6 +23,8 @@ pub struct Member {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Where `dengine serve` serves `/metrics` and `/health`.
+    pub metrics_port: u16,
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
@@ -94,6 +96,7 @@ impl Cluster {
                 Member {
                     client_port: free_port(),
                     peer_port: free_port(),
+                    metrics_port: free_port(),
                     dir: dir.path().join(&name),
                     log: dir.path().join(format!("{name}.log")),
                     name,
@@ -138,7 +141,10 @@ impl Cluster {
         let mut cmd = match &self.program {
             Program::Dengine => {
                 let mut cmd = Command::new(binary());
-                cmd.arg("serve").env("DENGINE_LOG", "info");
+                cmd.arg("serve").env("DENGINE_LOG", "info").args([
+                    "--listen-metrics-urls".to_string(),
+                    format!("http://127.0.0.1:{}", m.metrics_port),
+                ]);
                 cmd
             }
             Program::Etcd(path) => Command::new(path),
@@ -192,6 +198,7 @@ impl Cluster {
         self.members.push(Member {
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
             dir: dir.join(&name),
             log: dir.join(format!("{name}.log")),
             name,

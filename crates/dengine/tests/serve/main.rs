@@ -17,6 +17,7 @@ mod kubernetes;
 mod lease;
 mod membership;
 mod mvcc_watch;
+mod observe;
 mod quota;
 mod readme;
 mod watch_history;

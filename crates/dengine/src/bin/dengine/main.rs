@@ -6,6 +6,7 @@
 
 mod cluster;
 mod ctl;
+mod observe;
 mod serve;
 mod snapshot;
 

@@ -28,6 +28,17 @@ pub enum Storage {
     Memory,
 }
 
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, its fields as keys.
+    Json,
+}
+
 /// New or existing cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +132,19 @@ pub struct ServeArgs {
         env = "DENGINE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"
     )]
     experimental_watch_progress_notify_interval: Option<String>,
+    /// URLs to serve metrics and health on (comma-separated, http only):
+    /// `/metrics` (Prometheus), `/health` (etcd's), `/livez`, `/readyz`.
+    #[arg(long, env = "DENGINE_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    listen_metrics_urls: Option<Vec<String>>,
+    /// How logs are written: text (for people, the default) or json (one
+    /// object per line).
+    #[arg(long, env = "DENGINE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// The least level logged: debug, info (the default), warn or error
+    /// (etcd's values; without it `DENGINE_LOG` or `RUST_LOG` may give a
+    /// filter).
+    #[arg(long, env = "DENGINE_LOG_LEVEL")]
+    log_level: Option<String>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -160,6 +184,9 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_AUTO_COMPACTION_RETENTION",
     "DENGINE_QUOTA_BACKEND_BYTES",
     "DENGINE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+    "DENGINE_LISTEN_METRICS_URLS",
+    "DENGINE_LOG_FORMAT",
+    "DENGINE_LOG_LEVEL",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -204,6 +231,9 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         experimental_watch_progress_notify_interval: cli
             .experimental_watch_progress_notify_interval
             .or(file.experimental_watch_progress_notify_interval),
+        listen_metrics_urls: cli.listen_metrics_urls.or(file.listen_metrics_urls),
+        log_format: cli.log_format.or(file.log_format),
+        log_level: cli.log_level.or(file.log_level),
         config_file: Some(path),
         node: file.node,
     })
@@ -335,15 +365,55 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
     })
 }
 
-fn init_logging() {
+/// What the member says about itself: logs and metrics.
+pub struct Observe {
+    /// Where `/metrics` and `/health` are served.
+    pub metrics_urls: Vec<String>,
+    /// How logs are written.
+    pub log_format: LogFormat,
+    /// The log filter.
+    pub log_filter: tracing_subscriber::EnvFilter,
+}
+
+/// The logging and metrics settings of the merged arguments.
+fn observe(a: &ServeArgs) -> Result<Observe, String> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DENGINE_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let log_filter = match a.log_level.as_deref() {
+        Some(level @ ("debug" | "info" | "warn" | "error")) => EnvFilter::new(level),
+        // etcd's levels above error: only errors are logged.
+        Some("panic" | "fatal") => EnvFilter::new("error"),
+        Some(other) => {
+            return Err(format!(
+                "--log-level {other:?}: expected debug, info, warn or error"
+            ));
+        }
+        None => EnvFilter::try_from_env("DENGINE_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let metrics_urls = a.listen_metrics_urls.clone().unwrap_or_default();
+    for url in &metrics_urls {
+        if !url.starts_with("http://") {
+            return Err(format!(
+                "--listen-metrics-urls {url:?}: expected http://host:port"
+            ));
+        }
+    }
+    Ok(Observe {
+        metrics_urls,
+        log_format: a.log_format.unwrap_or_default(),
+        log_filter,
+    })
+}
+
+fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// A member's settings from its flags, environment and config file.
@@ -353,14 +423,15 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
 
 /// Runs `dengine serve` to the end; the exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
-    let cfg = match config(args) {
+    let settings = merge(args).and_then(|a| Ok((observe(&a)?, server_config(a)?)));
+    let (observe, cfg) = match settings {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dengine serve: {e}");
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    init_logging(observe.log_format, observe.log_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -371,10 +442,24 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, observe.metrics_urls))
 }
 
-async fn serve(cfg: ServerConfig) -> ExitCode {
+async fn serve(cfg: ServerConfig, metrics_urls: Vec<String>) -> ExitCode {
+    // Bound and recorded before the node starts: a taken port is a bad
+    // setting (exit 2), and every metric from the start is kept.
+    let metrics = if metrics_urls.is_empty() {
+        None
+    } else {
+        let bound = crate::observe::bind(&metrics_urls).await;
+        match bound.and_then(|l| Ok((l, crate::observe::install()?))) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("dengine serve: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let data_dir = cfg.node.data_dir.clone();
     let storage = cfg.node.storage;
     let name = cfg.name.clone();
@@ -408,6 +493,11 @@ async fn serve(cfg: ServerConfig) -> ExitCode {
     }
     for a in server.peer_addrs() {
         println!("  peers:   http://{a}");
+    }
+    if let Some((listeners, handle)) = metrics {
+        for a in crate::observe::serve(listeners, handle, server.node().metrics()) {
+            println!("  metrics: http://{a}/metrics  (and /health, /livez, /readyz)");
+        }
     }
     println!("  data:    {} ({storage:?})", data_dir.display());
     println!(

@@ -1,0 +1,236 @@
+//! The node's metrics, recorded through the `metrics` facade: the program
+//! that embeds the node picks an exporter (`dengine serve` serves
+//! Prometheus text), and without one every call here costs a load of the
+//! facade's recorder and nothing else.
+//!
+//! Names follow Prometheus' conventions (`dengine_` prefix, base units,
+//! `_total` counters); where etcd has the same metric its name is recorded
+//! too, so etcd's dashboards and alerts read a dengine member unchanged.
+//! Gauges of the node's state are set where [`Metrics`] is published (at
+//! once for a change of state, at most once per tick for progress), not on
+//! every turn of the loop.
+
+use std::time::Duration;
+
+use dengine_core::Role;
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+use super::ReadPolicy;
+use super::core_loop::Metrics;
+use crate::Error;
+
+/// Gives every metric its help text and unit (once per process is enough;
+/// more is harmless).
+pub fn describe() {
+    describe_gauge!(
+        "dengine_server_has_leader",
+        "1 if this member knows a leader, else 0."
+    );
+    describe_gauge!(
+        "etcd_server_has_leader",
+        "etcd's name of dengine_server_has_leader."
+    );
+    describe_gauge!(
+        "dengine_server_is_leader",
+        "1 if this member is the leader, else 0."
+    );
+    describe_gauge!(
+        "etcd_server_is_leader",
+        "etcd's name of dengine_server_is_leader."
+    );
+    describe_gauge!(
+        "dengine_server_leader_id",
+        "The id of the leader this member knows (0: none)."
+    );
+    describe_gauge!("dengine_raft_term", "The member's current term.");
+    describe_gauge!(
+        "dengine_raft_role",
+        "The member's role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader."
+    );
+    describe_gauge!(
+        "dengine_raft_commit_index",
+        "The highest log index known committed."
+    );
+    describe_gauge!(
+        "etcd_server_proposals_committed_total",
+        "etcd's name of dengine_raft_commit_index."
+    );
+    describe_gauge!(
+        "dengine_raft_applied_index",
+        "The highest log index applied to the state machine."
+    );
+    describe_gauge!(
+        "etcd_server_proposals_applied_total",
+        "etcd's name of dengine_raft_applied_index."
+    );
+    describe_gauge!(
+        "dengine_raft_last_index",
+        "The last index in the member's log."
+    );
+    describe_gauge!("dengine_raft_voters", "Voters in the membership in force.");
+    describe_counter!(
+        "dengine_server_leader_changes_total",
+        "Times this member saw a new leader."
+    );
+    describe_counter!(
+        "etcd_server_leader_changes_seen_total",
+        "etcd's name of dengine_server_leader_changes_total."
+    );
+    describe_counter!(
+        "dengine_raft_elections_started_total",
+        "Elections (pre-vote or vote) this member started."
+    );
+    describe_counter!(
+        "dengine_raft_elections_won_total",
+        "Elections this member won."
+    );
+    describe_counter!(
+        "dengine_proposals_total",
+        "Commands proposed through this member (taken off its queue)."
+    );
+    describe_counter!(
+        "dengine_proposals_failed_total",
+        "Proposals and reads refused, by reason."
+    );
+    describe_counter!(
+        "etcd_server_proposals_failed_total",
+        "etcd's name of dengine_proposals_failed_total (all reasons)."
+    );
+    describe_counter!(
+        "dengine_reads_total",
+        "Reads asked of this member, by consistency (stale, lease, linearizable)."
+    );
+    describe_histogram!(
+        "dengine_disk_fsync_duration_seconds",
+        Unit::Seconds,
+        "Time of one sync of the log."
+    );
+    describe_histogram!(
+        "etcd_disk_wal_fsync_duration_seconds",
+        Unit::Seconds,
+        "etcd's name of dengine_disk_fsync_duration_seconds."
+    );
+    describe_histogram!(
+        "dengine_disk_batch_entries",
+        Unit::Count,
+        "Log entries made durable by one sync."
+    );
+    describe_counter!(
+        "dengine_snapshots_made_total",
+        "Snapshots of the state machine this member made."
+    );
+    describe_counter!(
+        "dengine_snapshots_failed_total",
+        "Snapshots of the state machine that failed."
+    );
+    describe_counter!(
+        "dengine_snapshots_installed_total",
+        "Snapshots received from a leader and installed."
+    );
+    describe_gauge!(
+        "dengine_server_fatal",
+        "1 once the member stopped on a fatal error."
+    );
+}
+
+/// A role as a number, for a gauge.
+fn role_number(role: Role) -> f64 {
+    match role {
+        Role::Follower => 0.0,
+        Role::PreCandidate => 1.0,
+        Role::Candidate => 2.0,
+        Role::Leader => 3.0,
+    }
+}
+
+/// Records a publication of the node's state: `before` is the previous
+/// one (so that changes are counted once).
+pub(crate) fn record_state(before: &Metrics, now: &Metrics) {
+    let has_leader = if now.leader.is_some() { 1.0 } else { 0.0 };
+    gauge!("dengine_server_has_leader").set(has_leader);
+    gauge!("etcd_server_has_leader").set(has_leader);
+    let is_leader = if now.role == Role::Leader { 1.0 } else { 0.0 };
+    gauge!("dengine_server_is_leader").set(is_leader);
+    gauge!("etcd_server_is_leader").set(is_leader);
+    gauge!("dengine_server_leader_id").set(now.leader.map_or(0.0, |l| l.0 as f64));
+    gauge!("dengine_raft_term").set(now.term.0 as f64);
+    gauge!("dengine_raft_role").set(role_number(now.role));
+    gauge!("dengine_raft_commit_index").set(now.commit.0 as f64);
+    gauge!("etcd_server_proposals_committed_total").set(now.commit.0 as f64);
+    gauge!("dengine_raft_applied_index").set(now.applied.0 as f64);
+    gauge!("etcd_server_proposals_applied_total").set(now.applied.0 as f64);
+    gauge!("dengine_raft_last_index").set(now.last_index.0 as f64);
+    gauge!("dengine_raft_voters").set(now.membership.voters.len() as f64);
+    gauge!("dengine_server_fatal").set(if now.fatal.is_some() { 1.0 } else { 0.0 });
+    if now.leader.is_some() && now.leader != before.leader {
+        counter!("dengine_server_leader_changes_total").increment(1);
+        counter!("etcd_server_leader_changes_seen_total").increment(1);
+    }
+    if now.role != before.role {
+        if matches!(now.role, Role::PreCandidate | Role::Candidate) && before.role == Role::Follower
+            || now.role == Role::Candidate && before.role == Role::PreCandidate
+        {
+            counter!("dengine_raft_elections_started_total").increment(1);
+        }
+        if now.role == Role::Leader {
+            counter!("dengine_raft_elections_won_total").increment(1);
+        }
+    }
+    let grew = |now: u64, before: u64| now.saturating_sub(before);
+    if now.snapshot_made_at > before.snapshot_made_at {
+        counter!("dengine_snapshots_made_total").increment(1);
+    }
+    counter!("dengine_snapshots_failed_total")
+        .increment(grew(now.snapshot_failures, before.snapshot_failures));
+    counter!("dengine_snapshots_installed_total")
+        .increment(grew(now.snapshots_installed, before.snapshots_installed));
+}
+
+/// Records one sync of the log and the entries it made durable.
+pub(crate) fn record_sync(took: Duration, entries: usize) {
+    let seconds = took.as_secs_f64();
+    histogram!("dengine_disk_fsync_duration_seconds").record(seconds);
+    histogram!("etcd_disk_wal_fsync_duration_seconds").record(seconds);
+    histogram!("dengine_disk_batch_entries").record(entries as f64);
+}
+
+/// Records proposals taken off the queue.
+pub(crate) fn record_proposals(n: usize) {
+    counter!("dengine_proposals_total").increment(n as u64);
+}
+
+/// Records a proposal or read that failed, with why.
+pub(crate) fn record_refused(e: &Error) {
+    counter!("dengine_proposals_failed_total", "reason" => reason(e)).increment(1);
+    counter!("etcd_server_proposals_failed_total").increment(1);
+}
+
+/// An error's kind, as a label.
+fn reason(e: &Error) -> &'static str {
+    match e {
+        Error::NotLeader { .. } => "not_leader",
+        Error::Timeout => "timeout",
+        Error::Overloaded => "overloaded",
+        Error::Dropped(_) => "dropped",
+        Error::TransferInProgress => "transfer_in_progress",
+        Error::TransferFailed(_) => "transfer_failed",
+        Error::ConfChange(_) => "conf_change",
+        Error::Invalid(_) => "invalid",
+        Error::Config(_) => "config",
+        Error::Shutdown => "shutdown",
+        Error::Storage(_) => "storage",
+        Error::Fatal(_) => "fatal",
+    }
+}
+
+/// Records a read asked of the node, by its consistency.
+pub(crate) fn record_read(policy: ReadPolicy) {
+    let consistency = match policy {
+        ReadPolicy::Stale => "stale",
+        ReadPolicy::Lease => "lease",
+        ReadPolicy::Linearizable => "linearizable",
+    };
+    counter!("dengine_reads_total", "consistency" => consistency).increment(1);
+}
