@@ -667,14 +667,13 @@ impl KvStateMachine {
     /// Writes what was applied since the last flush, with the index
     /// `applied` it reaches, in one atomic write.
     pub(crate) fn write_pending(&mut self, applied: LogIndex) -> io::Result<()> {
-        // Drained, not taken: the buffers keep their room for the next
-        // batch instead of growing again from nothing.
-        let mut changes: Vec<Change> =
-            Vec::with_capacity(self.pending.len() + self.removed.len() + 1);
-        let removed: Vec<Revision> = self.removed.drain(..).collect();
+        let removed = std::mem::take(&mut self.removed);
+        let mut changes: Vec<Change> = Vec::with_capacity(self.pending.len() + removed.len() + 1);
         // A record written and forgotten in one batch is never written.
         let gone: HashSet<Revision> = removed.iter().copied().collect();
         let mut skipped = HashSet::new();
+        // Drained, not taken: the buffer keeps its room for the next batch
+        // instead of growing again from nothing.
         for (rev, record) in self.pending.drain(..) {
             if gone.contains(&rev) {
                 skipped.insert(rev);

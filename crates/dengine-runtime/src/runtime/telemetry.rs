@@ -80,7 +80,7 @@ pub fn describe() {
     );
     describe_counter!(
         "dengine_raft_elections_started_total",
-        "Elections (pre-vote or vote) this member started."
+        "Vote rounds this member started as a candidate (pre-votes not counted)."
     );
     describe_counter!(
         "dengine_raft_elections_won_total",
@@ -164,28 +164,56 @@ pub(crate) fn record_state(before: &Metrics, now: &Metrics) {
     gauge!("dengine_raft_last_index").set(now.last_index.0 as f64);
     gauge!("dengine_raft_voters").set(now.membership.voters.len() as f64);
     gauge!("dengine_server_fatal").set(if now.fatal.is_some() { 1.0 } else { 0.0 });
-    if now.leader.is_some() && now.leader != before.leader {
+    let c = Counted::between(before, now);
+    if c.leader_changed {
         counter!("dengine_server_leader_changes_total").increment(1);
         counter!("etcd_server_leader_changes_seen_total").increment(1);
     }
-    if now.role != before.role {
-        if matches!(now.role, Role::PreCandidate | Role::Candidate) && before.role == Role::Follower
-            || now.role == Role::Candidate && before.role == Role::PreCandidate
-        {
-            counter!("dengine_raft_elections_started_total").increment(1);
-        }
-        if now.role == Role::Leader {
-            counter!("dengine_raft_elections_won_total").increment(1);
-        }
+    if c.election_started {
+        counter!("dengine_raft_elections_started_total").increment(1);
     }
-    let grew = |now: u64, before: u64| now.saturating_sub(before);
-    if now.snapshot_made_at > before.snapshot_made_at {
+    if c.election_won {
+        counter!("dengine_raft_elections_won_total").increment(1);
+    }
+    if c.snapshot_made {
         counter!("dengine_snapshots_made_total").increment(1);
     }
-    counter!("dengine_snapshots_failed_total")
-        .increment(grew(now.snapshot_failures, before.snapshot_failures));
-    counter!("dengine_snapshots_installed_total")
-        .increment(grew(now.snapshots_installed, before.snapshots_installed));
+    counter!("dengine_snapshots_failed_total").increment(c.snapshot_failures);
+    counter!("dengine_snapshots_installed_total").increment(c.snapshots_installed);
+}
+
+/// What one publication of the node's state adds to the counters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counted {
+    /// A leader is known, and not the one known before.
+    leader_changed: bool,
+    /// The node became a candidate, or stayed one into a new term: a vote
+    /// round began (pre-vote rounds raise no term and are not counted).
+    election_started: bool,
+    /// The node became the leader.
+    election_won: bool,
+    /// A newer snapshot of its own state was made.
+    snapshot_made: bool,
+    snapshot_failures: u64,
+    snapshots_installed: u64,
+}
+
+impl Counted {
+    fn between(before: &Metrics, now: &Metrics) -> Counted {
+        Counted {
+            leader_changed: now.leader.is_some() && now.leader != before.leader,
+            election_started: now.role == Role::Candidate
+                && (before.role != Role::Candidate || before.term != now.term),
+            election_won: now.role == Role::Leader && before.role != Role::Leader,
+            snapshot_made: now.snapshot_made_at > before.snapshot_made_at,
+            snapshot_failures: now
+                .snapshot_failures
+                .saturating_sub(before.snapshot_failures),
+            snapshots_installed: now
+                .snapshots_installed
+                .saturating_sub(before.snapshots_installed),
+        }
+    }
 }
 
 /// Records one sync of the log and the entries it made durable.
@@ -233,4 +261,79 @@ pub(crate) fn record_read(policy: ReadPolicy) {
         ReadPolicy::Linearizable => "linearizable",
     };
     counter!("dengine_reads_total", "consistency" => consistency).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dengine_core::{ConfState, LogIndex, NodeId, Term};
+
+    fn state(role: Role, term: u64, leader: Option<u64>) -> Metrics {
+        Metrics {
+            id: NodeId(1),
+            role,
+            term: Term(term),
+            leader: leader.map(NodeId),
+            commit: LogIndex(0),
+            applied: LogIndex(0),
+            last_index: LogIndex(0),
+            membership: ConfState::default(),
+            snapshots_installed: 0,
+            snapshot_made_at: LogIndex(0),
+            snapshot_failures: 0,
+            last_snapshot_failure: None,
+            fatal: None,
+        }
+    }
+
+    #[test]
+    fn elections_and_leaders_are_counted_once_each() {
+        let follower = state(Role::Follower, 1, Some(2));
+        let pre = state(Role::PreCandidate, 1, None);
+        let candidate = state(Role::Candidate, 2, None);
+        let again = state(Role::Candidate, 3, None);
+        let leader = state(Role::Leader, 3, Some(1));
+        let counted = |a: &Metrics, b: &Metrics| Counted::between(a, b);
+        // A pre-vote round is not an election; the vote round after it is.
+        assert_eq!(counted(&follower, &pre), Counted::default());
+        let started = Counted {
+            election_started: true,
+            ..Counted::default()
+        };
+        assert_eq!(counted(&pre, &candidate), started);
+        // A candidate that times out starts another round in a new term.
+        assert_eq!(counted(&candidate, &again), started);
+        assert_eq!(counted(&candidate, &candidate), Counted::default());
+        assert_eq!(
+            counted(&again, &leader),
+            Counted {
+                leader_changed: true,
+                election_won: true,
+                ..Counted::default()
+            }
+        );
+        assert_eq!(counted(&leader, &leader), Counted::default());
+        // Losing the leader is no change of leader; a new one is.
+        assert!(!counted(&follower, &pre).leader_changed);
+        assert!(counted(&pre, &follower).leader_changed);
+    }
+
+    #[test]
+    fn snapshot_counters_add_what_grew() {
+        let before = state(Role::Follower, 1, Some(2));
+        let mut now = before.clone();
+        now.snapshot_made_at = LogIndex(100);
+        now.snapshot_failures = 2;
+        now.snapshots_installed = 1;
+        assert_eq!(
+            Counted::between(&before, &now),
+            Counted {
+                snapshot_made: true,
+                snapshot_failures: 2,
+                snapshots_installed: 1,
+                ..Counted::default()
+            }
+        );
+        assert_eq!(Counted::between(&now, &now), Counted::default());
+    }
 }

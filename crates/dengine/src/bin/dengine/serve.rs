@@ -391,16 +391,10 @@ fn observe(a: &ServeArgs) -> Result<Observe, String> {
             .or_else(|_| EnvFilter::try_from_default_env())
             .unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let metrics_urls = a.listen_metrics_urls.clone().unwrap_or_default();
-    for url in &metrics_urls {
-        if !url.starts_with("http://") {
-            return Err(format!(
-                "--listen-metrics-urls {url:?}: expected http://host:port"
-            ));
-        }
-    }
     Ok(Observe {
-        metrics_urls,
+        // Checked where they are bound (`observe::bind`), before the node
+        // starts.
+        metrics_urls: a.listen_metrics_urls.clone().unwrap_or_default(),
         log_format: a.log_format.unwrap_or_default(),
         log_filter,
     })
