@@ -417,6 +417,18 @@ impl<S: LogStorage> RawNode<S> {
         Ok(self.raft.log.term(index)?)
     }
 
+    /// On the leader, each member's matched index (the highest known to
+    /// be durable there and to match this log), in id order, this node
+    /// included; elsewhere nothing. Allocates nothing, for metrics.
+    pub fn matched(&self) -> impl Iterator<Item = (NodeId, LogIndex)> + '_ {
+        let leader = self.raft.role == Role::Leader;
+        self.raft
+            .tracker
+            .iter()
+            .filter(move |_| leader)
+            .map(|(id, p)| (id, p.matched))
+    }
+
     /// The node's state.
     pub fn status(&self) -> Status {
         let r = &self.raft;

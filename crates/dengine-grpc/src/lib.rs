@@ -32,3 +32,6 @@ mod join;
 pub mod members;
 pub mod peer;
 pub mod server;
+pub mod telemetry;
+
+pub use telemetry::describe_metrics;

@@ -433,6 +433,8 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
+        // Made here, after the process' metrics recorder (if any) is in.
+        let requests = crate::telemetry::RequestMetricsLayer::new();
         for listener in client_listeners {
             let kv = KvServer::new(KvService::new(core.clone()))
                 .max_decoding_message_size(max_client)
@@ -440,6 +442,7 @@ impl Server {
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .layer(requests.clone())
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(MaintenanceService::new(
                     core.clone(),

@@ -530,7 +530,9 @@ impl<SM: StateMachine> Node<SM> {
         query: impl FnOnce(&SM) -> R + Send + 'static,
     ) -> Result<R, Error> {
         telemetry::record_read(policy);
+        let started = std::time::Instant::now();
         let outcome = self.read_unrecorded(policy, query).await;
+        telemetry::record_read_time(policy, started.elapsed());
         if let Err(e) = &outcome {
             telemetry::record_refused(e);
         }

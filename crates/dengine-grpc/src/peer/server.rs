@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::message_from_wire;
 use super::{KnownMembers, PeerIdentity, check_caller};
+use crate::telemetry::peers::{KindCounts, LinkMeter};
 
 /// What the peer service needs of a node: somewhere to deliver messages
 /// and to receive snapshots into. Implemented for every [`Node`].
@@ -199,11 +200,15 @@ impl Peer for PeerService {
         request: Request<Streaming<wire::RaftBatch>>,
     ) -> Result<Response<wire::RaftStreamClosed>, Status> {
         let from = self.caller(&request)?;
+        let meter = LinkMeter::receiving(from);
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
+            let bytes = prost::Message::encoded_len(&batch);
+            let mut kinds = KindCounts::default();
             for m in batch.messages {
                 let msg = message_from_wire(m)
                     .map_err(|e| self.malformed(Status::invalid_argument(e.to_string())))?;
+                kinds.add(&msg.body);
                 self.check_message(from, &msg)
                     .map_err(|s| self.malformed(s))?;
                 if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
@@ -222,6 +227,7 @@ impl Peer for PeerService {
                     Err(e) => return Err(Status::unavailable(format!("node: {e}"))),
                 }
             }
+            meter.batch(bytes, &kinds);
         }
         Ok(Response::new(wire::RaftStreamClosed {}))
     }

@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::convert::message_to_wire;
 use super::{PeerIdentity, backoff};
+use crate::telemetry::peers::{KindCounts, LinkMeter};
 
 /// Tuning of the peer links.
 #[derive(Clone, Debug)]
@@ -85,6 +86,7 @@ pub struct LinkStats {
 
 struct Link {
     queue: mpsc::Sender<Message>,
+    meter: Arc<LinkMeter>,
     channel: Channel,
     /// Whether the stream to this peer is up (messages to a peer that is
     /// down are reported unreachable, so the leader probes instead of
@@ -145,15 +147,18 @@ impl GrpcTransport {
         let channel = endpoint.connect_lazy();
         let (tx, rx) = mpsc::channel(self.inner.config.queue_len.max(1));
         let up = Arc::new(AtomicBool::new(true));
+        let meter = Arc::new(LinkMeter::sending(id));
         tokio::spawn(stream_messages(
             self.inner.clone(),
             id,
             channel.clone(),
             rx,
             up.clone(),
+            meter.clone(),
         ));
         let link = Link {
             queue: tx,
+            meter,
             channel,
             up,
         };
@@ -208,6 +213,7 @@ impl Transport for GrpcTransport {
             Ok(()) => Err(Unreachable),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                link.meter.dropped(1);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Unreachable),
@@ -248,6 +254,7 @@ async fn stream_messages(
     channel: Channel,
     mut queue: mpsc::Receiver<Message>,
     up: Arc<AtomicBool>,
+    meter: Arc<LinkMeter>,
 ) {
     let mut failures = 0u32;
     // The first message waits in `first` while a stream is (re)opened.
@@ -270,6 +277,7 @@ async fn stream_messages(
         );
         let mut call = tokio::spawn(async move { client.raft(req).await });
         inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        meter.stream_opened();
         let mut sent_any = false;
         let ended = loop {
             let Some(m) = first.take() else {
@@ -290,7 +298,7 @@ async fn stream_messages(
                 up.store(true, Ordering::Relaxed);
                 failures = 0;
             }
-            let batch = take_batch(&inner, m, &mut queue);
+            let batch = take_batch(&inner, &meter, m, &mut queue);
             let n = batch.messages.len() as u64;
             if tx.send(batch).await.is_err() {
                 // The call ended; its outcome says why.
@@ -322,26 +330,34 @@ async fn stream_messages(
         // old appends: drop it.
         while queue.try_recv().is_ok() {
             inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            meter.dropped(1);
         }
     }
 }
 
-/// `first` and whatever else waits, up to the batch's byte budget.
+/// `first` and whatever else waits, up to the batch's byte budget
+/// (counted in `meter` as it goes on the wire).
 fn take_batch(
     inner: &Inner,
+    meter: &LinkMeter,
     first: Message,
     queue: &mut mpsc::Receiver<Message>,
 ) -> wire::RaftBatch {
+    let mut kinds = KindCounts::default();
+    kinds.add(&first.body);
     let mut bytes = first.body.entries_size();
     let mut messages = vec![message_to_wire(first)];
     while bytes < inner.config.max_batch_bytes {
         match queue.try_recv() {
             Ok(m) => {
+                kinds.add(&m.body);
                 bytes += m.body.entries_size();
                 messages.push(message_to_wire(m));
             }
             Err(_) => break,
         }
     }
-    wire::RaftBatch { messages }
+    let batch = wire::RaftBatch { messages };
+    meter.batch(prost::Message::encoded_len(&batch), &kinds);
+    batch
 }

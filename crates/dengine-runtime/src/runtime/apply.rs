@@ -189,8 +189,11 @@ impl<SM: StateMachine> Applier<SM> {
     /// Carries out one job; true to stop.
     fn handle(&mut self, job: ApplyJob<SM>) -> bool {
         let flow = match job {
-            ApplyJob::Entries(entries, proposals, changes, memberships) => {
-                self.entries(entries, proposals, changes, memberships)
+            ApplyJob::Entries(entries, proposals, changes, memberships, handed_out) => {
+                let n = entries.len();
+                let flow = self.entries(entries, proposals, changes, memberships);
+                super::telemetry::record_apply_time(handed_out.elapsed(), n);
+                flow
             }
             ApplyJob::Read(index, job) => {
                 self.reads.entry(index).or_default().push(job);

@@ -615,6 +615,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             return;
         }
+        if let MessageBody::RequestVoteResponse {
+            pre_vote,
+            granted: false,
+        } = msg.body
+        {
+            telemetry::record_vote_refused(pre_vote);
+        }
         let to = msg.to;
         if self.transport.send(msg).is_err() {
             self.raw.report_unreachable(to);
@@ -735,7 +742,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         if self
             .apply
-            .send(ApplyJob::Entries(entries, proposals, changes, memberships))
+            .send(ApplyJob::Entries(
+                entries,
+                proposals,
+                changes,
+                memberships,
+                Instant::now(),
+            ))
             .is_err()
         {
             self.worker_gone("the apply worker");
@@ -782,6 +795,10 @@ impl<SM: StateMachine> CoreLoop<SM> {
             m.membership = self.raw.conf_state().clone();
         }
         self.progress_tick = self.clock.ticks();
+        for (member, matched) in self.raw.matched() {
+            telemetry::record_follower(member, matched.0, last_index.0);
+        }
+        telemetry::record_queues(self.queue.len(), self.disk_jobs);
         let published = &self.published;
         self.metrics.send_modify(|m| {
             telemetry::record_state(m, published);

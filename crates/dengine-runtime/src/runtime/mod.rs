@@ -130,12 +130,13 @@ pub(crate) enum DiskJob {
 pub(crate) enum ApplyJob<SM: StateMachine> {
     /// Committed entries, the proposals waiting for them, the membership
     /// changes waiting for them, and the membership each change among
-    /// them put in force.
+    /// them put in force, and when they were handed out.
     Entries(
         Vec<dengine_core::Entry>,
         Vec<(LogIndex, ProposeReply<SM::Response>)>,
         Vec<(LogIndex, oneshot::Sender<Result<LogIndex, Error>>)>,
         Vec<(LogIndex, dengine_core::ConfState)>,
+        std::time::Instant,
     ),
     Read(LogIndex, ReadJob<SM>),
     Snapshot(SnapshotMeta),

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use dengine_core::{Entry, LogIndex, Term};
 use tokio::sync::Notify;
 
-use super::ProposeReply;
+use super::{ProposeReply, telemetry};
 use crate::error::Error;
 
 /// A proposed command and where its answer goes.
@@ -123,6 +124,11 @@ impl<R> ProposalQueue<R> {
         }
     }
 
+    /// Proposals queued now (approximate while pushes and takes overlap).
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
     /// Why proposals are refused: the reason the queue was closed with.
     fn why_closed(&self) -> Error {
         self.reason.get().cloned().unwrap_or(Error::Shutdown)
@@ -148,6 +154,8 @@ impl<R> ProposalQueue<R> {
 struct Batch<R> {
     /// The tick the batch was proposed at (for timeouts).
     tick: u64,
+    /// When it was proposed (for the commit latency).
+    proposed_at: Instant,
     replies: VecDeque<ProposeReply<R>>,
 }
 
@@ -180,7 +188,14 @@ impl<R> Pending<R> {
         // Taken over as it is, not copied.
         let replies = VecDeque::from(replies);
         if !replies.is_empty() {
-            self.batches.insert((first, term), Batch { tick, replies });
+            self.batches.insert(
+                (first, term),
+                Batch {
+                    tick,
+                    proposed_at: Instant::now(),
+                    replies,
+                },
+            );
         }
     }
 
@@ -199,6 +214,7 @@ impl<R> Pending<R> {
             }
             let mut batch = entry.remove();
             let mut index = start;
+            let taken_before = out.len();
             while index <= last {
                 let Some(reply) = batch.replies.pop_front() else {
                     break;
@@ -214,6 +230,10 @@ impl<R> Pending<R> {
                     }
                 }
                 index = index.next();
+            }
+            let committed = out.len() - taken_before;
+            if committed > 0 {
+                telemetry::record_commit_time(batch.proposed_at.elapsed(), committed);
             }
             if !batch.replies.is_empty() {
                 self.batches.insert((index, term), batch);

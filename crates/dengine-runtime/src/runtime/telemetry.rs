@@ -133,6 +133,41 @@ pub fn describe() {
         "dengine_server_fatal",
         "1 once the member stopped on a fatal error."
     );
+    describe_histogram!(
+        "dengine_proposal_commit_duration_seconds",
+        Unit::Seconds,
+        "From a proposal taken off the queue to its entry committed and handed to the state machine (on the member that proposed it)."
+    );
+    describe_histogram!(
+        "dengine_apply_duration_seconds",
+        Unit::Seconds,
+        "From committed entries handed to the state machine to applied and answered (per entry)."
+    );
+    describe_histogram!(
+        "dengine_read_duration_seconds",
+        Unit::Seconds,
+        "Time of one read through the node, by consistency."
+    );
+    describe_gauge!(
+        "dengine_raft_follower_match_index",
+        "On the leader: the highest index known durable on each member and matching the leader's log."
+    );
+    describe_gauge!(
+        "dengine_raft_follower_lag_entries",
+        "On the leader: entries each member is behind the leader's last index (a member that stepped down keeps its last figures: read with dengine_server_is_leader == 1)."
+    );
+    describe_gauge!(
+        "dengine_proposal_queue_length",
+        "Proposals waiting for the protocol task."
+    );
+    describe_gauge!(
+        "dengine_disk_jobs_in_flight",
+        "Batches of log writes handed to the disk thread and not yet durable."
+    );
+    describe_counter!(
+        "dengine_raft_votes_refused_total",
+        "Votes this member refused to candidates, by kind (pre_vote, vote)."
+    );
 }
 
 /// A role as a number, for a gauge.
@@ -253,14 +288,55 @@ fn reason(e: &Error) -> &'static str {
     }
 }
 
-/// Records a read asked of the node, by its consistency.
-pub(crate) fn record_read(policy: ReadPolicy) {
-    let consistency = match policy {
+/// A read policy as a label.
+fn consistency(policy: ReadPolicy) -> &'static str {
+    match policy {
         ReadPolicy::Stale => "stale",
         ReadPolicy::Lease => "lease",
         ReadPolicy::Linearizable => "linearizable",
-    };
-    counter!("dengine_reads_total", "consistency" => consistency).increment(1);
+    }
+}
+
+/// Records a read asked of the node, by its consistency.
+pub(crate) fn record_read(policy: ReadPolicy) {
+    counter!("dengine_reads_total", "consistency" => consistency(policy)).increment(1);
+}
+
+/// Records how long a read took (served or failed).
+pub(crate) fn record_read_time(policy: ReadPolicy, took: Duration) {
+    histogram!("dengine_read_duration_seconds", "consistency" => consistency(policy))
+        .record(took.as_secs_f64());
+}
+
+/// Records `n` proposals of one batch committed `took` after they were
+/// taken off the queue.
+pub(crate) fn record_commit_time(took: Duration, n: usize) {
+    histogram!("dengine_proposal_commit_duration_seconds").record_many(took.as_secs_f64(), n);
+}
+
+/// Records `n` entries applied `took` after they were handed out.
+pub(crate) fn record_apply_time(took: Duration, n: usize) {
+    histogram!("dengine_apply_duration_seconds").record_many(took.as_secs_f64(), n);
+}
+
+/// Records a member's replication progress, as the leader sees it.
+pub(crate) fn record_follower(member: dengine_core::NodeId, matched: u64, last_index: u64) {
+    let member = format!("{:x}", member.0);
+    gauge!("dengine_raft_follower_match_index", "member" => member.clone()).set(matched as f64);
+    gauge!("dengine_raft_follower_lag_entries", "member" => member)
+        .set(last_index.saturating_sub(matched) as f64);
+}
+
+/// Records the depths of the node's queues.
+pub(crate) fn record_queues(proposals: usize, disk_jobs: usize) {
+    gauge!("dengine_proposal_queue_length").set(proposals as f64);
+    gauge!("dengine_disk_jobs_in_flight").set(disk_jobs as f64);
+}
+
+/// Records a vote this member refused.
+pub(crate) fn record_vote_refused(pre_vote: bool) {
+    let kind = if pre_vote { "pre_vote" } else { "vote" };
+    counter!("dengine_raft_votes_refused_total", "kind" => kind).increment(1);
 }
 
 #[cfg(test)]

@@ -73,6 +73,29 @@ fn value(samples: &[(String, f64)], name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}"))
 }
 
+/// The value of the sample of metric `metric` whose labels include every
+/// one of `labels` (`name="value"`), or 0 if there is none (a counter not
+/// yet made).
+fn labelled(samples: &[(String, f64)], metric: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, _)| {
+            n.strip_prefix(metric).is_some_and(|rest| {
+                rest.starts_with('{') && labels.iter().all(|l| rest.contains(l))
+            })
+        })
+        .map_or(0.0, |(_, v)| *v)
+}
+
+/// The next response of a watch stream, within a few seconds.
+async fn next(w: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .expect("watch answers in time")
+        .expect("watch")
+        .expect("a response")
+}
+
 /// Waits until member `i`'s `/health` answers `code`; the body.
 fn wait_health(c: &Cluster, i: usize, code: u16, within: Duration) -> String {
     let deadline = Instant::now() + within;
@@ -134,6 +157,102 @@ async fn metrics_move_with_writes_and_health_follows_the_leader() {
     assert!(value(&after, "etcd_server_leader_changes_seen_total") >= 1.0);
     assert!(text.contains("# TYPE etcd_disk_wal_fsync_duration_seconds histogram"));
     assert!(text.contains("# HELP dengine_proposals_total "));
+    // Client calls by method and code, with go-grpc-prometheus' labels.
+    let put_ok = [
+        r#"grpc_method="Put""#,
+        r#"grpc_code="OK""#,
+        r#"grpc_type="unary""#,
+    ];
+    let handled =
+        |s: &[(String, f64)], labels: &[&str]| labelled(s, "grpc_server_handled_total", labels);
+    assert!(
+        handled(&after, &put_ok) - handled(&before, &put_ok) >= 50.0,
+        "{text}"
+    );
+    assert!(
+        labelled(
+            &after,
+            "grpc_server_started_total",
+            &[r#"grpc_service="etcdserverpb.KV""#, r#"grpc_method="Put""#]
+        ) >= 50.0
+    );
+    // Each write's latency, proposal to commit and commit to apply.
+    assert!(moved("dengine_proposal_commit_duration_seconds_count") >= 50.0);
+    assert!(moved("dengine_apply_duration_seconds_count") >= 50.0);
+    // The leader's view of each member, and what went over the links.
+    let mut members = kv
+        .member_list()
+        .await
+        .expect("member list")
+        .members()
+        .iter()
+        .map(|m| m.id())
+        .collect::<Vec<_>>();
+    members.sort();
+    assert_eq!(members.len(), 3);
+    for id in &members {
+        let label = format!(r#"member="{id:x}""#);
+        assert!(
+            labelled(&after, "dengine_raft_follower_match_index", &[&label]) >= 50.0,
+            "member {id:x}: {text}"
+        );
+        if *id != leader_id {
+            let to = format!(r#"to="{id:x}""#);
+            assert!(labelled(&after, "dengine_peer_sent_bytes_total", &[&to]) > 0.0);
+            assert!(
+                labelled(
+                    &after,
+                    "etcd_network_peer_sent_bytes_total",
+                    &[&format!(r#"To="{id:x}""#)]
+                ) > 0.0
+            );
+            assert!(
+                labelled(
+                    &after,
+                    "dengine_peer_sent_messages_total",
+                    &[&to, r#"type="append""#]
+                ) >= 1.0
+            );
+        }
+    }
+    // A follower counts what it received from the leader.
+    let follower = (leader + 1) % 3;
+    let (_, text) = get(&c, follower, "/metrics").unwrap();
+    let from = format!(r#"From="{leader_id:x}""#);
+    assert!(
+        labelled(
+            &samples(&text),
+            "etcd_network_peer_received_bytes_total",
+            &[&from]
+        ) > 0.0,
+        "{text}"
+    );
+
+    // A refused call is counted with its code: a read at a future
+    // revision is OutOfRange, as etcd answers it.
+    let future = etcd_client::GetOptions::new().with_revision(1_000_000);
+    assert!(kv.get("k0", Some(future)).await.is_err());
+    let out_of_range = [r#"grpc_method="Range""#, r#"grpc_code="OutOfRange""#];
+    let (_, text) = get(&c, leader, "/metrics").unwrap();
+    assert_eq!(handled(&samples(&text), &out_of_range), 1.0, "{text}");
+
+    // Watchers and the events sent to them.
+    let mut watch = kv.watch("w", None).await.expect("watch");
+    let created = next(&mut watch).await;
+    assert!(created.created());
+    kv.put("w", "1", None).await.expect("put");
+    assert_eq!(next(&mut watch).await.events().len(), 1);
+    let (_, text) = get(&c, leader, "/metrics").unwrap();
+    let s = samples(&text);
+    assert_eq!(value(&s, "dengine_watchers"), 1.0);
+    assert_eq!(value(&s, "etcd_debugging_mvcc_watcher_total"), 1.0);
+    assert_eq!(value(&s, "dengine_watch_streams"), 1.0);
+    assert!(value(&s, "etcd_debugging_mvcc_events_total") >= 1.0);
+    watch.cancel(created.watch_id()).await.expect("cancel");
+    assert!(next(&mut watch).await.canceled());
+    let (_, text) = get(&c, leader, "/metrics").unwrap();
+    assert_eq!(value(&samples(&text), "dengine_watchers"), 0.0);
+    drop(watch);
 
     // Alone, a member knows no leader: unhealthy, with etcd's reason;
     // healthy again once the others are back.

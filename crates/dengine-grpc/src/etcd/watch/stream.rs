@@ -14,6 +14,7 @@ use tonic::{Status, Streaming};
 
 use super::Applied;
 use crate::etcd::{EtcdCore, range};
+use crate::telemetry;
 
 /// Responses waiting for a slow client before the stream stops reading
 /// live events (and so falls behind to the history).
@@ -91,6 +92,15 @@ pub(super) struct StreamTask {
     /// none for [`NO_LEADER_CHECKS`] election timeouts (etcd's
     /// `monitorLeader`), so the client moves to a member that has one.
     require_leader: bool,
+    /// Watchers last added to the member's gauge.
+    counted: usize,
+}
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        telemetry::record_watchers(-(self.counted as f64));
+        telemetry::record_watch_stream(-1.0);
+    }
 }
 
 impl StreamTask {
@@ -109,7 +119,21 @@ impl StreamTask {
             watchers: BTreeMap::new(),
             next_id: 0,
             seen: 0,
+            counted: 0,
         }
+        .counting()
+    }
+
+    fn counting(self) -> StreamTask {
+        telemetry::record_watch_stream(1.0);
+        self
+    }
+
+    /// Brings the member's watcher gauge to this stream's watchers.
+    fn count_watchers(&mut self) {
+        let now = self.watchers.len();
+        telemetry::record_watchers(now as f64 - self.counted as f64);
+        self.counted = now;
     }
 
     /// Ends the stream when this member stays without a leader (see
@@ -156,6 +180,8 @@ impl StreamTask {
                     }
                 }
             }
+            // Created, cancelled, or cancelled by a compaction.
+            self.count_watchers();
         }
     }
 
@@ -410,6 +436,7 @@ impl StreamTask {
         };
         w.active = true;
         let fragment = w.fragment;
+        telemetry::record_watch_events(events.len());
         let limit = self.core.limits.max_request_bytes;
         let total: usize = events.iter().map(|e| e.encoded_len()).sum();
         if !fragment || total <= limit {

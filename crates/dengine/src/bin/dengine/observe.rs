@@ -46,6 +46,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("metrics: {e}"))?;
     dengine::describe_metrics();
     dengine::kv::describe_metrics();
+    dengine::grpc::describe_metrics();
     Ok(handle)
 }
 
