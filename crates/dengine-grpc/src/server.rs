@@ -82,6 +82,11 @@ pub struct ServerConfig {
     /// How often watchers that asked for progress notifications get one
     /// (`--experimental-watch-progress-notify-interval`, 10 minutes).
     pub watch_progress_notify_interval: Duration,
+    /// Runs every client call in a span (`grpc.request`), a child of the
+    /// caller's W3C `traceparent` when it sent one, so a write's spans on
+    /// every member join one trace (across members with the `otel`
+    /// feature). Off by default: then no span is made per request.
+    pub trace_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +109,7 @@ impl Default for ServerConfig {
             auto_compaction: AutoCompaction::Off,
             quota_backend_bytes: Some(crate::etcd::quota::DEFAULT_QUOTA_BYTES),
             watch_progress_notify_interval: Duration::from_secs(600),
+            trace_requests: false,
         }
     }
 }
@@ -374,12 +380,13 @@ impl Server {
             identity.clone(),
             node_cfg.request_timeout(),
         );
+        let (stop, stopped) = watch::channel(false);
         let peer_service = PeerService::new(Arc::new(node.clone()), identity, known.clone())
             .with_forward(forward::target(node.clone()))
             .with_members(Arc::new(cluster.clone()))
+            .with_stop(stopped.clone())
             .cut_next_snapshot_after(cfg.peer.cut_first_snapshot_after_chunks);
 
-        let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let compactor = compactor::run(core.clone(), cfg.auto_compaction, stopped.clone());
         tasks.push(tokio::spawn(async move {
@@ -435,6 +442,7 @@ impl Server {
             .collect();
         // Made here, after the process' metrics recorder (if any) is in.
         let requests = crate::telemetry::RequestMetricsLayer::new();
+        let traces = crate::telemetry::TraceLayer::new(cfg.trace_requests, record.member_id.0);
         for listener in client_listeners {
             let kv = KvServer::new(KvService::new(core.clone()))
                 .max_decoding_message_size(max_client)
@@ -443,6 +451,7 @@ impl Server {
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .layer(requests.clone())
+                .layer(traces)
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(MaintenanceService::new(
                     core.clone(),

@@ -194,6 +194,7 @@ fn with_body(body: wire::message::Body) -> wire::Message {
         to: 2,
         term: 3,
         body: Some(body),
+        traceparent: Vec::new(),
     }
 }
 
@@ -228,6 +229,7 @@ fn a_message_without_body_is_refused() {
         to: 2,
         term: 3,
         body: None,
+        traceparent: Vec::new(),
     };
     assert_eq!(message_from_wire(message), missing("Message.body"));
 }

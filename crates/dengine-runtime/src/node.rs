@@ -200,6 +200,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             applied,
             fatal: None,
             batch: Vec::new(),
+            traces: Default::default(),
             snapshots_installed: 0,
             snapshot_made_at: snapshot_at,
             snapshot_failures: 0,
@@ -239,7 +240,9 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             let inbox = node.channels().inbox.clone();
             net.register(
                 id,
-                Arc::new(move |m: Message, d: Option<SnapshotData>| inbox.try_send((m, d)).is_ok()),
+                Arc::new(move |m: Message, d: Option<SnapshotData>| {
+                    inbox.try_send((m, d, Vec::new())).is_ok()
+                }),
             );
         }
         Ok(node)
@@ -508,7 +511,7 @@ impl<SM: StateMachine> Node<SM> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .queue
-            .push((command, reply))
+            .push((command, reply, crate::runtime::traces::current()))
             .map_err(|(e, _)| e)?;
         // No timer per proposal (it cost a third of the throughput at 256
         // proposers): the core answers `Timeout` itself once the request
@@ -644,10 +647,22 @@ impl<SM: StateMachine> Node<SM> {
     /// is bounded: when it is full the message is dropped and this says
     /// `Overloaded` (Raft sends again); `Shutdown` once the node stopped.
     pub fn deliver(&self, msg: Message, snapshot: Option<SnapshotData>) -> Result<(), Error> {
+        self.deliver_traced(msg, snapshot, Vec::new())
+    }
+
+    /// [`Node::deliver`] for an append that carries traced writes:
+    /// `spans` (made by the transport as children of the leader's spans)
+    /// end once the entries are durable on this node.
+    pub fn deliver_traced(
+        &self,
+        msg: Message,
+        snapshot: Option<SnapshotData>,
+        spans: Vec<tracing::Span>,
+    ) -> Result<(), Error> {
         self.inner
             .channels
             .inbox
-            .try_send((msg, snapshot))
+            .try_send((msg, snapshot, spans))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => Error::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => self.stopped(),

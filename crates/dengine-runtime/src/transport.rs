@@ -26,6 +26,16 @@ pub trait Transport: Send + Sync + 'static {
     /// peer is known to be unreachable or its queue is full.
     fn send(&self, msg: Message) -> Result<(), Unreachable>;
 
+    /// Sends an append whose entries include traced writes: `spans` are
+    /// the leader's spans of them, for a transport that carries trace
+    /// context to the follower (and hands the follower's spans to
+    /// [`crate::Node::deliver_traced`]). By default the spans are dropped
+    /// and the message sent as [`Transport::send`] sends it.
+    fn send_traced(&self, msg: Message, spans: Vec<tracing::Span>) -> Result<(), Unreachable> {
+        drop(spans);
+        self.send(msg)
+    }
+
     /// Sends a snapshot: the `InstallSnapshot` message and its data,
     /// streamed frame by frame ([`SnapshotData::frames`]) into the peer's
     /// [`crate::Node::snapshot_receiver`]. Report the outcome through

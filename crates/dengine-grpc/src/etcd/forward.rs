@@ -36,6 +36,8 @@ struct Forwarded {
     to: NodeId,
     command: Bytes,
     reply: oneshot::Sender<Outcome>,
+    /// The trace context of the request, when it is traced.
+    traceparent: Option<String>,
 }
 
 /// Sends writes to the leader in batches (see the module docs).
@@ -65,6 +67,7 @@ impl Forwarder {
             to: leader,
             command,
             reply,
+            traceparent: crate::telemetry::trace::traceparent(&tracing::Span::current()),
         };
         self.queue.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => errors::too_many_requests(),
@@ -100,10 +103,25 @@ async fn run(
             // One task per batch (not per write): the next batch need not
             // wait for this one's answer.
             tokio::spawn(async move {
+                let mut items = items;
+                let traceparent = if items.iter().any(|f| f.traceparent.is_some()) {
+                    items
+                        .iter_mut()
+                        .map(|f| f.traceparent.take().unwrap_or_default())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let (commands, replies): (Vec<Bytes>, Vec<_>) =
                     items.into_iter().map(|f| (f.command, f.reply)).unzip();
-                let mut req =
-                    crate::peer::with_identity(&identity, to, wire::ForwardRequest { commands });
+                let mut req = crate::peer::with_identity(
+                    &identity,
+                    to,
+                    wire::ForwardRequest {
+                        commands,
+                        traceparent,
+                    },
+                );
                 req.set_timeout(timeout);
                 match PeerClient::new(channel).forward(req).await {
                     Ok(resp) => {
@@ -210,11 +228,18 @@ impl ForwardTarget for KvForwardTarget {
     fn forward(
         &self,
         commands: Vec<Bytes>,
+        spans: Vec<tracing::Span>,
     ) -> Pin<Box<dyn Future<Output = Vec<wire::ForwardResult>> + Send + '_>> {
+        use tracing::Instrument;
         Box::pin(async move {
             // Polled together, the proposals reach the node's queue in one
-            // go and become one batch.
-            let proposals = commands.into_iter().map(|c| self.node.propose(c));
+            // go and become one batch. A traced write is proposed in its
+            // span, so the node's spans of it join the trace.
+            let mut spans = spans.into_iter();
+            let proposals = commands.into_iter().map(|c| {
+                let span = spans.next().unwrap_or_else(tracing::Span::none);
+                self.node.propose(c).instrument(span)
+            });
             let outcomes = futures_util::future::join_all(proposals).await;
             outcomes.into_iter().map(encode_outcome).collect()
         })

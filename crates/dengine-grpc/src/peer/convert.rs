@@ -55,6 +55,7 @@ pub fn message_to_wire(message: Message) -> wire::Message {
         to: message.to.get(),
         term: message.term.get(),
         body: Some(body_to_wire(message.body)),
+        traceparent: Vec::new(),
     }
 }
 

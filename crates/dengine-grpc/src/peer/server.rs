@@ -31,6 +31,13 @@ use crate::telemetry::peers::{KindCounts, LinkMeter};
 pub trait PeerInbox: Send + Sync + 'static {
     /// Hands a message (and a snapshot's data) to the node.
     fn deliver(&self, msg: Message, snapshot: Option<SnapshotData>) -> Result<(), Error>;
+    /// Hands a message carrying traced entries to the node, with the spans
+    /// made for them here (see [`Node::deliver_traced`]). By default the
+    /// spans are dropped.
+    fn deliver_traced(&self, msg: Message, spans: Vec<tracing::Span>) -> Result<(), Error> {
+        drop(spans);
+        self.deliver(msg, None)
+    }
     /// Starts receiving the snapshot `meta` describes.
     fn snapshot_receiver(&self, meta: SnapshotMeta) -> std::io::Result<SnapshotReceiver>;
 }
@@ -38,6 +45,10 @@ pub trait PeerInbox: Send + Sync + 'static {
 impl<SM: StateMachine> PeerInbox for Node<SM> {
     fn deliver(&self, msg: Message, snapshot: Option<SnapshotData>) -> Result<(), Error> {
         Node::deliver(self, msg, snapshot)
+    }
+
+    fn deliver_traced(&self, msg: Message, spans: Vec<tracing::Span>) -> Result<(), Error> {
+        Node::deliver_traced(self, msg, None, spans)
     }
 
     fn snapshot_receiver(&self, meta: SnapshotMeta) -> std::io::Result<SnapshotReceiver> {
@@ -49,10 +60,13 @@ impl<SM: StateMachine> PeerInbox for Node<SM> {
 /// writes, when this member leads). The server of the key-value store
 /// supplies it; without one, `Forward` is `UNIMPLEMENTED`.
 pub trait ForwardTarget: Send + Sync + 'static {
-    /// Proposes `commands` together and answers each, in order.
+    /// Proposes `commands` together and answers each, in order. `spans`
+    /// is empty, or holds each command's span (children of the forwarding
+    /// member's spans), to propose it in.
     fn forward(
         &self,
         commands: Vec<bytes::Bytes>,
+        spans: Vec<tracing::Span>,
     ) -> Pin<Box<dyn std::future::Future<Output = Vec<wire::ForwardResult>> + Send + '_>>;
 }
 
@@ -95,6 +109,19 @@ pub struct PeerServiceStats {
 
 type PartialKey = (NodeId, LogIndex, Term);
 
+/// Resolves once `stop` is `true` (never without one).
+async fn until_stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    let Some(stop) = stop else {
+        return std::future::pending().await;
+    };
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Most traced entries of one append that get a span on the follower.
+const MAX_TRACES_PER_MESSAGE: usize = 64;
+
 /// The `Peer` service of one node.
 #[derive(Clone)]
 pub struct PeerService {
@@ -110,6 +137,9 @@ pub struct PeerService {
     /// Fault injection: cut the next snapshot call after this many chunks
     /// (taken once).
     cut_after: Arc<Mutex<Option<usize>>>,
+    /// Becomes `true` when the member stops: its `Raft` streams end (they
+    /// never end on their own, and a graceful stop waits for every call).
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl PeerService {
@@ -126,7 +156,14 @@ impl PeerService {
             stats: Arc::new(PeerServiceStats::default()),
             logged_refusal: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             cut_after: Arc::new(Mutex::new(None)),
+            stopping: None,
         }
+    }
+
+    /// Ends the `Raft` streams this service serves once `stop` is `true`.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stop);
+        self
     }
 
     /// Fault injection for tests: the next snapshot call is cut after
@@ -184,6 +221,37 @@ impl PeerService {
         Ok(())
     }
 
+    /// The spans of an append's traced entries on this follower, children
+    /// of the leader's (at most a few per append: a peer cannot make this
+    /// member keep many).
+    fn follower_spans(&self, traceparents: &[String]) -> Vec<tracing::Span> {
+        traceparents
+            .iter()
+            .take(MAX_TRACES_PER_MESSAGE)
+            .map(|tp| {
+                let span = tracing::info_span!("raft.follower.append", node = self.identity.me.0);
+                crate::telemetry::trace::set_remote_parent(&span, tp);
+                span
+            })
+            .collect()
+    }
+
+    /// The spans forwarded writes are proposed in on this member: children
+    /// of the forwarding member's, one per command ("" for an untraced one).
+    fn forwarded_spans(&self, traceparents: &[String]) -> Vec<tracing::Span> {
+        traceparents
+            .iter()
+            .map(|tp| {
+                if tp.is_empty() {
+                    return tracing::Span::none();
+                }
+                let span = tracing::info_span!("raft.forwarded", node = self.identity.me.0);
+                crate::telemetry::trace::set_remote_parent(&span, tp);
+                span
+            })
+            .collect()
+    }
+
     fn malformed(&self, s: Status) -> Status {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason = s.message(), "malformed peer message; stream ended");
@@ -202,10 +270,19 @@ impl Peer for PeerService {
         let from = self.caller(&request)?;
         let meter = LinkMeter::receiving(from);
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let batch = tokio::select! {
+                batch = stream.message() => match batch? {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                () = until_stopped(&mut stopping) => break,
+            };
             let bytes = prost::Message::encoded_len(&batch);
             let mut kinds = KindCounts::default();
-            for m in batch.messages {
+            for mut m in batch.messages {
+                let traceparents = std::mem::take(&mut m.traceparent);
                 let msg = message_from_wire(m)
                     .map_err(|e| self.malformed(Status::invalid_argument(e.to_string())))?;
                 kinds.add(&msg.body);
@@ -217,7 +294,13 @@ impl Peer for PeerService {
                         "InstallSnapshot on a Raft stream (snapshots have their own call)",
                     )));
                 }
-                match self.node.deliver(msg, None) {
+                let delivered = if traceparents.is_empty() {
+                    self.node.deliver(msg, None)
+                } else {
+                    let spans = self.follower_spans(&traceparents);
+                    self.node.deliver_traced(msg, spans)
+                };
+                match delivered {
                     Ok(()) => {
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -242,8 +325,13 @@ impl Peer for PeerService {
                 "Forward is not served by this member",
             ));
         };
-        let commands = request.into_inner().commands;
-        let results = target.forward(commands).await;
+        let req = request.into_inner();
+        let spans = if req.traceparent.len() == req.commands.len() {
+            self.forwarded_spans(&req.traceparent)
+        } else {
+            Vec::new()
+        };
+        let results = target.forward(req.commands, spans).await;
         Ok(Response::new(wire::ForwardResponse { results }))
     }
 

@@ -84,8 +84,12 @@ pub struct LinkStats {
     pub snapshot_resumes: AtomicU64,
 }
 
+/// A message on its way to a peer, with the trace context of the traced
+/// entries it carries (almost always none).
+type Outgoing = (Message, Vec<String>);
+
 struct Link {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Outgoing>,
     meter: Arc<LinkMeter>,
     channel: Channel,
     /// Whether the stream to this peer is up (messages to a peer that is
@@ -201,12 +205,30 @@ impl GrpcTransport {
 
 impl Transport for GrpcTransport {
     fn send(&self, msg: Message) -> Result<(), Unreachable> {
+        self.queue(msg, Vec::new())
+    }
+
+    fn send_traced(&self, msg: Message, spans: Vec<tracing::Span>) -> Result<(), Unreachable> {
+        let traceparents = spans
+            .iter()
+            .filter_map(crate::telemetry::trace::traceparent)
+            .collect();
+        self.queue(msg, traceparents)
+    }
+
+    fn send_snapshot(&self, msg: Message, data: SnapshotData, done: SnapshotDone) {
+        self.send_snapshot_data(msg, data, done);
+    }
+}
+
+impl GrpcTransport {
+    fn queue(&self, msg: Message, traceparents: Vec<String>) -> Result<(), Unreachable> {
         let links = self.read();
         let Some(link) = links.get(&msg.to) else {
             return Err(Unreachable);
         };
         let up = link.up.load(Ordering::Relaxed);
-        match link.queue.try_send(msg) {
+        match link.queue.try_send((msg, traceparents)) {
             Ok(()) if up => Ok(()),
             // Queued for when the stream is back, but the leader should
             // probe rather than pipeline meanwhile.
@@ -220,7 +242,7 @@ impl Transport for GrpcTransport {
         }
     }
 
-    fn send_snapshot(&self, msg: Message, data: SnapshotData, done: SnapshotDone) {
+    fn send_snapshot_data(&self, msg: Message, data: SnapshotData, done: SnapshotDone) {
         let channel = match self.read().get(&msg.to) {
             Some(link) => link.channel.clone(),
             None => {
@@ -252,13 +274,13 @@ async fn stream_messages(
     inner: Arc<Inner>,
     to: NodeId,
     channel: Channel,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
     up: Arc<AtomicBool>,
     meter: Arc<LinkMeter>,
 ) {
     let mut failures = 0u32;
     // The first message waits in `first` while a stream is (re)opened.
-    let mut first: Option<Message> = None;
+    let mut first: Option<Outgoing> = None;
     loop {
         if first.is_none() {
             match queue.recv().await {
@@ -340,22 +362,23 @@ async fn stream_messages(
 fn take_batch(
     inner: &Inner,
     meter: &LinkMeter,
-    first: Message,
-    queue: &mut mpsc::Receiver<Message>,
+    first: Outgoing,
+    queue: &mut mpsc::Receiver<Outgoing>,
 ) -> wire::RaftBatch {
     let mut kinds = KindCounts::default();
-    kinds.add(&first.body);
-    let mut bytes = first.body.entries_size();
-    let mut messages = vec![message_to_wire(first)];
-    while bytes < inner.config.max_batch_bytes {
-        match queue.try_recv() {
-            Ok(m) => {
-                kinds.add(&m.body);
-                bytes += m.body.entries_size();
-                messages.push(message_to_wire(m));
-            }
-            Err(_) => break,
+    let mut bytes = 0;
+    let mut messages = Vec::new();
+    let mut next = Some(first);
+    while let Some((m, traceparent)) = next.take() {
+        kinds.add(&m.body);
+        bytes += m.body.entries_size();
+        let mut wire = message_to_wire(m);
+        wire.traceparent = traceparent;
+        messages.push(wire);
+        if bytes >= inner.config.max_batch_bytes {
+            break;
         }
+        next = queue.try_recv().ok();
     }
     let batch = wire::RaftBatch { messages };
     meter.batch(prost::Message::encoded_len(&batch), &kinds);

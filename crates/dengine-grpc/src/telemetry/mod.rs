@@ -4,8 +4,10 @@
 
 pub mod peers;
 pub mod requests;
+pub mod trace;
 
 pub use requests::RequestMetricsLayer;
+pub use trace::TraceLayer;
 
 /// Gives the metrics of this crate their help text (once per process is
 /// enough; more is harmless).

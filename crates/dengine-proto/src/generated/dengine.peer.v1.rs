@@ -73,6 +73,10 @@ pub struct MemberEntry {
 pub struct ForwardRequest {
     #[prost(bytes = "bytes", repeated, tag = "1")]
     pub commands: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    /// Trace context (W3C `traceparent`) of each command, in order ("" for
+    /// an untraced one), when any is traced; else empty.
+    #[prost(string, repeated, tag = "2")]
+    pub traceparent: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ForwardResponse {
@@ -354,6 +358,11 @@ pub struct Message {
     pub to: u64,
     #[prost(uint64, tag = "3")]
     pub term: u64,
+    /// Trace context (W3C `traceparent`) of the traced writes among an
+    /// append's entries, so that the follower's spans join their traces.
+    /// Empty when none is traced (as almost always).
+    #[prost(string, repeated, tag = "14")]
+    pub traceparent: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(oneof = "message::Body", tags = "4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
     pub body: ::core::option::Option<message::Body>,
 }

@@ -189,10 +189,12 @@ impl<SM: StateMachine> Applier<SM> {
     /// Carries out one job; true to stop.
     fn handle(&mut self, job: ApplyJob<SM>) -> bool {
         let flow = match job {
-            ApplyJob::Entries(entries, proposals, changes, memberships, handed_out) => {
+            ApplyJob::Entries(entries, proposals, changes, memberships, handed_out, spans) => {
                 let n = entries.len();
                 let flow = self.entries(entries, proposals, changes, memberships);
                 super::telemetry::record_apply_time(handed_out.elapsed(), n);
+                // Traced entries' apply spans end here, answered.
+                drop(spans);
                 flow
             }
             ApplyJob::Read(index, job) => {

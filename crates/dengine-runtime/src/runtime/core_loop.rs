@@ -131,6 +131,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// Proposals taken from the queue, proposed together (the buffer is
     /// kept, so taking does not allocate).
     pub(crate) batch: Vec<Proposal<SM::Response>>,
+    /// Spans of traced entries in flight.
+    pub(crate) traces: super::traces::Traces,
     /// Persist batches with the disk thread, not yet reported durable.
     pub(crate) disk_jobs: usize,
     pub(crate) transfer: Option<PendingTransfer>,
@@ -179,7 +181,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             match woke {
                 Woke::Event(ev) => self.on_event(ev),
                 Woke::Request(req) => stop = self.on_request(req),
-                Woke::Message((msg, data)) => self.on_message(msg, data),
+                Woke::Message((msg, data, spans)) => self.on_traced_message(msg, data, spans),
                 Woke::Proposals | Woke::Tick => {}
             }
             if stop || self.take_all() {
@@ -216,7 +218,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         for _ in 0..MAX_BATCH {
             match self.inbox.try_recv() {
-                Ok((msg, data)) => self.on_message(msg, data),
+                Ok((msg, data, spans)) => self.on_traced_message(msg, data, spans),
                 Err(_) => break,
             }
         }
@@ -435,13 +437,27 @@ impl<SM: StateMachine> CoreLoop<SM> {
         telemetry::record_proposals(self.batch.len());
         let mut data = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());
-        for (d, r) in self.batch.drain(..) {
+        let mut traces = Vec::new();
+        for (i, (d, r, t)) in self.batch.drain(..).enumerate() {
             data.push(d);
             replies.push(r);
+            if let Some(t) = t {
+                traces.push((i, t));
+            }
         }
         match self.raw.propose_batch(data) {
             Ok((first, _)) => {
                 let term = self.raw.term();
+                if !traces.is_empty() {
+                    let id = self.raw.id();
+                    for (i, t) in traces {
+                        self.traces.proposed(
+                            id,
+                            LogIndex(first.0 + i as u64),
+                            std::iter::once(Some(t)),
+                        );
+                    }
+                }
                 self.proposals
                     .insert(first, term, self.clock.ticks(), replies);
             }
@@ -452,6 +468,23 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
             }
         }
+    }
+
+    /// A message from a peer, with the spans of the traced entries it
+    /// carries (if any).
+    fn on_traced_message(
+        &mut self,
+        msg: Message,
+        data: Option<SnapshotData>,
+        spans: Vec<tracing::Span>,
+    ) {
+        if !spans.is_empty()
+            && let MessageBody::AppendEntries { entries, .. } = &msg.body
+            && let Some(last) = entries.last()
+        {
+            self.traces.received(last.index, spans);
+        }
+        self.on_message(msg, data);
     }
 
     /// A message from a peer.
@@ -529,6 +562,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                         res = Err(e);
                         break;
                     }
+                    self.persisted_traces(&persisted);
                     for m in messages {
                         self.send(m);
                     }
@@ -623,7 +657,21 @@ impl<SM: StateMachine> CoreLoop<SM> {
             telemetry::record_vote_refused(pre_vote);
         }
         let to = msg.to;
-        if self.transport.send(msg).is_err() {
+        let spans = match &msg.body {
+            MessageBody::AppendEntries { entries, .. } if !self.traces.is_empty() => {
+                match (entries.first(), entries.last()) {
+                    (Some(f), Some(l)) => self.traces.for_append(f.index, l.index),
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let sent = if spans.is_empty() {
+            self.transport.send(msg)
+        } else {
+            self.transport.send_traced(msg, spans)
+        };
+        if sent.is_err() {
             self.raw.report_unreachable(to);
         }
     }
@@ -645,6 +693,12 @@ impl<SM: StateMachine> CoreLoop<SM> {
             self.send(m);
         }
         if let Some(mut batch) = rd.persist {
+            if !self.traces.is_empty()
+                && let (Some(f), Some(l)) = (batch.entries.first(), batch.entries.last())
+            {
+                let id = self.raw.id();
+                self.traces.writing(id, f.index, l.index);
+            }
             let data = batch
                 .snapshot
                 .as_ref()
@@ -677,6 +731,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                         self.fail(e.into());
                         return;
                     }
+                    self.persisted_traces(&persisted);
                     for m in batch.messages {
                         self.send(m);
                     }
@@ -721,6 +776,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
             return;
         }
         let proposals = self.proposals.take_for(&entries);
+        let spans = match (self.traces.is_empty(), entries.first(), entries.last()) {
+            (false, Some(f), Some(l)) => {
+                let id = self.raw.id();
+                self.traces.committed(id, f.index, l.index)
+            }
+            _ => Vec::new(),
+        };
         let mut changes = Vec::new();
         // The membership each change puts in force, for the state machine.
         let memberships: Vec<(LogIndex, ConfState)> = entries
@@ -748,10 +810,20 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 changes,
                 memberships,
                 Instant::now(),
+                spans,
             ))
             .is_err()
         {
             self.worker_gone("the apply worker");
+        }
+    }
+
+    /// Ends the fsync spans of traced entries a batch made durable.
+    fn persisted_traces(&mut self, persisted: &dengine_core::Persisted) {
+        if !self.traces.is_empty()
+            && let Some(last) = persisted.entries_to
+        {
+            self.traces.persisted(last.index);
         }
     }
 

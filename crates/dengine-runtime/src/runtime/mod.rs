@@ -38,6 +38,7 @@ mod disk;
 mod pending;
 pub(crate) mod supervisor;
 pub mod telemetry;
+pub(crate) mod traces;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,7 +78,8 @@ pub(crate) type ReadJob<SM> = Box<dyn FnOnce(Result<&SM, Error>) + Send>;
 pub(crate) type ProposeReply<R> = oneshot::Sender<Result<(LogIndex, R), Error>>;
 
 /// A message from a peer, with the snapshot data of an `InstallSnapshot`.
-pub(crate) type Inbound = (Message, Option<SnapshotData>);
+/// With the spans a traced append continues (empty when not traced).
+pub(crate) type Inbound = (Message, Option<SnapshotData>, Vec<tracing::Span>);
 
 /// Requests from the application.
 pub(crate) enum Request<SM: StateMachine> {
@@ -130,13 +132,15 @@ pub(crate) enum DiskJob {
 pub(crate) enum ApplyJob<SM: StateMachine> {
     /// Committed entries, the proposals waiting for them, the membership
     /// changes waiting for them, and the membership each change among
-    /// them put in force, and when they were handed out.
+    /// them put in force, when they were handed out, and the spans of
+    /// traced entries among them (ended once applied).
     Entries(
         Vec<dengine_core::Entry>,
         Vec<(LogIndex, ProposeReply<SM::Response>)>,
         Vec<(LogIndex, oneshot::Sender<Result<LogIndex, Error>>)>,
         Vec<(LogIndex, dengine_core::ConfState)>,
         std::time::Instant,
+        Vec<tracing::Span>,
     ),
     Read(LogIndex, ReadJob<SM>),
     Snapshot(SnapshotMeta),

@@ -13,11 +13,13 @@ use std::time::Instant;
 use dengine_core::{Entry, LogIndex, Term};
 use tokio::sync::Notify;
 
+use super::traces::Trace;
 use super::{ProposeReply, telemetry};
 use crate::error::Error;
 
-/// A proposed command and where its answer goes.
-pub(crate) type Proposal<R> = (dengine_core::Bytes, ProposeReply<R>);
+/// A proposed command, where its answer goes, and the span it was made
+/// in (if traced).
+pub(crate) type Proposal<R> = (dengine_core::Bytes, ProposeReply<R>, Trace);
 
 /// Lock shards of the proposal queue: proposers on different threads push
 /// under different locks (one lock was contended enough to cost a tenth
@@ -144,7 +146,7 @@ impl<R> ProposalQueue<R> {
             items.append(&mut self.lock(shard));
         }
         self.len.fetch_sub(items.len(), Ordering::AcqRel);
-        for (_, reply) in items {
+        for (_, reply, _) in items {
             let _ = reply.send(Err(e.clone()));
         }
     }
@@ -368,7 +370,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..5_000 {
                         let (tx, _rx) = oneshot::channel();
-                        q.push((dengine_core::Bytes::new(), tx))
+                        q.push((dengine_core::Bytes::new(), tx, None))
                             .map_err(|_| ())
                             .expect("room");
                     }
@@ -396,25 +398,25 @@ mod tests {
         let (tx, mut rx) = replies(3);
         let mut tx = tx.into_iter();
         for reply in tx.by_ref().take(2) {
-            assert!(q.push((dengine_core::Bytes::new(), reply)).is_ok());
+            assert!(q.push((dengine_core::Bytes::new(), reply, None)).is_ok());
         }
         let Some(third) = tx.next() else {
             panic!("three")
         };
-        let refused = q.push((dengine_core::Bytes::new(), third));
+        let refused = q.push((dengine_core::Bytes::new(), third, None));
         assert!(matches!(refused, Err((Error::Overloaded, _))));
         let mut into = Vec::new();
         q.take(&mut into);
         assert_eq!(into.len(), 2);
         let (again, mut again_rx) = oneshot::channel();
-        q.push((dengine_core::Bytes::new(), again))
+        q.push((dengine_core::Bytes::new(), again, None))
             .map_err(|_| ())
             .expect("room again");
         q.close(&Error::Shutdown);
         assert_eq!(again_rx.try_recv().ok(), Some(Err(Error::Shutdown)));
         let (late, _) = oneshot::channel();
         assert!(matches!(
-            q.push((dengine_core::Bytes::new(), late)),
+            q.push((dengine_core::Bytes::new(), late, None)),
             Err((Error::Shutdown, _))
         ));
         drop(into);
