@@ -39,6 +39,10 @@ pub fn describe() {
         "etcd_mvcc_db_total_size_in_bytes",
         "etcd's name of dengine_mvcc_db_size_bytes."
     );
+    describe_gauge!(
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "The part of the store in use: all of it (the backends expose no free space), as Maintenance.Status reports."
+    );
 }
 
 /// Records the store's state after a batch.

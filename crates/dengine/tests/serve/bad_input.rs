@@ -53,6 +53,7 @@ async fn bad_input_gets_etcd_errors_and_changes_nothing() {
     ] {
         let mut req = tonic::Request::new(wire::ForwardRequest {
             commands: vec![bytes::Bytes::from_static(b"\x02junk")],
+            traceparent: Vec::new(),
         });
         if !cluster.is_empty() {
             req.metadata_mut()

@@ -20,6 +20,7 @@ mod mvcc_watch;
 mod observe;
 mod quota;
 mod readme;
+mod tracing;
 mod watch_history;
 
 use std::collections::BTreeMap;

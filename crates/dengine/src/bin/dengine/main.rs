@@ -7,6 +7,7 @@
 mod cluster;
 mod ctl;
 mod observe;
+mod otel;
 mod serve;
 mod snapshot;
 

@@ -145,6 +145,49 @@ pub struct ServeArgs {
     /// filter).
     #[arg(long, env = "DENGINE_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Export traces of client calls and of the writes they make, over
+    /// OTLP/gRPC (etcd's flag; also under its 3.5 name
+    /// `--experimental-enable-distributed-tracing`). Needs the `otel`
+    /// feature (on by default).
+    #[arg(
+        long,
+        alias = "experimental-enable-distributed-tracing",
+        env = "DENGINE_ENABLE_DISTRIBUTED_TRACING",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    enable_distributed_tracing: Option<bool>,
+    /// The OTLP/gRPC collector spans go to, host:port or URL
+    /// (localhost:4317 by default, as etcd).
+    #[arg(
+        long,
+        alias = "experimental-distributed-tracing-address",
+        env = "DENGINE_DISTRIBUTED_TRACING_ADDRESS"
+    )]
+    distributed_tracing_address: Option<String>,
+    /// The spans' service name ("dengine" by default).
+    #[arg(
+        long,
+        alias = "experimental-distributed-tracing-service-name",
+        env = "DENGINE_DISTRIBUTED_TRACING_SERVICE_NAME"
+    )]
+    distributed_tracing_service_name: Option<String>,
+    /// The spans' service instance id (the member's name by default).
+    #[arg(
+        long,
+        alias = "experimental-distributed-tracing-instance-id",
+        env = "DENGINE_DISTRIBUTED_TRACING_INSTANCE_ID"
+    )]
+    distributed_tracing_instance_id: Option<String>,
+    /// Traces started by this member per million client calls (0 by
+    /// default, as etcd: then only calls that carry a sampled trace
+    /// context are traced).
+    #[arg(
+        long,
+        alias = "experimental-distributed-tracing-sampling-rate",
+        env = "DENGINE_DISTRIBUTED_TRACING_SAMPLING_RATE"
+    )]
+    distributed_tracing_sampling_rate: Option<u32>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -187,6 +230,11 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_LISTEN_METRICS_URLS",
     "DENGINE_LOG_FORMAT",
     "DENGINE_LOG_LEVEL",
+    "DENGINE_ENABLE_DISTRIBUTED_TRACING",
+    "DENGINE_DISTRIBUTED_TRACING_ADDRESS",
+    "DENGINE_DISTRIBUTED_TRACING_SERVICE_NAME",
+    "DENGINE_DISTRIBUTED_TRACING_INSTANCE_ID",
+    "DENGINE_DISTRIBUTED_TRACING_SAMPLING_RATE",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -234,6 +282,21 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         listen_metrics_urls: cli.listen_metrics_urls.or(file.listen_metrics_urls),
         log_format: cli.log_format.or(file.log_format),
         log_level: cli.log_level.or(file.log_level),
+        enable_distributed_tracing: cli
+            .enable_distributed_tracing
+            .or(file.enable_distributed_tracing),
+        distributed_tracing_address: cli
+            .distributed_tracing_address
+            .or(file.distributed_tracing_address),
+        distributed_tracing_service_name: cli
+            .distributed_tracing_service_name
+            .or(file.distributed_tracing_service_name),
+        distributed_tracing_instance_id: cli
+            .distributed_tracing_instance_id
+            .or(file.distributed_tracing_instance_id),
+        distributed_tracing_sampling_rate: cli
+            .distributed_tracing_sampling_rate
+            .or(file.distributed_tracing_sampling_rate),
         config_file: Some(path),
         node: file.node,
     })
@@ -242,6 +305,7 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
 /// The member's settings from the merged arguments.
 fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
     let d = ServerConfig::default();
+    let trace_requests = a.enable_distributed_tracing.unwrap_or(false);
     let name = a.name.unwrap_or_else(|| d.name.clone());
     let listen_peer_urls = a.listen_peer_urls.unwrap_or(d.listen_peer_urls);
     let initial_advertise_peer_urls = a
@@ -362,6 +426,7 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
             n => Some(n as u64),
         },
         watch_progress_notify_interval,
+        trace_requests,
     })
 }
 
@@ -373,6 +438,8 @@ pub struct Observe {
     pub log_format: LogFormat,
     /// The log filter.
     pub log_filter: tracing_subscriber::EnvFilter,
+    /// Where traces go, when they are on.
+    pub tracing: Option<crate::otel::TracingSettings>,
 }
 
 /// The logging and metrics settings of the merged arguments.
@@ -397,17 +464,49 @@ fn observe(a: &ServeArgs) -> Result<Observe, String> {
         metrics_urls: a.listen_metrics_urls.clone().unwrap_or_default(),
         log_format: a.log_format.unwrap_or_default(),
         log_filter,
+        tracing: a.enable_distributed_tracing.unwrap_or(false).then(|| {
+            crate::otel::TracingSettings {
+                address: a
+                    .distributed_tracing_address
+                    .clone()
+                    .unwrap_or_else(|| crate::otel::DEFAULT_ADDRESS.into()),
+                service_name: a
+                    .distributed_tracing_service_name
+                    .clone()
+                    .unwrap_or_else(|| "dengine".into()),
+                instance_id: a
+                    .distributed_tracing_instance_id
+                    .clone()
+                    .or_else(|| a.name.clone())
+                    .unwrap_or_else(|| "default".into()),
+                sampling_per_million: a.distributed_tracing_sampling_rate.unwrap_or(0),
+            }
+        }),
     })
 }
 
-fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+/// Logs to stderr through `filter`; spans also to `traces`, when on
+/// (filtered on their own, so a quiet log still traces).
+fn init_logging(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    traces: Option<crate::otel::TraceLayer>,
+) {
+    use tracing_subscriber::prelude::*;
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(logs.with_filter(filter))
+        .try_init();
 }
 
 /// A member's settings from its flags, environment and config file.
@@ -425,7 +524,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(observe.log_format, observe.log_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -436,7 +534,27 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(cfg, observe.metrics_urls))
+    // The span exporter's connection lives on the runtime.
+    let tracing = match &observe.tracing {
+        Some(settings) => {
+            let _in_runtime = rt.enter();
+            match crate::otel::start(settings) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("dengine serve: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
+    let (layer, tracing) = tracing.unzip();
+    init_logging(observe.log_format, observe.log_filter, layer);
+    let code = rt.block_on(serve(cfg, observe.metrics_urls));
+    if let Some(t) = tracing {
+        t.shutdown();
+    }
+    code
 }
 
 async fn serve(cfg: ServerConfig, metrics_urls: Vec<String>) -> ExitCode {
