@@ -169,6 +169,13 @@ impl KvStateMachine {
         };
         if changed {
             self.alarms.changed.insert(key);
+            // Once per change, on every member (as it applies it).
+            let member = format!("{:x}", req.member);
+            if req.activate {
+                tracing::warn!(member, alarm = ?req.kind, "alarm raised");
+            } else {
+                tracing::info!(member, alarm = ?req.kind, "alarm disarmed");
+            }
         }
         let answered = if req.activate || changed {
             vec![key]

@@ -443,8 +443,16 @@ impl KvStateMachine {
         if at > self.revision {
             return Err(KvError::FutureRevision);
         }
+        let keys_before = self.index.len();
+        let removed_before = self.removed.len();
         self.index.compact(at, &mut self.removed);
         self.compacted = at;
+        tracing::info!(
+            revision = at,
+            revisions_removed = self.removed.len().saturating_sub(removed_before),
+            keys_removed = keys_before.saturating_sub(self.index.len()),
+            "compacted the history"
+        );
         Ok(OpResponse::Compact)
     }
 

@@ -578,6 +578,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Ok(())
             }
             Event::SnapshotSaved(meta, data) => {
+                tracing::info!(node = %self.raw.id(), index = meta.last_index.0, term = meta.last_term.0,
+                    "snapshot made");
                 self.snapshot_made_at = meta.last_index;
                 self.keep_snapshot(data);
                 self.raw.snapshot_created(&meta)
@@ -707,6 +709,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 // Installed in the state machine after everything handed out
                 // before it (the apply thread works in order).
                 let _ = self.apply.send(ApplyJob::Restore(meta.clone(), d.clone()));
+                tracing::info!(node = %self.raw.id(), index = meta.last_index.0, term = meta.last_term.0,
+                    "installing a snapshot from the leader");
                 self.snapshots_installed += 1;
                 self.keep_snapshot(d.clone());
                 for (_, stale) in self.incoming.extract_if(.., |&i, _| i <= meta.last_index) {
@@ -850,6 +854,14 @@ impl<SM: StateMachine> CoreLoop<SM> {
         if state_same && (progress_same || !progress_due) {
             return;
         }
+        log_changes(
+            self.raw.id(),
+            p,
+            ss.role,
+            hs.term,
+            leader,
+            self.raw.conf_state(),
+        );
         let m = &mut self.published;
         m.role = ss.role;
         m.term = hs.term;
@@ -876,5 +888,43 @@ impl<SM: StateMachine> CoreLoop<SM> {
             telemetry::record_state(m, published);
             m.clone_from(published);
         });
+    }
+}
+
+/// Logs, once each, a change of role or of leader and a change of
+/// membership, against what was last published.
+fn log_changes(
+    id: NodeId,
+    before: &Metrics,
+    role: Role,
+    term: dengine_core::Term,
+    leader: Option<NodeId>,
+    conf: &ConfState,
+) {
+    // Ids in hex, as etcd and the server's logs write member ids.
+    let hex = |ids: &std::collections::BTreeSet<NodeId>| {
+        ids.iter()
+            .map(|i| format!("{:x}", i.0))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if before.role != role || before.leader != leader {
+        tracing::info!(
+            node = %format!("{:x}", id.0),
+            term = term.0,
+            role = ?role,
+            leader = %leader.map(|l| format!("{:x}", l.0)).unwrap_or_default(),
+            was = ?before.role,
+            "role or leader changed"
+        );
+    }
+    if before.membership != *conf {
+        tracing::info!(
+            node = %format!("{:x}", id.0),
+            voters = %hex(&conf.voters),
+            learners = %hex(&conf.learners),
+            joint = !conf.voters_outgoing.is_empty(),
+            "membership changed"
+        );
     }
 }

@@ -131,9 +131,27 @@ async fn metrics_move_with_writes_and_health_follows_the_leader() {
     let (_, text) = get(&c, leader, "/metrics").unwrap();
     let before = samples(&text);
     let mut kv = client(&c, leader).await;
+    let lines_before = c.log(leader).lines().count();
     for n in 0..50 {
         kv.put(format!("k{n}"), "v", None).await.expect("put");
     }
+    // Nothing is logged per request at info level.
+    let logged = c.log(leader).lines().count() - lines_before;
+    assert!(
+        logged < 5,
+        "{logged} lines logged for 50 puts: {}",
+        c.log(leader)
+    );
+    // Role changes are logged once each, with their fields.
+    assert!(
+        c.log(leader)
+            .lines()
+            .any(|l| l.contains("role or leader changed") && l.contains("role=Leader")),
+        "{}",
+        c.log(leader)
+    );
+    // A compaction is logged once on every member that applies it.
+    kv.compact(10, None).await.expect("compact");
     // The store's gauges move once per applied batch, the state gauges at
     // most a tick late: give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -253,6 +271,25 @@ async fn metrics_move_with_writes_and_health_follows_the_leader() {
     let (_, text) = get(&c, leader, "/metrics").unwrap();
     assert_eq!(value(&samples(&text), "dengine_watchers"), 0.0);
     drop(watch);
+
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.log(i).contains("compacted the history") {
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not log the compaction: {}",
+                c.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = c.log(i);
+        let compactions: Vec<_> = log
+            .lines()
+            .filter(|l| l.contains("compacted the history"))
+            .collect();
+        assert_eq!(compactions.len(), 1, "{log}");
+        assert!(compactions[0].contains("revision=10"), "{log}");
+    }
 
     // Alone, a member knows no leader: unhealthy, with etcd's reason;
     // healthy again once the others are back.

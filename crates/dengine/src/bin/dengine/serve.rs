@@ -492,9 +492,12 @@ fn init_logging(
     filter: tracing_subscriber::EnvFilter,
     traces: Option<crate::otel::TraceLayer>,
 ) {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let logs = match format {
+        // Colours only for a terminal: a log file gets plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
