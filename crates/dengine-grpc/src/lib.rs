@@ -1,27 +1,36 @@
 //! # dengine-grpc: dengine over gRPC
 //!
-//! **Status: in progress.** Today this crate holds the conversions between
-//! the engine's messages and their wire form; the gRPC server (the peer
-//! transport and the etcd-v3-compatible key-value API) comes next.
+//! The server of a dengine member: the peer transport between members and
+//! etcd's v3 API for clients, on tonic, over a key-value node
+//! (`dengine-kv` on `dengine-runtime`).
 //!
 //! ## Place in the workspace
 //!
 //! ```text
-//! dengine-core, dengine-proto  <-  dengine-grpc
+//! dengine-core, dengine-proto, dengine-runtime, dengine-kv  <-  dengine-grpc  <-  dengine
 //! ```
 //!
 //! The wire contracts themselves (the `.proto` files and the prost/tonic
 //! code generated from them) are in `dengine-proto`, which a client can use
-//! alone; this crate maps them onto `dengine-core`'s types.
+//! alone; this crate maps them onto the engine's types and serves them.
 //!
 //! ## Modules
 //!
-//! - [`peer`]: dengine's peer protocol (`dengine.peer.v1`):
-//!   [`peer::message_to_wire`] and [`peer::message_from_wire`] convert a
-//!   [`dengine_core::Message`] to and from a
-//!   [`dengine_proto::peer::Message`]. What comes off the wire is untrusted:
-//!   a message that lacks a required part, or holds an enum value this
-//!   version does not know, is refused with a [`peer::WireError`].
+//! - [`server`]: one member, started from a [`server::ServerConfig`]
+//!   (etcd's settings): its node, client and peer listeners, and helpers.
+//! - [`etcd`]: etcd's services (KV, Watch, Lease, Cluster, Maintenance,
+//!   Lock, Election), with etcd's codes and error strings.
+//! - [`peer`]: dengine's peer protocol (`dengine.peer.v1`): the transport
+//!   ([`peer::GrpcTransport`]), the service, and the conversions
+//!   [`peer::message_to_wire`] and [`peer::message_from_wire`]. What comes
+//!   off the wire is untrusted: a message that lacks a required part, or
+//!   holds an enum value this version does not know, is refused with a
+//!   [`peer::WireError`].
+//! - [`members`], [`backup`]: the membership record and snapshots of a
+//!   member's data.
+//! - [`telemetry`]: client calls by method and code, peer traffic,
+//!   watchers (metrics), and requests' spans and their trace context
+//!   across members (feature `otel`).
 #![deny(missing_docs)]
 
 pub use dengine_proto as proto;

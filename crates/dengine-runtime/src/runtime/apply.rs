@@ -190,9 +190,8 @@ impl<SM: StateMachine> Applier<SM> {
     fn handle(&mut self, job: ApplyJob<SM>) -> bool {
         let flow = match job {
             ApplyJob::Entries(entries, proposals, changes, memberships, handed_out, spans) => {
-                let n = entries.len();
                 let flow = self.entries(entries, proposals, changes, memberships);
-                super::telemetry::record_apply_time(handed_out.elapsed(), n);
+                super::telemetry::record_apply_time(handed_out.elapsed());
                 // Traced entries' apply spans end here, answered.
                 drop(spans);
                 flow
@@ -317,13 +316,17 @@ impl<SM: StateMachine> Applier<SM> {
             return;
         }
         let sm = &mut self.sm;
+        let started = std::time::Instant::now();
         // A failed attempt's temporary file is removed when its writer drops.
         let made = self.snapshots.writer(meta.clone()).and_then(|mut w| {
             sm.snapshot(&mut w)?;
             w.finish()
         });
         let _ = match made {
-            Ok(data) => self.events.send(Event::SnapshotMade(meta, data)),
+            Ok(data) => {
+                super::telemetry::record_snapshot("made", started.elapsed(), data.len());
+                self.events.send(Event::SnapshotMade(meta, data))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, index = %meta.last_index, "state machine snapshot failed");
                 self.events.send(Event::SnapshotFailed(e.to_string()))
@@ -336,7 +339,12 @@ impl<SM: StateMachine> Applier<SM> {
         meta: dengine_core::SnapshotMeta,
         data: &crate::snapshot::SnapshotData,
     ) -> Flow {
-        if let Err(e) = crate::snapshot::restore(&mut self.sm, data) {
+        let started = std::time::Instant::now();
+        let restored = crate::snapshot::restore(&mut self.sm, data);
+        if restored.is_ok() {
+            super::telemetry::record_snapshot("installed", started.elapsed(), data.len());
+        }
+        if let Err(e) = restored {
             let _ = self.events.send(Event::Fatal(format!(
                 "restoring the snapshot at {}: {e}",
                 meta.last_index

@@ -235,7 +235,7 @@ impl<R> Pending<R> {
             }
             let committed = out.len() - taken_before;
             if committed > 0 {
-                telemetry::record_commit_time(batch.proposed_at.elapsed(), committed);
+                telemetry::record_commit_time(batch.proposed_at.elapsed());
             }
             if !batch.replies.is_empty() {
                 self.batches.insert((index, term), batch);

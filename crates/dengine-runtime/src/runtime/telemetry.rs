@@ -136,12 +136,12 @@ pub fn describe() {
     describe_histogram!(
         "dengine_proposal_commit_duration_seconds",
         Unit::Seconds,
-        "From a proposal taken off the queue to its entry committed and handed to the state machine (on the member that proposed it)."
+        "From a batch of proposals taken off the queue together to their entries committed and handed to the state machine (on the member that proposed them; one sample per batch)."
     );
     describe_histogram!(
         "dengine_apply_duration_seconds",
         Unit::Seconds,
-        "From committed entries handed to the state machine to applied and answered (per entry)."
+        "From a batch of committed entries handed to the state machine to applied and answered (one sample per batch)."
     );
     describe_histogram!(
         "dengine_read_duration_seconds",
@@ -163,6 +163,16 @@ pub fn describe() {
     describe_gauge!(
         "dengine_disk_jobs_in_flight",
         "Batches of log writes handed to the disk thread and not yet durable."
+    );
+    describe_histogram!(
+        "dengine_snapshot_duration_seconds",
+        Unit::Seconds,
+        "Time to write a snapshot of the state machine (made) or to restore one from a leader (installed)."
+    );
+    describe_histogram!(
+        "dengine_snapshot_size_bytes",
+        Unit::Bytes,
+        "Size of each snapshot made or installed, as stored and sent."
     );
     describe_counter!(
         "dengine_raft_votes_refused_total",
@@ -308,15 +318,18 @@ pub(crate) fn record_read_time(policy: ReadPolicy, took: Duration) {
         .record(took.as_secs_f64());
 }
 
-/// Records `n` proposals of one batch committed `took` after they were
-/// taken off the queue.
-pub(crate) fn record_commit_time(took: Duration, n: usize) {
-    histogram!("dengine_proposal_commit_duration_seconds").record_many(took.as_secs_f64(), n);
+/// Records a batch of proposals committed `took` after they were taken
+/// off the queue. One sample per batch, not per proposal: exporters store
+/// each sample (`record_many` is a loop), which at a million proposals a
+/// second cost a third of the CPU.
+pub(crate) fn record_commit_time(took: Duration) {
+    histogram!("dengine_proposal_commit_duration_seconds").record(took.as_secs_f64());
 }
 
-/// Records `n` entries applied `took` after they were handed out.
-pub(crate) fn record_apply_time(took: Duration, n: usize) {
-    histogram!("dengine_apply_duration_seconds").record_many(took.as_secs_f64(), n);
+/// Records a batch of entries applied `took` after it was handed out (one
+/// sample per batch, as [`record_commit_time`]).
+pub(crate) fn record_apply_time(took: Duration) {
+    histogram!("dengine_apply_duration_seconds").record(took.as_secs_f64());
 }
 
 /// Records a member's replication progress, as the leader sees it.
@@ -331,6 +344,12 @@ pub(crate) fn record_follower(member: dengine_core::NodeId, matched: u64, last_i
 pub(crate) fn record_queues(proposals: usize, disk_jobs: usize) {
     gauge!("dengine_proposal_queue_length").set(proposals as f64);
     gauge!("dengine_disk_jobs_in_flight").set(disk_jobs as f64);
+}
+
+/// Records a snapshot made or installed (`what`), its time and size.
+pub(crate) fn record_snapshot(what: &'static str, took: Duration, bytes: u64) {
+    histogram!("dengine_snapshot_duration_seconds", "kind" => what).record(took.as_secs_f64());
+    histogram!("dengine_snapshot_size_bytes", "kind" => what).record(bytes as f64);
 }
 
 /// Records a vote this member refused.

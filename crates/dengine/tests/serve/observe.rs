@@ -195,6 +195,7 @@ async fn metrics_move_with_writes_and_health_follows_the_leader() {
         ) >= 50.0
     );
     // Each write's latency, proposal to commit and commit to apply.
+    // One sample per batch; sequential puts are a batch each.
     assert!(moved("dengine_proposal_commit_duration_seconds_count") >= 50.0);
     assert!(moved("dengine_apply_duration_seconds_count") >= 50.0);
     // The leader's view of each member, and what went over the links.

@@ -29,6 +29,21 @@ const SECONDS: &[f64] = &[
 const COUNTS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+/// Sizes: 1 KiB to 4 GiB, by fours.
+const BYTES: &[f64] = &[
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
 
 /// Installs the Prometheus recorder for the process (before the node
 /// starts, so that every metric lands in it) and describes the metrics.
@@ -39,6 +54,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Suffix("_entries".into()),
                 COUNTS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
+                BYTES,
             )
         })
         .map_err(|e| format!("metrics: {e}"))?
