@@ -1,0 +1,34 @@
+//! The `dengine-bench` command (see the library's docs).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = dengine_bench::Cli::parse();
+    let json = cli.global.json;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dengine-bench: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dengine_bench::run(cli)) {
+        Ok(report) => {
+            report.print_as(json);
+            if report.ops == 0 {
+                eprintln!("dengine-bench: no operation succeeded");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dengine-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
