@@ -480,7 +480,7 @@ impl Server {
                 )))
                 .add_service(AuthServer::new(AuthService));
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                no_delay(listener),
                 until(stopped.clone()),
             )));
         }
@@ -492,7 +492,7 @@ impl Server {
                 .tcp_nodelay(true)
                 .add_service(peer);
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                no_delay(listener),
                 until(stopped.clone()),
             )));
         }
@@ -569,6 +569,24 @@ impl Server {
         self.node.shutdown().await?;
         Ok(())
     }
+}
+
+/// The connections `listener` accepts, with Nagle's algorithm off.
+/// tonic's `tcp_nodelay` applies only to listeners it binds itself: on
+/// these, a response written in two parts (a range's data, then its
+/// trailers) waited for the client's delayed ACK, 40 ms a read.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
+        accepted
+    })
 }
 
 /// Resolves once `stop` says so.
