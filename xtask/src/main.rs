@@ -8,6 +8,7 @@
 mod bench;
 mod ci;
 mod codegen;
+mod compare;
 mod sim;
 mod step;
 mod sysdeps;
@@ -26,6 +27,8 @@ commands:
             codegen [--check]
   bench   run the 3-node in-process benchmark (release):
             bench [--storage memory,sled,rocksdb] [--proposers 1,16,256] [--seconds N] [--runs N] [--sm count|kv]
+          and dengine against etcd (3 local members each, dengine-bench; writes benches/results/):
+            bench compare [--seconds N] [--rounds N] [--quick] [--systems etcd,dengine]
   torture run the runtime torture test (real nodes, injected faults), release:
             torture [--seeds N] [--start S] [--nodes 3|5] [--seconds T]
   sim     run the deterministic cluster simulator:
@@ -44,6 +47,9 @@ fn main() -> ExitCode {
         ["ci"] => ci::run(),
         ["codegen", rest @ ..] => {
             codegen::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        }
+        ["bench", "compare", rest @ ..] => {
+            compare::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         }
         ["bench", rest @ ..] => bench::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["sim", rest @ ..] => sim::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
