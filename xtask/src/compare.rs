@@ -450,28 +450,15 @@ fn write_results(root: &Path, s: &Settings, rows: &[serde_json::Value]) -> Resul
     let dir = root.join("benches/results");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let date = output_of("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "undated".into());
-    let commit = output_of(
-        "git",
-        &[
-            "-C",
-            &root.display().to_string(),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    )
-    .unwrap_or_default();
-    let dirty = output_of(
-        "git",
-        &[
-            "-C",
-            &root.display().to_string(),
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-        ],
-    )
-    .is_some_and(|s| !s.is_empty());
+    let git = |args: &[&str]| {
+        let root = root.display().to_string();
+        let mut all = vec!["-C", root.as_str()];
+        all.extend_from_slice(args);
+        output_of("git", &all)
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -342,6 +342,12 @@ async fn closed_loop(
             got
         }));
     }
+    gather(tasks, started).await
+}
+
+/// The clients' figures together, measured from `started` (a client task
+/// that failed contributes nothing).
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Gathered>>, started: Instant) -> Gathered {
     let mut all = Gathered::new();
     all.started = started;
     for t in tasks {
@@ -448,13 +454,7 @@ async fn lease_keepalive(
             got
         }));
     }
-    let mut all = Gathered::new();
-    all.started = started;
-    for t in tasks {
-        if let Ok(got) = t.await {
-            all.merge(got);
-        }
-    }
+    let mut all = gather(tasks, started).await;
     all.extra.insert("leases".into(), leases.into());
     Ok(all)
 }

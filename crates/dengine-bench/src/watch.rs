@@ -139,13 +139,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = stop_tx.send(true);
-    let mut all = Gathered::new();
-    all.started = started;
-    for r in readers {
-        if let Ok(got) = r.await {
-            all.merge(got);
-        }
-    }
+    let mut all = crate::load::gather(readers, started).await;
     for (k, n) in put_errors.errors {
         *all.errors.entry(format!("put {k}")).or_default() += n;
     }

@@ -4,54 +4,22 @@
 //! not from frame 0. Three members in one process, on real sockets and
 //! sled.
 
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dengine_grpc::proto::etcdserverpb as pb;
 use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::{Server, ServerConfig};
-use dengine_runtime::{Config, StorageKind};
 
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+mod common;
+use common::{member_config, port};
 
 fn config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> ServerConfig {
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(j, (_, peer))| format!("m{j}={}", url(*peer)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let (client, peer) = ports[i];
-    let mut cfg = ServerConfig {
-        name: format!("m{i}"),
-        listen_client_urls: vec![url(client)],
-        advertise_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![url(peer)],
-        initial_cluster: initial,
-        initial_cluster_token: "resume".into(),
-        node: Config {
-            storage: StorageKind::Sled,
-            data_dir: dir.join(format!("m{i}")),
-            tick_ms: 10,
-            election_ticks: 20,
-            heartbeat_ticks: 2,
-            // Snapshot often and keep nothing behind: the member that was
-            // down can only catch up through a snapshot.
-            snapshot_threshold: 50,
-            compaction_lag: 0,
-            ..Config::default()
-        },
-        ..ServerConfig::default()
-    };
+    let mut cfg = member_config(i, ports, dir, "resume");
+    // Snapshot often and keep nothing behind: the member that was down
+    // can only catch up through a snapshot.
+    cfg.node.snapshot_threshold = 50;
+    cfg.node.compaction_lag = 0;
     // Small chunks: the snapshot travels in many of them.
     cfg.peer.snapshot_chunk_bytes = 16 * 1024;
     cfg

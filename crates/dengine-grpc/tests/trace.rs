@@ -8,13 +8,14 @@
 #![cfg(feature = "otel")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use dengine_grpc::proto::etcdserverpb as pb;
 use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::{Server, ServerConfig};
-use dengine_runtime::{Config, StorageKind};
+
+mod common;
+use common::{member_config, port};
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
@@ -22,41 +23,10 @@ use tracing_subscriber::layer::SubscriberExt;
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> ServerConfig {
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(j, (_, peer))| format!("m{j}={}", url(*peer)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let (client, peer) = ports[i];
     ServerConfig {
-        name: format!("m{i}"),
-        listen_client_urls: vec![url(client)],
-        advertise_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![url(peer)],
-        initial_cluster: initial,
-        initial_cluster_token: "trace".into(),
-        node: Config {
-            storage: StorageKind::Sled,
-            data_dir: dir.join(format!("m{i}")),
-            tick_ms: 10,
-            election_ticks: 20,
-            heartbeat_ticks: 2,
-            ..Config::default()
-        },
         trace_requests: true,
-        ..ServerConfig::default()
+        ..member_config(i, ports, dir, "trace")
     }
 }
 

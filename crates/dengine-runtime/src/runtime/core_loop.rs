@@ -449,14 +449,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             Ok((first, _)) => {
                 let term = self.raw.term();
                 if !traces.is_empty() {
-                    let id = self.raw.id();
-                    for (i, t) in traces {
-                        self.traces.proposed(
-                            id,
-                            LogIndex(first.0 + i as u64),
-                            std::iter::once(Some(t)),
-                        );
-                    }
+                    self.traces.proposed(self.raw.id(), first, traces);
                 }
                 self.proposals
                     .insert(first, term, self.clock.ticks(), replies);

@@ -55,15 +55,15 @@ impl Traces {
         self.proposed.is_empty() && self.received.is_empty()
     }
 
-    /// Proposals `first..` were appended; `traces` are theirs, in order.
+    /// Proposals `first..` were appended; `traces` are the spans of the
+    /// traced ones, each with its place in the batch.
     pub(crate) fn proposed(
         &mut self,
         node: NodeId,
         first: LogIndex,
-        traces: impl Iterator<Item = Trace>,
+        traces: Vec<(usize, Box<Span>)>,
     ) {
-        for (i, trace) in traces.enumerate() {
-            let Some(request) = trace else { continue };
+        for (i, request) in traces {
             let index = first.0 + i as u64;
             let replicate =
                 tracing::info_span!(parent: &*request, "raft.replicate", node = node.0, index);
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn untraced_proposals_leave_nothing_behind() {
         let mut t = Traces::default();
-        t.proposed(NodeId(1), LogIndex(1), [None, None].into_iter());
+        t.proposed(NodeId(1), LogIndex(1), Vec::new());
         assert!(t.is_empty());
         assert!(t.for_append(LogIndex(1), LogIndex(2)).is_empty());
     }
@@ -157,8 +157,7 @@ mod tests {
     #[test]
     fn a_traced_entry_is_kept_until_committed_and_received_ones_until_durable() {
         let mut t = Traces::default();
-        let traces = [None, Some(Box::new(Span::none())), None];
-        t.proposed(NodeId(1), LogIndex(10), traces.into_iter());
+        t.proposed(NodeId(1), LogIndex(10), vec![(1, Box::new(Span::none()))]);
         assert_eq!(t.for_append(LogIndex(10), LogIndex(12)).len(), 1);
         assert!(t.for_append(LogIndex(12), LogIndex(20)).is_empty());
         t.writing(NodeId(1), LogIndex(10), LogIndex(12));

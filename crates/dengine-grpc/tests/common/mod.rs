@@ -1,0 +1,53 @@
+//! What the in-process cluster tests share: free ports and a member's
+//! settings.
+
+use std::net::TcpListener;
+
+use dengine_grpc::server::ServerConfig;
+use dengine_runtime::{Config, StorageKind};
+
+/// A port free on 127.0.0.1 now.
+pub fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Member `i` of a cluster whose members listen on `ports` (client,
+/// peer), on sled under `dir`, with fast ticks (10 ms, elections after
+/// 200 ms).
+pub fn member_config(
+    i: usize,
+    ports: &[(u16, u16)],
+    dir: &std::path::Path,
+    token: &str,
+) -> ServerConfig {
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(j, (_, peer))| format!("m{j}={}", url(*peer)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (client, peer) = ports[i];
+    ServerConfig {
+        name: format!("m{i}"),
+        listen_client_urls: vec![url(client)],
+        advertise_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![url(peer)],
+        initial_cluster: initial,
+        initial_cluster_token: token.into(),
+        node: Config {
+            storage: StorageKind::Sled,
+            data_dir: dir.join(format!("m{i}")),
+            tick_ms: 10,
+            election_ticks: 20,
+            heartbeat_ticks: 2,
+            ..Config::default()
+        },
+        ..ServerConfig::default()
+    }
+}
