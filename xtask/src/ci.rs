@@ -4,7 +4,8 @@
 //! to date (`cargo xtask codegen --check`), rustfmt, clippy (warnings are
 //! errors), the tests (with cargo-nextest when installed, else `cargo test`),
 //! the doctests (nextest does not run them), rustdoc (warnings are errors),
-//! and a batch of deterministic simulation seeds (3- and 5-node clusters).
+//! a short run of the fault harness (real processes, every fault kind), and
+//! a batch of deterministic simulation seeds (3- and 5-node clusters).
 
 use std::process::{ExitCode, Stdio};
 
@@ -73,6 +74,7 @@ pub fn run() -> ExitCode {
         )
         .env("RUSTDOCFLAGS", "-D warnings"),
     ));
+    steps.extend(crate::faults::ci_steps());
     steps.push(crate::sim::step(&[
         "--seeds",
         crate::sim::CI_SEEDS,

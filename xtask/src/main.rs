@@ -9,6 +9,7 @@ mod bench;
 mod ci;
 mod codegen;
 mod compare;
+mod faults;
 mod sim;
 mod step;
 mod sysdeps;
@@ -31,6 +32,12 @@ commands:
             bench compare [--seconds N] [--rounds N] [--quick] [--systems etcd,dengine]
   torture run the runtime torture test (real nodes, injected faults), release:
             torture [--seeds N] [--start S] [--nodes 3|5] [--seconds T]
+  faults  run a dengine cluster of real processes under a seeded nemesis
+          (network namespaces when root) and check linearizability, watches,
+          the bank's total and HashKV (release):
+            faults [--duration 10m] [--seed S] [--runs N] [--members 3|5]
+                   [--faults kill,pause,isolate,split,one-way,degrade,transfer]
+                   [--net namespaces|loopback|auto]
   sim     run the deterministic cluster simulator:
             sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]
             sim --seed S [--nodes 3|5] [--steps K] --trace
@@ -52,6 +59,9 @@ fn main() -> ExitCode {
             compare::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         }
         ["bench", rest @ ..] => bench::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        ["faults", rest @ ..] => {
+            faults::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        }
         ["sim", rest @ ..] => sim::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
         ["torture", rest @ ..] => {
             torture::run(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())

@@ -116,6 +116,19 @@ fn runs(program: &str, arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Installs iproute2 (`ip`, `tc`) when it is missing and this is root on
+/// Debian: the fault harness makes its network namespaces and faults with
+/// it. Without it the harness runs with process faults only, and says so.
+pub fn ensure_iproute2() {
+    if let Err(e) = ensure_debian_tool(
+        ("ip", "-V"),
+        "iproute2",
+        "the fault harness' network faults need ip and tc",
+    ) {
+        println!("note: {e}");
+    }
+}
+
 /// Makes sure `etcdctl` is installed: the interoperability tests run it
 /// against `dengine serve` (a client nobody here wrote). Installs Debian's
 /// `etcd-client` when root on Debian; otherwise says what to install.

@@ -261,7 +261,7 @@ fn runs(args: &Args, net: Net) -> ExitCode {
                         outcome.violations.len()
                     );
                     for v in &outcome.violations {
-                        println!("  {v}");
+                        println!("  {}", shorten(v));
                     }
                     println!("faults: rerun with: {rerun}");
                 }
@@ -284,4 +284,20 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_or(0, |a| a.port())
+}
+
+/// A violation for the terminal: a checker's long explanation cut to its
+/// first and last lines (the whole text is in the run's evidence).
+fn shorten(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= 24 {
+        return text.to_string();
+    }
+    let mut out: Vec<String> = lines[..4].iter().map(|l| l.to_string()).collect();
+    out.push(format!(
+        "  ... ({} lines, all in violations.txt)",
+        lines.len() - 20
+    ));
+    out.extend(lines[lines.len() - 16..].iter().map(|l| l.to_string()));
+    out.join("\n")
 }

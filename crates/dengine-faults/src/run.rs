@@ -121,7 +121,7 @@ async fn drive(
     let mut first = workload::connect(&urls[0])
         .await
         .ok_or("no client for n1")?;
-    workload::open_accounts(&mut first).await?;
+    let opened = workload::open_accounts(&mut first).await?;
 
     let shared = Arc::new(Shared {
         history: History::new(),
@@ -148,6 +148,7 @@ async fn drive(
             shared.clone(),
             k,
             url.clone(),
+            opened,
             rng.fork(),
         )));
         watchers.push(tokio::spawn(workload::watcher(

@@ -154,16 +154,19 @@ pub async fn registers(shared: Arc<Shared>, id: u64, member: usize, url: String,
     }
 }
 
-/// Writes the accounts' starting balances (before any fault).
-pub async fn open_accounts(client: &mut Client) -> Result<(), String> {
+/// Writes the accounts' starting balances (before any fault); the
+/// revision they were written at.
+pub async fn open_accounts(client: &mut Client) -> Result<i64, String> {
     let puts: Vec<TxnOp> = (0..ACCOUNTS)
         .map(|a| TxnOp::put(format!("b/{a}"), BALANCE.to_string(), None))
         .collect();
-    client
+    let resp = client
         .txn(Txn::new().and_then(puts))
         .await
-        .map(|_| ())
-        .map_err(|e| format!("opening the accounts: {e}"))
+        .map_err(|e| format!("opening the accounts: {e}"))?;
+    resp.header()
+        .map(|h| h.revision())
+        .ok_or_else(|| "opening the accounts: no header".to_string())
 }
 
 /// Reads every account at one revision and checks the total; the
@@ -173,6 +176,7 @@ async fn read_accounts(
     c: &mut Client,
     member: usize,
     serializable: bool,
+    opened: i64,
 ) -> Option<Vec<(u64, i64)>> {
     let mut options = GetOptions::new().with_prefix();
     if serializable {
@@ -193,8 +197,13 @@ async fn read_accounts(
         })
         .collect();
     let total: u64 = accounts.iter().map(|(b, _)| b).sum();
+    let revision = resp.header().map_or(0, |h| h.revision());
+    if serializable && revision < opened {
+        // A member that has not applied the opening yet: a serializable
+        // read may be that stale.
+        return None;
+    }
     if accounts.len() as u64 != ACCOUNTS || total != ACCOUNTS * BALANCE {
-        let revision = resp.header().map_or(0, |h| h.revision());
         shared.history.violation(format!(
             "bank: a {} read of n{} at revision {revision} has {} accounts holding {total} (expected {ACCOUNTS} holding {})",
             if serializable { "serializable" } else { "linearizable" },
@@ -209,8 +218,15 @@ async fn read_accounts(
 
 /// A bank client: reads every account, moves a random amount between two
 /// with a txn that commits only if neither changed since; every read
-/// checks that the total is what it was.
-pub async fn bank(shared: Arc<Shared>, member: usize, url: String, mut rng: SimRng) -> u64 {
+/// checks that the total is what it was. `opened`: the revision the
+/// accounts were written at.
+pub async fn bank(
+    shared: Arc<Shared>,
+    member: usize,
+    url: String,
+    opened: i64,
+    mut rng: SimRng,
+) -> u64 {
     let mut client = None;
     let mut moved = 0;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -222,7 +238,7 @@ pub async fn bank(shared: Arc<Shared>, member: usize, url: String, mut rng: SimR
             continue;
         };
         let serializable = rng.chance(0.2);
-        let Some(accounts) = read_accounts(&shared, c, member, serializable).await else {
+        let Some(accounts) = read_accounts(&shared, c, member, serializable, opened).await else {
             client = None;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
