@@ -53,7 +53,7 @@ pub use kv::{
     CompareOp, Comparison, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, prefix_end,
 };
 pub use lease::KeepAlive;
-pub use options::ClientOptions;
+pub use options::{ClientOptions, ClientTls};
 pub use watch::{WatchOptions, Watcher};
 
 /// etcd's messages, as the server sends them (`dengine-proto`'s modules).

@@ -25,6 +25,48 @@ pub struct ClientOptions {
     /// The largest response accepted (a range of many large values).
     /// Default 64 MiB.
     pub max_response_bytes: usize,
+    /// TLS for `https://` endpoints (and for endpoints given without a
+    /// scheme, when set). Default none.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of a client (etcdctl's `--cacert`, `--cert`, `--key`),
+/// as PEM.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    /// The CA certificates that sign the members' certificates.
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate and key, for members that ask for one
+    /// (`--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Reads the files: the CA, and the client's certificate and key if
+    /// given (both or neither).
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<ClientTls, crate::Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| crate::Error::InvalidArgument(format!("{}: {e}", p.display())))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(crate::Error::InvalidArgument(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ));
+            }
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            identity,
+        })
+    }
 }
 
 impl Default for ClientOptions {
@@ -37,6 +79,7 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_secs(1),
             discover_members: true,
             max_response_bytes: 64 << 20,
+            tls: None,
         }
     }
 }
@@ -64,6 +107,12 @@ impl ClientOptions {
     pub fn with_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.backoff = first;
         self.max_backoff = max;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -60,9 +60,12 @@ pub(crate) struct Pool {
 fn connect(url: &str, options: &ClientOptions) -> Result<Channel, Error> {
     let with_scheme = if url.contains("://") {
         url.to_string()
+    } else if options.tls.is_some() {
+        format!("https://{url}")
     } else {
         format!("http://{url}")
     };
+    let https = with_scheme.starts_with("https://");
     let endpoint = Endpoint::from_shared(with_scheme)
         .map_err(|e| Error::InvalidArgument(format!("endpoint {url:?} is not a URL: {e}")))?
         .connect_timeout(options.connect_timeout)
@@ -70,6 +73,24 @@ fn connect(url: &str, options: &ClientOptions) -> Result<Channel, Error> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
+    let endpoint = match (&options.tls, https) {
+        (Some(tls), true) => {
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint
+                .tls_config(config)
+                .map_err(|e| Error::InvalidArgument(format!("TLS settings for {url:?}: {e}")))?
+        }
+        (None, true) => {
+            return Err(Error::InvalidArgument(format!(
+                "endpoint {url:?} is https: give the CA that signs its certificate (--cacert)"
+            )));
+        }
+        (_, false) => endpoint,
+    };
     Ok(endpoint.connect_lazy())
 }
 

@@ -50,7 +50,7 @@ pub(crate) async fn ask_members(
     let mut last_error = String::new();
     loop {
         for url in &urls {
-            match ask(url).await {
+            match ask(url, cfg.peer.tls.as_ref()).await {
                 Ok(answer) => return record_from(cfg, answer),
                 Err(e) => last_error = format!("{url}: {e}"),
             }
@@ -66,12 +66,15 @@ pub(crate) async fn ask_members(
     }
 }
 
-async fn ask(url: &str) -> Result<wire::MembersResponse, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+async fn ask(
+    url: &str,
+    tls: Option<&std::sync::Arc<crate::tls::Tls>>,
+) -> Result<wire::MembersResponse, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(crate::tls::plain_scheme(url))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = crate::tls::peer_channel(&endpoint, url, tls);
     PeerClient::new(channel)
         .members(wire::MembersRequest {})
         .await

@@ -42,5 +42,6 @@ pub mod members;
 pub mod peer;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use telemetry::describe_metrics;

@@ -96,21 +96,18 @@ pub fn cluster_id(token: &str, members: impl IntoIterator<Item = NodeId>) -> u64
 /// `https://`, refused until TLS is served), with nothing after the port.
 pub fn check_url(url: &str) -> Result<(), MembersError> {
     let bad = |why: &str| MembersError::Invalid(format!("URL {url:?}: {why}"));
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(bad(
-            "https is not served yet (TLS comes in a later release)",
-        ));
-    } else {
-        return Err(bad("expected http://host:port"));
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(bad("expected http://host:port or https://host:port"));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let Some((host, port)) = rest.rsplit_once(':') else {
         return Err(bad("no port"));
     };
     if host.is_empty() || rest.contains('/') {
-        return Err(bad("expected http://host:port"));
+        return Err(bad("expected http://host:port or https://host:port"));
     }
     port.parse::<u16>()
         .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
@@ -264,7 +261,7 @@ mod tests {
             ("a=http://h", "no port"),
             ("a=http://h:99999", "port"),
             ("a=http://h:1/x", "expected http://host:port"),
-            ("a=https://h:1", "https"),
+            ("a=ftp://h:1", "or https://host:port"),
         ] {
             let e = parse_initial_cluster(bad).expect_err(bad).to_string();
             assert!(e.contains(why), "{bad:?}: {e}");

@@ -23,6 +23,26 @@ use dengine_proto::v3electionpb::election_server::ElectionServer;
 use dengine_proto::v3lockpb::lock_server::LockServer;
 use dengine_runtime::{Config, Node, NodeBuilder, StorageKind};
 use tokio::net::TcpListener;
+
+use crate::tls::{Tls, TlsFiles};
+
+/// Serves `router` on what `listener` accepts (over TLS with `tls`) until
+/// `stopped`, in a task of its own. (A macro: the two kinds of router, with
+/// and without the client layers, have types a function would have to
+/// spell out.)
+macro_rules! serve {
+    ($router:expr, $listener:expr, $tls:expr, $port:expr, $stopped:expr) => {
+        match $tls {
+            Some(tls) => tokio::spawn($router.serve_with_incoming_shutdown(
+                crate::tls::incoming($listener, Arc::clone(tls), $port),
+                until($stopped.clone()),
+            )),
+            None => tokio::spawn(
+                $router.serve_with_incoming_shutdown(no_delay($listener), until($stopped.clone())),
+            ),
+        }
+    };
+}
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -87,6 +107,15 @@ pub struct ServerConfig {
     /// every member join one trace (across members with the `otel`
     /// feature). Off by default: then no span is made per request.
     pub trace_requests: bool,
+    /// TLS on the client port (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`): used by the
+    /// `https://` client URLs, which need it.
+    pub client_tls: Option<TlsFiles>,
+    /// TLS on the peer port and towards peers (`--peer-cert-file`,
+    /// `--peer-key-file`, `--peer-trusted-ca-file`,
+    /// `--peer-client-cert-auth`): used by the `https://` peer URLs,
+    /// which need it.
+    pub peer_tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +139,8 @@ impl Default for ServerConfig {
             quota_backend_bytes: Some(crate::etcd::quota::DEFAULT_QUOTA_BYTES),
             watch_progress_notify_interval: Duration::from_secs(600),
             trace_requests: false,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }
@@ -139,7 +170,10 @@ pub enum ServerError {
 /// The socket address of `http://host:port`.
 fn socket_addr(url: &str) -> Result<SocketAddr, ServerError> {
     members::check_url(url)?;
-    let rest = url.trim_start_matches("http://").trim_end_matches('/');
+    let rest = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     use std::net::ToSocketAddrs;
     rest.to_socket_addrs()
         .ok()
@@ -267,8 +301,23 @@ pub struct Server {
 
 impl Server {
     /// Starts a member. Must be called inside a tokio runtime.
-    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+    pub async fn start(mut cfg: ServerConfig) -> Result<Server, ServerError> {
         // Everything is checked before anything is created.
+        let client_tls = port_tls(
+            "client",
+            &cfg.listen_client_urls,
+            cfg.client_tls.as_ref(),
+            "--cert-file and --key-file",
+        )?;
+        let peer_tls = port_tls(
+            "peer",
+            &cfg.listen_peer_urls,
+            cfg.peer_tls.as_ref(),
+            "--peer-cert-file and --peer-key-file",
+        )?;
+        if cfg.peer.tls.is_none() {
+            cfg.peer.tls = peer_tls.clone();
+        }
         let client_addrs = cfg
             .listen_client_urls
             .iter()
@@ -479,10 +528,13 @@ impl Server {
                     lessor.clone(),
                 )))
                 .add_service(AuthServer::new(AuthService));
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
-                no_delay(listener),
-                until(stopped.clone()),
-            )));
+            tasks.push(serve!(
+                router,
+                listener,
+                client_tls.as_ref(),
+                "client",
+                stopped
+            ));
         }
         for listener in peer_listeners {
             let peer = PeerServer::new(peer_service.clone())
@@ -491,10 +543,7 @@ impl Server {
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(peer);
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
-                no_delay(listener),
-                until(stopped.clone()),
-            )));
+            tasks.push(serve!(router, listener, peer_tls.as_ref(), "peer", stopped));
         }
         tracing::info!(member = %format!("{:x}", record.member_id.0),
             cluster = %format!("{:x}", record.cluster_id),
@@ -569,6 +618,40 @@ impl Server {
         self.node.shutdown().await?;
         Ok(())
     }
+}
+
+/// The TLS settings of one port, loaded, when its listen URLs ask for TLS
+/// (`https://`); an error when they do and no files were given, or the
+/// files do not load. Every URL of one port must use the same scheme.
+fn port_tls(
+    port: &str,
+    urls: &[String],
+    files: Option<&TlsFiles>,
+    flags: &str,
+) -> Result<Option<Arc<Tls>>, ServerError> {
+    let https = urls.iter().filter(|u| crate::tls::is_https(u)).count();
+    if https == 0 {
+        if files.is_some() {
+            tracing::warn!(
+                port,
+                "TLS files are set but the listen URLs are http://: serving without TLS"
+            );
+        }
+        return Ok(None);
+    }
+    if https != urls.len() {
+        return Err(ServerError::Config(format!(
+            "the {port} URLs mix http:// and https://; use one scheme"
+        )));
+    }
+    let Some(files) = files else {
+        return Err(ServerError::Config(format!(
+            "https {port} URLs need {flags}"
+        )));
+    };
+    Tls::load(files.clone())
+        .map(Some)
+        .map_err(|e| ServerError::Config(format!("{port} TLS: {e}")))
 }
 
 /// The connections `listener` accepts, with Nagle's algorithm off.

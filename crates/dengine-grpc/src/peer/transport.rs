@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::convert::message_to_wire;
 use super::{PeerIdentity, backoff};
 use crate::telemetry::peers::{KindCounts, LinkMeter};
+use crate::tls::Tls;
 
 /// Tuning of the peer links.
 #[derive(Clone, Debug)]
@@ -51,6 +52,10 @@ pub struct PeerLinkConfig {
     /// would cut it). `None` in production.
     #[doc(hidden)]
     pub cut_first_snapshot_after_chunks: Option<usize>,
+    /// TLS towards peers whose URL is `https://` (this member's peer
+    /// certificate as its identity, the peer CA to check theirs). The
+    /// server sets it from [`crate::server::ServerConfig::peer_tls`].
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for PeerLinkConfig {
@@ -63,6 +68,7 @@ impl Default for PeerLinkConfig {
             snapshot_chunk_bytes: 1 << 20,
             snapshot_attempts: 5,
             cut_first_snapshot_after_chunks: None,
+            tls: None,
         }
     }
 }
@@ -143,12 +149,12 @@ impl GrpcTransport {
 
     /// Adds (or replaces) peer `id`, reached at `url` (`http://host:port`).
     pub fn add_peer(&self, id: NodeId, url: &str) -> Result<(), tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(url.to_string())?
+        let endpoint = Endpoint::from_shared(crate::tls::plain_scheme(url))?
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = crate::tls::peer_channel(&endpoint, url, self.inner.config.tls.as_ref());
         let (tx, rx) = mpsc::channel(self.inner.config.queue_len.max(1));
         let up = Arc::new(AtomicBool::new(true));
         let meter = Arc::new(LinkMeter::sending(id));

@@ -31,12 +31,14 @@ pub struct Member {
     /// Started with `--initial-cluster-state existing` (added by
     /// `MemberAdd` to a cluster that runs).
     pub joining: bool,
+    /// `http`, or `https` for a cluster with TLS (see [`Cluster::with_tls`]).
+    pub scheme: &'static str,
 }
 
 impl Member {
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     /// `127.0.0.1:<client port>` (for etcd-client).
@@ -44,9 +46,9 @@ impl Member {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `http://127.0.0.1:<peer port>`.
+    /// `http://127.0.0.1:<peer port>` (`https` with TLS).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.peer_port)
     }
 }
 
@@ -102,6 +104,7 @@ impl Cluster {
                     name,
                     child: None,
                     joining: false,
+                    scheme: "http",
                 }
             })
             .collect();
@@ -117,6 +120,16 @@ impl Cluster {
             program: Program::Dengine,
             _dir: dir,
         }
+    }
+
+    /// The same cluster with https client and peer URLs; `flags` are the
+    /// TLS flags every member gets.
+    pub fn with_tls(mut self, flags: &[String]) -> Cluster {
+        for m in &mut self.members {
+            m.scheme = "https";
+        }
+        self.extra.extend(flags.iter().cloned());
+        self
     }
 
     /// `n` etcd members, none started (see [`etcd_binary`]).
@@ -204,6 +217,7 @@ impl Cluster {
             name,
             child: None,
             joining: true,
+            scheme: self.members[0].scheme,
         });
         i
     }

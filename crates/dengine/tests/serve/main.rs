@@ -20,6 +20,7 @@ mod mvcc_watch;
 mod observe;
 mod quota;
 mod readme;
+mod tls;
 mod tracing;
 mod watch_history;
 
@@ -266,6 +267,22 @@ fn bad_flags_exit_2_with_one_line_and_create_nothing() {
                 format!("https://127.0.0.1:{port}"),
             ],
             "https",
+        ),
+        (
+            vec!["--cert-file".into(), "/nowhere/cert.pem".into()],
+            "--cert-file needs --key-file",
+        ),
+        (vec!["--peer-client-cert-auth".into()], "over TLS"),
+        (
+            vec![
+                "--listen-peer-urls".into(),
+                format!("https://127.0.0.1:{port}"),
+                "--peer-cert-file".into(),
+                "/nowhere/peer.pem".into(),
+                "--peer-key-file".into(),
+                "/nowhere/peer-key.pem".into(),
+            ],
+            "/nowhere/peer.pem",
         ),
     ];
     for (args, want) in cases {

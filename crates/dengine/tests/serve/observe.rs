@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{Cluster, client, index_of, wait_leader};
 
 /// `GET path` on member `i`'s metrics port: the status code and body.
-fn get(c: &Cluster, i: usize, path: &str) -> std::io::Result<(u16, String)> {
+pub fn get(c: &Cluster, i: usize, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", c.members[i].metrics_port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
@@ -29,7 +29,7 @@ fn get(c: &Cluster, i: usize, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Every sample of a Prometheus text: name (with labels) to value. Panics
 /// on a line that is not a comment, a blank or `name{labels} value`.
-fn samples(text: &str) -> Vec<(String, f64)> {
+pub fn samples(text: &str) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with('#') {
@@ -76,7 +76,7 @@ fn value(samples: &[(String, f64)], name: &str) -> f64 {
 /// The value of the sample of metric `metric` whose labels include every
 /// one of `labels` (`name="value"`), or 0 if there is none (a counter not
 /// yet made).
-fn labelled(samples: &[(String, f64)], metric: &str, labels: &[&str]) -> f64 {
+pub fn labelled(samples: &[(String, f64)], metric: &str, labels: &[&str]) -> f64 {
     samples
         .iter()
         .find(|(n, _)| {

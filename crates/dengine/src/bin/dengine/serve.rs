@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use dengine::grpc::etcd::Limits;
 use dengine::grpc::server::{ClusterState, Server, ServerConfig, ServerError};
+use dengine::grpc::tls::TlsFiles;
 use dengine::{Config, StorageKind};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -188,6 +189,45 @@ pub struct ServeArgs {
         env = "DENGINE_DISTRIBUTED_TRACING_SAMPLING_RATE"
     )]
     distributed_tracing_sampling_rate: Option<u32>,
+    /// The certificate (PEM) served on https:// client URLs.
+    #[arg(long, env = "DENGINE_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--cert-file`.
+    #[arg(long, env = "DENGINE_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that sign client certificates (with
+    /// `--client-cert-auth`).
+    #[arg(long, env = "DENGINE_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `--trusted-ca-file`.
+    #[arg(
+        long,
+        env = "DENGINE_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    client_cert_auth: Option<bool>,
+    /// The certificate (PEM) served on https:// peer URLs, and presented to
+    /// peers when connecting to them.
+    #[arg(long, env = "DENGINE_PEER_CERT_FILE")]
+    peer_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--peer-cert-file`.
+    #[arg(long, env = "DENGINE_PEER_KEY_FILE")]
+    peer_key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that sign the peers' certificates (checked
+    /// when connecting to a peer, and with `--peer-client-cert-auth` when
+    /// a peer connects).
+    #[arg(long, env = "DENGINE_PEER_TRUSTED_CA_FILE")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse peers without a certificate signed by
+    /// `--peer-trusted-ca-file`.
+    #[arg(
+        long,
+        env = "DENGINE_PEER_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    peer_client_cert_auth: Option<bool>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -235,6 +275,14 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_DISTRIBUTED_TRACING_SERVICE_NAME",
     "DENGINE_DISTRIBUTED_TRACING_INSTANCE_ID",
     "DENGINE_DISTRIBUTED_TRACING_SAMPLING_RATE",
+    "DENGINE_CERT_FILE",
+    "DENGINE_KEY_FILE",
+    "DENGINE_TRUSTED_CA_FILE",
+    "DENGINE_CLIENT_CERT_AUTH",
+    "DENGINE_PEER_CERT_FILE",
+    "DENGINE_PEER_KEY_FILE",
+    "DENGINE_PEER_TRUSTED_CA_FILE",
+    "DENGINE_PEER_CLIENT_CERT_AUTH",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -297,6 +345,14 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         distributed_tracing_sampling_rate: cli
             .distributed_tracing_sampling_rate
             .or(file.distributed_tracing_sampling_rate),
+        cert_file: cli.cert_file.or(file.cert_file),
+        key_file: cli.key_file.or(file.key_file),
+        trusted_ca_file: cli.trusted_ca_file.or(file.trusted_ca_file),
+        client_cert_auth: cli.client_cert_auth.or(file.client_cert_auth),
+        peer_cert_file: cli.peer_cert_file.or(file.peer_cert_file),
+        peer_key_file: cli.peer_key_file.or(file.peer_key_file),
+        peer_trusted_ca_file: cli.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+        peer_client_cert_auth: cli.peer_client_cert_auth.or(file.peer_client_cert_auth),
         config_file: Some(path),
         node: file.node,
     })
@@ -427,7 +483,58 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         },
         watch_progress_notify_interval,
         trace_requests,
+        client_tls: tls_files(
+            a.cert_file,
+            a.key_file,
+            a.trusted_ca_file,
+            a.client_cert_auth,
+            "--cert-file",
+        )?,
+        peer_tls: tls_files(
+            a.peer_cert_file,
+            a.peer_key_file,
+            a.peer_trusted_ca_file,
+            a.peer_client_cert_auth,
+            "--peer-cert-file",
+        )?,
     })
+}
+
+/// One port's TLS files from its flags: none without a certificate; a
+/// certificate needs its key, and client certificate authentication a CA.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    client_cert_auth: Option<bool>,
+    flag: &str,
+) -> Result<Option<TlsFiles>, String> {
+    let client_cert_auth = client_cert_auth.unwrap_or(false);
+    let key_flag = flag.replace("cert-file", "key-file");
+    match (cert, key) {
+        (None, None) if client_cert_auth => Err(format!(
+            "{}: client certificates can only be asked for over TLS ({flag} and {key_flag})",
+            flag.replace("cert-file", "client-cert-auth")
+        )),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(format!("{flag} needs {key_flag}")),
+        (None, Some(_)) => Err(format!("{key_flag} needs {flag}")),
+        (Some(cert_file), Some(key_file)) => {
+            if client_cert_auth && ca.is_none() {
+                return Err(format!(
+                    "{} needs {}",
+                    flag.replace("cert-file", "client-cert-auth"),
+                    flag.replace("cert-file", "trusted-ca-file")
+                ));
+            }
+            Ok(Some(TlsFiles {
+                cert_file,
+                key_file,
+                trusted_ca_file: ca,
+                client_cert_auth,
+            }))
+        }
+    }
 }
 
 /// What the member says about itself: logs and metrics.

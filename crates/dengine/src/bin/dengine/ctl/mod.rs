@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use dengine_client::{Client, ClientOptions, Error, ErrorKind};
+use dengine_client::{Client, ClientOptions, ClientTls, Error, ErrorKind};
 
 /// How a command prints its result.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -55,6 +55,28 @@ pub struct Conn {
     /// How long the command may take, retries included (e.g. 5s, 500ms).
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// The CA certificate (PEM) that signs the members' certificates, for
+    /// https endpoints (etcdctl's flag).
+    #[arg(long, global = true, env = "DENGINE_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for members that ask for one.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "DENGINE_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "DENGINE_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// A key, or a range of keys (`get`, `del`, `watch`).
@@ -154,10 +176,19 @@ where
     };
     let conn = conn.clone();
     runtime.block_on(async move {
-        let options = ClientOptions::default()
+        let mut options = ClientOptions::default()
             .with_deadline(conn.command_timeout)
             .with_request_timeout(conn.command_timeout)
             .with_connect_timeout(conn.command_timeout.min(Duration::from_secs(2)));
+        if let Some(ca) = &conn.cacert {
+            match ClientTls::from_files(ca, conn.cert.as_deref(), conn.key.as_deref()) {
+                Ok(tls) => options = options.with_tls(tls),
+                Err(e) => {
+                    eprintln!("dengine {name}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         let client = match Client::connect_with(&conn.endpoints, options).await {
             Ok(c) => c,
             Err(e) => {
