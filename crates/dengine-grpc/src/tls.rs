@@ -281,7 +281,7 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
 
 /// The TLS connections a listener accepts: each handshake runs in a task
 /// of its own (a slow or silent client does not hold the others up) and
-/// is bounded by [`HANDSHAKE_TIMEOUT`]. A refused handshake is logged and
+/// is bounded by 10 seconds. A refused handshake is logged and
 /// counted (`dengine_tls_handshakes_refused_total{port}`). The listener
 /// is closed when the stream is dropped.
 pub fn incoming(
