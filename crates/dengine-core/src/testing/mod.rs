@@ -3,6 +3,7 @@
 //! crates, the runtime and users can reuse them.
 
 mod cluster;
+pub mod fuzz;
 pub mod store_suite;
 
 pub use crate::storage::{MemStorage, MemStorageCore};

@@ -765,3 +765,7 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+#[path = "serve_config_fuzz.rs"]
+mod config_fuzz;
