@@ -48,9 +48,9 @@ use tokio::task::JoinHandle;
 
 use crate::etcd::compactor::{self, AutoCompaction};
 use crate::etcd::{
-    AuthService, ClusterService, ElectionService, EtcdCore, Forwarder, KvService, LeaseService,
-    Lessor, Limits, LockService, MaintenanceService, MembersView, WatchHub, WatchService, cluster,
-    forward, lease,
+    AuthService, AuthSettings, ClusterService, ElectionService, EtcdCore, Forwarder, KvService,
+    LeaseService, Lessor, Limits, LockService, MaintenanceService, MembersView, WatchHub,
+    WatchService, cluster, forward, lease,
 };
 use crate::members::{self, ClusterRecord, Member, MembersError};
 use crate::peer::{GrpcTransport, KnownMembers, PeerIdentity, PeerLinkConfig, PeerService};
@@ -116,6 +116,10 @@ pub struct ServerConfig {
     /// `--peer-client-cert-auth`): used by the `https://` peer URLs,
     /// which need it.
     pub peer_tls: Option<TlsFiles>,
+    /// How passwords are hashed (`--bcrypt-cost`).
+    pub auth: AuthSettings,
+    /// How long a simple token lives unused (`--auth-token-ttl`, 300 s).
+    pub auth_token_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +145,8 @@ impl Default for ServerConfig {
             trace_requests: false,
             client_tls: None,
             peer_tls: None,
+            auth: AuthSettings::default(),
+            auth_token_ttl: dengine_kv::DEFAULT_TOKEN_TTL,
         }
     }
 }
@@ -390,6 +396,8 @@ impl Server {
                 .map_err(|e| ServerError::Config(format!("peer URL {url:?}: {e}")))?;
         }
         let mut kv = KvStateMachine::open(&node_cfg)?;
+        let auth = kv.auth();
+        auth.set_token_ttl(cfg.auth_token_ttl);
         let hub = WatchHub::default();
         let election_timeout = node_cfg.tick() * node_cfg.election_ticks;
         let lessor = Arc::new(Lessor::new(record.member_id.0, election_timeout));
@@ -422,6 +430,7 @@ impl Server {
             MembersView::new(members_rx.clone(), record.members.clone()),
             data_dir,
             cfg.quota_backend_bytes,
+            auth,
         );
         let cluster = ClusterService::new(
             core.clone(),
@@ -527,7 +536,10 @@ impl Server {
                     hub.clone(),
                     lessor.clone(),
                 )))
-                .add_service(AuthServer::new(AuthService));
+                .add_service(AuthServer::new(AuthService::new(
+                    core.clone(),
+                    cfg.auth.clone(),
+                )));
             tasks.push(serve!(
                 router,
                 listener,

@@ -139,6 +139,7 @@ pub fn grows(cmd: &KvCommand) -> bool {
     match cmd {
         KvCommand::Put(_) | KvCommand::LeaseGrant(_) => true,
         KvCommand::Txn(t) => txn_puts(t),
+        KvCommand::Authorized(a) => grows(&a.command),
         _ => false,
     }
 }

@@ -28,7 +28,9 @@ pub(crate) fn validate(cmd: &KvCommand) -> Result<(), KvError> {
         | KvCommand::LeaseKeepAlive(_)
         | KvCommand::MemberAttrs(_)
         | KvCommand::MemberUpdate(_)
-        | KvCommand::Alarm(_) => Ok(()),
+        | KvCommand::Alarm(_)
+        | KvCommand::Auth(_) => Ok(()),
+        KvCommand::Authorized(a) => validate(&a.command),
     }
 }
 

@@ -76,6 +76,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod alarms;
+mod auth;
 mod backend;
 mod check;
 mod events;
@@ -89,6 +90,10 @@ mod telemetry;
 mod types;
 
 pub use alarms::{AlarmKind, AlarmRequest, grows};
+pub use auth::{
+    AuthError, AuthRequest, AuthState, AuthView, AuthorizedCommand, DEFAULT_TOKEN_TTL, Need,
+    PermKind, Permission, ROOT, Role, User,
+};
 #[cfg(feature = "rocksdb")]
 pub use backend::RocksBackend;
 #[cfg(feature = "sled")]

@@ -1,6 +1,10 @@
 //! The store's snapshots: its whole history back to the compacted
 //! revision, as the records of its writes.
 //!
+//! Format 5 (`DKV5`) is format 4 followed by the auth store: `length
+//! (u32) ‖ state (postcard)` (users, roles, whether auth is on, its
+//! revision; tokens are not kept).
+//!
 //! Format 4 (`DKV4`): `revision (i64) ‖ compacted revision (i64) ‖ (1 ‖
 //! main (i64) ‖ sub (u32, big-endian) ‖ record length (u32) ‖ record)* ‖
 //! 0 ‖ (1 ‖ lease id (i64) ‖ ttl (i64))* ‖ 0 ‖ (1 ‖ length (u32) ‖
@@ -22,7 +26,8 @@ use crate::store::KvStateMachine;
 
 /// A snapshot starts with these bytes and a format version digit.
 const MAGIC: &[u8; 3] = b"DKV";
-const VERSION: u8 = b'4';
+const VERSION: u8 = b'5';
+const V4: u8 = b'4';
 const V3: u8 = b'3';
 const V2: u8 = b'2';
 const V2_END: u32 = u32::MAX;
@@ -82,7 +87,11 @@ pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> 
         out.write_all(&[1])?;
         out.write_all(&crate::alarms::encode_for_snapshot(member, kind))?;
     }
-    out.write_all(&[0])
+    out.write_all(&[0])?;
+    let auth = crate::auth::encode_for_snapshot(&sm.auth.state());
+    let len = u32::try_from(auth.len()).map_err(|_| bad("an auth store of over 4 GiB"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&auth)
 }
 
 impl KvStateMachine {
@@ -138,7 +147,7 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         return Err(bad("not a key-value snapshot"));
     }
     let version = version[0];
-    if !matches!(version, VERSION | V3 | V2) {
+    if !matches!(version, VERSION | V4 | V3 | V2) {
         return Err(bad(&format!(
             "format version {}, which this program does not read (it reads versions {} to {})",
             version.escape_ascii(),
@@ -155,6 +164,9 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     sm.leases = Default::default();
     sm.members = Default::default();
     sm.alarms = Default::default();
+    sm.auth.with_state(|s| *s = Default::default());
+    sm.auth.forget_tokens(None);
+    sm.auth_changed = true;
     sm.failed = None;
     sm.backend.write(vec![Change::Remove(META_KEY.to_vec())])?;
     sm.backend.clear()?;
@@ -166,9 +178,12 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         let compacted = i64::from_le_bytes(read_array(input)?);
         restore_records(sm, input)?;
         restore_leases(sm, input)?;
-        if version == VERSION {
+        if matches!(version, VERSION | V4) {
             restore_members(sm, input)?;
             restore_alarms(sm, input)?;
+        }
+        if version == VERSION {
+            restore_auth(sm, input)?;
         }
         compacted
     };
@@ -181,6 +196,16 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
         sink.lease(crate::LeaseChange::All(all));
         sink.members(&sm.members.list);
     }
+    Ok(())
+}
+
+/// The auth store of format 5, written at the next flush.
+fn restore_auth(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Result<()> {
+    let len = u32::from_le_bytes(read_array(input)?) as usize;
+    let bytes = read_len(input, len)?;
+    let state = crate::auth::decode_from_snapshot(&bytes)
+        .map_err(|e| bad(&format!("its auth store: {e}")))?;
+    sm.auth.with_state(|s| *s = state);
     Ok(())
 }
 

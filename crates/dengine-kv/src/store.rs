@@ -9,6 +9,7 @@ use dengine_core::{ConfChange, ConfState};
 use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKind};
 
 use crate::alarms::{ALARM_PREFIX, ALARMS_END, Alarms, decode_alarm};
+use crate::auth::{AUTH_KEY, AuthError, AuthView};
 use crate::backend::{Change, KvBackend, MemoryBackend};
 use crate::check::validate;
 use crate::events::{Event, EventKind, EventSink};
@@ -85,6 +86,10 @@ pub struct KvStateMachine {
     pub(crate) members: Members,
     /// The raised alarms.
     pub(crate) alarms: Alarms,
+    /// Users, roles, permissions and tokens (shared with the server).
+    pub(crate) auth: AuthView,
+    /// Whether the auth store changed since the last flush.
+    pub(crate) auth_changed: bool,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -123,6 +128,8 @@ impl KvStateMachine {
             leases: Leases::default(),
             members: Members::default(),
             alarms: Alarms::default(),
+            auth: AuthView::default(),
+            auth_changed: false,
         }
     }
 
@@ -168,6 +175,10 @@ impl KvStateMachine {
             raised.insert(decode_alarm(k, v)?);
             Ok(())
         })?;
+        if let Some(record) = sm.backend.get(AUTH_KEY).map_err(storage)? {
+            let state = crate::auth::decode_record(&record)?;
+            sm.auth.with_state(|s| *s = state);
+        }
         Ok(sm)
     }
 
@@ -616,6 +627,18 @@ impl KvStateMachine {
     /// Runs a command; `Err` of kind `InvalidRequest`, `Compacted` or
     /// `FutureRevision` changed nothing.
     pub(crate) fn execute(&mut self, cmd: &KvCommand) -> Result<KvResponse, KvError> {
+        let cmd = match cmd {
+            KvCommand::Authorized(a) => {
+                self.check_authorized(a)?;
+                &*a.command
+            }
+            // A client's command that came without its user (sent before
+            // auth was enabled): etcd refuses it the same way.
+            cmd if crate::auth::needs_user(cmd) && self.auth.enabled() => {
+                return Err(AuthError::UserEmpty.into());
+            }
+            cmd => cmd,
+        };
         validate(cmd)?;
         self.check_space(cmd)?;
         self.events = self
@@ -659,6 +682,12 @@ impl KvStateMachine {
             KvCommand::MemberAttrs(a) => self.member_attrs(a)?,
             KvCommand::MemberUpdate(u) => self.member_update(u)?,
             KvCommand::Alarm(a) => self.alarm(a),
+            KvCommand::Auth(a) => self.auth_apply(a)?,
+            KvCommand::Authorized(_) => {
+                return Err(KvError::InvalidRequest(
+                    "an authorized command inside another".into(),
+                ));
+            }
         };
         if wrote {
             self.revision = main;
@@ -699,6 +728,10 @@ impl KvStateMachine {
         self.leases.take_changes(&mut changes);
         self.members.take_changes(&mut changes);
         self.alarms.take_changes(&mut changes);
+        if std::mem::take(&mut self.auth_changed) {
+            let record = crate::auth::encode_record(&self.auth.state());
+            changes.push(Change::Put(AUTH_KEY.to_vec(), record));
+        }
         changes.push(Change::Put(
             META_KEY.to_vec(),
             record::encode_meta(applied, self.revision, self.compacted),

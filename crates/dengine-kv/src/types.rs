@@ -278,6 +278,11 @@ pub enum KvCommand {
     MemberUpdate(MemberUpdateRequest),
     /// Raise or clear an alarm.
     Alarm(crate::AlarmRequest),
+    /// Change the auth store, or give a user a token.
+    Auth(crate::AuthRequest),
+    /// A client's command with its user, checked against the auth store
+    /// when it is applied.
+    Authorized(crate::AuthorizedCommand),
 }
 
 /// What a member publishes of itself when it starts.
@@ -438,6 +443,11 @@ pub enum OpResponse {
         /// The alarm raised, or cleared (none if it was not raised).
         alarms: Vec<(u64, crate::AlarmKind)>,
     },
+    /// The auth store's answer: its revision after the change.
+    Auth {
+        /// The auth revision.
+        auth_revision: u64,
+    },
 }
 
 /// The answer to a [`KvCommand`].
@@ -486,4 +496,7 @@ pub enum KvError {
     /// refused (etcd's `ErrNoSpace`; nothing changed).
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// The auth store refused (etcd's auth errors; nothing changed).
+    #[error("{0}")]
+    Auth(#[from] crate::AuthError),
 }

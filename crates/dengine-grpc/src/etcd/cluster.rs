@@ -444,6 +444,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.core.require_admin(&request)?;
         let bytes = self
             .call(Method::Add, request.into_inner().encode_to_vec())
             .await?;
@@ -454,6 +455,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.core.require_admin(&request)?;
         let bytes = self
             .call(Method::Remove, request.into_inner().encode_to_vec())
             .await?;
@@ -464,6 +466,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.core.require_admin(&request)?;
         let bytes = self
             .call(Method::Update, request.into_inner().encode_to_vec())
             .await?;
@@ -490,6 +493,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.core.require_admin(&request)?;
         let bytes = self
             .call(Method::Promote, request.into_inner().encode_to_vec())
             .await?;

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::watch::Applied;
-use super::{EtcdCore, Lessor, WatchHub, errors, range};
+use super::{Caller, EtcdCore, Lessor, WatchHub, errors, range};
 
 /// The TTL of the lease a call without one gets (etcd's session default).
 const DEFAULT_SESSION_TTL: i64 = 60;
@@ -68,12 +68,16 @@ struct Recipes {
     core: Arc<EtcdCore>,
     hub: WatchHub,
     lessor: Arc<Lessor>,
+    /// Whose call they run for: its writes carry the user, its reads are
+    /// checked (as etcd's recipes, which run as the caller).
+    who: Caller,
 }
 
 /// Removes a key when dropped, unless kept: the key of a call its client
 /// gave up (the call's future is dropped) or that failed.
 struct Release {
     core: Option<Arc<EtcdCore>>,
+    who: Caller,
     key: Vec<u8>,
     /// Only while the key still belongs to this holder.
     create_revision: i64,
@@ -92,8 +96,11 @@ impl Drop for Release {
         };
         let key = std::mem::take(&mut self.key);
         let rev = self.create_revision;
+        let who = self.who.clone();
         tokio::spawn(async move {
-            let _ = core.write(&KvCommand::Txn(delete_if_held(key, rev))).await;
+            let _ = core
+                .write_by(&who, KvCommand::Txn(delete_if_held(key, rev)))
+                .await;
         });
     }
 }
@@ -117,8 +124,16 @@ fn delete_if_held(key: Vec<u8>, rev: i64) -> TxnRequest {
 }
 
 impl Recipes {
+    /// The recipes for the sender of `request`.
+    fn for_caller<T>(&self, request: &Request<T>) -> Result<Recipes, Status> {
+        Ok(Recipes {
+            who: self.core.caller(request)?,
+            ..self.clone()
+        })
+    }
+
     async fn txn(&self, t: TxnRequest) -> Result<(KvResponse, bool, Vec<OpResponse>), Status> {
-        let resp = self.core.write(&KvCommand::Txn(t)).await?;
+        let resp = self.core.write_by(&self.who, KvCommand::Txn(t)).await?;
         match resp.op.clone() {
             OpResponse::Txn {
                 succeeded,
@@ -130,6 +145,8 @@ impl Recipes {
 
     /// The keys under `prefix` now (linearizable), and the revision read.
     async fn under(&self, prefix: &[u8]) -> Result<(i64, Vec<KeyValue>), Status> {
+        self.core
+            .check_read(&self.who, prefix, &prefix_end(prefix))?;
         let req = RangeRequest {
             key: prefix.to_vec(),
             range_end: prefix_end(prefix),
@@ -257,7 +274,12 @@ impl LockService {
     /// The service of `core`'s node, following its events through `hub`.
     pub fn new(core: Arc<EtcdCore>, hub: WatchHub, lessor: Arc<Lessor>) -> LockService {
         LockService {
-            recipes: Recipes { core, hub, lessor },
+            recipes: Recipes {
+                core,
+                hub,
+                lessor,
+                who: Caller::Unchecked,
+            },
         }
     }
 }
@@ -268,7 +290,7 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
-        let r = &self.recipes;
+        let r = &self.recipes.for_caller(&request)?;
         let req = request.into_inner();
         let lease = r.lease_or_new(req.lease).await?;
         let prefix = with_slash(&req.name);
@@ -276,6 +298,7 @@ impl lpb::lock_server::Lock for LockService {
         let (my_rev, _, _) = r.claim(&key, b"", lease).await?;
         let release = Release {
             core: Some(r.core.clone()),
+            who: r.who.clone(),
             key: key.clone(),
             create_revision: my_rev,
         };
@@ -300,13 +323,14 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let who = self.recipes.core.caller(&request)?;
         let key = request.into_inner().key;
         let cmd = KvCommand::DeleteRange(DeleteRangeRequest {
             key,
             range_end: Vec::new(),
             prev_kv: false,
         });
-        let resp = self.recipes.core.write(&cmd).await?;
+        let resp = self.recipes.core.write_by(&who, cmd).await?;
         Ok(Response::new(lpb::UnlockResponse {
             header: self.recipes.core.header(resp.revision),
         }))
@@ -323,7 +347,12 @@ impl ElectionService {
     /// The service of `core`'s node, following its events through `hub`.
     pub fn new(core: Arc<EtcdCore>, hub: WatchHub, lessor: Arc<Lessor>) -> ElectionService {
         ElectionService {
-            recipes: Recipes { core, hub, lessor },
+            recipes: Recipes {
+                core,
+                hub,
+                lessor,
+                who: Caller::Unchecked,
+            },
         }
     }
 }
@@ -361,7 +390,7 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
-        let r = &self.recipes;
+        let r = &self.recipes.for_caller(&request)?;
         let req = request.into_inner();
         let lease = r.lease_or_new(req.lease).await?;
         let prefix = with_slash(&req.name);
@@ -375,6 +404,7 @@ impl epb::election_server::Election for ElectionService {
         };
         let release = Release {
             core: Some(r.core.clone()),
+            who: r.who.clone(),
             key,
             create_revision: rev,
         };
@@ -393,9 +423,10 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let r = self.recipes.for_caller(&request)?;
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(missing_leader)?;
-        let rev = proclaim(&self.recipes, &leader, &req.value).await?;
+        let rev = proclaim(&r, &leader, &req.value).await?;
         Ok(Response::new(epb::ProclaimResponse {
             header: self.recipes.core.header(rev),
         }))
@@ -405,8 +436,9 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let r = self.recipes.for_caller(&request)?;
         let prefix = with_slash(&request.into_inner().name);
-        let (rev, first) = self.recipes.first(&prefix).await?;
+        let (rev, first) = r.first(&prefix).await?;
         let kv = first.ok_or_else(|| unknown("election: no leader"))?;
         Ok(Response::new(epb::LeaderResponse {
             header: self.recipes.core.header(rev),
@@ -422,8 +454,8 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let r = self.recipes.for_caller(&request)?;
         let prefix = with_slash(&request.into_inner().name);
-        let r = self.recipes.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             tokio::select! {
@@ -444,11 +476,9 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        let r = self.recipes.for_caller(&request)?;
         let leader = request.into_inner().leader.ok_or_else(missing_leader)?;
-        let (resp, _, _) = self
-            .recipes
-            .txn(delete_if_held(leader.key, leader.rev))
-            .await?;
+        let (resp, _, _) = r.txn(delete_if_held(leader.key, leader.rev)).await?;
         Ok(Response::new(epb::ResignResponse {
             header: self.recipes.core.header(resp.revision),
         }))

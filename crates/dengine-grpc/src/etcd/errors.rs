@@ -2,7 +2,7 @@
 //! error back to a typed one by its message (etcd's
 //! `api/v3rpc/rpctypes/error.go`), so every byte matters.
 
-use dengine_kv::KvError;
+use dengine_kv::{AuthError, KvError};
 use dengine_runtime::Error;
 use tonic::{Code, Status};
 
@@ -142,8 +142,34 @@ pub fn from_kv(e: &KvError) -> Status {
         KvError::MemberNotFound => member_not_found(),
         KvError::PeerUrlExists => peer_url_exists(),
         KvError::NoSpace => no_space(),
+        KvError::Auth(a) => from_auth(a),
         other => Status::internal(format!("etcdserver: {other}")),
     }
+}
+
+/// etcd's auth errors (`ErrGRPCUserEmpty` and the rest), with its codes:
+/// "etcdserver: " and the error's text.
+pub fn from_auth(e: &AuthError) -> Status {
+    let code = match e {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::PermissionNotGiven
+        | AuthError::AuthFailed
+        | AuthError::InvalidManagement
+        | AuthError::OldRevision => Code::InvalidArgument,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidToken => Code::Unauthenticated,
+        AuthError::UserNotFound
+        | AuthError::UserExists
+        | AuthError::RoleNotFound
+        | AuthError::RoleExists
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::NotEnabled
+        | AuthError::RootUserMissing
+        | AuthError::RootRoleMissing => Code::FailedPrecondition,
+    };
+    Status::new(code, format!("etcdserver: {e}"))
 }
 
 /// etcd's `ErrGRPCLeaseExist`.

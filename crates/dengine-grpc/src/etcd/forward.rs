@@ -201,6 +201,10 @@ fn decode_result(r: wire::ForwardResult) -> Outcome {
             Ok(Kind::LeaseExists) => Status::failed_precondition(errors::LEASE_EXISTS),
             Ok(Kind::NoSpace) => errors::no_space(),
             Ok(Kind::FutureRevision) => errors::future_revision(),
+            Ok(Kind::Auth) => match dengine_kv::AuthError::from_message(&e.message) {
+                Some(a) => errors::from_auth(&a),
+                None => Status::unknown(format!("etcdserver: {}", e.message)),
+            },
             _ => Status::unknown(format!("etcdserver: {}", e.message)),
         }),
         None => Err(Status::internal("etcdserver: empty forwarded result")),
@@ -271,6 +275,7 @@ fn encode_outcome(
             Err(e @ KvError::FutureRevision) => {
                 error_result(Kind::FutureRevision, e.to_string(), NodeId::NONE)
             }
+            Err(KvError::Auth(a)) => error_result(Kind::Auth, a.to_string(), NodeId::NONE),
             Err(e) => error_result(Kind::Other, e.to_string(), NodeId::NONE),
         },
         Err(Error::NotLeader { leader }) => error_result(

@@ -35,8 +35,10 @@ impl Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let who = self.core.caller(&request)?;
         let r = request.into_inner();
         range::check(&r)?;
+        self.core.check_read(&who, &r.key, &r.range_end)?;
         let q = range::to_store(&r);
         let (revision, got) = self
             .core
@@ -60,11 +62,12 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let who = self.core.caller(&request)?;
         let p = request.into_inner();
         txn::check_put(&p)?;
         let resp = self
             .core
-            .write(&KvCommand::Put(txn::put_to_store(p)))
+            .write_by(&who, KvCommand::Put(txn::put_to_store(p)))
             .await?;
         let OpResponse::Put { prev_kv } = resp.op else {
             return Err(unexpected("put"));
@@ -80,11 +83,12 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let who = self.core.caller(&request)?;
         let d = request.into_inner();
         txn::check_delete(&d)?;
         let resp = self
             .core
-            .write(&KvCommand::DeleteRange(txn::delete_to_store(d)))
+            .write_by(&who, KvCommand::DeleteRange(txn::delete_to_store(d)))
             .await?;
         let OpResponse::DeleteRange { deleted, prev_kvs } = resp.op else {
             return Err(unexpected("delete"));
@@ -101,11 +105,12 @@ impl Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let who = self.core.caller(&request)?;
         let t = request.into_inner();
         txn::check_txn(&t, self.core.limits.max_txn_ops)?;
         let shape = txn::shape(&t);
         let cmd = txn::txn_command(t)?;
-        let resp = self.core.write(&cmd).await?;
+        let resp = self.core.write_by(&who, cmd).await?;
         let OpResponse::Txn {
             succeeded,
             responses,
@@ -131,12 +136,16 @@ impl Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let who = self.core.caller(&request)?;
         let c = request.into_inner();
         let resp = self
             .core
-            .write(&KvCommand::Compact(CompactRequest {
-                revision: c.revision,
-            }))
+            .write_by(
+                &who,
+                KvCommand::Compact(CompactRequest {
+                    revision: c.revision,
+                }),
+            )
             .await?;
         if !matches!(resp.op, OpResponse::Compact) {
             return Err(unexpected("compaction"));

@@ -226,10 +226,11 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        let who = self.core.caller(&request)?;
         let id = request.into_inner().id;
         let resp = self
             .core
-            .write(&KvCommand::LeaseRevoke(LeaseRevokeRequest { id }))
+            .write_by(&who, KvCommand::LeaseRevoke(LeaseRevokeRequest { id }))
             .await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: self.core.header(resp.revision),

@@ -148,8 +148,9 @@ impl Maintenance for MaintenanceService {
     /// left to do).
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.core.require_admin(&request)?;
         let revision = self
             .core
             .read(true, |kv| kv.defragment().map(|()| kv.revision()))
@@ -164,8 +165,9 @@ impl Maintenance for MaintenanceService {
     /// revision (what `HashKV` with revision 0 gives).
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.core.require_admin(&request)?;
         let h = self
             .core
             .read(true, |kv| kv.hash_kv(0))
@@ -183,6 +185,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.core.require_admin(&request)?;
         let at = request.into_inner().revision;
         let (h, current) = self
             .core
@@ -204,8 +207,9 @@ impl Maintenance for MaintenanceService {
     /// in chunks; the file is removed once sent or when the client goes.
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.core.require_admin(&request)?;
         let dir = self
             .core
             .data_dir
@@ -273,6 +277,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.core.require_admin(&request)?;
         let target = NodeId(request.into_inner().target_id);
         let me = self.core.member_id;
         let m = self.core.metrics.borrow().clone();

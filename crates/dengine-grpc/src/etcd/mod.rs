@@ -17,6 +17,7 @@
 //! served from this member's own state; serializable reads are served
 //! from it at once.
 
+pub mod auth;
 pub mod cluster;
 pub mod compactor;
 mod concurrency;
@@ -27,7 +28,6 @@ pub mod lease;
 mod maintenance;
 pub mod quota;
 pub mod range;
-mod stubs;
 pub mod txn;
 pub mod watch;
 
@@ -35,19 +35,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dengine_core::NodeId;
-use dengine_kv::{KvCommand, KvResponse, KvStateMachine};
+use dengine_kv::{AuthView, KvCommand, KvResponse, KvStateMachine};
 use dengine_proto::etcdserverpb as pb;
 use dengine_runtime::{Error, Metrics, Node, ReadPolicy};
 use tokio::sync::watch as signal;
 use tonic::Status;
 
+pub use auth::{AuthService, AuthSettings, Caller, Credentials};
 pub use cluster::{ClusterService, MembersView};
 pub use concurrency::{ElectionService, LockService};
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use lease::{LeaseService, Lessor};
 pub use maintenance::MaintenanceService;
-pub use stubs::AuthService;
 pub use watch::{WatchHub, WatchService};
 
 /// The etcd API level served: clients gate features on `Status.version`
@@ -98,6 +98,8 @@ pub struct EtcdCore {
     data_dir: Option<std::path::PathBuf>,
     /// The space quota and the store's size.
     quota: quota::Quota,
+    /// Users, roles and tokens, as the store applied them.
+    auth: AuthView,
 }
 
 impl EtcdCore {
@@ -112,6 +114,7 @@ impl EtcdCore {
         members: MembersView,
         data_dir: Option<std::path::PathBuf>,
         quota_bytes: Option<u64>,
+        auth: AuthView,
     ) -> Arc<EtcdCore> {
         Arc::new(EtcdCore {
             metrics: node.metrics(),
@@ -124,6 +127,7 @@ impl EtcdCore {
             members,
             quota: quota::Quota::new(quota_bytes, data_dir.as_deref()),
             data_dir,
+            auth,
         })
     }
 

@@ -324,15 +324,16 @@ pub fn txn_response(
                     succeeded,
                     responses: Vec::new(),
                 }),
-                // A transaction holds no compaction, lease or member
-                // command.
+                // A transaction holds no compaction, lease, member or
+                // auth command.
                 (
                     OpResponse::Member
                     | OpResponse::Alarm { .. }
                     | OpResponse::Compact
                     | OpResponse::LeaseGrant { .. }
                     | OpResponse::LeaseRevoke
-                    | OpResponse::LeaseKeepAlive { .. },
+                    | OpResponse::LeaseKeepAlive { .. }
+                    | OpResponse::Auth { .. },
                     _,
                 ) => return None,
             };

@@ -139,6 +139,8 @@ pub mod forward_error {
         LeaseExists = 10,
         /// A NOSPACE alarm is raised and the command would grow the store.
         NoSpace = 11,
+        /// The auth store refused the command; the message is the error's text.
+        Auth = 12,
     }
     impl Kind {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -159,6 +161,7 @@ pub mod forward_error {
                 Self::LeaseNotFound => "LEASE_NOT_FOUND",
                 Self::LeaseExists => "LEASE_EXISTS",
                 Self::NoSpace => "NO_SPACE",
+                Self::Auth => "AUTH",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -176,6 +179,7 @@ pub mod forward_error {
                 "LEASE_NOT_FOUND" => Some(Self::LeaseNotFound),
                 "LEASE_EXISTS" => Some(Self::LeaseExists),
                 "NO_SPACE" => Some(Self::NoSpace),
+                "AUTH" => Some(Self::Auth),
                 _ => None,
             }
         }

@@ -169,7 +169,8 @@ impl pb::watch_server::Watch for WatchService {
         let live = self.hub.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(stream::OUT_BUFFER);
         let task = stream::StreamTask::new(self.core.clone(), live, tx, self.progress_every)
-            .requiring_leader(require_leader);
+            .requiring_leader(require_leader)
+            .with_credentials(super::Credentials::of(&request));
         tokio::spawn(task.run(request.into_inner()));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

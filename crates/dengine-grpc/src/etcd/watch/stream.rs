@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 
 use super::Applied;
-use crate::etcd::{EtcdCore, range};
+use crate::etcd::{Credentials, EtcdCore, range};
 use crate::telemetry;
 
 /// Responses waiting for a slow client before the stream stops reading
@@ -36,6 +36,10 @@ const ALL_WATCHERS: i64 = -1;
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// etcd's `ErrEmptyWatcherRange`.
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// etcd's cancel reason for a watch its user may not read (the text of
+/// its gRPC error, as etcd puts it).
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// One watcher of a stream.
 struct Watcher {
@@ -94,6 +98,8 @@ pub(super) struct StreamTask {
     require_leader: bool,
     /// Watchers last added to the member's gauge.
     counted: usize,
+    /// Who opened the stream: each watcher it creates is checked.
+    credentials: Credentials,
 }
 
 impl Drop for StreamTask {
@@ -120,8 +126,16 @@ impl StreamTask {
             next_id: 0,
             seen: 0,
             counted: 0,
+            credentials: Credentials::default(),
         }
         .counting()
+    }
+
+    /// Checks each watcher against the rights of whoever `credentials`
+    /// name.
+    pub(super) fn with_credentials(mut self, credentials: Credentials) -> StreamTask {
+        self.credentials = credentials;
+        self
     }
 
     fn counting(self) -> StreamTask {
@@ -246,6 +260,13 @@ impl StreamTask {
         };
         if !matches!(c.range_end.as_slice(), [] | [0]) && key.as_slice() >= c.range_end.as_slice() {
             return self.send(refuse(self, EMPTY_RANGE)).await;
+        }
+        let permitted = self
+            .core
+            .caller_from(&self.credentials)
+            .and_then(|who| self.core.check_read(&who, &key, &c.range_end));
+        if permitted.is_err() {
+            return self.send(refuse(self, PERMISSION_DENIED)).await;
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {

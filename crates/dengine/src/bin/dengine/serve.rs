@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use dengine::grpc::etcd::Limits;
+use dengine::grpc::etcd::{AuthSettings, Limits};
 use dengine::grpc::server::{ClusterState, Server, ServerConfig, ServerError};
 use dengine::grpc::tls::TlsFiles;
 use dengine::{Config, StorageKind};
@@ -228,6 +228,19 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     peer_client_cert_auth: Option<bool>,
+    /// How clients' auth tokens are made: `simple` (etcd's default:
+    /// random tokens every member keeps in memory). etcd's `jwt` is not
+    /// served yet.
+    #[arg(long, env = "DENGINE_AUTH_TOKEN")]
+    auth_token: Option<String>,
+    /// How long a simple token lives unused, in seconds (etcd's default,
+    /// 300).
+    #[arg(long, env = "DENGINE_AUTH_TOKEN_TTL")]
+    auth_token_ttl: Option<u64>,
+    /// bcrypt's cost for the passwords stored (etcd's default, 10; 4 to
+    /// 31).
+    #[arg(long, env = "DENGINE_BCRYPT_COST")]
+    bcrypt_cost: Option<u32>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -283,6 +296,9 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_PEER_KEY_FILE",
     "DENGINE_PEER_TRUSTED_CA_FILE",
     "DENGINE_PEER_CLIENT_CERT_AUTH",
+    "DENGINE_AUTH_TOKEN",
+    "DENGINE_AUTH_TOKEN_TTL",
+    "DENGINE_BCRYPT_COST",
     "DENGINE_CONFIG_FILE",
     "DENGINE_LOG",
 ];
@@ -353,6 +369,9 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         peer_key_file: cli.peer_key_file.or(file.peer_key_file),
         peer_trusted_ca_file: cli.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
         peer_client_cert_auth: cli.peer_client_cert_auth.or(file.peer_client_cert_auth),
+        auth_token: cli.auth_token.or(file.auth_token),
+        auth_token_ttl: cli.auth_token_ttl.or(file.auth_token_ttl),
+        bcrypt_cost: cli.bcrypt_cost.or(file.bcrypt_cost),
         config_file: Some(path),
         node: file.node,
     })
@@ -460,7 +479,11 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
             node.max_msg_bytes.max(peer.max_batch_bytes)
         ));
     }
+    let (auth, auth_token_ttl) =
+        auth_settings(a.auth_token.as_deref(), a.auth_token_ttl, a.bcrypt_cost)?;
     Ok(ServerConfig {
+        auth,
+        auth_token_ttl,
         name,
         listen_client_urls,
         advertise_client_urls,
@@ -498,6 +521,35 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
             "--peer-cert-file",
         )?,
     })
+}
+
+/// How passwords are hashed and tokens made, from `--auth-token`,
+/// `--auth-token-ttl` and `--bcrypt-cost`.
+fn auth_settings(
+    token: Option<&str>,
+    ttl: Option<u64>,
+    cost: Option<u32>,
+) -> Result<(AuthSettings, Duration), String> {
+    match token.map(|t| t.split(',').next().unwrap_or("")) {
+        None | Some("simple") => {}
+        Some("jwt") => {
+            return Err("--auth-token jwt: JWT tokens are not served yet; use simple".into());
+        }
+        Some(other) => {
+            return Err(format!(
+                "--auth-token {other:?}: expected simple (etcd's token kinds: simple, jwt)"
+            ));
+        }
+    }
+    let ttl = ttl.unwrap_or(300);
+    if ttl == 0 {
+        return Err("--auth-token-ttl must be at least 1 second".into());
+    }
+    let cost = cost.unwrap_or(10);
+    if !(4..=31).contains(&cost) {
+        return Err(format!("--bcrypt-cost {cost}: must be 4 to 31"));
+    }
+    Ok((AuthSettings { bcrypt_cost: cost }, Duration::from_secs(ttl)))
 }
 
 /// One port's TLS files from its flags: none without a certificate; a

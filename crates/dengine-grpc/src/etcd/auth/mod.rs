@@ -1,0 +1,138 @@
+//! etcd's auth on the client port: who sent a request (a simple token in
+//! the `token` metadata, else the common name of a verified client
+//! certificate, as etcd), the checks of reads and of admin-only calls
+//! made here, and the Auth service. Writes are checked by the store when
+//! they apply (see [`dengine_kv::AuthorizedCommand`]), so that a change of
+//! rights between the check and the write cannot let one through.
+
+pub mod cert_name;
+mod service;
+
+pub use service::{AuthService, AuthSettings};
+
+use dengine_kv::{AuthError, AuthorizedCommand, KvCommand, KvResponse, Need};
+use tonic::{Request, Status};
+
+use super::{EtcdCore, errors};
+
+/// What a request carried to say who sent it.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The `token` metadata (`Some(None)`: present, not text).
+    pub token: Option<Option<String>>,
+    /// The common name of the verified client certificate.
+    pub cert_name: Option<String>,
+}
+
+impl Credentials {
+    /// The credentials of `request`.
+    pub fn of<T>(request: &Request<T>) -> Credentials {
+        Credentials {
+            token: request
+                .metadata()
+                .get("token")
+                .map(|t| t.to_str().ok().map(str::to_string)),
+            cert_name: request
+                .peer_certs()
+                .and_then(|certs| certs.first().and_then(|c| cert_name::common_name(c))),
+        }
+    }
+}
+
+/// Who sent a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Auth is off (anyone may do anything), or the member itself.
+    Unchecked,
+    /// A user, and the auth revision when the request came.
+    User {
+        /// The user's name.
+        name: String,
+        /// The auth store's revision the request was checked against.
+        revision: u64,
+    },
+    /// Auth is on and the request names nobody.
+    Nobody,
+}
+
+impl EtcdCore {
+    /// Who sent `request`. An unknown or lapsed token is refused with
+    /// etcd's "invalid auth token" (clients authenticate again on it).
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.caller_from(&Credentials::of(request))
+    }
+
+    /// Who sent a request with `credentials`, now (a stream's requests
+    /// are checked against the auth store of when each comes).
+    pub fn caller_from(&self, credentials: &Credentials) -> Result<Caller, Status> {
+        let (enabled, revision) = {
+            let state = self.auth.state();
+            (state.enabled, state.revision)
+        };
+        if !enabled {
+            return Ok(Caller::Unchecked);
+        }
+        if let Some(token) = &credentials.token {
+            return match token.as_deref().and_then(|t| self.auth.user_of_token(t)) {
+                Some(name) => Ok(Caller::User { name, revision }),
+                None => Err(errors::from_auth(&AuthError::InvalidToken)),
+            };
+        }
+        Ok(match &credentials.cert_name {
+            Some(name) => Caller::User {
+                name: name.clone(),
+                revision,
+            },
+            None => Caller::Nobody,
+        })
+    }
+
+    /// Refuses a read of `[key, range_end)` the caller has no right to.
+    pub fn check_read(&self, who: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+        let user = match who {
+            Caller::Unchecked => return Ok(()),
+            Caller::Nobody => "",
+            Caller::User { name, .. } => name,
+        };
+        self.auth
+            .state()
+            .check_range(user, Need::Read, key, range_end)
+            .map_err(|e| errors::from_auth(&e))
+    }
+
+    /// Refuses a caller without the root role.
+    pub fn check_admin(&self, who: &Caller) -> Result<(), Status> {
+        let user = match who {
+            Caller::Unchecked => return Ok(()),
+            Caller::Nobody => "",
+            Caller::User { name, .. } => name,
+        };
+        self.auth
+            .state()
+            .check_admin(user)
+            .map_err(|e| errors::from_auth(&e))
+    }
+
+    /// Refuses `request` unless its sender has the root role (etcd's
+    /// maintenance and membership calls).
+    pub fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let who = self.caller(request)?;
+        self.check_admin(&who)
+    }
+
+    /// Runs a client's write, with its user for the store to check.
+    pub async fn write_by(&self, who: &Caller, cmd: KvCommand) -> Result<KvResponse, Status> {
+        match who {
+            Caller::Unchecked => self.write(&cmd).await,
+            Caller::Nobody => Err(errors::from_auth(&AuthError::UserEmpty)),
+            Caller::User { name, revision } => {
+                let wrapped = KvCommand::Authorized(AuthorizedCommand {
+                    user: name.clone(),
+                    revision: *revision,
+                    command: Box::new(cmd),
+                });
+                self.write(&wrapped).await
+            }
+        }
+    }
+}
