@@ -507,6 +507,7 @@ impl Server {
                 .max_encoding_message_size(usize::MAX);
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .max_concurrent_streams(cfg.limits.max_concurrent_streams)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .layer(requests.clone())
                 .layer(traces)

@@ -64,13 +64,26 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Most bytes in one request (`--max-request-bytes`, 1.5 MiB).
     pub max_request_bytes: usize,
+    /// Most gRPC streams (calls) at once on one client connection
+    /// (`--max-concurrent-streams`; etcd's default, no limit).
+    pub max_concurrent_streams: u32,
+    /// Most watchers on one watch stream (`--max-watchers-per-stream`,
+    /// 10,000); past it a create is cancelled with
+    /// [`TOO_MANY_WATCHERS`].
+    pub max_watchers_per_stream: usize,
 }
+
+/// The cancel reason of a watch past [`Limits::max_watchers_per_stream`]
+/// (dengine's own: etcd has no such limit).
+pub const TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers on this stream";
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_txn_ops: 128,
             max_request_bytes: 1536 * 1024,
+            max_concurrent_streams: u32::MAX,
+            max_watchers_per_stream: 10_000,
         }
     }
 }

@@ -590,3 +590,33 @@ async fn a_watch_that_requires_a_leader_ends_when_its_member_has_none() {
     let quiet = tokio::time::timeout(Duration::from_millis(500), lenient.message()).await;
     assert!(quiet.is_err(), "{quiet:?}");
 }
+
+/// `--max-watchers-per-stream`: past it, a create is answered created and
+/// cancelled with the reason, and the stream's other watchers go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_past_the_limit_of_a_stream_are_cancelled() {
+    let mut c = Cluster::new(1);
+    c.extra
+        .extend(["--max-watchers-per-stream".to_string(), "3".to_string()]);
+    c.start_all();
+    wait_leader(&c, 0, Duration::from_secs(10)).await;
+    let mut cl = client(&c, 0).await;
+    let mut stream = cl.watch("w/0", None).await.expect("watch");
+    assert!(next(&mut stream).await.created());
+    for i in 1..3 {
+        stream.watch(format!("w/{i}"), None).await.expect("watch");
+        let r = next(&mut stream).await;
+        assert!(r.created() && !r.canceled(), "{r:?}");
+    }
+    stream.watch("w/3", None).await.expect("watch");
+    let r = next(&mut stream).await;
+    assert!(r.created() && r.canceled(), "{r:?}");
+    assert_eq!(
+        r.cancel_reason(),
+        "etcdserver: too many watchers on this stream"
+    );
+    cl.put("w/2", "x", None).await.expect("put");
+    let r = next(&mut stream).await;
+    assert_eq!(r.events().len(), 1, "{r:?}");
+    assert_eq!(r.events()[0].kv().map(|kv| kv.key()), Some(&b"w/2"[..]));
+}

@@ -16,12 +16,12 @@ use crate::harness::{Cluster, binary};
 use crate::observe::{get, labelled, samples};
 
 /// A CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    pem: String,
+pub struct Ca {
+    pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca(name: &str) -> Ca {
+pub fn ca(name: &str) -> Ca {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -35,7 +35,7 @@ fn ca(name: &str) -> Ca {
 
 /// A certificate for 127.0.0.1 and localhost, good for both ends of a
 /// connection (as etcd's peers use theirs); (certificate, key) as PEM.
-fn leaf(ca: &Ca, common_name: &str) -> (String, String) {
+pub fn leaf(ca: &Ca, common_name: &str) -> (String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
         .expect("params");
@@ -50,18 +50,18 @@ fn leaf(ca: &Ca, common_name: &str) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path
 }
 
-fn s(p: &Path) -> String {
+pub fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
 /// Waits until member `i` reports a leader on its health endpoint.
-fn wait_healthy(c: &Cluster, i: usize) {
+pub fn wait_healthy(c: &Cluster, i: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok((200, _)) = get(c, i, "/health") {

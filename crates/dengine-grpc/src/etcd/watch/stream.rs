@@ -268,6 +268,11 @@ impl StreamTask {
         if permitted.is_err() {
             return self.send(refuse(self, PERMISSION_DENIED)).await;
         }
+        if self.watchers.len() >= self.core.limits.max_watchers_per_stream {
+            return self
+                .send(refuse(self, crate::etcd::TOO_MANY_WATCHERS))
+                .await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 return self.send(refuse(self, DUPLICATE_ID)).await;

@@ -101,6 +101,13 @@ pub struct ServeArgs {
     /// Most operations in one txn (etcd's default 128).
     #[arg(long, env = "DENGINE_MAX_TXN_OPS")]
     max_txn_ops: Option<usize>,
+    /// Most gRPC calls at once on one client connection (etcd's default:
+    /// no limit).
+    #[arg(long, env = "DENGINE_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: Option<u32>,
+    /// Most watchers on one watch stream (dengine's own; 10000).
+    #[arg(long, env = "DENGINE_MAX_WATCHERS_PER_STREAM")]
+    max_watchers_per_stream: Option<usize>,
     /// Largest message between members in bytes (dengine's own; 16 MiB).
     #[arg(long, env = "DENGINE_MAX_PEER_MESSAGE_BYTES")]
     max_peer_message_bytes: Option<usize>,
@@ -274,6 +281,8 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_SNAPSHOT_COUNT",
     "DENGINE_MAX_REQUEST_BYTES",
     "DENGINE_MAX_TXN_OPS",
+    "DENGINE_MAX_CONCURRENT_STREAMS",
+    "DENGINE_MAX_WATCHERS_PER_STREAM",
     "DENGINE_MAX_PEER_MESSAGE_BYTES",
     "DENGINE_STORAGE",
     "DENGINE_AUTO_COMPACTION_MODE",
@@ -333,6 +342,8 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         snapshot_count: cli.snapshot_count.or(file.snapshot_count),
         max_request_bytes: cli.max_request_bytes.or(file.max_request_bytes),
         max_txn_ops: cli.max_txn_ops.or(file.max_txn_ops),
+        max_concurrent_streams: cli.max_concurrent_streams.or(file.max_concurrent_streams),
+        max_watchers_per_stream: cli.max_watchers_per_stream.or(file.max_watchers_per_stream),
         max_peer_message_bytes: cli.max_peer_message_bytes.or(file.max_peer_message_bytes),
         storage: cli.storage.or(file.storage),
         auto_compaction_mode: cli.auto_compaction_mode.or(file.auto_compaction_mode),
@@ -440,14 +451,24 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(n) = a.snapshot_count {
         node.snapshot_threshold = n;
     }
+    let dl = Limits::default();
     let limits = Limits {
-        max_txn_ops: a.max_txn_ops.unwrap_or(Limits::default().max_txn_ops),
-        max_request_bytes: a
-            .max_request_bytes
-            .unwrap_or(Limits::default().max_request_bytes),
+        max_txn_ops: a.max_txn_ops.unwrap_or(dl.max_txn_ops),
+        max_request_bytes: a.max_request_bytes.unwrap_or(dl.max_request_bytes),
+        max_concurrent_streams: a
+            .max_concurrent_streams
+            .unwrap_or(dl.max_concurrent_streams),
+        max_watchers_per_stream: a
+            .max_watchers_per_stream
+            .unwrap_or(dl.max_watchers_per_stream),
     };
     if limits.max_txn_ops == 0 {
         return Err("--max-txn-ops must be at least 1".into());
+    }
+    if limits.max_concurrent_streams == 0 || limits.max_watchers_per_stream == 0 {
+        return Err(
+            "--max-concurrent-streams and --max-watchers-per-stream must be at least 1".into(),
+        );
     }
     let auto_compaction = dengine::grpc::etcd::compactor::parse(
         a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
