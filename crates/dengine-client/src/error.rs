@@ -109,6 +109,16 @@ pub enum ErrorKind {
     PermissionDenied,
     /// "etcdserver: invalid auth token"
     InvalidAuthToken,
+    /// "etcdserver: user name is empty" (auth is on and the request named
+    /// no user)
+    UserEmpty,
+    /// "etcdserver: authentication failed, invalid user ID or password"
+    AuthFailed,
+    /// "etcdserver: revision of auth store is old" (the client
+    /// authenticates again and retries)
+    AuthOldRevision,
+    /// "etcdserver: authentication is not enabled"
+    AuthNotEnabled,
     /// "etcdserver: no leader"
     NoLeader,
     /// "etcdserver: not leader"
@@ -207,6 +217,19 @@ const KINDS: &[(&str, ErrorKind)] = &[
     (
         "etcdserver: invalid auth token",
         ErrorKind::InvalidAuthToken,
+    ),
+    ("etcdserver: user name is empty", ErrorKind::UserEmpty),
+    (
+        "etcdserver: authentication failed, invalid user ID or password",
+        ErrorKind::AuthFailed,
+    ),
+    (
+        "etcdserver: revision of auth store is old",
+        ErrorKind::AuthOldRevision,
+    ),
+    (
+        "etcdserver: authentication is not enabled",
+        ErrorKind::AuthNotEnabled,
     ),
     ("etcdserver: no leader", ErrorKind::NoLeader),
     ("etcdserver: not leader", ErrorKind::NotLeader),

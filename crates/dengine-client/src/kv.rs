@@ -410,10 +410,7 @@ impl Txn {
 
 /// The key-value service on `channel`, taking answers up to `max` bytes
 /// (a range, or the previous values of a put or delete, can be large).
-fn kv_client(
-    channel: tonic::transport::Channel,
-    max: usize,
-) -> KvClient<tonic::transport::Channel> {
+fn kv_client(channel: crate::pool::AuthChannel, max: usize) -> KvClient<crate::pool::AuthChannel> {
     KvClient::new(channel).max_decoding_message_size(max)
 }
 

@@ -53,7 +53,7 @@ pub use kv::{
     CompareOp, Comparison, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, prefix_end,
 };
 pub use lease::KeepAlive;
-pub use options::{ClientOptions, ClientTls};
+pub use options::{ClientOptions, ClientTls, UserCredentials};
 pub use watch::{WatchOptions, Watcher};
 
 /// etcd's messages, as the server sends them (`dengine-proto`'s modules).
@@ -106,6 +106,23 @@ impl Client {
             .collect();
         let pool = Arc::new(Pool::new(&endpoints, options)?);
         pool.refresh().await;
+        if pool.options.user.is_some() {
+            // A wrong password fails here, not at the first request.
+            let mut last = None;
+            for conn in pool.conns() {
+                match pool.authenticate(&conn).await {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e @ Error::Server { .. }) => return Err(e),
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
+                return Err(e);
+            }
+        }
         Ok(Client { pool })
     }
 

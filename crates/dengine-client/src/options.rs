@@ -28,6 +28,28 @@ pub struct ClientOptions {
     /// TLS for `https://` endpoints (and for endpoints given without a
     /// scheme, when set). Default none.
     pub tls: Option<ClientTls>,
+    /// A user and password to authenticate as (etcdctl's `--user`): the
+    /// client takes a token at connect and again whenever the cluster
+    /// says it is invalid or old. Default none.
+    pub user: Option<UserCredentials>,
+}
+
+/// A user and its password (shown as `***` by `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserCredentials {
+    /// The user's name.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredentials")
+            .field("name", &self.name)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 /// TLS settings of a client (etcdctl's `--cacert`, `--cert`, `--key`),
@@ -80,6 +102,7 @@ impl Default for ClientOptions {
             discover_members: true,
             max_response_bytes: 64 << 20,
             tls: None,
+            user: None,
         }
     }
 }
@@ -113,6 +136,15 @@ impl ClientOptions {
     /// Sets [`tls`](Self::tls).
     pub fn with_tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sets [`user`](Self::user).
+    pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(UserCredentials {
+            name: name.into(),
+            password: password.into(),
+        });
         self
     }
 

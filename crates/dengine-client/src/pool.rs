@@ -8,21 +8,49 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use dengine_proto::etcdserverpb::auth_client::AuthClient;
 use dengine_proto::etcdserverpb::cluster_client::ClusterClient;
 use dengine_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use dengine_proto::etcdserverpb::{MemberListRequest, StatusRequest};
+use dengine_proto::etcdserverpb::{AuthenticateRequest, MemberListRequest, StatusRequest};
 use tokio::time::Instant;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{Error, Failure};
+use crate::error::{Error, ErrorKind, Failure};
 use crate::options::ClientOptions;
+
+/// The token the client authenticated for, shared by its connections.
+pub(crate) type Token = Arc<RwLock<Option<tonic::metadata::AsciiMetadataValue>>>;
+
+/// Puts the client's token, when it has one, in every request's `token`
+/// metadata (as etcd's clients do).
+#[derive(Clone, Debug)]
+pub(crate) struct WithToken(Token);
+
+impl tonic::service::Interceptor for WithToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let token = match self.0.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if let Some(t) = token {
+            request.metadata_mut().insert("token", t);
+        }
+        Ok(request)
+    }
+}
+
+/// A connection whose requests carry the client's token.
+pub(crate) type AuthChannel = InterceptedService<Channel, WithToken>;
 
 /// One member's endpoint and its connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) url: String,
-    pub(crate) channel: Channel,
+    pub(crate) channel: AuthChannel,
+    /// The same connection without the token (to authenticate).
+    raw: Channel,
     /// The member id it answered with (0 until known).
     member_id: AtomicU64,
 }
@@ -54,6 +82,8 @@ pub(crate) struct Pool {
     leader: AtomicU64,
     next: AtomicUsize,
     pub(crate) options: ClientOptions,
+    /// The token of [`ClientOptions::user`], once taken.
+    token: Token,
 }
 
 /// A connection to `url` (made on first use, remade after a failure).
@@ -114,29 +144,83 @@ pub(crate) fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
     half + Duration::from_nanos(random() % nanos)
 }
 
+impl Conn {
+    fn new(url: String, options: &ClientOptions, token: &Token) -> Result<Conn, Error> {
+        let raw = connect(&url, options)?;
+        Ok(Conn {
+            channel: InterceptedService::new(raw.clone(), WithToken(token.clone())),
+            raw,
+            url,
+            member_id: AtomicU64::new(0),
+        })
+    }
+}
+
 impl Pool {
     pub(crate) fn new(endpoints: &[String], options: ClientOptions) -> Result<Pool, Error> {
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("no endpoints given".into()));
         }
+        let token: Token = Arc::default();
         let mut conns = Vec::new();
         for url in endpoints {
             let url = normalize(url);
             if conns.iter().any(|c: &Arc<Conn>| c.url == url) {
                 continue;
             }
-            conns.push(Arc::new(Conn {
-                channel: connect(&url, &options)?,
-                url,
-                member_id: AtomicU64::new(0),
-            }));
+            conns.push(Arc::new(Conn::new(url, &options, &token)?));
         }
         Ok(Pool {
             conns: RwLock::new(conns),
             leader: AtomicU64::new(0),
             next: AtomicUsize::new(random() as usize),
             options,
+            token,
         })
+    }
+
+    /// Takes a token for [`ClientOptions::user`] from the member of
+    /// `conn` (nothing without a user). A wrong password is an error;
+    /// so is a cluster without auth enabled, which the client then
+    /// talks to without a token.
+    pub(crate) async fn authenticate(&self, conn: &Conn) -> Result<(), Error> {
+        let Some(user) = &self.options.user else {
+            return Ok(());
+        };
+        let request = AuthenticateRequest {
+            name: user.name.clone(),
+            password: user.password.clone(),
+        };
+        let answer = tokio::time::timeout(
+            self.options.request_timeout,
+            AuthClient::new(conn.raw.clone()).authenticate(request),
+        )
+        .await
+        .map_err(|_| Error::Unavailable {
+            endpoint: conn.url.clone(),
+            cause: "no answer to Authenticate".into(),
+            after: self.options.request_timeout,
+        })?;
+        let token = match answer {
+            Ok(r) => r.into_inner().token,
+            Err(status) if ErrorKind::of(status.message()) == ErrorKind::AuthNotEnabled => {
+                self.set_token(None);
+                return Ok(());
+            }
+            Err(status) => return Err(Error::from_status(&status)),
+        };
+        let value = token.parse().map_err(|_| {
+            Error::InvalidArgument("the member gave a token that is not text".into())
+        })?;
+        self.set_token(Some(value));
+        Ok(())
+    }
+
+    fn set_token(&self, token: Option<tonic::metadata::AsciiMetadataValue>) {
+        match self.token.write() {
+            Ok(mut t) => *t = token,
+            Err(p) => *p.into_inner() = token,
+        }
     }
 
     pub(crate) fn conns(&self) -> Vec<Arc<Conn>> {
@@ -158,11 +242,7 @@ impl Pool {
         if let Some(c) = self.conns().into_iter().find(|c| c.url == url) {
             return Ok(c);
         }
-        let conn = Arc::new(Conn {
-            channel: connect(&url, &self.options)?,
-            url,
-            member_id: AtomicU64::new(0),
-        });
+        let conn = Arc::new(Conn::new(url, &self.options, &self.token)?);
         match self.conns.write() {
             Ok(mut c) => c.push(conn.clone()),
             Err(p) => p.into_inner().push(conn.clone()),
@@ -256,12 +336,13 @@ impl Pool {
         mut send: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
         let deadline = started + self.options.deadline;
         let mut attempt = 0u32;
+        let mut authenticated = 0u32;
         loop {
             let conn = self.pick(route, attempt);
             let left = deadline.saturating_duration_since(Instant::now());
@@ -272,6 +353,13 @@ impl Pool {
             let (failure, cause) =
                 match tokio::time::timeout(limit, send(conn.channel.clone())).await {
                     Ok(Ok(r)) => return Ok(r.into_inner()),
+                    Ok(Err(status)) if self.needs_token(&status) && authenticated < 2 => {
+                        // Refused before anything was done: take a token
+                        // (again) and send it again at once.
+                        authenticated += 1;
+                        self.authenticate(&conn).await?;
+                        continue;
+                    }
                     Ok(Err(status)) => {
                         let failure = Failure::of(&status);
                         if failure == Failure::Final {
@@ -308,6 +396,18 @@ impl Pool {
                 self.refresh().await;
             }
         }
+    }
+}
+
+impl Pool {
+    /// Whether `status` says the request needs a (new) token, and the
+    /// client has a user to take one for.
+    fn needs_token(&self, status: &Status) -> bool {
+        self.options.user.is_some()
+            && matches!(
+                ErrorKind::of(status.message()),
+                ErrorKind::InvalidAuthToken | ErrorKind::AuthOldRevision | ErrorKind::UserEmpty
+            )
     }
 }
 

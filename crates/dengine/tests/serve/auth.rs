@@ -129,7 +129,7 @@ async fn users_roles_and_permissions_work_with_etcdctl() {
             "{args:?}: {err}"
         );
     }
-    let txn = "mod(\"secret\") > \"0\"\n\nput app/y 2\n\n";
+    let txn = "mod(\"secret\") > \"0\"\n\nput app/y 2\n\n\n";
     let (_, err, success) = etcdctl(e0, &as_alice(&["txn"]), Some(txn));
     assert!(!success, "a txn comparing a key alice may not read ran");
     assert!(err.contains("etcdserver: permission denied"), "{err}");
@@ -173,6 +173,42 @@ async fn users_roles_and_permissions_work_with_etcdctl() {
         .expect_err("bad token");
     assert_eq!(bad.code(), tonic::Code::Unauthenticated);
     assert_eq!(bad.message(), "etcdserver: invalid auth token");
+
+    // dengine's own command line, with --user: the token is taken at
+    // connect and sent with every request.
+    let dengine = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::binary())
+            .args(["--endpoints", &e.join(",")])
+            .args(args)
+            .output()
+            .expect("dengine");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.success(),
+        )
+    };
+    let (_, err, success) = dengine(&["--user", "alice:alicepw", "put", "app/cli", "v"]);
+    assert!(success, "dengine put as alice: {err}");
+    let (out, err, success) =
+        dengine(&["--user", "alice", "--password", "alicepw", "get", "app/cli"]);
+    assert!(success, "dengine get as alice: {err}");
+    assert!(out.contains('v'), "{out}");
+    let (_, err, success) = dengine(&["--user", "alice:alicepw", "get", "secret"]);
+    assert!(
+        !success && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    let (_, err, success) = dengine(&["--user", "alice:nope", "get", "app/cli"]);
+    assert!(
+        !success && err.contains("etcdserver: authentication failed"),
+        "{err}"
+    );
+    let (_, err, success) = dengine(&["get", "app/cli"]);
+    assert!(
+        !success && err.contains("etcdserver: user name is empty"),
+        "{err}"
+    );
 
     // The auth store survives a SIGKILL: member 1 restarts with its
     // users and rules.
@@ -235,6 +271,12 @@ async fn a_client_certificates_common_name_is_its_user() {
         "--trusted-ca-file",
         &s(&ca_file),
         "--client-cert-auth",
+        "--peer-cert-file",
+        &s(&server_cert),
+        "--peer-key-file",
+        &s(&server_key),
+        "--peer-trusted-ca-file",
+        &s(&ca_file),
     ]
     .iter()
     .map(|f| f.to_string())

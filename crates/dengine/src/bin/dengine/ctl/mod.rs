@@ -77,6 +77,13 @@ pub struct Conn {
         requires = "tls_cert"
     )]
     pub key: Option<std::path::PathBuf>,
+    /// A user to authenticate as, `name:password` (etcdctl's flag); with
+    /// a name alone the password comes from `--password`.
+    #[arg(long, global = true, env = "DENGINE_USER")]
+    pub user: Option<String>,
+    /// The password of `--user` (etcdctl's flag).
+    #[arg(long, global = true, env = "DENGINE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
 }
 
 /// A key, or a range of keys (`get`, `del`, `watch`).
@@ -188,6 +195,23 @@ where
                     return ExitCode::from(2);
                 }
             }
+        }
+        if let Some(user) = &conn.user {
+            let (user_name, password) = match (user.split_once(':'), &conn.password) {
+                (Some((u, p)), None) => (u, p),
+                (None, Some(password)) => (user.as_str(), password.as_str()),
+                _ => {
+                    eprintln!(
+                        "dengine {name}: --user takes name:password, or a name with --password"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            if user_name.is_empty() {
+                eprintln!("dengine {name}: --user: the user name is empty");
+                return ExitCode::from(2);
+            }
+            options = options.with_user(user_name, password);
         }
         let client = match Client::connect_with(&conn.endpoints, options).await {
             Ok(c) => c,
