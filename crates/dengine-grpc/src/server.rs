@@ -431,6 +431,7 @@ impl Server {
             data_dir,
             cfg.quota_backend_bytes,
             auth,
+            cfg.auth.jwt.clone(),
         );
         let cluster = ClusterService::new(
             core.clone(),

@@ -113,6 +113,8 @@ pub struct EtcdCore {
     quota: quota::Quota,
     /// Users, roles and tokens, as the store applied them.
     auth: AuthView,
+    /// JWT tokens, when the member makes them (else simple tokens).
+    jwt: Option<Arc<auth::jwt::Jwt>>,
 }
 
 impl EtcdCore {
@@ -128,6 +130,7 @@ impl EtcdCore {
         data_dir: Option<std::path::PathBuf>,
         quota_bytes: Option<u64>,
         auth: AuthView,
+        jwt: Option<Arc<auth::jwt::Jwt>>,
     ) -> Arc<EtcdCore> {
         Arc::new(EtcdCore {
             metrics: node.metrics(),
@@ -141,6 +144,7 @@ impl EtcdCore {
             quota: quota::Quota::new(quota_bytes, data_dir.as_deref()),
             data_dir,
             auth,
+            jwt,
         })
     }
 

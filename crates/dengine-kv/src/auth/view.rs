@@ -1,6 +1,7 @@
 //! The auth store as a member's services read it, and its simple tokens.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ const SWEEP_AT: usize = 1024;
 
 struct Shared {
     state: RwLock<AuthState>,
+    /// `state.enabled`, read without the lock (every request asks).
+    enabled: AtomicBool,
     tokens: Mutex<HashMap<String, Token>>,
     token_ttl: RwLock<Duration>,
 }
@@ -39,6 +42,7 @@ impl Default for AuthView {
         AuthView {
             shared: Arc::new(Shared {
                 state: RwLock::new(AuthState::default()),
+                enabled: AtomicBool::new(false),
                 tokens: Mutex::new(HashMap::new()),
                 token_ttl: RwLock::new(DEFAULT_TOKEN_TTL),
             }),
@@ -69,12 +73,14 @@ impl AuthView {
             .state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut state)
+        let out = f(&mut state);
+        self.shared.enabled.store(state.enabled, Ordering::Release);
+        out
     }
 
     /// Whether auth is on.
     pub fn enabled(&self) -> bool {
-        self.state().enabled
+        self.shared.enabled.load(Ordering::Acquire)
     }
 
     /// How long simple tokens live unused.

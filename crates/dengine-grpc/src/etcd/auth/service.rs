@@ -12,18 +12,24 @@ use dengine_proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
 use super::Caller;
+use super::jwt::Jwt;
 use crate::etcd::{EtcdCore, errors};
 
-/// How passwords are hashed.
+/// How passwords are hashed and tokens made.
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
     /// bcrypt's cost (etcd's `--bcrypt-cost`, 10; 4 to 31).
     pub bcrypt_cost: u32,
+    /// JWT tokens (`--auth-token jwt,...`); simple tokens without.
+    pub jwt: Option<Arc<Jwt>>,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        AuthSettings { bcrypt_cost: 10 }
+        AuthSettings {
+            bcrypt_cost: 10,
+            jwt: None,
+        }
     }
 }
 
@@ -152,13 +158,13 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let req = request.into_inner();
         let failed = || errors::from_auth(&AuthError::AuthFailed);
-        let hash = {
+        let (hash, auth_revision) = {
             let state = self.core.auth.state();
             if !state.enabled {
                 return Err(errors::from_auth(&AuthError::NotEnabled));
             }
             match state.users.get(&req.name) {
-                Some(u) if !u.no_password => u.password_hash.clone(),
+                Some(u) if !u.no_password => (u.password_hash.clone(), state.revision),
                 _ => return Err(failed()),
             }
         };
@@ -170,6 +176,16 @@ impl pb::auth_server::Auth for AuthService {
         if !matches {
             tracing::info!(user = %req.name, "authentication failed");
             return Err(failed());
+        }
+        if let Some(jwt) = &self.settings.jwt {
+            // Signed here, checked by any member: no trip through the log.
+            let token = jwt
+                .sign(&req.name, auth_revision)
+                .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+            return Ok(Response::new(pb::AuthenticateResponse {
+                header: self.local_header().await?,
+                token,
+            }));
         }
         let token = self.new_token()?;
         let assign = KvCommand::Auth(AuthRequest::AssignToken {

@@ -6,9 +6,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use dengine::grpc::etcd::auth::jwt::{Jwt, JwtOptions};
 use dengine::grpc::etcd::{AuthSettings, Limits};
 use dengine::grpc::server::{ClusterState, Server, ServerConfig, ServerError};
 use dengine::grpc::tls::TlsFiles;
@@ -236,8 +238,9 @@ pub struct ServeArgs {
     )]
     peer_client_cert_auth: Option<bool>,
     /// How clients' auth tokens are made: `simple` (etcd's default:
-    /// random tokens every member keeps in memory). etcd's `jwt` is not
-    /// served yet.
+    /// random tokens every member keeps in memory) or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=ES256|RS256|...,ttl=5m`
+    /// (signed tokens any member checks).
     #[arg(long, env = "DENGINE_AUTH_TOKEN")]
     auth_token: Option<String>,
     /// How long a simple token lives unused, in seconds (etcd's default,
@@ -551,17 +554,21 @@ fn auth_settings(
     ttl: Option<u64>,
     cost: Option<u32>,
 ) -> Result<(AuthSettings, Duration), String> {
-    match token.map(|t| t.split(',').next().unwrap_or("")) {
-        None | Some("simple") => {}
-        Some("jwt") => {
-            return Err("--auth-token jwt: JWT tokens are not served yet; use simple".into());
+    let jwt = match token.map(|t| (t, t.split(',').next().unwrap_or(""))) {
+        None | Some((_, "simple")) => None,
+        Some((spec, "jwt")) => {
+            let options = JwtOptions::parse(spec).map_err(|e| format!("--auth-token: {e}"))?;
+            Some(Arc::new(
+                Jwt::load(&options).map_err(|e| format!("--auth-token: {e}"))?,
+            ))
         }
-        Some(other) => {
+        Some((_, other)) => {
             return Err(format!(
-                "--auth-token {other:?}: expected simple (etcd's token kinds: simple, jwt)"
+                "--auth-token {other:?}: expected simple or jwt,pub-key=FILE,priv-key=FILE,\
+                 sign-method=METHOD[,ttl=DURATION]"
             ));
         }
-    }
+    };
     let ttl = ttl.unwrap_or(300);
     if ttl == 0 {
         return Err("--auth-token-ttl must be at least 1 second".into());
@@ -570,7 +577,13 @@ fn auth_settings(
     if !(4..=31).contains(&cost) {
         return Err(format!("--bcrypt-cost {cost}: must be 4 to 31"));
     }
-    Ok((AuthSettings { bcrypt_cost: cost }, Duration::from_secs(ttl)))
+    Ok((
+        AuthSettings {
+            bcrypt_cost: cost,
+            jwt,
+        },
+        Duration::from_secs(ttl),
+    ))
 }
 
 /// One port's TLS files from its flags: none without a certificate; a
