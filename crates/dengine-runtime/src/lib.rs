@@ -63,6 +63,8 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod node;
 mod runtime;
 pub mod snapshot;

@@ -100,6 +100,8 @@ fn run(
         merged.flush(store)?;
         if !written.is_empty() || !saved.is_empty() {
             let started = std::time::Instant::now();
+            #[cfg(feature = "failpoints")]
+            crate::failpoints::before_sync()?;
             store.sync()?;
             super::telemetry::record_sync(started.elapsed(), entries);
         }

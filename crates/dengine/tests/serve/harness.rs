@@ -183,6 +183,11 @@ impl Cluster {
 
     /// Starts member `i` (its output goes to its log file).
     pub fn start(&mut self, i: usize) {
+        self.start_with_env(i, &[]);
+    }
+
+    /// Starts member `i` with more environment variables.
+    pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -191,6 +196,7 @@ impl Cluster {
         let err = log.try_clone().expect("log file");
         let child = self
             .command(i)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
             .spawn()

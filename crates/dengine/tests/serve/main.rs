@@ -12,6 +12,8 @@ mod cli;
 mod client;
 mod cluster_cmd;
 mod concurrency;
+#[cfg(feature = "failpoints")]
+mod disk_faults;
 mod etcdctl;
 mod harness;
 mod kubernetes;

@@ -811,10 +811,20 @@ async fn serve(cfg: ServerConfig, metrics_urls: Vec<String>) -> ExitCode {
     println!(
         "try: etcdctl --endpoints={client} put hello world && etcdctl --endpoints={client} get hello"
     );
+    let mut node_state = server.node().metrics();
     tokio::select! {
         _ = wait_for_signal() => tracing::info!("stopping"),
         _ = server.removed() => {
             eprintln!("dengine serve: this member was removed from the cluster; stopping");
+        }
+        failed = node_state.wait_for(|m| m.fatal.is_some()) => {
+            // The node stopped (a failed fsync, a dead thread): nothing it
+            // holds can be trusted to go on, so the process ends and its
+            // supervisor restarts it from what is on disk.
+            let why = failed.ok().and_then(|m| m.fatal.clone()).unwrap_or_default();
+            eprintln!("dengine serve: the node stopped: {why}");
+            let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+            return ExitCode::FAILURE;
         }
     }
     match tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await {
