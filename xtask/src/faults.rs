@@ -54,7 +54,13 @@ pub fn ci_steps() -> Vec<Step> {
     vec![
         Step::cargo(
             "faults build",
-            &["build", "--workspace", "--all-features", "--bins", "--tests"],
+            &[
+                "build",
+                "--workspace",
+                "--all-features",
+                "--bins",
+                "--tests",
+            ],
         ),
         run,
     ]
