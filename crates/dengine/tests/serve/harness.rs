@@ -12,10 +12,28 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_dengine")
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a member to bind a moment
+/// later. Not one the kernel picks (`127.0.0.1:0`): those come from the
+/// ephemeral range, where the next outgoing connection of any test may
+/// take the port before the member binds it, and two picks in a row may
+/// give the same port (seen in CI: two members of one cluster given one
+/// peer port). Ports come instead from below the ephemeral range
+/// (32768-60999 by default), a block of 150 per process (by pid, so that
+/// tests running at once in other processes use other blocks), each
+/// handed out once per round and checked free before it is.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BLOCK: u32 = 150;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 150) * BLOCK;
+    for _ in 0..4 * BLOCK {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        let port = u16::try_from(base + n).expect("ports below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + BLOCK);
 }
 
 /// One member's settings and process.
