@@ -321,7 +321,7 @@ fn covered<'a>(
     let want_end = end_of(key, range_end);
     if want_end.as_deref().is_some_and(|e| e <= key) {
         // A range that ends before it starts asks for its first key.
-        return covered_key(permissions, need, key);
+        return covered(permissions, need, key, &[]);
     }
     let mut spans: Vec<(&[u8], Option<Vec<u8>>)> = permissions
         .filter(|p| p.kind.allows(need))
@@ -346,12 +346,13 @@ fn covered<'a>(
     false
 }
 
-fn covered_key<'a>(
-    permissions: impl Iterator<Item = &'a Permission>,
-    need: Need,
-    key: &[u8],
-) -> bool {
-    covered(permissions, need, key, &[])
+/// A request with auth on must name its user.
+fn named(user: &str) -> Result<(), AuthError> {
+    if user.is_empty() {
+        Err(AuthError::UserEmpty)
+    } else {
+        Ok(())
+    }
 }
 
 impl AuthState {
@@ -372,9 +373,7 @@ impl AuthState {
         if !self.enabled {
             return Ok(());
         }
-        if user.is_empty() {
-            return Err(AuthError::UserEmpty);
-        }
+        named(user)?;
         let Some(u) = self.users.get(user) else {
             return Err(AuthError::PermissionDenied);
         };
@@ -398,9 +397,7 @@ impl AuthState {
         if !self.enabled {
             return Ok(());
         }
-        if user.is_empty() {
-            return Err(AuthError::UserEmpty);
-        }
+        named(user)?;
         if self.is_admin(user) {
             Ok(())
         } else {
@@ -419,24 +416,10 @@ impl AuthState {
         if !self.enabled {
             return Ok(());
         }
-        if user.is_empty() {
-            return Err(AuthError::UserEmpty);
-        }
+        named(user)?;
         match cmd {
-            KvCommand::Put(p) => {
-                self.check_range(user, Need::Write, &p.key, &[])?;
-                if p.prev_kv {
-                    self.check_range(user, Need::Read, &p.key, &[])?;
-                }
-                Ok(())
-            }
-            KvCommand::DeleteRange(d) => {
-                self.check_range(user, Need::Write, &d.key, &d.range_end)?;
-                if d.prev_kv {
-                    self.check_range(user, Need::Read, &d.key, &d.range_end)?;
-                }
-                Ok(())
-            }
+            KvCommand::Put(p) => self.check_write(user, &p.key, &[], p.prev_kv),
+            KvCommand::DeleteRange(d) => self.check_write(user, &d.key, &d.range_end, d.prev_kv),
             KvCommand::Txn(t) => self.check_txn(user, t),
             KvCommand::LeaseRevoke(r) => {
                 if self.is_admin(user) {
@@ -467,6 +450,22 @@ impl AuthState {
         }
     }
 
+    /// A put or delete of `[key, range_end)`; reading it too when the
+    /// old values come back (`prev_kv`).
+    fn check_write(
+        &self,
+        user: &str,
+        key: &[u8],
+        range_end: &[u8],
+        prev_kv: bool,
+    ) -> Result<(), AuthError> {
+        self.check_range(user, Need::Write, key, range_end)?;
+        if prev_kv {
+            self.check_range(user, Need::Read, key, range_end)?;
+        }
+        Ok(())
+    }
+
     fn check_txn(&self, user: &str, t: &TxnRequest) -> Result<(), AuthError> {
         for c in &t.compare {
             self.check_range(user, Need::Read, &c.key, &c.range_end)?;
@@ -474,18 +473,8 @@ impl AuthState {
         for op in t.success.iter().chain(&t.failure) {
             match op {
                 TxnOp::Range(r) => self.check_range(user, Need::Read, &r.key, &r.range_end)?,
-                TxnOp::Put(p) => {
-                    self.check_range(user, Need::Write, &p.key, &[])?;
-                    if p.prev_kv {
-                        self.check_range(user, Need::Read, &p.key, &[])?;
-                    }
-                }
-                TxnOp::DeleteRange(d) => {
-                    self.check_range(user, Need::Write, &d.key, &d.range_end)?;
-                    if d.prev_kv {
-                        self.check_range(user, Need::Read, &d.key, &d.range_end)?;
-                    }
-                }
+                TxnOp::Put(p) => self.check_write(user, &p.key, &[], p.prev_kv)?,
+                TxnOp::DeleteRange(d) => self.check_write(user, &d.key, &d.range_end, d.prev_kv)?,
                 TxnOp::Txn(inner) => self.check_txn(user, inner)?,
             }
         }

@@ -11,9 +11,10 @@ fn perm(kind: PermKind, key: &str, end: &[u8]) -> Permission {
     }
 }
 
-fn state_with(perms: Vec<Permission>) -> AuthState {
-    let mut s = AuthState::default();
-    for req in [
+/// Root with the root role, alice with the role `app` holding `perms`,
+/// auth on.
+fn setup(perms: Vec<Permission>) -> Vec<AuthRequest> {
+    let mut reqs = vec![
         AuthRequest::UserAdd {
             name: ROOT.into(),
             password_hash: "h".into(),
@@ -34,15 +35,22 @@ fn state_with(perms: Vec<Permission>) -> AuthState {
             role: "app".into(),
         },
         AuthRequest::Enable,
-    ] {
+    ];
+    reqs.extend(
+        perms
+            .into_iter()
+            .map(|permission| AuthRequest::RoleGrantPermission {
+                role: "app".into(),
+                permission,
+            }),
+    );
+    reqs
+}
+
+fn state_with(perms: Vec<Permission>) -> AuthState {
+    let mut s = AuthState::default();
+    for req in setup(perms) {
         s.apply(&req).expect("setup");
-    }
-    for p in perms {
-        s.apply(&AuthRequest::RoleGrantPermission {
-            role: "app".into(),
-            permission: p,
-        })
-        .expect("grant");
     }
     s
 }
@@ -214,35 +222,10 @@ fn as_user(user: &str, revision: u64, cmd: KvCommand) -> KvCommand {
 /// A store with root, and alice who may write under `app/`, auth on.
 fn store() -> (KvStateMachine, u64) {
     let mut kv = KvStateMachine::in_memory();
-    let s = state_with(vec![perm(PermKind::ReadWrite, "app/", b"app0")]);
+    let perms = || vec![perm(PermKind::ReadWrite, "app/", b"app0")];
     let mut i = 0;
-    // The same changes, through commands.
-    for req in [
-        AuthRequest::UserAdd {
-            name: ROOT.into(),
-            password_hash: "h".into(),
-            no_password: false,
-        },
-        AuthRequest::UserGrantRole {
-            user: ROOT.into(),
-            role: ROOT.into(),
-        },
-        AuthRequest::UserAdd {
-            name: "alice".into(),
-            password_hash: "h".into(),
-            no_password: false,
-        },
-        AuthRequest::RoleAdd { name: "app".into() },
-        AuthRequest::UserGrantRole {
-            user: "alice".into(),
-            role: "app".into(),
-        },
-        AuthRequest::Enable,
-        AuthRequest::RoleGrantPermission {
-            role: "app".into(),
-            permission: perm(PermKind::ReadWrite, "app/", b"app0"),
-        },
-    ] {
+    // The same changes, through commands (root's once auth is on).
+    for req in setup(perms()) {
         i += 1;
         let cmd = if kv.auth().enabled() {
             as_user(ROOT, kv.auth().state().revision, KvCommand::Auth(req))
@@ -251,7 +234,7 @@ fn store() -> (KvStateMachine, u64) {
         };
         apply(&mut kv, i, cmd).expect("auth change");
     }
-    assert_eq!(*kv.auth().state(), s);
+    assert_eq!(*kv.auth().state(), state_with(perms()));
     (kv, i)
 }
 

@@ -56,6 +56,17 @@ pub enum Caller {
     Nobody,
 }
 
+impl Caller {
+    /// The user to check ("" for nobody); `None` when nothing is checked.
+    fn user(&self) -> Option<&str> {
+        match self {
+            Caller::Unchecked => None,
+            Caller::Nobody => Some(""),
+            Caller::User { name, .. } => Some(name),
+        }
+    }
+}
+
 impl EtcdCore {
     /// Who sent `request`. An unknown or lapsed token is refused with
     /// etcd's "invalid auth token" (clients authenticate again on it).
@@ -103,10 +114,8 @@ impl EtcdCore {
 
     /// Refuses a read of `[key, range_end)` the caller has no right to.
     pub fn check_read(&self, who: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
-        let user = match who {
-            Caller::Unchecked => return Ok(()),
-            Caller::Nobody => "",
-            Caller::User { name, .. } => name,
+        let Some(user) = who.user() else {
+            return Ok(());
         };
         self.auth
             .state()
@@ -116,10 +125,8 @@ impl EtcdCore {
 
     /// Refuses a caller without the root role.
     pub fn check_admin(&self, who: &Caller) -> Result<(), Status> {
-        let user = match who {
-            Caller::Unchecked => return Ok(()),
-            Caller::Nobody => "",
-            Caller::User { name, .. } => name,
+        let Some(user) = who.user() else {
+            return Ok(());
         };
         self.auth
             .state()
