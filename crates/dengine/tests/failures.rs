@@ -193,9 +193,10 @@ async fn single(
     storage: StorageKind,
     dir: &std::path::Path,
     mode: &Arc<AtomicU8>,
+    request_timeout_ms: u64,
 ) -> Node<common::Strings> {
     let config = Config {
-        request_timeout_ms: 500,
+        request_timeout_ms,
         ..common::fast(1, storage, dir.to_path_buf())
     };
     let store = Arc::new(Faulty {
@@ -221,7 +222,10 @@ async fn single(
 async fn a_panic_in_the_disk_thread_stops_the_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mode = Arc::new(AtomicU8::new(WRITE_OK));
-    let node = single(StorageKind::Sled, dir.path(), &mode).await;
+    // A generous timeout: the panic hook prints a backtrace before the
+    // disk thread reports the panic, and under load (CI) that took longer
+    // than half a second, so the proposal timed out first.
+    let node = single(StorageKind::Sled, dir.path(), &mode, 30_000).await;
     mode.store(WRITE_PANICS, Ordering::SeqCst);
     let e = node
         .propose(b"after".to_vec())
@@ -300,7 +304,7 @@ async fn a_panic_in_the_core_task_stops_the_node() {
 async fn proposals_on_a_node_whose_disk_hangs_time_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mode = Arc::new(AtomicU8::new(WRITE_OK));
-    let node = single(StorageKind::Sled, dir.path(), &mode).await;
+    let node = single(StorageKind::Sled, dir.path(), &mode, 500).await;
     mode.store(WRITE_HANGS, Ordering::SeqCst);
     let started = Instant::now();
     let first = node.propose(b"stuck".to_vec()).await;
