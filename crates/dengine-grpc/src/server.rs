@@ -99,6 +99,12 @@ pub struct ServerConfig {
     /// The store's space quota in bytes (`--quota-backend-bytes`; `None`:
     /// no quota). Default 2 GiB, as etcd.
     pub quota_backend_bytes: Option<u64>,
+    /// Free bytes kept on the data directory's filesystem
+    /// (`--disk-reserve-bytes`; 0: none): below it, this member raises
+    /// its `NOSPACE` alarm, so writes that grow the store fail before the
+    /// disk is full; it disarms it once twice as much is free. 64 MiB by
+    /// default.
+    pub disk_reserve_bytes: u64,
     /// How often watchers that asked for progress notifications get one
     /// (`--experimental-watch-progress-notify-interval`, 10 minutes).
     pub watch_progress_notify_interval: Duration,
@@ -141,6 +147,7 @@ impl Default for ServerConfig {
             peer: PeerLinkConfig::default(),
             auto_compaction: AutoCompaction::Off,
             quota_backend_bytes: Some(crate::etcd::quota::DEFAULT_QUOTA_BYTES),
+            disk_reserve_bytes: crate::etcd::quota::DEFAULT_DISK_RESERVE_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             trace_requests: false,
             client_tls: None,
@@ -428,8 +435,12 @@ impl Server {
             cfg.limits.clone(),
             leader_wait,
             MembersView::new(members_rx.clone(), record.members.clone()),
-            data_dir,
-            cfg.quota_backend_bytes,
+            data_dir.clone(),
+            crate::etcd::quota::Quota::new(
+                cfg.quota_backend_bytes,
+                cfg.disk_reserve_bytes,
+                data_dir.as_deref(),
+            ),
             auth,
             cfg.auth.jwt.clone(),
         );

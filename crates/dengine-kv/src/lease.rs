@@ -182,6 +182,11 @@ impl KvStateMachine {
         id == 0 || self.leases.by_id.contains_key(&id)
     }
 
+    /// How many leases there are.
+    pub fn lease_count(&self) -> usize {
+        self.leases.by_id.len()
+    }
+
     /// Every lease: (ID, granted TTL in seconds), by ID.
     pub fn leases(&self) -> Vec<(i64, i64)> {
         self.leases

@@ -306,6 +306,9 @@ fn replay(
                     _ => None,
                 });
                 return Err(match entry {
+                    Some(entry) if entry.starts_with("log entries") => {
+                        format!("{entry} are corrupt: {why}")
+                    }
                     Some(entry) => format!("{entry} is corrupt: {why}"),
                     None => why,
                 });

@@ -68,6 +68,15 @@ pub fn request_too_large() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: request is too large")
 }
 
+/// The error of a lease grant past [`super::Limits::max_leases`]
+/// (dengine's own: etcd has no such limit).
+pub const TOO_MANY_LEASES: &str = "etcdserver: too many leases";
+
+/// [`TOO_MANY_LEASES`], as `ResourceExhausted`.
+pub fn too_many_leases() -> Status {
+    Status::new(Code::ResourceExhausted, TOO_MANY_LEASES)
+}
+
 /// "etcdserver: too many requests"
 pub fn too_many_requests() -> Status {
     Status::new(Code::ResourceExhausted, "etcdserver: too many requests")

@@ -137,6 +137,9 @@ pub(crate) async fn grant(
     ttl: i64,
 ) -> Result<(i64, i64, i64), Status> {
     let ttl = ttl.max(lessor.min_ttl);
+    if core.read(true, |kv| kv.lease_count()).await? >= core.limits.max_leases {
+        return Err(errors::too_many_leases());
+    }
     let chosen = id == 0;
     let mut tries = 0;
     loop {
@@ -277,6 +280,14 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
+        // As etcd (since 3.4.26 and 3.5.8): asking for the keys needs the
+        // right to read each of them, or the lease would show key names
+        // the caller may not see.
+        let who = if request.get_ref().keys {
+            Some(self.core.caller(&request)?)
+        } else {
+            None
+        };
         let r = request.into_inner();
         let id = r.id;
         let (found, revision) = self
@@ -296,6 +307,11 @@ impl pb::lease_server::Lease for LeaseService {
             .lessor
             .remaining(id)
             .map_or(granted, |d| d.as_secs() as i64);
+        if let Some(who) = &who {
+            for key in &keys {
+                self.core.check_read(who, key, &[])?;
+            }
+        }
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: self.core.header(revision),
             id,

@@ -71,6 +71,13 @@ pub struct Limits {
     /// 10,000); past it a create is cancelled with
     /// [`TOO_MANY_WATCHERS`].
     pub max_watchers_per_stream: usize,
+    /// Most leases alive at once (`--max-leases`, 1,000,000), so that
+    /// clients that grant and never revoke cannot grow a member's memory
+    /// without bound; past it a grant fails with
+    /// [`errors::TOO_MANY_LEASES`]. Checked by the member that takes the
+    /// grant against what it has applied, so concurrent grants may pass
+    /// it by a few.
+    pub max_leases: usize,
 }
 
 /// The cancel reason of a watch past [`Limits::max_watchers_per_stream`]
@@ -84,6 +91,7 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             max_concurrent_streams: u32::MAX,
             max_watchers_per_stream: 10_000,
+            max_leases: 1_000_000,
         }
     }
 }
@@ -128,7 +136,7 @@ impl EtcdCore {
         leader_wait: Duration,
         members: MembersView,
         data_dir: Option<std::path::PathBuf>,
-        quota_bytes: Option<u64>,
+        quota: quota::Quota,
         auth: AuthView,
         jwt: Option<Arc<auth::jwt::Jwt>>,
     ) -> Arc<EtcdCore> {
@@ -141,7 +149,7 @@ impl EtcdCore {
             limits,
             leader_wait,
             members,
-            quota: quota::Quota::new(quota_bytes, data_dir.as_deref()),
+            quota,
             data_dir,
             auth,
             jwt,

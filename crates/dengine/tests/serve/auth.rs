@@ -148,6 +148,26 @@ async fn users_roles_and_permissions_work_with_etcdctl() {
     let err = refused(e0, &as_root(&["user", "delete", "root"]));
     assert!(err.contains("etcdserver: invalid auth management"), "{err}");
 
+    // A lease's keys are shown only to who may read every one of them
+    // (etcd since 3.4.26); its TTL, to anyone.
+    let granted = ok(e0, &as_root(&["lease", "grant", "600"]));
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    let lease = lease.as_str();
+    ok(
+        e0,
+        &with(&root, &["put", "secret/leased", "x", "--lease", lease]),
+    );
+    let err = refused(e1, &with(&alice, &["lease", "timetolive", lease, "--keys"]));
+    assert!(err.contains("etcdserver: permission denied"), "{err}");
+    let ttl = ok(e1, &with(&alice, &["lease", "timetolive", lease]));
+    assert!(ttl.contains("granted with TTL(600s)"), "{ttl}");
+    let keys = ok(e1, &with(&root, &["lease", "timetolive", lease, "--keys"]));
+    assert!(keys.contains("secret/leased"), "{keys}");
+
     // A token from member 0 works on members 1 and 2 (clients send it to
     // any member); a made-up one is refused.
     let mut auth = AuthClient::new(channel(e0).await);

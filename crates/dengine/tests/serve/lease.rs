@@ -181,3 +181,28 @@ async fn a_lease_does_not_expire_early_when_the_leader_dies() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Past `--max-leases`, a grant fails with a clear error instead of
+/// growing the members' memory; a revoke makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_past_the_lease_limit_are_refused() {
+    let mut c = Cluster::new(1);
+    c.extra.extend(["--max-leases".into(), "3".into()]);
+    c.start_and_wait().await;
+    let mut cl = client(&c, 0).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(cl.lease_grant(60, None).await.expect("grant").id());
+    }
+    let e = cl.lease_grant(60, None).await.expect_err("past the limit");
+    assert_eq!(
+        status_of(e),
+        (
+            tonic::Code::ResourceExhausted,
+            "etcdserver: too many leases".into()
+        )
+    );
+    assert_eq!(cl.leases().await.expect("leases").leases().len(), 3);
+    cl.lease_revoke(ids[0]).await.expect("revoke");
+    cl.lease_grant(60, None).await.expect("room again");
+}

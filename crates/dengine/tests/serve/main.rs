@@ -14,6 +14,7 @@ mod cluster_cmd;
 mod concurrency;
 #[cfg(feature = "failpoints")]
 mod disk_faults;
+mod disk_full;
 mod etcdctl;
 mod harness;
 mod kubernetes;
@@ -23,6 +24,7 @@ mod mvcc_watch;
 mod observe;
 mod quota;
 mod readme;
+mod repair;
 mod tls;
 mod tracing;
 mod watch_history;

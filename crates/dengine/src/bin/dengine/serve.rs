@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Most watchers on one watch stream (dengine's own; 10000).
     #[arg(long, env = "DENGINE_MAX_WATCHERS_PER_STREAM")]
     max_watchers_per_stream: Option<usize>,
+    /// Most leases alive at once (dengine's own; 1000000): past it a
+    /// grant fails with "etcdserver: too many leases".
+    #[arg(long, env = "DENGINE_MAX_LEASES")]
+    max_leases: Option<usize>,
     /// Largest message between members in bytes (dengine's own; 16 MiB).
     #[arg(long, env = "DENGINE_MAX_PEER_MESSAGE_BYTES")]
     max_peer_message_bytes: Option<usize>,
@@ -134,6 +138,13 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     quota_backend_bytes: Option<i64>,
+    /// Free bytes to keep on the data directory's disk (dengine's own):
+    /// below it, this member raises the NOSPACE alarm and writes that
+    /// grow the store fail, as past the quota, while reads go on; it
+    /// disarms the alarm itself once twice as much is free. 64 MiB by
+    /// default; 0: none (a full disk then stops the member).
+    #[arg(long, env = "DENGINE_DISK_RESERVE_BYTES")]
+    disk_reserve_bytes: Option<u64>,
     /// How often watchers that asked for progress notifications get one
     /// when they had no events, as a duration (10m, 5s, 500ms); etcd's
     /// flag of the same name, 10m by default.
@@ -286,11 +297,13 @@ const FLAG_VARS: &[&str] = &[
     "DENGINE_MAX_TXN_OPS",
     "DENGINE_MAX_CONCURRENT_STREAMS",
     "DENGINE_MAX_WATCHERS_PER_STREAM",
+    "DENGINE_MAX_LEASES",
     "DENGINE_MAX_PEER_MESSAGE_BYTES",
     "DENGINE_STORAGE",
     "DENGINE_AUTO_COMPACTION_MODE",
     "DENGINE_AUTO_COMPACTION_RETENTION",
     "DENGINE_QUOTA_BACKEND_BYTES",
+    "DENGINE_DISK_RESERVE_BYTES",
     "DENGINE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
     "DENGINE_LISTEN_METRICS_URLS",
     "DENGINE_LOG_FORMAT",
@@ -347,6 +360,7 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         max_txn_ops: cli.max_txn_ops.or(file.max_txn_ops),
         max_concurrent_streams: cli.max_concurrent_streams.or(file.max_concurrent_streams),
         max_watchers_per_stream: cli.max_watchers_per_stream.or(file.max_watchers_per_stream),
+        max_leases: cli.max_leases.or(file.max_leases),
         max_peer_message_bytes: cli.max_peer_message_bytes.or(file.max_peer_message_bytes),
         storage: cli.storage.or(file.storage),
         auto_compaction_mode: cli.auto_compaction_mode.or(file.auto_compaction_mode),
@@ -354,6 +368,7 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
             .auto_compaction_retention
             .or(file.auto_compaction_retention),
         quota_backend_bytes: cli.quota_backend_bytes.or(file.quota_backend_bytes),
+        disk_reserve_bytes: cli.disk_reserve_bytes.or(file.disk_reserve_bytes),
         experimental_watch_progress_notify_interval: cli
             .experimental_watch_progress_notify_interval
             .or(file.experimental_watch_progress_notify_interval),
@@ -464,6 +479,7 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         max_watchers_per_stream: a
             .max_watchers_per_stream
             .unwrap_or(dl.max_watchers_per_stream),
+        max_leases: a.max_leases.unwrap_or(dl.max_leases),
     };
     if limits.max_txn_ops == 0 {
         return Err("--max-txn-ops must be at least 1".into());
@@ -528,6 +544,9 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
             n if n < 0 => None,
             n => Some(n as u64),
         },
+        disk_reserve_bytes: a
+            .disk_reserve_bytes
+            .unwrap_or(dengine::grpc::etcd::quota::DEFAULT_DISK_RESERVE_BYTES),
         watch_progress_notify_interval,
         trace_requests,
         client_tls: tls_files(

@@ -23,6 +23,10 @@ pub enum MemberCommand {
     Remove(IdArgs),
     /// Changes a member's peer URLs.
     Update(UpdateArgs),
+    /// Replaces a stopped member whose files are damaged: moves its data
+    /// directory aside, removes it and adds it again under a new id
+    /// (then start it with the command printed; it fetches a snapshot).
+    Repair(super::repair::RepairArgs),
 }
 
 /// `dengine member list`.
@@ -177,6 +181,7 @@ pub fn run_member(command: MemberCommand, conn: &Conn) -> ExitCode {
             );
             Ok(())
         }),
+        MemberCommand::Repair(a) => super::repair::repair(a, conn),
         MemberCommand::Update(a) => run("member update", conn, |client, conn| async move {
             let r = client.member_update(a.id, a.peer_urls.clone()).await?;
             done(

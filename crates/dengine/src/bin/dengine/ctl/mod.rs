@@ -12,6 +12,7 @@ pub mod kv;
 pub mod lease;
 pub mod member;
 pub mod out;
+pub mod repair;
 pub mod status;
 pub mod txn_parse;
 pub mod watch;
