@@ -36,7 +36,7 @@ commands:
           (network namespaces when root) and check linearizability, watches,
           the bank's total and HashKV (release):
             faults [--duration 10m] [--seed S] [--runs N] [--members 3|5]
-                   [--faults kill,pause,isolate,split,one-way,degrade,transfer]
+                   [--faults kill,pause,isolate,split,one-way,degrade,transfer,replace]
                    [--net namespaces|loopback|auto]
   sim     run the deterministic cluster simulator:
             sim --seeds N [--start S] [--nodes 3|5] [--steps K] [--threads T]

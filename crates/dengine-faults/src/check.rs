@@ -108,13 +108,13 @@ pub fn linearizable(ops: &[Op]) -> Result<bool, String> {
     }
 }
 
-/// Checks that each client's serializable reads of one member see
-/// revisions that never decrease.
+/// Checks that each client's serializable reads of one member (one
+/// incarnation of it) see revisions that never decrease.
 pub fn serial_monotonic(reads: &[SerialRead]) -> Vec<String> {
-    let mut last: HashMap<(u64, usize), (i64, u64)> = HashMap::new();
+    let mut last: HashMap<(u64, usize, u64), (i64, u64)> = HashMap::new();
     let mut found = Vec::new();
     for r in reads {
-        if let Some((revision, at)) = last.get(&(r.client, r.member))
+        if let Some((revision, at)) = last.get(&(r.client, r.member, r.incarnation))
             && r.revision < *revision
         {
             found.push(format!(
@@ -127,7 +127,7 @@ pub fn serial_monotonic(reads: &[SerialRead]) -> Vec<String> {
                 *at as f64 / 1e6
             ));
         }
-        last.insert((r.client, r.member), (r.revision, r.at));
+        last.insert((r.client, r.member, r.incarnation), (r.revision, r.at));
     }
     found
 }
@@ -276,6 +276,7 @@ mod tests {
         let r = |client, member, revision, at| SerialRead {
             client,
             member,
+            incarnation: 0,
             revision,
             at,
         };
@@ -284,6 +285,24 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(serial_monotonic(&[r(1, 0, 5, 1), r(1, 0, 4, 2)]).len(), 1);
+        // A replaced member starts over; its former self does not count.
+        let again = SerialRead {
+            incarnation: 1,
+            ..r(1, 0, 2, 3)
+        };
+        assert!(serial_monotonic(&[r(1, 0, 5, 1), again.clone()]).is_empty());
+        assert_eq!(
+            serial_monotonic(&[
+                r(1, 0, 5, 1),
+                again,
+                SerialRead {
+                    incarnation: 1,
+                    ..r(1, 0, 1, 4)
+                }
+            ])
+            .len(),
+            1
+        );
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct SerialRead {
     pub client: u64,
     /// The member read.
     pub member: usize,
+    /// Which incarnation of it: a member replaced (removed and added
+    /// again, empty) starts over, and may serve older revisions than its
+    /// former self did until it catches up.
+    pub incarnation: u64,
     /// The revision in the answer's header.
     pub revision: i64,
     /// Microseconds since the run began, when the answer came.
@@ -89,6 +93,8 @@ pub struct History {
     ops: Mutex<Vec<Op>>,
     serial: Mutex<Vec<SerialRead>>,
     violations: Mutex<Vec<String>>,
+    /// Each member's incarnation (0 until it is first replaced).
+    incarnations: Mutex<std::collections::HashMap<usize, u64>>,
 }
 
 impl History {
@@ -99,6 +105,7 @@ impl History {
             ops: Mutex::new(Vec::new()),
             serial: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
+            incarnations: Mutex::new(Default::default()),
         }
     }
 
@@ -110,6 +117,17 @@ impl History {
     /// Microseconds since the run began.
     pub fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Member `k`'s incarnation now.
+    pub fn incarnation(&self, k: usize) -> u64 {
+        lock(&self.incarnations).get(&k).copied().unwrap_or(0)
+    }
+
+    /// Member `k` starts again empty, as a new member (called when it is
+    /// started, after its old process is long gone).
+    pub fn reincarnated(&self, k: usize) {
+        *lock(&self.incarnations).entry(k).or_default() += 1;
     }
 
     /// Records a register operation.

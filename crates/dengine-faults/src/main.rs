@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     runs: u64,
     /// The fault kinds, comma-separated, or `all`: kill, pause, isolate,
-    /// split, one-way, degrade, transfer.
+    /// split, one-way, degrade, transfer, replace.
     #[arg(long, default_value = "all", value_parser = parse_kinds)]
     faults: Kinds,
     /// Where the members live: `namespaces` (root; network faults),

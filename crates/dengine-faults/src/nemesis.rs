@@ -28,11 +28,19 @@ pub enum Kind {
     Degrade,
     /// Move the leadership to another member (etcd's MoveLeader).
     Transfer,
+    /// A membership change: stop a member, remove it from the cluster,
+    /// delete its data and add it again (a new id), then start it empty:
+    /// it joins and catches up from a snapshot or the log.
+    Replace,
+    /// Fill a member's disk (its data directory is a small tmpfs) past
+    /// its `--disk-reserve-bytes`, then free it: writes fail with
+    /// "database space exceeded" meanwhile, and the member rides it out.
+    Fill,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Kill,
         Kind::Pause,
         Kind::Isolate,
@@ -40,6 +48,8 @@ impl Kind {
         Kind::OneWay,
         Kind::Degrade,
         Kind::Transfer,
+        Kind::Replace,
+        Kind::Fill,
     ];
 
     /// The kind's name on the command line and in the log.
@@ -52,6 +62,8 @@ impl Kind {
             Kind::OneWay => "one-way",
             Kind::Degrade => "degrade",
             Kind::Transfer => "transfer",
+            Kind::Replace => "replace",
+            Kind::Fill => "fill",
         }
     }
 
@@ -60,11 +72,11 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Whether the kind needs network faults.
-    pub fn is_network(self) -> bool {
+    /// Whether the kind needs root (network namespaces and mounts).
+    pub fn needs_root(self) -> bool {
         matches!(
             self,
-            Kind::Isolate | Kind::Split | Kind::OneWay | Kind::Degrade
+            Kind::Isolate | Kind::Split | Kind::OneWay | Kind::Degrade | Kind::Fill
         )
     }
 }
@@ -135,7 +147,7 @@ impl Log {
 /// the member started again.
 pub async fn run(
     cluster: &mut Cluster,
-    members: &Members,
+    members: &mut Members,
     kinds: &[Kind],
     rng: &mut SimRng,
     until: Instant,
@@ -282,10 +294,121 @@ pub async fn run(
                     log.line(format!("  (the move failed: {e})"));
                 }
             }
+            Kind::Fill => {
+                log.line(format!("fill the disk of {}", named(target)));
+                match cluster.fill(target) {
+                    Ok(free) => log.line(format!("  {free} bytes left free")),
+                    Err(e) => log.line(format!("  (filling failed: {e})")),
+                }
+                sleep_checking(cluster, history, log, hold).await;
+                log.line(format!("free the disk of {}", Cluster::name(target)));
+                report(log, cluster.unfill(target));
+            }
+            Kind::Replace => {
+                log.line(format!(
+                    "replace {} (stop, remove, delete its data, add again)",
+                    named(target)
+                ));
+                cluster.kill(target);
+                let replaced = replace(cluster, members, target).await;
+                match &replaced {
+                    Ok(id) => log.line(format!("  {} is member {id:x} now", Cluster::name(target))),
+                    Err(e) => log.line(format!(
+                        "  (the replacement failed: {e}; restarting it as it was)"
+                    )),
+                }
+                sleep_checking(cluster, history, log, hold).await;
+                log.line(format!(
+                    "start {}{}",
+                    Cluster::name(target),
+                    if replaced.is_ok() { " empty" } else { "" }
+                ));
+                if replaced.is_ok() {
+                    history.reincarnated(target);
+                }
+                if let Err(e) = cluster.start(target) {
+                    log.line(format!("start failed: {e}"));
+                }
+            }
         }
         *log.counts.entry(kind.name()).or_default() += 1;
     }
     heal_all(cluster, log).await;
+}
+
+/// Asks the running members other than `k`, in turn, until one answers
+/// or 20 s pass; what `call` made of the answer.
+async fn ask_others<T, F, Fut>(
+    cluster: &Cluster,
+    members: &Members,
+    k: usize,
+    mut call: F,
+) -> Result<T, String>
+where
+    F: FnMut(etcd_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no member to ask");
+    while Instant::now() < deadline {
+        for o in (0..cluster.len()).filter(|o| *o != k) {
+            if !cluster.is_running(o) || cluster.is_paused(o) {
+                continue;
+            }
+            let Some(c) = workload::connect(&members.urls[o]).await else {
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(3), call(c)).await {
+                Ok(Ok(t)) => return Ok(t),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = "timed out".into(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
+}
+
+/// Removes member `k` (stopped) from the cluster, deletes its data and
+/// adds it again with the same peer URL; its new id. When the removal
+/// fails, nothing is deleted.
+async fn replace(cluster: &mut Cluster, members: &mut Members, k: usize) -> Result<u64, String> {
+    let old = members.ids[k];
+    ask_others(cluster, members, k, |mut c| async move {
+        match c.member_remove(old).await {
+            Ok(_) => Ok(()),
+            // A try that timed out may have removed it.
+            Err(e) if e.to_string().contains("member not found") => Ok(()),
+            Err(e) => Err(format!("remove: {e}")),
+        }
+    })
+    .await?;
+    cluster.wipe(k)?;
+    let peer = cluster.peer_url(k);
+    let new = ask_others(cluster, members, k, |mut c| {
+        let peer = peer.clone();
+        async move {
+            match c.member_add([peer.clone()], None).await {
+                Ok(r) => r
+                    .member()
+                    .map(|m| m.id())
+                    .ok_or_else(|| "add: no member".to_string()),
+                // A try that timed out may have added it: find it.
+                Err(e) if e.to_string().contains("already exists") => {
+                    let list = c.member_list().await.map_err(|e| format!("list: {e}"))?;
+                    list.members()
+                        .iter()
+                        .find(|m| m.peer_urls().contains(&peer))
+                        .map(|m| m.id())
+                        .ok_or_else(|| format!("add: {e}"))
+                }
+                Err(e) => Err(format!("add: {e}")),
+            }
+        }
+    })
+    .await?;
+    members.ids[k] = new;
+    Ok(new)
 }
 
 /// Heals the network, resumes paused members and starts killed ones.

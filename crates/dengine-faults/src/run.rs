@@ -50,10 +50,10 @@ pub async fn run(settings: &Settings, net: Net) -> Result<Outcome, String> {
         settings.kinds.clone()
     } else {
         let (network, process): (Vec<Kind>, Vec<Kind>) =
-            settings.kinds.iter().partition(|k| k.is_network());
+            settings.kinds.iter().partition(|k| k.needs_root());
         if !network.is_empty() {
             println!(
-                "faults: no network namespaces, so no network faults ({} left out)",
+                "faults: not root or no network namespaces, so no network or disk faults ({} left out)",
                 network
                     .iter()
                     .map(|k| k.name())
@@ -75,11 +75,15 @@ pub async fn run(settings: &Settings, net: Net) -> Result<Outcome, String> {
         &token,
     );
     let urls: Vec<String> = (0..settings.members).map(|k| net.client_url(k)).collect();
+    if kinds.contains(&Kind::Fill) {
+        cluster.mount_disks()?;
+    }
     for k in 0..settings.members {
         cluster.start(k)?;
     }
     let result = drive(settings, &kinds, &mut cluster, &urls).await;
     cluster.stop_all();
+    cluster.unmount_disks();
     match result {
         Ok((outcome, evidence)) => {
             if !outcome.violations.is_empty() {
@@ -116,7 +120,7 @@ async fn drive(
     cluster: &mut Cluster,
     urls: &[String],
 ) -> Result<(Outcome, Evidence), String> {
-    let members = wait_for_cluster(urls).await?;
+    let mut members = wait_for_cluster(urls).await?;
     let mut rng = SimRng::new(settings.seed);
     let mut first = workload::connect(&urls[0])
         .await
@@ -126,6 +130,7 @@ async fn drive(
     let shared = Arc::new(Shared {
         history: History::new(),
         next_value: AtomicU64::new(1),
+        refused_for_space: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let stop_at = Arc::new(AtomicU64::new(0));
@@ -173,7 +178,7 @@ async fn drive(
     let until = Instant::now() + settings.duration;
     nemesis::run(
         cluster,
-        &members,
+        &mut members,
         kinds,
         &mut rng,
         until,
@@ -299,14 +304,15 @@ async fn drive(
         }
     }
     summary.push(format!(
-        "operations: {} ({}), {} serializable reads, {transfers} bank transfers",
+        "operations: {} ({}), {} serializable reads, {transfers} bank transfers, {} writes refused for space",
         ops.len(),
         by_kind
             .iter()
             .map(|(k, (ok, unknown))| format!("{k} {ok} answered + {unknown} unknown"))
             .collect::<Vec<_>>()
             .join(", "),
-        serial.len()
+        serial.len(),
+        shared.refused_for_space.load(Ordering::Relaxed)
     ));
     summary.push(format!(
         "faults: {}",
