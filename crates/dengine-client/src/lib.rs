@@ -36,6 +36,7 @@
 //! fields mean exactly what etcd's documentation says.
 #![deny(missing_docs)]
 
+mod auth;
 mod cluster;
 mod error;
 mod kv;
@@ -46,6 +47,7 @@ mod watch;
 
 use std::sync::Arc;
 
+pub use auth::Permission;
 pub use cluster::MemberStatus;
 pub use dengine_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 pub use error::{Error, ErrorKind};
@@ -58,6 +60,7 @@ pub use watch::{WatchOptions, Watcher};
 
 /// etcd's messages, as the server sends them (`dengine-proto`'s modules).
 pub mod proto {
+    pub use dengine_proto::authpb;
     pub use dengine_proto::etcdserverpb;
     pub use dengine_proto::mvccpb;
 }

@@ -434,3 +434,122 @@ async fn jwt_tokens_are_checked_by_every_member() {
         "app/by-jwt\nby token\n"
     );
 }
+
+/// dengine's own command line manages users, roles and auth, and prints
+/// what etcdctl prints for the same questions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dengine_command_line_manages_users_and_roles_as_etcdctl() {
+    let mut c = Cluster::new(1);
+    c.start_and_wait().await;
+    let e0 = c.members[0].endpoint();
+    let dengine = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::binary())
+            .args(["--endpoints", &e0])
+            .args(args)
+            .output()
+            .expect("dengine");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (stdout, stderr, out.status.success())
+    };
+    let said = |args: &[&str]| {
+        let (out, err, success) = dengine(args);
+        assert!(success, "dengine {args:?}: {err}");
+        out
+    };
+    assert_eq!(said(&["user", "add", "root:rootpw"]), "User root created\n");
+    assert_eq!(
+        said(&["user", "grant-role", "root", "root"]),
+        "Role root is granted to user root\n"
+    );
+    assert_eq!(said(&["role", "add", "app"]), "Role app created\n");
+    assert_eq!(
+        said(&[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix"
+        ]),
+        "Role app updated\n"
+    );
+    assert_eq!(
+        said(&["role", "grant-permission", "app", "read", "shared"]),
+        "Role app updated\n"
+    );
+    assert_eq!(
+        said(&["user", "add", "bob", "--new-user-password", "bobpw"]),
+        "User bob created\n"
+    );
+    said(&["user", "grant-role", "bob", "app"]);
+    let (_, err, success) = dengine(&["user", "add", "bob:again"]);
+    assert!(
+        !success && err.contains("etcdserver: user name already exists"),
+        "{err}"
+    );
+
+    // The same answers as etcdctl's.
+    for args in [
+        &["user", "list"][..],
+        &["role", "list"],
+        &["user", "get", "bob"],
+        &["role", "get", "app"],
+    ] {
+        let theirs = ok(&e0, args);
+        assert_eq!(said(args), theirs, "{args:?}");
+    }
+    // etcdctl 3.4 has no `auth status`; this is 3.5's answer.
+    let status = said(&["auth", "status"]);
+    assert!(
+        status.starts_with("Authentication Status: false\nAuthRevision: "),
+        "{status}"
+    );
+    assert!(said(&["role", "get", "app"]).contains("\t[app/, app0) (prefix app/)\n"));
+
+    assert_eq!(said(&["auth", "enable"]), "Authentication Enabled\n");
+    let bob = ["--user", "bob:bobpw"];
+    said(&with(&bob, &["put", "app/x", "1"]));
+    let (_, err, success) = dengine(&with(&bob, &["put", "shared", "1"]));
+    assert!(
+        !success && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    let (_, err, success) = dengine(&with(&bob, &["user", "list"]));
+    assert!(
+        !success && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    let root = ["--user", "root:rootpw"];
+    assert_eq!(
+        said(&with(&root, &["user", "passwd", "bob:newpw"])),
+        "Password updated\n"
+    );
+    let (_, err, success) = dengine(&with(&bob, &["get", "app/x"]));
+    assert!(!success && err.contains("authentication failed"), "{err}");
+    said(&with(&["--user", "bob:newpw"], &["get", "app/x"]));
+    assert_eq!(
+        said(&with(
+            &root,
+            &["role", "revoke-permission", "app", "shared"]
+        )),
+        "Permission of key shared is revoked from role app\n"
+    );
+    assert_eq!(
+        said(&with(&root, &["user", "revoke-role", "bob", "app"])),
+        "Role app is revoked from user bob\n"
+    );
+    let (_, err, success) = dengine(&with(&["--user", "bob:newpw"], &["get", "app/x"]));
+    assert!(
+        !success && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    assert_eq!(
+        said(&with(&root, &["auth", "disable"])),
+        "Authentication Disabled\n"
+    );
+    assert_eq!(said(&["user", "delete", "bob"]), "User bob deleted\n");
+    assert_eq!(said(&["role", "delete", "app"]), "Role app deleted\n");
+    // As etcd: granting the root role needs no stored role of that name.
+    assert_eq!(said(&["role", "list"]), "");
+}

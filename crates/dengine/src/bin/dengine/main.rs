@@ -52,6 +52,15 @@ enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(ctl::member::LeaderCommand),
+    /// Users (etcd's auth).
+    #[command(subcommand)]
+    User(ctl::auth::UserCommand),
+    /// Roles and their permissions (etcd's auth).
+    #[command(subcommand)]
+    Role(ctl::auth::RoleCommand),
+    /// Turns etcd's auth on or off.
+    #[command(subcommand)]
+    Auth(ctl::auth::AuthCommand),
     /// One table of every member's state.
     Status(ctl::status::StatusArgs),
     /// Backups: `save` downloads one from a running member, `restore`
@@ -76,6 +85,9 @@ fn main() -> ExitCode {
         Command::Lease(c) => ctl::lease::run_lease(c, &cli.conn),
         Command::Member(c) => ctl::member::run_member(c, &cli.conn),
         Command::Leader(c) => ctl::member::run_leader(c, &cli.conn),
+        Command::User(c) => ctl::auth::run_user(c, &cli.conn),
+        Command::Role(c) => ctl::auth::run_role(c, &cli.conn),
+        Command::Auth(c) => ctl::auth::run_auth(c, &cli.conn),
         Command::Status(a) => ctl::status::status(a, &cli.conn),
         Command::Snapshot(command) => snapshot::run(command, &cli.conn),
         Command::Cluster(command) => cluster::run(command),

@@ -8,6 +8,7 @@
 //! (`-w text|json|table`). Errors are one line on stderr, saying what
 //! failed and what to do, with exit code 1.
 
+pub mod auth;
 pub mod kv;
 pub mod lease;
 pub mod member;
