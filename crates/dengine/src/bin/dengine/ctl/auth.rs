@@ -332,7 +332,19 @@ pub fn run_auth(command: AuthCommand, conn: &Conn) -> ExitCode {
         let f = conn.write_out;
         match command {
             AuthCommand::Enable => {
-                let r = client.auth_enable().await?;
+                let r = match client.auth_enable().await {
+                    // As etcdctl: make the root role and give it to root.
+                    Err(e) if e.to_string().contains("root user does not have root role") => {
+                        if let Err(e) = client.role_add("root").await
+                            && !e.to_string().contains("role name already exists")
+                        {
+                            return Err(e.into());
+                        }
+                        client.user_grant_role("root", "root").await?;
+                        client.auth_enable().await?
+                    }
+                    r => r?,
+                };
                 done(f, r.header.as_ref(), "Authentication Enabled");
             }
             AuthCommand::Disable => {
