@@ -158,9 +158,20 @@ impl ClusterService {
             method: method as i32,
             request: Bytes::from(request),
         };
+        let removes_me = method == Method::Remove
+            && pb::MemberRemoveRequest::decode(body.request.clone())
+                .is_ok_and(|r| r.id == self.core.member_id.0);
         let mut req = crate::peer::with_identity(&self.identity, leader, body);
         req.set_timeout(self.timeout);
         let resp = PeerClient::new(channel).change_members(req).await?;
+        // As etcd, where the member that takes a change waits until it
+        // has applied it: a member list asked of this member next (not
+        // linearizable, as etcdctl 3.4 asks) shows the change. A member
+        // that removed itself has nothing to wait for; the change is made
+        // either way, so a failed wait is not the caller's error.
+        if !removes_me {
+            let _ = self.core.read(false, |_| ()).await;
+        }
         Ok(resp.into_inner().response)
     }
 

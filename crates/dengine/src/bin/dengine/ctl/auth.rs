@@ -8,7 +8,7 @@ use dengine_client::Permission;
 use dengine_client::proto::authpb;
 use serde_json::json;
 
-use super::out::{self, print_json};
+use super::out::{self, done, print_json};
 use super::{Conn, Failed, Format, KeyRange, Span, run};
 
 /// `dengine user ...`.
@@ -159,18 +159,6 @@ fn describe(key: &[u8], end: &[u8]) -> String {
                 format!("[{k}, {e})")
             }
         }
-    }
-}
-
-/// Prints `said` (text) or it with the header (JSON).
-fn done(
-    format: Format,
-    header: Option<&dengine_client::proto::etcdserverpb::ResponseHeader>,
-    said: &str,
-) {
-    match format {
-        Format::Json => print_json(&json!({"header": out::header(header), "result": said})),
-        _ => println!("{said}"),
     }
 }
 

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use dengine_client::proto::etcdserverpb::Member;
 use serde_json::{Value, json};
 
-use super::out::{self, print_json, print_table};
+use super::out::{self, done, print_json, print_table};
 use super::{Conn, Format, parse_hex_id, run};
 
 /// `dengine member ...`.
@@ -124,26 +124,12 @@ pub fn run_member(command: MemberCommand, conn: &Conn) -> ExitCode {
         MemberCommand::Add(a) => run("member add", conn, |client, conn| async move {
             let r = client.member_add(a.peer_urls.clone(), a.learner).await?;
             let added = r.member.clone().unwrap_or_default();
-            let initial: Vec<String> = r
-                .members
-                .iter()
-                .flat_map(|m| {
-                    let name = if m.id == added.id {
-                        a.name.clone()
-                    } else {
-                        m.name.clone()
-                    };
-                    m.peer_ur_ls
-                        .iter()
-                        .map(move |u| format!("{name}={u}"))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let initial = initial_cluster(&r.members, added.id, &a.name);
             match conn.write_out {
                 Format::Json => print_json(&json!({
                     "header": out::header(r.header.as_ref()),
                     "member": member_json(&added),
-                    "initial_cluster": initial.join(","),
+                    "initial_cluster": initial,
                 })),
                 _ => {
                     println!(
@@ -155,7 +141,7 @@ pub fn run_member(command: MemberCommand, conn: &Conn) -> ExitCode {
                         "  dengine serve --name {} --initial-cluster {} --initial-cluster-state existing \
                          --initial-advertise-peer-urls {} --listen-peer-urls {} --data-dir <dir>",
                         a.name,
-                        initial.join(","),
+                        initial,
                         a.peer_urls.join(","),
                         a.peer_urls.join(","),
                     );
@@ -194,15 +180,17 @@ pub fn run_member(command: MemberCommand, conn: &Conn) -> ExitCode {
     }
 }
 
-fn done(
-    format: Format,
-    header: Option<&dengine_client::proto::etcdserverpb::ResponseHeader>,
-    said: &str,
-) {
-    match format {
-        Format::Json => print_json(&json!({"header": out::header(header), "result": said})),
-        _ => println!("{said}"),
-    }
+/// `--initial-cluster` for a member just added (`added`, named `name`,
+/// not yet started so unnamed in `members`).
+pub fn initial_cluster(members: &[Member], added: u64, name: &str) -> String {
+    members
+        .iter()
+        .flat_map(|m| {
+            let name = if m.id == added { name } else { &m.name };
+            m.peer_ur_ls.iter().map(move |u| format!("{name}={u}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn run_leader(command: LeaderCommand, conn: &Conn) -> ExitCode {

@@ -5,7 +5,16 @@ use dengine_client::proto::etcdserverpb::ResponseHeader;
 use dengine_client::proto::mvccpb::{Event, KeyValue, event::EventType};
 use serde_json::{Value, json};
 
-use super::text;
+use super::{Format, text};
+
+/// Prints what a command did: `said` (text), or it with the response
+/// header (JSON).
+pub fn done(format: Format, header: Option<&ResponseHeader>, said: &str) {
+    match format {
+        Format::Json => print_json(&json!({"header": self::header(header), "result": said})),
+        _ => println!("{said}"),
+    }
+}
 
 /// A response header as JSON.
 pub fn header(h: Option<&ResponseHeader>) -> Value {

@@ -107,21 +107,7 @@ pub fn repair(a: RepairArgs, conn: &Conn) -> ExitCode {
         eprintln!("removed member {} ({:x})", a.name, old.id);
         let added = client.member_add(old.peer_ur_ls.clone(), false).await?;
         let new_id = added.member.as_ref().map_or(0, |m| m.id);
-        let initial: Vec<String> = added
-            .members
-            .iter()
-            .flat_map(|m| {
-                let name = if m.id == new_id {
-                    a.name.clone()
-                } else {
-                    m.name.clone()
-                };
-                m.peer_ur_ls
-                    .iter()
-                    .map(move |u| format!("{name}={u}"))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let initial = super::member::initial_cluster(&added.members, new_id, &a.name);
         let peers = old.peer_ur_ls.join(",");
         let start = format!(
             "dengine serve --name {} --data-dir {} --initial-cluster {} \
@@ -130,7 +116,7 @@ pub fn repair(a: RepairArgs, conn: &Conn) -> ExitCode {
              --listen-client-urls {clients}",
             a.name,
             a.data_dir.display(),
-            initial.join(","),
+            initial,
             clients = old.client_ur_ls.join(","),
         );
         match conn.write_out {
@@ -139,7 +125,7 @@ pub fn repair(a: RepairArgs, conn: &Conn) -> ExitCode {
                 "removed": format!("{:x}", old.id),
                 "added": format!("{new_id:x}"),
                 "damaged_data_dir": kept.display().to_string(),
-                "initial_cluster": initial.join(","),
+                "initial_cluster": initial,
                 "start": start,
             })),
             _ => {
