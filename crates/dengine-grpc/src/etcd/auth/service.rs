@@ -63,6 +63,14 @@ impl AuthService {
         Ok(self.core.header(resp.revision))
     }
 
+    /// Waits until this member has applied what was committed when it was
+    /// called: auth reads are linearizable, as etcd's (which it serves
+    /// through Raft), so a user added through one member is listed by
+    /// every member at once.
+    async fn caught_up(&self) -> Result<(), Status> {
+        self.core.read(false, |_| ()).await
+    }
+
     /// The header of an answer read from this member.
     async fn local_header(&self) -> Result<Option<pb::ResponseHeader>, Status> {
         let revision = self.core.read(true, |kv| kv.revision()).await?;
@@ -141,6 +149,7 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthStatusRequest>,
     ) -> Result<Response<pb::AuthStatusResponse>, Status> {
         self.core.require_admin(&request)?;
+        self.caught_up().await?;
         let (enabled, auth_revision) = {
             let state = self.core.auth.state();
             (state.enabled, state.revision)
@@ -158,6 +167,9 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let req = request.into_inner();
         let failed = || errors::from_auth(&AuthError::AuthFailed);
+        // As etcd: a user or password changed through another member
+        // just before counts.
+        self.caught_up().await?;
         let (hash, auth_revision) = {
             let state = self.core.auth.state();
             if !state.enabled {
@@ -236,6 +248,7 @@ impl pb::auth_server::Auth for AuthService {
         if !own {
             self.core.check_admin(&who)?;
         }
+        self.caught_up().await?;
         let roles = {
             let state = self.core.auth.state();
             let user = state
@@ -255,6 +268,7 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthUserListRequest>,
     ) -> Result<Response<pb::AuthUserListResponse>, Status> {
         self.core.require_admin(&request)?;
+        self.caught_up().await?;
         let users = self.core.auth.state().users.keys().cloned().collect();
         Ok(Response::new(pb::AuthUserListResponse {
             header: self.local_header().await?,
@@ -337,6 +351,7 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
         let who = self.core.caller(&request)?;
         let role = request.into_inner().role;
+        self.caught_up().await?;
         // A user may see the permissions of its own roles.
         let own = match &who {
             Caller::User { name, .. } => self
@@ -370,6 +385,7 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthRoleListRequest>,
     ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
         self.core.require_admin(&request)?;
+        self.caught_up().await?;
         let roles = self.core.auth.state().roles.keys().cloned().collect();
         Ok(Response::new(pb::AuthRoleListResponse {
             header: self.local_header().await?,
