@@ -60,7 +60,7 @@ impl Cluster {
         }
     }
 
-    /// Makes each member's data directory a tmpfs of [`DISK_BYTES`] (as
+    /// Makes each member's data directory a tmpfs of 256 MiB (as
     /// root), so that the `fill` fault fills only that member's disk.
     pub fn mount_disks(&mut self) -> Result<(), String> {
         self.disks = true;
@@ -97,7 +97,7 @@ impl Cluster {
         }
     }
 
-    /// Fills member `k`'s disk until [`FILL_LEAVES_BYTES`] are free; the
+    /// Fills member `k`'s disk until 32 MiB are free; the
     /// bytes left free.
     pub fn fill(&self, k: usize) -> Result<u64, String> {
         if !self.disks {

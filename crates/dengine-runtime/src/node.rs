@@ -365,6 +365,17 @@ fn open_and_restore<SM: StateMachine>(
         crate::snapshot::restore(&mut state_machine, data)
             .map_err(|e| Error::Storage(format!("restoring snapshot {name}: {e}")))?;
         applied = data.meta().last_index;
+    } else if let Some(data) = &known {
+        // Not read to restore, but read whole now all the same: damage
+        // is found at start, with the file named, rather than when a
+        // follower needs the snapshot.
+        std::io::copy(&mut data.reader(), &mut std::io::sink()).map_err(|e| {
+            let name = data
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            Error::Storage(format!("checking snapshot {name}: {e}"))
+        })?;
     }
     if meta.last_index > applied {
         return Err(Error::Storage(format!(

@@ -5,6 +5,8 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod common;
@@ -21,6 +23,24 @@ impl StateMachine for Nothing {
     }
     fn restore(&mut self, _: &mut dyn Read) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A state machine that keeps its own state: it says it has applied up
+/// to `0.0`, so the node does not restore a snapshot at or below that.
+struct Persistent(Arc<AtomicU64>);
+
+impl StateMachine for Persistent {
+    type Response = ();
+    fn apply(&mut self, _: dengine::EntryId, _: &[u8]) {}
+    fn snapshot(&mut self, _: &mut dyn Write) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn Read) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn applied_index(&self) -> Option<dengine::LogIndex> {
+        Some(dengine::LogIndex(self.0.load(Ordering::SeqCst)))
     }
 }
 
@@ -168,6 +188,26 @@ async fn a_corrupted_snapshot_file_is_refused_at_start() {
         std::fs::read(&path).expect("read"),
         bytes,
         "the file was left as found"
+    );
+
+    // A state machine already past the snapshot does not restore it, and
+    // the damage is found at start all the same, the file named.
+    let index: u64 = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.split('-').nth(1))
+        .and_then(|i| i.parse().ok())
+        .expect("snap-<index>-<term>.snap");
+    let past = Persistent(Arc::new(AtomicU64::new(index)));
+    let snapshotting = Config {
+        snapshot_threshold: 4,
+        ..config(&dir, 1, 1)
+    };
+    let e = NodeBuilder::new(snapshotting, past).build().await.err();
+    assert!(
+        matches!(&e, Some(Error::Storage(m))
+            if m.contains(&path.display().to_string()) && m.contains("corrupt")),
+        "{e:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
