@@ -115,9 +115,13 @@ fn main() -> ExitCode {
         }
     };
     if !namespaces {
-        let ports = (0..args.members)
-            .map(|_| (free_port(), free_port()))
-            .collect();
+        let ports = match free_ports(args.members as usize * 2) {
+            Ok(p) => p.chunks(2).map(|c| (c[0], c[1])).collect(),
+            Err(e) => {
+                eprintln!("faults: {e}");
+                return ExitCode::from(2);
+            }
+        };
         return runs(&args, Net::Loopback { ports });
     }
     net::remove_stale();
@@ -280,10 +284,18 @@ fn runs(args: &Args, net: Net) -> ExitCode {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_or(0, |a| a.port())
+/// `n` different ports on 127.0.0.1 that nobody listens on now: every
+/// listener is held until all are picked, so no port comes twice.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding a free port on 127.0.0.1: {e}"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding a free port on 127.0.0.1: {e}"))
 }
 
 /// A violation for the terminal: a checker's long explanation cut to its
