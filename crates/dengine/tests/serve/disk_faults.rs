@@ -33,13 +33,23 @@ async fn a_failed_fsync_stops_the_member_and_loses_nothing_acknowledged() {
         log.contains("injected by FAILPOINTS") && log.contains("the node stopped"),
         "member 2's log does not say why it stopped:\n{log}"
     );
-    assert!(
-        acknowledged.len() >= 250,
-        "two members of three should take writes: {} acknowledged",
-        acknowledged.len()
-    );
+    // Two members of three go on taking writes (after an election, if
+    // member 2 led): each is retried until it is taken. (A count of the
+    // puts above taken during the fault depends on the machine's load.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for i in 0..20 {
+        let key = format!("after/{i:02}");
+        while let Err(e) = cl.put(key.as_str(), "v", None).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "two members of three take no writes: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        acknowledged.push(key);
+    }
     let got = cl
-        .get("k/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
         .await
         .expect("get");
     let keys: Vec<String> = got
