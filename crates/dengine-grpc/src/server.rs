@@ -126,6 +126,11 @@ pub struct ServerConfig {
     pub auth: AuthSettings,
     /// How long a simple token lives unused (`--auth-token-ttl`, 300 s).
     pub auth_token_ttl: Duration,
+    /// Compares this member's key-value history with its peers' before
+    /// serving clients, and refuses to start when no peer agrees with it
+    /// (`--experimental-initial-corrupt-check`; see
+    /// [`crate::etcd::corruption`]). On by default (etcd's default is off).
+    pub initial_corrupt_check: bool,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +159,7 @@ impl Default for ServerConfig {
             peer_tls: None,
             auth: AuthSettings::default(),
             auth_token_ttl: dengine_kv::DEFAULT_TOKEN_TTL,
+            initial_corrupt_check: true,
         }
     }
 }
@@ -178,6 +184,9 @@ pub enum ServerError {
     /// The node failed to start.
     #[error("node: {0}")]
     Node(#[from] dengine_runtime::Error),
+    /// The store differs from the peers' (the initial corruption check).
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 /// The socket address of `http://host:port`.
@@ -411,6 +420,18 @@ impl Server {
         // Leases restored from disk start their whole TTL again.
         lessor.changed(LeaseChange::All(kv.leases()));
         let (members_tx, members_rx) = watch::channel(kv.members().clone());
+        // The members the start-up check asks: those the store lists, else
+        // (nothing applied yet) those the record names.
+        let listed = kv.members();
+        let check_peers: Vec<NodeId> = record
+            .members
+            .iter()
+            .map(|m| m.id)
+            .chain(listed.members.keys().map(|&id| NodeId(id)))
+            .filter(|id| *id != record.member_id && !listed.removed.contains(&id.0))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         kv.set_event_sink(hub.sink(Some(lessor.clone()), Some(members_tx)));
         let node = NodeBuilder::new(node_cfg.clone(), kv)
             .initial_members(record.initial_voters.iter().map(|&i| NodeId(i)))
@@ -451,11 +472,13 @@ impl Server {
             node_cfg.request_timeout(),
         );
         let (stop, stopped) = watch::channel(false);
-        let peer_service = PeerService::new(Arc::new(node.clone()), identity, known.clone())
-            .with_forward(forward::target(node.clone()))
-            .with_members(Arc::new(cluster.clone()))
-            .with_stop(stopped.clone())
-            .cut_next_snapshot_after(cfg.peer.cut_first_snapshot_after_chunks);
+        let peer_service =
+            PeerService::new(Arc::new(node.clone()), identity.clone(), known.clone())
+                .with_forward(forward::target(node.clone()))
+                .with_members(Arc::new(cluster.clone()))
+                .with_hashes(Arc::new(crate::etcd::corruption::Hashes::new(core.clone())))
+                .with_stop(stopped.clone())
+                .cut_next_snapshot_after(cfg.peer.cut_first_snapshot_after_chunks);
 
         let mut tasks = Vec::new();
         let compactor = compactor::run(core.clone(), cfg.auto_compaction, stopped.clone());
@@ -510,6 +533,35 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
+        // Peers are served before the check: theirs asks this member too.
+        for listener in peer_listeners {
+            let peer = PeerServer::new(peer_service.clone())
+                .max_decoding_message_size(cfg.peer.max_message_bytes)
+                .max_encoding_message_size(cfg.peer.max_message_bytes);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer);
+            tasks.push(serve!(router, listener, peer_tls.as_ref(), "peer", stopped));
+        }
+        if cfg.initial_corrupt_check {
+            let check = crate::etcd::corruption::InitialCheck {
+                core: &core,
+                transport: &transport,
+                identity: &identity,
+                peers: check_peers,
+                data_dir: &node_cfg.data_dir,
+                name: &cfg.name,
+                within: node_cfg.request_timeout(),
+            };
+            if let Err(why) = check.run().await {
+                let _ = stop.send(true);
+                for task in tasks {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+                }
+                let _ = node.shutdown().await;
+                return Err(ServerError::Inconsistent(why));
+            }
+        }
         // Made here, after the process' metrics recorder (if any) is in.
         let requests = crate::telemetry::RequestMetricsLayer::new();
         let traces = crate::telemetry::TraceLayer::new(cfg.trace_requests, record.member_id.0);
@@ -560,15 +612,6 @@ impl Server {
                 "client",
                 stopped
             ));
-        }
-        for listener in peer_listeners {
-            let peer = PeerServer::new(peer_service.clone())
-                .max_decoding_message_size(cfg.peer.max_message_bytes)
-                .max_encoding_message_size(cfg.peer.max_message_bytes);
-            let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(peer);
-            tasks.push(serve!(router, listener, peer_tls.as_ref(), "peer", stopped));
         }
         tracing::info!(member = %format!("{:x}", record.member_id.0),
             cluster = %format!("{:x}", record.cluster_id),

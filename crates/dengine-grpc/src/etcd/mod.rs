@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cluster;
 pub mod compactor;
 mod concurrency;
+pub mod corruption;
 pub mod errors;
 pub mod forward;
 mod kv;

@@ -28,6 +28,8 @@ pub use convert::{WireError, message_from_wire, message_to_wire};
 pub use identity::{
     CLUSTER_ID, FROM, KnownMembers, PeerIdentity, REMOVED, TO, backoff, check_caller,
 };
-pub use server::{ForwardTarget, MembersTarget, PeerInbox, PeerService, PeerServiceStats};
+pub use server::{
+    ForwardTarget, HashTarget, MembersTarget, PeerInbox, PeerService, PeerServiceStats,
+};
 pub(crate) use transport::with_identity;
 pub use transport::{GrpcTransport, LinkStats, PeerLinkConfig};

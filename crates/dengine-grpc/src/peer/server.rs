@@ -87,6 +87,18 @@ pub trait MembersTarget: Send + Sync + 'static {
     fn list(&self) -> wire::MembersResponse;
 }
 
+/// Answers `HashKv`: the hash of this member's key-value history up to a
+/// revision, for a peer's start-up check. The key-value server supplies
+/// it; without one, the call is `UNIMPLEMENTED`.
+pub trait HashTarget: Send + Sync + 'static {
+    /// The hash up to `revision`, or the status of a revision compacted or
+    /// not reached yet.
+    fn hash_kv(
+        &self,
+        revision: i64,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<wire::HashKvResponse, Status>> + Send + '_>>;
+}
+
 /// How long a broken transfer's frames are kept for a resume.
 const PARTIAL_KEPT: Duration = Duration::from_secs(120);
 
@@ -128,6 +140,7 @@ pub struct PeerService {
     node: Arc<dyn PeerInbox>,
     forward: Option<Arc<dyn ForwardTarget>>,
     member_calls: Option<Arc<dyn MembersTarget>>,
+    hashes: Option<Arc<dyn HashTarget>>,
     identity: PeerIdentity,
     members: KnownMembers,
     partial: Arc<Mutex<HashMap<PartialKey, (SnapshotReceiver, Instant)>>>,
@@ -150,6 +163,7 @@ impl PeerService {
             node,
             forward: None,
             member_calls: None,
+            hashes: None,
             identity,
             members,
             partial: Arc::new(Mutex::new(HashMap::new())),
@@ -183,6 +197,12 @@ impl PeerService {
     /// Answers membership calls with `target`.
     pub fn with_members(mut self, target: Arc<dyn MembersTarget>) -> Self {
         self.member_calls = Some(target);
+        self
+    }
+
+    /// Answers `HashKv` with `target`.
+    pub fn with_hashes(mut self, target: Arc<dyn HashTarget>) -> Self {
+        self.hashes = Some(target);
         self
     }
 
@@ -361,6 +381,18 @@ impl Peer for PeerService {
             ));
         };
         Ok(Response::new(target.list()))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<wire::HashKvRequest>,
+    ) -> Result<Response<wire::HashKvResponse>, Status> {
+        self.caller(&request)?;
+        let Some(target) = &self.hashes else {
+            return Err(Status::unimplemented("HashKv is not served by this member"));
+        };
+        let revision = request.into_inner().revision;
+        Ok(Response::new(target.hash_kv(revision).await?))
     }
 
     type SnapshotStream = ProgressStream;

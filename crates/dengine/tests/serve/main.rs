@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod cluster_cmd;
 mod concurrency;
+mod corrupt_check;
 #[cfg(feature = "failpoints")]
 mod disk_faults;
 mod disk_full;

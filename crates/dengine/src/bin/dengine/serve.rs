@@ -262,6 +262,16 @@ pub struct ServeArgs {
     /// 31).
     #[arg(long, env = "DENGINE_BCRYPT_COST")]
     bcrypt_cost: Option<u32>,
+    /// Before serving clients, compare this member's key-value history
+    /// with its peers' (etcd's HashKV) and refuse to start when no peer
+    /// agrees with it (etcd's flag; on by default here, off in etcd).
+    #[arg(
+        long,
+        env = "DENGINE_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    experimental_initial_corrupt_check: Option<bool>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -401,6 +411,9 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         auth_token: cli.auth_token.or(file.auth_token),
         auth_token_ttl: cli.auth_token_ttl.or(file.auth_token_ttl),
         bcrypt_cost: cli.bcrypt_cost.or(file.bcrypt_cost),
+        experimental_initial_corrupt_check: cli
+            .experimental_initial_corrupt_check
+            .or(file.experimental_initial_corrupt_check),
         config_file: Some(path),
         node: file.node,
     })
@@ -563,6 +576,9 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
             a.peer_client_cert_auth,
             "--peer-cert-file",
         )?,
+        initial_corrupt_check: a
+            .experimental_initial_corrupt_check
+            .unwrap_or(d.initial_corrupt_check),
     })
 }
 
@@ -799,6 +815,8 @@ async fn serve(cfg: ServerConfig, metrics_urls: Vec<String>) -> ExitCode {
                     ExitCode::from(2)
                 }
                 ServerError::Node(dengine::Error::Config(_)) => ExitCode::from(2),
+                // Not a bad setting: what the store holds (exit 1).
+                ServerError::Inconsistent(_) => ExitCode::FAILURE,
                 _ => ExitCode::FAILURE,
             };
         }
