@@ -114,7 +114,7 @@ pub fn judge(local: HistoryHash, answers: &[(NodeId, PeerHash)]) -> Verdict {
                 if h.hash == local.hash {
                     agreed += 1;
                 } else {
-                    differ.push((*id, h.clone()));
+                    differ.push((*id, *h));
                 }
             }
             _ => skipped += 1,
