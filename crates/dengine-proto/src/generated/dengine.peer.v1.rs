@@ -667,8 +667,9 @@ pub mod peer_client {
         /// The hash of the receiver's key-value history up to a revision (what
         /// etcd's HashKV gives), asked by a member that starts, to compare its
         /// own store with its peers' before it serves clients (etcd's initial
-        /// corruption check). A revision the receiver has not reached yet is
-        /// refused with OUT_OF_RANGE, a compacted one with FAILED_PRECONDITION.
+        /// corruption check). A revision the receiver has not reached yet, or
+        /// has compacted, is refused with etcd's status for it (OUT_OF_RANGE,
+        /// "... is a future revision" or "... has been compacted").
         pub async fn hash_kv(
             &mut self,
             request: impl tonic::IntoRequest<super::HashKvRequest>,
@@ -745,8 +746,9 @@ pub mod peer_server {
         /// The hash of the receiver's key-value history up to a revision (what
         /// etcd's HashKV gives), asked by a member that starts, to compare its
         /// own store with its peers' before it serves clients (etcd's initial
-        /// corruption check). A revision the receiver has not reached yet is
-        /// refused with OUT_OF_RANGE, a compacted one with FAILED_PRECONDITION.
+        /// corruption check). A revision the receiver has not reached yet, or
+        /// has compacted, is refused with etcd's status for it (OUT_OF_RANGE,
+        /// "... is a future revision" or "... has been compacted").
         async fn hash_kv(
             &self,
             request: tonic::Request<super::HashKvRequest>,
