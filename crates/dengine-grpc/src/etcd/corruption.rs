@@ -21,8 +21,10 @@
 //! Only hashes at the same revision and the same compacted revision are
 //! compared (a store compacted elsewhere keeps other records). A peer that
 //! does not answer, has not reached the revision yet, or compacted past it
-//! is skipped after a while, and logged: the check never keeps a member
-//! from starting because a peer is down.
+//! is skipped, and logged: after the request timeout, or half a second
+//! after another peer agreed (the member starts then, whatever the rest
+//! say). The check never keeps a member from starting because a peer is
+//! down.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -160,6 +162,54 @@ async fn ask(
     }
 }
 
+/// How long the other peers are waited for once one agrees: whatever they
+/// answer then, this member starts (see [`judge`]), so a peer that is down
+/// delays the start no longer than this.
+const AFTER_AGREEMENT: Duration = Duration::from_millis(500);
+
+/// The answers of `asks`: all of them, or those in by [`AFTER_AGREEMENT`]
+/// after the first that agrees with `local` (the others skipped).
+async fn gather<F>(asks: Vec<F>, peers: &[NodeId], local: HistoryHash) -> Vec<(NodeId, PeerHash)>
+where
+    F: std::future::Future<Output = (NodeId, PeerHash)>,
+{
+    use futures_util::StreamExt;
+    let mut pending: futures_util::stream::FuturesUnordered<F> = asks.into_iter().collect();
+    let mut answers = Vec::with_capacity(peers.len());
+    let mut cutoff: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match cutoff {
+            Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => pending.next().await,
+        };
+        let Some((peer, answer)) = next else {
+            return answers;
+        };
+        let agrees = matches!(&answer, PeerHash::Hash(h) if h.hash == local.hash
+            && h.revision == local.revision && h.compact_revision == local.compact_revision);
+        if agrees && cutoff.is_none() {
+            cutoff = Some(tokio::time::Instant::now() + AFTER_AGREEMENT);
+        }
+        answers.push((peer, answer));
+    }
+    // The peers still asked (down, or slow) are skipped.
+    let missing: Vec<NodeId> = peers
+        .iter()
+        .filter(|p| !answers.iter().any(|(a, _)| a == *p))
+        .copied()
+        .collect();
+    answers.extend(missing.into_iter().map(|p| {
+        (
+            p,
+            PeerHash::Skipped("no answer before another peer agreed".into()),
+        )
+    }));
+    answers
+}
+
 fn is_compacted(s: &Status) -> bool {
     s.code() == Code::OutOfRange && s.message() == errors::compacted().message()
 }
@@ -207,7 +257,7 @@ impl InitialCheck<'_> {
             .await;
             (p, answer)
         });
-        let answers = futures_util::future::join_all(asks).await;
+        let answers = gather(asks.collect(), &self.peers, local).await;
         for (peer, answer) in &answers {
             if let PeerHash::Skipped(why) = answer {
                 tracing::warn!(peer = %format!("{:x}", peer.0), revision = local.revision, why,
@@ -330,5 +380,44 @@ mod tests {
                 skipped: 3
             }
         );
+    }
+
+    type Ask = Pin<Box<dyn std::future::Future<Output = (NodeId, PeerHash)> + Send>>;
+
+    fn answer(id: u64, h: PeerHash) -> Ask {
+        Box::pin(async move { (NodeId(id), h) })
+    }
+
+    fn never(_id: u64) -> Ask {
+        Box::pin(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_is_skipped_once_another_agrees() {
+        let asks = vec![answer(2, hash(7, 100, 40)), never(3)];
+        let got = gather(asks, &[NodeId(2), NodeId(3)], local()).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], (NodeId(2), hash(7, 100, 40)));
+        assert!(matches!(&got[1], (NodeId(3), PeerHash::Skipped(_))));
+        assert!(matches!(
+            judge(local(), &got),
+            Verdict::Consistent {
+                agreed: 1,
+                skipped: 1
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_awaited_while_none_agrees() {
+        let late: Ask = Box::pin(async {
+            tokio::time::sleep(AFTER_AGREEMENT * 2).await;
+            (NodeId(3), hash(9, 100, 40))
+        });
+        let asks = vec![answer(2, hash(8, 100, 40)), late];
+        let got = gather(asks, &[NodeId(2), NodeId(3)], local()).await;
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|(_, h)| matches!(h, PeerHash::Hash(_))));
+        assert!(matches!(judge(local(), &got), Verdict::Inconsistent(d) if d.len() == 2));
     }
 }
