@@ -131,6 +131,11 @@ pub struct ServerConfig {
     /// (`--experimental-initial-corrupt-check`; see
     /// [`crate::etcd::corruption`]). On by default (etcd's default is off).
     pub initial_corrupt_check: bool,
+    /// How often the leader compares its peers' key-value history with its
+    /// own, raising the `CORRUPT` alarm for a member that differs
+    /// (`--experimental-corrupt-check-time`; `None`, the default as in
+    /// etcd: never; see [`crate::etcd::corruption::run_periodic`]).
+    pub corrupt_check_interval: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -160,6 +165,7 @@ impl Default for ServerConfig {
             auth: AuthSettings::default(),
             auth_token_ttl: dengine_kv::DEFAULT_TOKEN_TTL,
             initial_corrupt_check: true,
+            corrupt_check_interval: None,
         }
     }
 }
@@ -491,6 +497,19 @@ impl Server {
             measuring.await;
             Ok(())
         }));
+        if let Some(every) = cfg.corrupt_check_interval {
+            let checking = crate::etcd::corruption::run_periodic(
+                core.clone(),
+                transport.clone(),
+                identity.clone(),
+                every,
+                stopped.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                checking.await;
+                Ok(())
+            }));
+        }
         let expiry = lease::run_expiry(core.clone(), lessor.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
             expiry.await;

@@ -121,6 +121,12 @@ impl Alarms {
     pub(crate) fn no_space(&self) -> bool {
         self.raised.iter().any(|(_, k)| *k == AlarmKind::NoSpace)
     }
+
+    /// Whether a member's store was found to differ from the others':
+    /// writes are refused.
+    pub(crate) fn corrupt(&self) -> bool {
+        self.raised.iter().any(|(_, k)| *k == AlarmKind::Corrupt)
+    }
 }
 
 /// Whether a transaction puts anything, in either branch, at any depth
@@ -155,6 +161,26 @@ impl KvStateMachine {
     pub(crate) fn check_space(&self, cmd: &KvCommand) -> Result<(), KvError> {
         if self.alarms.no_space() && grows(cmd) {
             return Err(KvError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Refuses `cmd` while a `CORRUPT` alarm is raised and it is one of
+    /// the requests etcd's `applierV3Corrupt` refuses: puts, deletes,
+    /// transactions, compactions, lease grants and revokes. Reads are not
+    /// applied, so they go on; alarms, members and auth go on too.
+    pub(crate) fn check_corrupt(&self, cmd: &KvCommand) -> Result<(), KvError> {
+        let refused = matches!(
+            cmd,
+            KvCommand::Put(_)
+                | KvCommand::DeleteRange(_)
+                | KvCommand::Txn(_)
+                | KvCommand::Compact(_)
+                | KvCommand::LeaseGrant(_)
+                | KvCommand::LeaseRevoke(_)
+        );
+        if refused && self.alarms.corrupt() {
+            return Err(KvError::Corrupt);
         }
         Ok(())
     }
@@ -206,6 +232,46 @@ mod tests {
             value: b"v".to_vec(),
             ..PutRequest::default()
         }
+    }
+
+    #[test]
+    fn corrupt_refuses_every_write_until_disarmed() {
+        let mut kv = KvStateMachine::in_memory();
+        apply(&mut kv, KvCommand::Put(put("a"))).expect("put");
+        let mut alarm = AlarmRequest {
+            activate: true,
+            member: 9,
+            kind: AlarmKind::Corrupt,
+        };
+        apply(&mut kv, KvCommand::Alarm(alarm.clone())).expect("raise");
+        let del = DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: Vec::new(),
+            prev_kv: false,
+        };
+        let refused = [
+            KvCommand::Put(put("b")),
+            KvCommand::DeleteRange(del.clone()),
+            KvCommand::Compact(CompactRequest { revision: 2 }),
+            KvCommand::LeaseGrant(LeaseGrantRequest { id: 1, ttl: 5 }),
+            KvCommand::LeaseRevoke(LeaseRevokeRequest { id: 1 }),
+            KvCommand::Txn(TxnRequest {
+                compare: Vec::new(),
+                success: Vec::new(),
+                failure: Vec::new(),
+            }),
+        ];
+        for cmd in refused {
+            assert_eq!(
+                apply(&mut kv, cmd.clone()),
+                Err(KvError::Corrupt),
+                "{cmd:?}"
+            );
+        }
+        assert_eq!(kv.revision(), 2, "nothing was written");
+        alarm.activate = false;
+        apply(&mut kv, KvCommand::Alarm(alarm)).expect("disarm");
+        apply(&mut kv, KvCommand::DeleteRange(del)).expect("delete after the disarm");
     }
 
     #[test]

@@ -640,6 +640,7 @@ impl KvStateMachine {
             cmd => cmd,
         };
         validate(cmd)?;
+        self.check_corrupt(cmd)?;
         self.check_space(cmd)?;
         self.events = self
             .sink

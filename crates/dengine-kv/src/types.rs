@@ -496,6 +496,11 @@ pub enum KvError {
     /// refused (etcd's `ErrNoSpace`; nothing changed).
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// A `CORRUPT` alarm is raised: a member's store differs from the
+    /// others', and writes are refused (etcd's `ErrCorrupt`; nothing
+    /// changed).
+    #[error("corrupt cluster")]
+    Corrupt,
     /// The auth store refused (etcd's auth errors; nothing changed).
     #[error("{0}")]
     Auth(#[from] crate::AuthError),

@@ -310,6 +310,76 @@ impl InitialCheck<'_> {
     }
 }
 
+/// etcd's periodic corruption check (`--experimental-corrupt-check-time`):
+/// every `every`, the member that leads hashes its history at its current
+/// revision and asks its peers for theirs. A peer that differs while
+/// another agrees with the leader gets a `CORRUPT` alarm; when peers differ
+/// and none agrees, the leader raises it for itself. The alarm is
+/// replicated, and while it is raised every member refuses writes with
+/// etcd's "etcdserver: corrupt cluster" (reads go on), until an operator
+/// repairs the member and disarms it (`etcdctl alarm disarm`). Until
+/// `stop`.
+pub async fn run_periodic(
+    core: std::sync::Arc<EtcdCore>,
+    transport: GrpcTransport,
+    identity: PeerIdentity,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let me = core.member_id;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if core.leader_now() != Some(me) {
+            continue;
+        }
+        let looked = core
+            .read(true, move |kv| {
+                let peers: Vec<NodeId> = kv
+                    .members()
+                    .members
+                    .keys()
+                    .map(|&id| NodeId(id))
+                    .filter(|&id| id != me)
+                    .collect();
+                kv.hash_kv(0).map(|h| (h, peers, kv.alarms()))
+            })
+            .await;
+        let Ok(Ok((local, peers, raised))) = looked else {
+            continue;
+        };
+        let within = every.min(Duration::from_secs(5));
+        let asks = peers.iter().map(|&p| {
+            let (transport, identity) = (&transport, &identity);
+            async move { (p, ask(transport, identity, p, local.revision, within).await) }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let suspects: Vec<NodeId> = match judge(local, &answers) {
+            Verdict::Consistent { .. } => continue,
+            Verdict::PeersDiffer(differ) => differ.into_iter().map(|(p, _)| p).collect(),
+            Verdict::Inconsistent(_) => vec![me],
+        };
+        for member in suspects {
+            if raised.contains(&(member.0, dengine_kv::AlarmKind::Corrupt)) {
+                continue;
+            }
+            tracing::error!(member = %format!("{:x}", member.0), revision = local.revision,
+                "found data inconsistency with peers: raising the CORRUPT alarm for this \
+                 member; writes are refused until it is repaired and the alarm disarmed");
+            let alarm = dengine_kv::KvCommand::Alarm(dengine_kv::AlarmRequest {
+                activate: true,
+                member: member.0,
+                kind: dengine_kv::AlarmKind::Corrupt,
+            });
+            if let Err(e) = core.write(&alarm).await {
+                tracing::warn!(error = %e.message(), "raising the CORRUPT alarm failed");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

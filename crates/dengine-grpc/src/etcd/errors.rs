@@ -151,6 +151,7 @@ pub fn from_kv(e: &KvError) -> Status {
         KvError::MemberNotFound => member_not_found(),
         KvError::PeerUrlExists => peer_url_exists(),
         KvError::NoSpace => no_space(),
+        KvError::Corrupt => corrupt(),
         KvError::Auth(a) => from_auth(a),
         other => Status::internal(format!("etcdserver: {other}")),
     }
@@ -240,6 +241,12 @@ pub fn no_space() -> Status {
         Code::ResourceExhausted,
         "etcdserver: mvcc: database space exceeded",
     )
+}
+
+/// etcd's `ErrGRPCCorrupt`: "etcdserver: corrupt cluster", while a
+/// `CORRUPT` alarm is raised.
+pub fn corrupt() -> Status {
+    Status::new(Code::DataLoss, "etcdserver: corrupt cluster")
 }
 
 /// etcd's `ErrGRPCMemberNotEnoughStarted`.

@@ -200,6 +200,7 @@ fn decode_result(r: wire::ForwardResult) -> Outcome {
             Ok(Kind::LeaseNotFound) => errors::lease_not_found(),
             Ok(Kind::LeaseExists) => Status::failed_precondition(errors::LEASE_EXISTS),
             Ok(Kind::NoSpace) => errors::no_space(),
+            Ok(Kind::Corrupt) => errors::corrupt(),
             Ok(Kind::FutureRevision) => errors::future_revision(),
             Ok(Kind::Auth) => match dengine_kv::AuthError::from_message(&e.message) {
                 Some(a) => errors::from_auth(&a),
@@ -272,6 +273,7 @@ fn encode_outcome(
                 error_result(Kind::LeaseExists, e.to_string(), NodeId::NONE)
             }
             Err(e @ KvError::NoSpace) => error_result(Kind::NoSpace, e.to_string(), NodeId::NONE),
+            Err(e @ KvError::Corrupt) => error_result(Kind::Corrupt, e.to_string(), NodeId::NONE),
             Err(e @ KvError::FutureRevision) => {
                 error_result(Kind::FutureRevision, e.to_string(), NodeId::NONE)
             }

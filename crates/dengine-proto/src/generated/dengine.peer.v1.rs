@@ -160,6 +160,8 @@ pub mod forward_error {
         NoSpace = 11,
         /// The auth store refused the command; the message is the error's text.
         Auth = 12,
+        /// A CORRUPT alarm is raised and the command writes.
+        Corrupt = 13,
     }
     impl Kind {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -181,6 +183,7 @@ pub mod forward_error {
                 Self::LeaseExists => "LEASE_EXISTS",
                 Self::NoSpace => "NO_SPACE",
                 Self::Auth => "AUTH",
+                Self::Corrupt => "CORRUPT",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -199,6 +202,7 @@ pub mod forward_error {
                 "LEASE_EXISTS" => Some(Self::LeaseExists),
                 "NO_SPACE" => Some(Self::NoSpace),
                 "AUTH" => Some(Self::Auth),
+                "CORRUPT" => Some(Self::Corrupt),
                 _ => None,
             }
         }

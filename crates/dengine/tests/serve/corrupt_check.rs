@@ -190,4 +190,64 @@ async fn a_damaged_store_is_found_at_start_and_the_member_refused() {
         log.contains("found data inconsistency with peers") && log.contains(&format!("{id2:x}")),
         "member 1 does not name member 2 ({id2:x}) as differing:\n{log}"
     );
+
+    // The periodic check: every member restarted with it (member 2 still
+    // without the start-up check). Whichever leads finds member 2's store
+    // is the one that differs (if member 2 leads, no peer agrees with it)
+    // and raises its CORRUPT alarm; then writes fail with etcd's error,
+    // reads go on.
+    for i in [0, 1, 2] {
+        let status = c.terminate(i, Duration::from_secs(20));
+        assert!(status.success());
+        let flags = [
+            "--experimental-corrupt-check-time",
+            "1s",
+            "--experimental-initial-corrupt-check",
+            "false",
+        ];
+        let n = if i == 2 { 4 } else { 2 };
+        c.extra.extend(flags[..n].iter().map(|s| s.to_string()));
+        c.start(i);
+        c.extra.truncate(c.extra.len() - n);
+        crate::harness::wait_leader(&c, i, Duration::from_secs(20)).await;
+    }
+    let mut cl = client(&c, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alarms = cl
+            .alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            )
+            .await
+            .expect("alarm list");
+        let corrupt: Vec<u64> = alarms
+            .alarms()
+            .iter()
+            .filter(|a| a.alarm() == etcd_client::AlarmType::Corrupt)
+            .map(|a| a.member_id())
+            .collect();
+        if !corrupt.is_empty() {
+            assert_eq!(corrupt, vec![id2], "the alarm is raised for member 2 only");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CORRUPT alarm was raised:\n{}\n{}",
+            c.log(0),
+            c.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = cl
+        .put("k/after", "x", None)
+        .await
+        .expect_err("a write while the CORRUPT alarm is raised");
+    assert_eq!(
+        crate::harness::status_of(refused),
+        (tonic::Code::DataLoss, "etcdserver: corrupt cluster".into())
+    );
+    let got = cl.get("k/042", None).await.expect("a read goes on");
+    assert_eq!(got.kvs()[0].value(), b"value-042-original");
 }

@@ -272,6 +272,12 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     experimental_initial_corrupt_check: Option<bool>,
+    /// How often the leader compares its peers' key-value history with its
+    /// own and raises the CORRUPT alarm for a member that differs (writes
+    /// then fail with "etcdserver: corrupt cluster"), as a duration (5m,
+    /// 30s); etcd's flag, 0 (never) by default.
+    #[arg(long, env = "DENGINE_EXPERIMENTAL_CORRUPT_CHECK_TIME")]
+    experimental_corrupt_check_time: Option<String>,
     /// A TOML file with any of these settings (names with `_`), and a
     /// `[node]` table of the node's own settings (tick_ms, ...).
     #[arg(long, env = "DENGINE_CONFIG_FILE")]
@@ -414,6 +420,9 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         experimental_initial_corrupt_check: cli
             .experimental_initial_corrupt_check
             .or(file.experimental_initial_corrupt_check),
+        experimental_corrupt_check_time: cli
+            .experimental_corrupt_check_time
+            .or(file.experimental_corrupt_check_time),
         config_file: Some(path),
         node: file.node,
     })
@@ -517,6 +526,19 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
                 )
             })?,
     };
+    let corrupt_check_interval = match a.experimental_corrupt_check_time {
+        None => None,
+        Some(text) if text.trim() == "0" => None,
+        Some(text) => {
+            let every = dengine::grpc::etcd::compactor::parse_duration(&text).ok_or_else(|| {
+                format!(
+                    "--experimental-corrupt-check-time {text:?}: expected a duration such \
+                     as 5m, 30s or 0 (never)"
+                )
+            })?;
+            (!every.is_zero()).then_some(every)
+        }
+    };
     let mut peer = d.peer;
     if let Some(n) = a.max_peer_message_bytes {
         peer.max_message_bytes = n;
@@ -579,6 +601,7 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
         initial_corrupt_check: a
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),
+        corrupt_check_interval,
     })
 }
 

@@ -263,6 +263,11 @@ pub fn explain(e: &Error, conn: &Conn) -> String {
                 "{message}: compact old revisions (`dengine compact`), defragment, then disarm the \
                  alarm (etcdctl alarm disarm)"
             ),
+            ErrorKind::Corrupt => format!(
+                "{message}: a member's store differs from the others' (`etcdctl alarm list` names \
+                 it); repair it (`dengine member repair`), then disarm the alarm (etcdctl alarm \
+                 disarm)"
+            ),
             ErrorKind::LeaseNotFound => format!("{message}: the lease expired or was revoked"),
             ErrorKind::TooManyRequests => {
                 format!("{message}: the cluster is overloaded; retry with less load")
