@@ -79,8 +79,6 @@ pub enum ErrorKind {
     FutureRevision,
     /// "etcdserver: mvcc: database space exceeded"
     NoSpace,
-    /// "etcdserver: corrupt cluster" (a `CORRUPT` alarm is raised)
-    Corrupt,
     /// "etcdserver: requested lease not found"
     LeaseNotFound,
     /// "etcdserver: lease already exists"
@@ -172,7 +170,6 @@ const KINDS: &[(&str, ErrorKind)] = &[
         "etcdserver: mvcc: database space exceeded",
         ErrorKind::NoSpace,
     ),
-    ("etcdserver: corrupt cluster", ErrorKind::Corrupt),
     (
         "etcdserver: requested lease not found",
         ErrorKind::LeaseNotFound,
