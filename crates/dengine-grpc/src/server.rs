@@ -573,11 +573,7 @@ impl Server {
                 within: node_cfg.request_timeout(),
             };
             if let Err(why) = check.run().await {
-                let _ = stop.send(true);
-                for task in tasks {
-                    let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-                }
-                let _ = node.shutdown().await;
+                let _ = wind_down(&stop, tasks, &node).await;
                 return Err(ServerError::Inconsistent(why));
             }
         }
@@ -693,18 +689,28 @@ impl Server {
     /// Stops taking connections, lets in-flight requests finish or fail,
     /// then stops the node (flushing and closing its stores).
     pub async fn shutdown(self) -> Result<(), ServerError> {
-        let _ = self.stop.send(true);
-        let grace = tokio::time::sleep(Duration::from_secs(3));
-        tokio::pin!(grace);
-        for task in self.tasks {
-            tokio::select! {
-                _ = task => {}
-                _ = &mut grace => break,
-            }
-        }
-        self.node.shutdown().await?;
-        Ok(())
+        wind_down(&self.stop, self.tasks, &self.node).await
     }
+}
+
+/// Stops the member's tasks (3 s of grace in all for them to finish what
+/// is in flight), then the node.
+async fn wind_down(
+    stop: &watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    node: &Node<KvStateMachine>,
+) -> Result<(), ServerError> {
+    let _ = stop.send(true);
+    let grace = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(grace);
+    for task in tasks {
+        tokio::select! {
+            _ = task => {}
+            _ = &mut grace => break,
+        }
+    }
+    node.shutdown().await?;
+    Ok(())
 }
 
 /// The TLS settings of one port, loaded, when its listen URLs ask for TLS
