@@ -232,11 +232,11 @@ pub fn decode_entry(record: &[u8]) -> Result<Entry, CodecError> {
             } else {
                 Vec::new()
             };
-            EntryPayload::ConfChange(ConfChange {
+            EntryPayload::ConfChange(Box::new(ConfChange {
                 transition,
                 steps,
                 context,
-            })
+            }))
         }
         _ => return Err(CodecError::Invalid("entry payload kind")),
     };
@@ -333,11 +333,11 @@ mod tests {
         let old = Entry {
             term: Term(1),
             index: LogIndex(1),
-            payload: EntryPayload::ConfChange(ConfChange {
+            payload: EntryPayload::ConfChange(Box::new(ConfChange {
                 transition: ConfChangeTransition::Auto,
                 steps: vec![ConfChangeStep::AddVoter(NodeId(1))],
                 context: Vec::new(),
-            }),
+            })),
         };
         // term 1, index 1, kind 2, Auto, one step: AddVoter 1 (all LE).
         let mut body = Vec::new();
@@ -367,7 +367,7 @@ mod tests {
             Entry {
                 term: Term(4),
                 index: LogIndex(9),
-                payload: EntryPayload::ConfChange(ConfChange {
+                payload: EntryPayload::ConfChange(Box::new(ConfChange {
                     transition: ConfChangeTransition::JointExplicit,
                     steps: vec![
                         ConfChangeStep::AddVoter(NodeId(4)),
@@ -375,16 +375,16 @@ mod tests {
                         ConfChangeStep::AddLearner(NodeId(5)),
                     ],
                     context: Vec::new(),
-                }),
+                })),
             },
             Entry {
                 term: Term(4),
                 index: LogIndex(10),
-                payload: EntryPayload::ConfChange(ConfChange {
+                payload: EntryPayload::ConfChange(Box::new(ConfChange {
                     transition: ConfChangeTransition::Auto,
                     steps: vec![ConfChangeStep::AddVoter(NodeId(6))],
                     context: b"peer-urls=http://10.0.0.6:2380".to_vec(),
-                }),
+                })),
             },
         ]
     }

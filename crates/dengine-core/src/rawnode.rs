@@ -472,14 +472,14 @@ pub fn bootstrap_entry(voters: impl IntoIterator<Item = NodeId>) -> Entry {
     Entry {
         term: Term(1),
         index: LogIndex(1),
-        payload: EntryPayload::ConfChange(ConfChange {
+        payload: EntryPayload::ConfChange(Box::new(ConfChange {
             transition: crate::types::ConfChangeTransition::Auto,
             steps: voters
                 .into_iter()
                 .map(crate::types::ConfChangeStep::AddVoter)
                 .collect(),
             context: Vec::new(),
-        }),
+        })),
     }
 }
 

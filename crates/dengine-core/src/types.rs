@@ -286,7 +286,9 @@ pub enum EntryPayload {
     /// wire) bumps a reference count and never copies the data.
     Normal(Bytes),
     /// A membership change; applied to the configuration when committed.
-    ConfChange(ConfChange),
+    /// Boxed: changes are rare, and inline they would make every entry
+    /// half as large again (entries are moved and cloned on every path).
+    ConfChange(Box<ConfChange>),
 }
 
 impl EntryPayload {

@@ -36,7 +36,7 @@ fn entries() -> Vec<Entry> {
         Entry {
             term: Term(4),
             index: LogIndex(9),
-            payload: EntryPayload::ConfChange(ConfChange {
+            payload: EntryPayload::ConfChange(Box::new(ConfChange {
                 transition: ConfChangeTransition::JointExplicit,
                 steps: vec![
                     ConfChangeStep::AddVoter(NodeId(1)),
@@ -44,7 +44,7 @@ fn entries() -> Vec<Entry> {
                     ConfChangeStep::Remove(NodeId(3)),
                 ],
                 context: b"{\"peer_urls\":[\"http://10.0.0.1:2380\"]}".to_vec(),
-            }),
+            })),
         },
     ]
 }

@@ -228,7 +228,7 @@ fn a_change_of_several_voters_goes_through_a_joint_config_and_leaves_it() {
     assert_eq!(leave.index, idx.next());
     assert_eq!(
         leave.payload,
-        EntryPayload::ConfChange(ConfChange::leave_joint())
+        EntryPayload::ConfChange(Box::new(ConfChange::leave_joint()))
     );
     for id in [4, 5] {
         assert_eq!(conf(&c, id), after, "node {id}");
@@ -482,12 +482,12 @@ fn a_leader_that_removes_itself_hands_over_to_the_most_caught_up_voter() {
 
 fn carries_leave(m: &dengine_core::Message) -> bool {
     matches!(&m.body, MessageBody::AppendEntries { entries, .. }
-        if entries.iter().any(|e| e.payload == EntryPayload::ConfChange(ConfChange::leave_joint())))
+        if entries.iter().any(|e| e.payload == EntryPayload::ConfChange(Box::new(ConfChange::leave_joint()))))
 }
 
 /// How many "leave joint" entries node `id` has in its log.
 fn leave_entries(c: &Cluster, id: u64) -> usize {
-    let leave = EntryPayload::ConfChange(ConfChange::leave_joint());
+    let leave = EntryPayload::ConfChange(Box::new(ConfChange::leave_joint()));
     let s = c.node(id).storage.lock();
     s.entries.iter().filter(|e| e.payload == leave).count()
 }

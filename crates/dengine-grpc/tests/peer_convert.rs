@@ -78,7 +78,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     let payload = prop_oneof![
         Just(EntryPayload::Blank),
         vec(any::<u8>(), 0..64).prop_map(|d| EntryPayload::Normal(d.into())),
-        conf_change().prop_map(EntryPayload::ConfChange),
+        conf_change().prop_map(|c| EntryPayload::ConfChange(Box::new(c))),
     ];
     (any::<u64>(), any::<u64>(), payload).prop_map(|(term, index, payload)| Entry {
         term: Term(term),

@@ -35,7 +35,7 @@ impl<S: LogStorage> Raft<S> {
         self.append_entries(vec![Entry {
             term: self.term,
             index,
-            payload: EntryPayload::ConfChange(cc),
+            payload: EntryPayload::ConfChange(Box::new(cc)),
         }])?;
         Ok(index)
     }
@@ -113,7 +113,7 @@ impl<S: LogStorage> Raft<S> {
         self.append_entries(vec![Entry {
             term: self.term,
             index: leave,
-            payload: EntryPayload::ConfChange(ConfChange::leave_joint()),
+            payload: EntryPayload::ConfChange(Box::new(ConfChange::leave_joint())),
         }])
     }
 

@@ -217,7 +217,7 @@ fn entry_to_wire(entry: Entry) -> wire::Entry {
         EntryPayload::Blank => WirePayload::Blank(wire::Blank {}),
         // The same shared buffer: no copy.
         EntryPayload::Normal(data) => WirePayload::Normal(data),
-        EntryPayload::ConfChange(change) => WirePayload::ConfChange(conf_change_to_wire(change)),
+        EntryPayload::ConfChange(change) => WirePayload::ConfChange(conf_change_to_wire(*change)),
     };
     wire::Entry {
         term: entry.term.get(),
@@ -231,7 +231,9 @@ fn entry_from_wire(entry: wire::Entry) -> Result<Entry, WireError> {
         WirePayload::Blank(wire::Blank {}) => EntryPayload::Blank,
         // Keeps the received buffer (a slice of it): no copy.
         WirePayload::Normal(data) => EntryPayload::Normal(data),
-        WirePayload::ConfChange(change) => EntryPayload::ConfChange(conf_change_from_wire(change)?),
+        WirePayload::ConfChange(change) => {
+            EntryPayload::ConfChange(Box::new(conf_change_from_wire(change)?))
+        }
     };
     Ok(Entry {
         term: Term(entry.term),

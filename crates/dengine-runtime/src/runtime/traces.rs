@@ -29,6 +29,11 @@ const MAX_TRACED: usize = 10_000;
 
 /// The span of the calling code, if it is in one.
 pub(crate) fn current() -> Trace {
+    // Without a subscriber there is no span: one load instead of a lookup
+    // of the current span on every proposal.
+    if !tracing::dispatcher::has_been_set() {
+        return None;
+    }
     let span = Span::current();
     (!span.is_none()).then(|| Box::new(span))
 }
