@@ -107,6 +107,10 @@ impl KvBackend for MemoryBackend {
     }
 }
 
+pub use self::log_backend::LogBackend;
+
+mod log_backend;
+
 #[cfg(feature = "sled")]
 pub use self::sled_backend::SledBackend;
 

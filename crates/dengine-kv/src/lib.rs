@@ -44,10 +44,12 @@
 //! ## In memory and on disk
 //! An in-memory index (as etcd's) maps each key to the revisions of its
 //! writes and its current counters; values live only in the records, in
-//! a database of their own under `data_dir/kv` (sled or RocksDB, as
-//! [`dengine_runtime::Config::storage`] says, with their caches; an
-//! ordered map for a node in memory), so memory grows with the keys and
-//! retained revisions, not the size of the values. Each record is sealed
+//! a database of their own under `data_dir/kv` (the record log,
+//! [`LogBackend`], for the default storage kind, where each record's
+//! place on disk is kept in memory; RocksDB, as
+//! [`dengine_runtime::Config::storage`] says; sled for a store made on it
+//! before; an ordered map for a node in memory), so memory grows with the
+//! keys and retained revisions, not the size of the values. Each record is sealed
 //! with a CRC32; all are read and checked when the store opens, to build
 //! the index. The records of a batch of entries go in one atomic write
 //! together with the index they reach, without fsync: the Raft log is the
@@ -63,7 +65,8 @@
 //! refused with an error naming it (never guessed at): commands (a first
 //! byte, [`COMMAND_VERSION`], as in [`dengine_runtime::typed`]), each
 //! record and the store's own record in the database (a first byte inside
-//! the CRC32 seal), the sled database's layout (see `SledBackend`) and
+//! the CRC32 seal), the record log's segments (see `LogBackend`), the
+//! sled database's layout (see `SledBackend`) and
 //! snapshots (`DKV` and a version digit). A database or snapshot of the
 //! format before the history was kept is converted when it is read, into
 //! a history compacted at its revision. A database or snapshot from before
@@ -98,7 +101,7 @@ pub use auth::{
 pub use backend::RocksBackend;
 #[cfg(feature = "sled")]
 pub use backend::SledBackend;
-pub use backend::{Change, KvBackend, MemoryBackend, Visit};
+pub use backend::{Change, KvBackend, LogBackend, MemoryBackend, Visit};
 pub use events::{Event, EventKind, EventSink, History, HistoryHash, LeaseChange};
 pub use members::{MemberInfo, MemberList, encode_context};
 pub use store::KvStateMachine;

@@ -226,9 +226,12 @@ impl KvStateMachine {
         let backend: Box<dyn KvBackend> = match config.storage {
             StorageKind::Memory => return Ok(KvStateMachine::in_memory()),
             #[cfg(feature = "sled")]
-            StorageKind::Sled => {
-                std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+            StorageKind::Sled if crate::backend::SledBackend::is_sled_dir(&dir) => {
                 Box::new(crate::backend::SledBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
+            }
+            #[cfg(feature = "sled")]
+            StorageKind::Sled => {
+                Box::new(crate::backend::LogBackend::open(&dir).map_err(|e| fail(e.to_string()))?)
             }
             #[cfg(feature = "rocksdb")]
             StorageKind::Rocksdb => {

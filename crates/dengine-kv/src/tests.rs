@@ -1067,6 +1067,13 @@ fn survives_restart(open: &dyn Fn() -> Box<dyn KvBackend>) {
     assert_eq!(keys(&sm.range(&range("\0", &[0])).expect("all")), ["z"]);
 }
 
+#[test]
+fn on_the_record_log_flushed_batches_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    survives_restart(&|| Box::new(crate::LogBackend::open(&path).expect("record log")));
+}
+
 #[cfg(feature = "sled")]
 #[test]
 fn on_sled_flushed_batches_survive_a_restart() {

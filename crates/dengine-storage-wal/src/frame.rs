@@ -11,7 +11,7 @@
 const SECTOR: usize = 512;
 
 /// Bytes of a frame's header.
-pub(crate) const HEADER: usize = 12;
+pub const HEADER: usize = 12;
 
 /// Appends the frame of `body` to `out`.
 #[cfg(test)]
@@ -21,7 +21,7 @@ pub(crate) fn push(out: &mut Vec<u8>, body: &[u8]) {
 
 /// Appends a frame to `out` whose body `body` appends (in place: the body
 /// is not copied again).
-pub(crate) fn push_with(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+pub fn push_with(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     body(out);
@@ -34,7 +34,7 @@ pub(crate) fn push_with(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
 
 /// What reading a frame at some offset of a segment found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Read<'a> {
+pub enum Read<'a> {
     /// A whole frame with a good checksum: its body, and where the next
     /// one starts.
     Frame(&'a [u8], usize),
@@ -52,7 +52,7 @@ pub(crate) enum Read<'a> {
 }
 
 /// Reads the frame at `at` of `bytes` (a whole segment).
-pub(crate) fn read(bytes: &[u8], at: usize) -> Read<'_> {
+pub fn read(bytes: &[u8], at: usize) -> Read<'_> {
     let rest = &bytes[at.min(bytes.len())..];
     if rest.iter().all(|&b| b == 0) {
         return Read::End;

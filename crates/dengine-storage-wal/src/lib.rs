@@ -71,7 +71,7 @@
 //! repaired silently.
 #![deny(missing_docs)]
 
-mod frame;
+pub mod frame;
 mod log;
 mod record;
 mod segment;

@@ -111,6 +111,12 @@ pub struct SledBackend {
 }
 
 impl SledBackend {
+    /// Whether `path` holds a sled database (its `conf` file), as a data
+    /// directory made before the store had a log of its own does.
+    pub fn is_sled_dir(path: &std::path::Path) -> bool {
+        path.join("conf").is_file()
+    }
+
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &std::path::Path) -> io::Result<SledBackend> {
         let db = dengine_storage_sled::open_db(path, &Default::default()).map_err(err)?;

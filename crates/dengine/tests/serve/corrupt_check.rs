@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dengine::kv::{Change, KvBackend, SledBackend};
+use dengine::kv::{Change, KvBackend, LogBackend};
 
 use crate::harness::{Cluster, client};
 
@@ -19,7 +19,7 @@ use crate::harness::{Cluster, client};
 /// again, or left as it was.
 fn rewrite(dir: &Path, from: &[u8], with: &[u8], reseal: bool) {
     assert_eq!(with.len(), from.len());
-    let mut store = SledBackend::open(&dir.join("kv")).expect("open the member's store");
+    let mut store = LogBackend::open(&dir.join("kv")).expect("open the member's store");
     let mut found = Vec::new();
     store
         .scan(b"r", Some(b"s"), &mut |k, v| {
