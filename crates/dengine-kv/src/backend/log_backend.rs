@@ -374,7 +374,12 @@ impl Inner {
             .get_mut(&seq)
             .ok_or_else(|| io::Error::other("the key-value log has no segment"))?;
         let at = head.len;
-        head.file.write_all(buf)?;
+        if let Err(e) = head.file.write_all(buf) {
+            // Whatever part was written goes, so that the offsets kept
+            // stay true (the store stops on this error in any case).
+            let _ = head.file.set_len(at);
+            return Err(e);
+        }
         head.len += buf.len() as u64;
         self.total += buf.len() as u64;
         Ok((seq, at))
@@ -442,7 +447,15 @@ impl Inner {
     /// Collects segments while the files hold more than twice the live
     /// bytes.
     fn maybe_collect(&mut self) -> io::Result<()> {
-        while self.total > self.gc_min_bytes.max(2 * self.live) && self.segments.len() > 1 {
+        // Only segments older than the one written now: copies are not
+        // copied again in the same round.
+        let head = self.head_seq();
+        while self.total > self.gc_min_bytes.max(2 * self.live)
+            && self
+                .segments
+                .first_key_value()
+                .is_some_and(|(&s, _)| s < head)
+        {
             self.collect_oldest()?;
         }
         Ok(())
