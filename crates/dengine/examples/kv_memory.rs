@@ -52,9 +52,17 @@ fn measure(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Runs this program again to measure the store in `dir`: resident bytes
 /// and keys.
-fn measured(dir: &std::path::Path, storage: &str) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+fn measured(
+    dir: &std::path::Path,
+    storage: &str,
+) -> Result<(u64, u64), Box<dyn std::error::Error>> {
     let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["--measure", &dir.display().to_string(), "--storage", storage])
+        .args([
+            "--measure",
+            &dir.display().to_string(),
+            "--storage",
+            storage,
+        ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut words = text.split_whitespace();

@@ -70,6 +70,37 @@ struct Segment {
     len: u64,
 }
 
+/// Bytes read ahead from a segment when a scan reads a value.
+const SCAN_WINDOW: u64 = 256 << 10;
+
+/// A stretch of one segment a scan read, to serve the values in it.
+#[derive(Default)]
+struct Window {
+    seq: u64,
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    /// The value at `loc`, read from the window, or after reading the
+    /// window that starts with it.
+    fn read(&mut self, seg: &Segment, loc: Loc) -> io::Result<&[u8]> {
+        let len = u64::from(loc.len);
+        let inside = self.seq == loc.seq
+            && loc.offset >= self.start
+            && loc.offset + len <= self.start + self.bytes.len() as u64;
+        if !inside {
+            let size = len.max(SCAN_WINDOW.min(seg.len.saturating_sub(loc.offset)));
+            self.bytes.resize(size as usize, 0);
+            seg.file.read_exact_at(&mut self.bytes, loc.offset)?;
+            self.seq = loc.seq;
+            self.start = loc.offset;
+        }
+        let from = (loc.offset - self.start) as usize;
+        Ok(&self.bytes[from..from + loc.len as usize])
+    }
+}
+
 /// One operation read from a frame's body; the value as its offset in
 /// the body.
 enum Op<'a> {
@@ -549,15 +580,17 @@ impl Inner {
             Bound::Included(start),
             end.map_or(Bound::Unbounded, Bound::Excluded),
         );
-        let mut value = Vec::new();
+        // Values next to each other in a segment (records written in
+        // revision order are) come from one read of a window of the file,
+        // not one read each.
+        let mut window = Window::default();
         for (key, loc) in self.map.range::<[u8], _>(bounds) {
             let seg = self
                 .segments
                 .get(&loc.seq)
                 .ok_or_else(|| io::Error::other(format!("segment {} is gone", loc.seq)))?;
-            value.resize(loc.len as usize, 0);
-            seg.file.read_exact_at(&mut value, loc.offset)?;
-            if !visit(key, &value)? {
+            let value = window.read(seg, *loc)?;
+            if !visit(key, value)? {
                 break;
             }
         }
