@@ -55,6 +55,63 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// Bytes of a key kept inline in [`SmallKey`] (a revision record's key,
+/// 17 bytes, fits).
+const INLINE: usize = 22;
+
+/// A key as the map holds it: short ones (every revision record's)
+/// inline, without an allocation of their own; others boxed.
+#[derive(Clone)]
+enum SmallKey {
+    Inline(u8, [u8; INLINE]),
+    Boxed(Box<[u8]>),
+}
+
+impl SmallKey {
+    fn new(key: &[u8]) -> SmallKey {
+        if key.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            SmallKey::Inline(key.len() as u8, bytes)
+        } else {
+            SmallKey::Boxed(key.into())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            SmallKey::Inline(len, bytes) => &bytes[..usize::from(*len)],
+            SmallKey::Boxed(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for SmallKey {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl PartialEq for SmallKey {
+    fn eq(&self, other: &SmallKey) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for SmallKey {}
+
+impl PartialOrd for SmallKey {
+    fn partial_cmp(&self, other: &SmallKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SmallKey {
+    fn cmp(&self, other: &SmallKey) -> std::cmp::Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
 /// Where a value is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
@@ -203,7 +260,7 @@ struct Inner {
     /// By sequence number; the last is the one written.
     segments: BTreeMap<u64, Segment>,
     /// Every key's value, where it is.
-    map: BTreeMap<Box<[u8]>, Loc>,
+    map: BTreeMap<SmallKey, Loc>,
     /// Bytes of the operations that are current (key, value, overhead).
     live: u64,
     /// Bytes in all the files.
@@ -359,7 +416,7 @@ impl Inner {
                 *old = loc;
             }
             None => {
-                self.map.insert(key.into(), loc);
+                self.map.insert(SmallKey::new(key), loc);
             }
         }
     }
@@ -590,7 +647,7 @@ impl Inner {
                 .get(&loc.seq)
                 .ok_or_else(|| io::Error::other(format!("segment {} is gone", loc.seq)))?;
             let value = window.read(seg, *loc)?;
-            if !visit(key, value)? {
+            if !visit(key.bytes(), value)? {
                 break;
             }
         }
