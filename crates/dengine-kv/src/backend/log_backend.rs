@@ -245,9 +245,19 @@ fn open_segment(path: &Path, create: bool) -> io::Result<File> {
         .open(path)
 }
 
-/// Records in append-only segment files in a directory of their own
-/// (see the module's documentation for the layout and what a crash
-/// keeps).
+/// The store's records in append-only segment files in a directory of
+/// their own (the default storage kind's key-value store).
+///
+/// Each write is one frame (a CRC32 over it, the write-ahead log's
+/// framing) appended to the last 64 MiB segment; where each value is
+/// stays in memory, the values are read from the files. Writes are not
+/// synced as they are made (a full segment is, before the next begins):
+/// after a crash the store reads back a prefix of its writes, each whole
+/// or not at all, and a write cut short at the end of the last segment is
+/// dropped; any other damage fails the open, naming the file and offset.
+/// Space comes back by writing the oldest segment's current values again
+/// at the end and deleting it, once the files hold more than twice the
+/// live bytes and 128 MiB; `defragment` rewrites every segment.
 pub struct LogBackend {
     /// Behind a lock only so that `defragment`, which the trait lets
     /// run beside reads, can rewrite segments; writes reach it without
