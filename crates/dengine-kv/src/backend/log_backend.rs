@@ -29,6 +29,9 @@ use std::sync::{Mutex, PoisonError};
 use dengine_storage_wal::frame::{self, Read};
 
 use super::{Change, KvBackend, Visit};
+// Short keys (every revision record's) inline, without an allocation
+// each, as the index keeps its keys.
+use crate::index::IndexKey;
 
 /// A segment is closed (synced) and the next begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -53,63 +56,6 @@ const OP_OVERHEAD: u64 = 9;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Bytes of a key kept inline in [`SmallKey`] (a revision record's key,
-/// 17 bytes, fits).
-const INLINE: usize = 22;
-
-/// A key as the map holds it: short ones (every revision record's)
-/// inline, without an allocation of their own; others boxed.
-#[derive(Clone)]
-enum SmallKey {
-    Inline(u8, [u8; INLINE]),
-    Boxed(Box<[u8]>),
-}
-
-impl SmallKey {
-    fn new(key: &[u8]) -> SmallKey {
-        if key.len() <= INLINE {
-            let mut bytes = [0; INLINE];
-            bytes[..key.len()].copy_from_slice(key);
-            SmallKey::Inline(key.len() as u8, bytes)
-        } else {
-            SmallKey::Boxed(key.into())
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            SmallKey::Inline(len, bytes) => &bytes[..usize::from(*len)],
-            SmallKey::Boxed(b) => b,
-        }
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for SmallKey {
-    fn borrow(&self) -> &[u8] {
-        self.bytes()
-    }
-}
-
-impl PartialEq for SmallKey {
-    fn eq(&self, other: &SmallKey) -> bool {
-        self.bytes() == other.bytes()
-    }
-}
-
-impl Eq for SmallKey {}
-
-impl PartialOrd for SmallKey {
-    fn partial_cmp(&self, other: &SmallKey) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SmallKey {
-    fn cmp(&self, other: &SmallKey) -> std::cmp::Ordering {
-        self.bytes().cmp(other.bytes())
-    }
 }
 
 /// Where a value is.
@@ -270,7 +216,7 @@ struct Inner {
     /// By sequence number; the last is the one written.
     segments: BTreeMap<u64, Segment>,
     /// Every key's value, where it is.
-    map: BTreeMap<SmallKey, Loc>,
+    map: BTreeMap<IndexKey, Loc>,
     /// Bytes of the operations that are current (key, value, overhead).
     live: u64,
     /// Bytes in all the files.
@@ -426,7 +372,7 @@ impl Inner {
                 *old = loc;
             }
             None => {
-                self.map.insert(SmallKey::new(key), loc);
+                self.map.insert(IndexKey::new(key), loc);
             }
         }
     }
@@ -657,7 +603,7 @@ impl Inner {
                 .get(&loc.seq)
                 .ok_or_else(|| io::Error::other(format!("segment {} is gone", loc.seq)))?;
             let value = window.read(seg, *loc)?;
-            if !visit(key.bytes(), value)? {
+            if !visit(key.as_bytes(), value)? {
                 break;
             }
         }
