@@ -117,15 +117,10 @@ impl Alarms {
         }
     }
 
-    /// Whether writes that grow the store are refused.
-    pub(crate) fn no_space(&self) -> bool {
-        self.raised.iter().any(|(_, k)| *k == AlarmKind::NoSpace)
-    }
-
-    /// Whether a member's store was found to differ from the others':
-    /// writes are refused.
-    pub(crate) fn corrupt(&self) -> bool {
-        self.raised.iter().any(|(_, k)| *k == AlarmKind::Corrupt)
+    /// Whether an alarm of `kind` is raised for any member (`NoSpace`:
+    /// writes that grow the store are refused; `Corrupt`: every write).
+    pub(crate) fn any(&self, kind: AlarmKind) -> bool {
+        self.raised.iter().any(|(_, k)| *k == kind)
     }
 }
 
@@ -159,7 +154,7 @@ impl KvStateMachine {
     /// Refuses `cmd` while a `NOSPACE` alarm is raised and it would grow
     /// the store (etcd's `applierV3Capped`).
     pub(crate) fn check_space(&self, cmd: &KvCommand) -> Result<(), KvError> {
-        if self.alarms.no_space() && grows(cmd) {
+        if self.alarms.any(AlarmKind::NoSpace) && grows(cmd) {
             return Err(KvError::NoSpace);
         }
         Ok(())
@@ -179,7 +174,7 @@ impl KvStateMachine {
                 | KvCommand::LeaseGrant(_)
                 | KvCommand::LeaseRevoke(_)
         );
-        if refused && self.alarms.corrupt() {
+        if refused && self.alarms.any(AlarmKind::Corrupt) {
             return Err(KvError::Corrupt);
         }
         Ok(())

@@ -738,6 +738,19 @@ proptest! {
     ) {
         same_as_model(KvStateMachine::in_memory(), cmds, &cuts, &reads)?;
     }
+
+    /// The same on the record log.
+    #[test]
+    fn the_store_on_the_record_log_behaves_as_the_model(
+        cmds in prop::collection::vec(command(), 1..40),
+        cuts in prop::collection::vec(1usize..6, 1..40),
+        reads in prop::collection::vec(range(), 0..4),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = crate::LogBackend::open(dir.path()).expect("record log");
+        let sm = KvStateMachine::with_backend(Box::new(backend)).expect("open");
+        same_as_model(sm, cmds, &cuts, &reads)?;
+    }
 }
 
 #[cfg(feature = "sled")]
@@ -753,19 +766,6 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let backend = SledBackend::open(dir.path()).expect("sled");
-        let sm = KvStateMachine::with_backend(Box::new(backend)).expect("open");
-        same_as_model(sm, cmds, &cuts, &reads)?;
-    }
-
-    /// The same on the record log.
-    #[test]
-    fn the_store_on_the_record_log_behaves_as_the_model(
-        cmds in prop::collection::vec(command(), 1..40),
-        cuts in prop::collection::vec(1usize..6, 1..40),
-        reads in prop::collection::vec(range(), 0..4),
-    ) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = crate::LogBackend::open(dir.path()).expect("record log");
         let sm = KvStateMachine::with_backend(Box::new(backend)).expect("open");
         same_as_model(sm, cmds, &cuts, &reads)?;
     }

@@ -1067,6 +1067,48 @@ fn survives_restart(open: &dyn Fn() -> Box<dyn KvBackend>) {
     assert_eq!(keys(&sm.range(&range("\0", &[0])).expect("all")), ["z"]);
 }
 
+/// The default storage kind: a new store gets the record log; one made
+/// on sled before it (sled's `conf` file in `kv`) stays on sled.
+#[cfg(feature = "sled")]
+#[test]
+fn a_new_store_gets_the_record_log_and_one_made_on_sled_stays_on_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |name: &str| dengine_runtime::Config {
+        storage: dengine_runtime::StorageKind::Sled,
+        data_dir: dir.path().join(name),
+        ..Default::default()
+    };
+    let files = |name: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join(name).join("kv"))
+            .expect("the store's directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let everything = |sm: &KvStateMachine| keys(&sm.range(&range("\0", &[0])).expect("all"));
+
+    let mut sm = KvStateMachine::open(&config("new")).expect("open");
+    run(&mut sm, 1, &[put("a", "1")]);
+    drop(sm);
+    assert_eq!(files("new"), ["0000000000000001.kvlog"]);
+    assert_eq!(
+        everything(&KvStateMachine::open(&config("new")).expect("reopen")),
+        ["a"]
+    );
+
+    let on_sled = dir.path().join("old").join("kv");
+    let mut sm = KvStateMachine::with_backend(Box::new(SledBackend::open(&on_sled).expect("sled")))
+        .expect("open");
+    run(&mut sm, 1, &[put("b", "2")]);
+    drop(sm);
+    let sm = KvStateMachine::open(&config("old")).expect("reopen");
+    assert_eq!(everything(&sm), ["b"]);
+    drop(sm);
+    assert!(files("old").iter().any(|f| f == "conf"));
+    assert!(!files("old").iter().any(|f| f.ends_with(".kvlog")));
+}
+
 #[test]
 fn on_the_record_log_flushed_batches_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,22 +1,8 @@
-//! The store's records in append-only segment files of its own: each
-//! write is one frame appended to the current segment, so a record costs
-//! one copy into the page cache, where sled wrote each byte about three
-//! and a half times over (its log, then its pages rewritten as they fill).
-//!
-//! Where every value is lives in memory (a key's location: segment,
-//! offset, length); the values stay on disk and are read with positional
-//! reads (through the page cache). A write's frame carries a CRC32 (the
-//! write-ahead log's framing), so after a crash the files are read back
-//! to the last whole write: writes are atomic and kept in order, a prefix
-//! of them survives. They are not synced as they are made: the Raft log
-//! is the durable record, and the store replays from it what this lost.
-//!
-//! Space comes back by collecting the oldest segment: its values that are
-//! still current are written again at the end, and the file is deleted.
-//! Only the oldest is ever deleted, so a removal is never dropped while a
-//! write it removed could still be read back. Collection starts once the
-//! files hold more than twice the live bytes (and more than
-//! [`GC_MIN_BYTES`]); `defragment` collects every segment but the last.
+//! The key-value store's records in append-only segment files of its
+//! own ([`LogBackend`] says what it keeps and what a crash keeps). A
+//! record costs one copy into the page cache, where sled wrote each byte
+//! about three and a half times over (its log, then its pages rewritten
+//! as they fill).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -53,6 +39,11 @@ const FORMAT_VERSION: u8 = 1;
 /// Bytes of an operation besides its key and value: tag, key length,
 /// value length.
 const OP_OVERHEAD: u64 = 9;
+
+/// Bytes of the put of a `value_len`-byte value under `key`.
+fn op_bytes(key: &[u8], value_len: u32) -> u64 {
+    OP_OVERHEAD + key.len() as u64 + u64::from(value_len)
+}
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
@@ -104,16 +95,17 @@ impl Window {
     }
 }
 
-/// One operation read from a frame's body; the value as its offset in
-/// the body.
+/// One operation read from a frame's body; a put's value as where it is
+/// in the segment.
 enum Op<'a> {
-    Put(&'a [u8], usize, u32),
+    Put(&'a [u8], Loc),
     Remove(&'a [u8]),
     Clear,
 }
 
-/// The operations of a frame's body, in order.
-fn ops(body: &[u8]) -> Result<Vec<Op<'_>>, String> {
+/// The operations of the body of a frame of segment `seq` that starts at
+/// offset `base` of the file, in order.
+fn ops(body: &[u8], seq: u64, base: u64) -> Result<Vec<Op<'_>>, String> {
     let mut out = Vec::new();
     let mut at = 0;
     let u32_at = |at: usize| -> Result<u32, String> {
@@ -155,7 +147,12 @@ fn ops(body: &[u8]) -> Result<Vec<Op<'_>>, String> {
                 if body.len() - at < vlen as usize {
                     return Err("a value runs past its frame".into());
                 }
-                out.push(Op::Put(key, at, vlen));
+                let loc = Loc {
+                    seq,
+                    offset: base + at as u64,
+                    len: vlen,
+                };
+                out.push(Op::Put(key, loc));
                 at += vlen as usize;
             }
             OP_REMOVE => out.push(Op::Remove(key)),
@@ -318,18 +315,11 @@ impl Inner {
             match frame::read(&bytes, at) {
                 Read::Frame(body, next) => {
                     let base = (at + frame::HEADER) as u64;
-                    for op in
-                        ops(body).map_err(|e| damaged(format!("the write at offset {at}: {e}")))?
-                    {
+                    let ops = ops(body, seq, base)
+                        .map_err(|e| damaged(format!("the write at offset {at}: {e}")))?;
+                    for op in ops {
                         match op {
-                            Op::Put(key, v, len) => self.place(
-                                key,
-                                Loc {
-                                    seq,
-                                    offset: base + v as u64,
-                                    len,
-                                },
-                            ),
+                            Op::Put(key, loc) => self.place(key, loc),
                             Op::Remove(key) => self.forget(key),
                             Op::Clear => self.forget_all(),
                         }
@@ -364,11 +354,10 @@ impl Inner {
 
     /// Records that `key`'s value is at `loc`.
     fn place(&mut self, key: &[u8], loc: Loc) {
-        let op = OP_OVERHEAD + key.len() as u64;
-        self.live += op + u64::from(loc.len);
+        self.live += op_bytes(key, loc.len);
         match self.map.get_mut(key) {
             Some(old) => {
-                self.live = self.live.saturating_sub(op + u64::from(old.len));
+                self.live = self.live.saturating_sub(op_bytes(key, old.len));
                 *old = loc;
             }
             None => {
@@ -379,9 +368,7 @@ impl Inner {
 
     fn forget(&mut self, key: &[u8]) {
         if let Some(old) = self.map.remove(key) {
-            self.live = self
-                .live
-                .saturating_sub(OP_OVERHEAD + key.len() as u64 + u64::from(old.len));
+            self.live = self.live.saturating_sub(op_bytes(key, old.len));
         }
     }
 
@@ -438,9 +425,7 @@ impl Inner {
             .get(&seq)
             .is_some_and(|s| s.len >= self.segment_bytes);
         if full {
-            if let Some(head) = self.segments.get(&seq) {
-                head.file.sync_data()?;
-            }
+            self.sync()?;
             self.start_segment(seq + 1)?;
         }
         Ok(())
@@ -520,21 +505,16 @@ impl Inner {
         let mut at = 0;
         while let Read::Frame(body, next) = frame::read(&bytes, at) {
             let base = (at + frame::HEADER) as u64;
-            for op in ops(body).map_err(damaged)? {
-                if let Op::Put(key, v, len) = op {
-                    let loc = Loc {
-                        seq,
-                        offset: base + v as u64,
-                        len,
-                    };
-                    if self.map.get(key) == Some(&loc) {
-                        let value = &body[v..v + len as usize];
-                        copy_bytes += key.len() + value.len();
-                        copies.push(Change::Put(key.to_vec(), value.to_vec()));
-                        if copy_bytes >= COPY_FRAME_BYTES {
-                            self.write_frame(&std::mem::take(&mut copies))?;
-                            copy_bytes = 0;
-                        }
+            for op in ops(body, seq, base).map_err(damaged)? {
+                if let Op::Put(key, loc) = op
+                    && self.map.get(key) == Some(&loc)
+                {
+                    let value = &bytes[loc.offset as usize..][..loc.len as usize];
+                    copy_bytes += key.len() + value.len();
+                    copies.push(Change::Put(key.to_vec(), value.to_vec()));
+                    if copy_bytes >= COPY_FRAME_BYTES {
+                        self.write_frame(&std::mem::take(&mut copies))?;
+                        copy_bytes = 0;
                     }
                 }
             }
@@ -545,10 +525,7 @@ impl Inner {
         }
         // The copies are durable before the only other place they are
         // goes.
-        let head = self.head_seq();
-        if let Some(h) = self.segments.get(&head) {
-            h.file.sync_data()?;
-        }
+        self.sync()?;
         if let Some(gone) = self.segments.remove(&seq) {
             fs::remove_file(&gone.path)?;
             sync_dir(&self.dir)?;
@@ -561,9 +538,7 @@ impl Inner {
     /// older ones: the files then hold the live bytes and little more.
     fn defragment(&mut self) -> io::Result<()> {
         let head = self.head_seq();
-        if let Some(h) = self.segments.get(&head) {
-            h.file.sync_data()?;
-        }
+        self.sync()?;
         self.start_segment(head + 1)?;
         while self
             .segments
@@ -624,9 +599,7 @@ impl Inner {
         frame::push_with(&mut buf, |out| out.push(OP_CLEAR));
         self.append(&buf)?;
         let head = self.head_seq();
-        if let Some(h) = self.segments.get(&head) {
-            h.file.sync_data()?;
-        }
+        self.sync()?;
         self.start_segment(head + 1)?;
         let older: Vec<u64> = self
             .segments
@@ -645,6 +618,7 @@ impl Inner {
         Ok(())
     }
 
+    /// Makes the last segment durable.
     fn sync(&self) -> io::Result<()> {
         let head = self.head_seq();
         match self.segments.get(&head) {
