@@ -29,8 +29,10 @@ pub enum StorageKind {
     Memory,
     /// The default disk storage (feature `sled`): the log in dengine's
     /// write-ahead log under `data_dir/wal` (`dengine-storage-wal`; a data
-    /// directory made before it keeps its log on sled, `data_dir/log`),
-    /// a state machine's own data (the key-value store's) on sled.
+    /// directory made before it keeps its log on sled, `data_dir/log`).
+    /// A state machine's own data goes where that state machine puts it:
+    /// the key-value store's in a record log of its own (`data_dir/kv`),
+    /// or on sled for a store made on sled.
     #[default]
     Sled,
     /// RocksDB in `data_dir` (feature `rocksdb`).

@@ -2,7 +2,7 @@
 //! records, syncing, starting new segments and deleting old ones.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use dengine_core::LogIndex;
@@ -11,6 +11,7 @@ use dengine_core::storage::checks::check_base_covered;
 use crate::frame::{self, Read};
 use crate::log::Log;
 use crate::record::{self, BadRecord, Record};
+use crate::spare::{self, Spare};
 
 /// One segment file.
 #[derive(Debug)]
@@ -28,7 +29,13 @@ pub(crate) struct Journal {
     file: File,
     /// Bytes in the last segment.
     size: u64,
+    /// The last segment is closed once it holds this many bytes: the size
+    /// of the zeros it was written over (see `spare`), or the configured
+    /// segment size for one that was not.
+    limit: u64,
     segment_bytes: u64,
+    /// The next segment, being prepared.
+    spare: Option<Spare>,
     /// A segment was created since the last sync: the directory needs one.
     dir_dirty: bool,
     /// Why a write or sync failed: nothing after it can be trusted to be
@@ -55,6 +62,15 @@ impl Journal {
         for item in listing {
             let item = item.map_err(|e| format!("listing it: {e}"))?;
             let file_name = item.file_name();
+            if file_name
+                .to_str()
+                .is_some_and(|n| n.ends_with(spare::SUFFIX))
+            {
+                // A segment a crash left half prepared.
+                std::fs::remove_file(item.path())
+                    .map_err(|e| format!("removing {}: {e}", file_name.to_string_lossy()))?;
+                continue;
+            }
             let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
                 continue;
             };
@@ -76,6 +92,8 @@ impl Journal {
         }
         let mut log = Log::default();
         let mut valid_end = 0u64;
+        // Where the last segment's bytes that are not zeros end.
+        let mut written_end = 0u64;
         let count = segments.len();
         for (i, seg) in segments.iter_mut().enumerate() {
             let at_fault = |what: String| format!("segment {}: {what}", name(seg.seq));
@@ -85,6 +103,10 @@ impl Journal {
                 replay(&bytes, &mut log, i == 0, i + 1 == count).map_err(at_fault)?;
             seg.max_index = max_index;
             valid_end = end as u64;
+            written_end = bytes
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |p| p as u64 + 1);
         }
         log.finish()?;
         check_base_covered(&log.meta.base, &log.meta.snapshot).map_err(|e| e.to_string())?;
@@ -92,30 +114,38 @@ impl Journal {
         let mut journal = match segments.last() {
             None => {
                 let path = dir.join(name(1));
-                let file = create(&path)?;
+                let len = spare::FIRST_BYTES.min(segment_bytes);
+                let file = create(dir, &path, len)?;
                 segments.push(Segment {
                     seq: 1,
                     path,
                     max_index: None,
                 });
-                Journal::with(dir, segments, file, 0, segment_bytes)
+                Journal::with(dir, segments, file, 0, len, segment_bytes)
             }
             Some(last) => {
-                let file = File::options()
-                    .append(true)
+                let at_fault = |what: String| format!("segment {}: {what}", name(last.seq));
+                let mut file = File::options()
+                    .write(true)
                     .open(&last.path)
-                    .map_err(|e| format!("segment {}: opening it: {e}", name(last.seq)))?;
-                // Cut what a crash left after the last whole record (a
-                // torn record, zeros), so appends follow it directly.
+                    .map_err(|e| at_fault(format!("opening it: {e}")))?;
                 let on_disk = file.metadata().map(|m| m.len()).unwrap_or(valid_end);
-                if on_disk != valid_end {
-                    file.set_len(valid_end)
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| {
-                            format!("segment {}: cutting its torn end: {e}", name(last.seq))
-                        })?;
+                if written_end > valid_end {
+                    // Zero what a crash left after the last whole record (a
+                    // torn record), so that what is appended next is not
+                    // followed by its remains.
+                    zero(&mut file, valid_end, written_end)
+                        .map_err(|e| at_fault(format!("clearing its torn end: {e}")))?;
                 }
-                Journal::with(dir, segments, file, valid_end, segment_bytes)
+                file.seek(SeekFrom::Start(valid_end))
+                    .map_err(|e| at_fault(format!("seeking its end: {e}")))?;
+                // Zeros after the records: it was prepared (see `spare`).
+                let limit = if on_disk > valid_end {
+                    on_disk.min(segment_bytes)
+                } else {
+                    segment_bytes
+                };
+                Journal::with(dir, segments, file, valid_end, limit, segment_bytes)
             }
         };
         if journal.size == 0 {
@@ -133,6 +163,7 @@ impl Journal {
         segments: Vec<Segment>,
         file: File,
         size: u64,
+        limit: u64,
         segment_bytes: u64,
     ) -> Journal {
         Journal {
@@ -140,7 +171,9 @@ impl Journal {
             segments,
             file,
             size,
+            limit,
             segment_bytes,
+            spare: None,
             dir_dirty: true,
             failed: None,
             frame: Vec::new(),
@@ -161,8 +194,10 @@ impl Journal {
         max_index: Option<LogIndex>,
         checkpoint: impl FnOnce() -> Vec<u8>,
     ) -> Result<(), String> {
-        if self.size >= self.segment_bytes {
+        if self.size >= self.limit {
             self.start_segment(&checkpoint())?;
+        } else if self.spare.is_none() && self.size >= self.limit / 2 {
+            self.prepare_next();
         }
         self.write_frame(body)?;
         if let Some(seg) = self.segments.last_mut()
@@ -191,9 +226,19 @@ impl Journal {
         }
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = self.dir.join(name(seq));
-        let file = create(&path).map_err(|e| self.fail(e))?;
+        let (file, limit) = match self.take_spare(seq, &path) {
+            Some(ready) => ready,
+            None => {
+                let len = self.next_len();
+                (
+                    create(&self.dir, &path, len).map_err(|e| self.fail(e))?,
+                    len,
+                )
+            }
+        };
         self.file = file;
         self.size = 0;
+        self.limit = limit;
         self.segments.push(Segment {
             seq,
             path,
@@ -244,15 +289,81 @@ impl Journal {
         self.failed = Some(why.clone());
         why
     }
+
+    /// The size of the zeros the next segment is written over: twice the
+    /// last one's, up to the configured segment size.
+    fn next_len(&self) -> u64 {
+        self.limit.saturating_mul(2).clamp(
+            spare::FIRST_BYTES.min(self.segment_bytes),
+            self.segment_bytes,
+        )
+    }
+
+    /// Starts preparing the next segment in the background. If that
+    /// cannot start, the segment is made when it is needed.
+    fn prepare_next(&mut self) {
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let path = self.dir.join(format!("{}{}", name(seq), spare::SUFFIX));
+        self.spare = Spare::start(seq, path, self.next_len()).ok();
+    }
+
+    /// The prepared segment `seq`, renamed to `path`, with its size; none
+    /// if there is none or it failed (then the segment is made in place).
+    fn take_spare(&mut self, seq: u64, path: &Path) -> Option<(File, u64)> {
+        let spare = self.spare.take().filter(|s| s.seq == seq)?;
+        let len = spare.len;
+        let (file, prepared) = spare.finish().ok()?;
+        if path.exists() {
+            let _ = std::fs::remove_file(&prepared);
+            return None;
+        }
+        match std::fs::rename(&prepared, path) {
+            Ok(()) => Some((file, len)),
+            Err(_) => {
+                let _ = std::fs::remove_file(&prepared);
+                None
+            }
+        }
+    }
 }
 
-/// A new, empty segment file.
-fn create(path: &Path) -> Result<File, String> {
-    File::options()
-        .append(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| format!("creating segment {}: {e}", path.display()))
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Its file must not be written once the store is closed: another
+        // store may open the directory next.
+        if let Some(spare) = self.spare.take()
+            && let Ok((_, path)) = spare.finish()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A new segment file at `path`, of `len` zero bytes (see `spare`),
+/// prepared under another name and renamed, so that a crash never leaves
+/// a segment half filled with zeros.
+fn create(dir: &Path, path: &Path, len: u64) -> Result<File, String> {
+    let fault = |e: std::io::Error| format!("creating segment {}: {e}", path.display());
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let prepared = dir.join(format!(
+        "{}{}",
+        file_name.unwrap_or_default(),
+        spare::SUFFIX
+    ));
+    if path.exists() {
+        return Err(format!("creating segment {}: it exists", path.display()));
+    }
+    let file = spare::zero_filled(&prepared, len).map_err(fault)?;
+    std::fs::rename(&prepared, path).map_err(fault)?;
+    Ok(file)
+}
+
+/// Writes zeros over the bytes `from..to` of `file`, and syncs them.
+fn zero(file: &mut File, from: u64, to: u64) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(from))?;
+    let len = usize::try_from(to - from).map_err(std::io::Error::other)?;
+    file.write_all(&vec![0; len])?;
+    file.sync_data()
 }
 
 /// Replays one segment's records into `log`; the first segment's

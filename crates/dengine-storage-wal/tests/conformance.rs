@@ -54,10 +54,14 @@ impl StoreHarness for WalHarness {
         // The unsynced write is the last record: a crash leaves part of it.
         let path = store.path().to_path_buf();
         drop(store);
+        // Segments are written over zeros (prepared ahead): a torn write
+        // leaves zeros from a sector boundary where its last sectors were
+        // to go.
         let seg = last_segment(&path);
-        let len = std::fs::metadata(&seg).unwrap().len();
-        let file = std::fs::File::options().write(true).open(&seg).unwrap();
-        file.set_len(len - 100).unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+        bytes[(end - 100) / 512 * 512..end].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
         Some(WalStore::open(path))
     }
 
@@ -108,6 +112,11 @@ fn all(s: &WalStore) -> Vec<Entry> {
     .unwrap()
 }
 
+/// Where the bytes that are not zeros end.
+fn written_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
+}
+
 fn fatal(r: Result<WalStore, StorageError>) -> String {
     match r {
         Ok(_) => panic!("the store opened although it is damaged"),
@@ -137,11 +146,11 @@ fn a_crash_cut_at_any_byte_of_the_unsynced_end_keeps_a_clean_prefix() {
     s.write(None, &ents(41, 60, 2, 10), None).unwrap();
     drop(s);
     let full = std::fs::read(&seg).unwrap();
+    // The segment was prepared as zeros: the records end before the file.
+    let (synced_end, full_end) = (written_end(&synced), written_end(&full));
+    assert!(full_end > synced_end + 14_000, "{synced_end} {full_end}");
     let backup = root.path().join("full");
-    for cut in (synced.len()..=full.len())
-        .step_by(7)
-        .chain([full.len() - 1])
-    {
+    for cut in (synced_end..=full_end).step_by(7).chain([full_end - 1]) {
         // Cut, or leave the length and zero the rest (a file that grew but
         // whose data never reached the disk).
         for zeroed in [false, true] {
@@ -150,7 +159,9 @@ fn a_crash_cut_at_any_byte_of_the_unsynced_end_keeps_a_clean_prefix() {
             let keep = if zeroed { cut.div_ceil(512) * 512 } else { cut };
             let mut bytes = full[..keep.min(full.len())].to_vec();
             if zeroed {
-                bytes.resize(full.len(), 0);
+                // Not all of the prepared zeros: each open syncs what the
+                // test wrote, and a few kilobytes are as good a test.
+                bytes.resize(full_end.div_ceil(512) * 512 + 4096, 0);
             }
             std::fs::write(&seg, &bytes).unwrap();
             let s = WalStore::open(&dir).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
@@ -300,4 +311,111 @@ fn a_store_is_opened_by_one_owner_at_a_time() {
     assert!(msg.contains("in use"), "{msg}");
     drop(s);
     WalStore::open(root.path()).unwrap();
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn segments_are_written_over_zeros_prepared_ahead_twice_as_large_each_time() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    let options = WalOptions {
+        segment_bytes: 2 * 1024 * 1024,
+    };
+    let s = WalStore::open_with(&dir, options.clone()).unwrap();
+    // A new store's first segment is 256 KiB of zeros, synced.
+    let first = s.segments()[0].clone();
+    assert_eq!(file_len(&first), 256 * 1024);
+    let mut want = Vec::new();
+    let mut lo = 1;
+    while s.segments().len() < 5 {
+        let batch = ents(lo, lo + 9, 1, 10_000);
+        s.write(None, &batch, None).unwrap();
+        s.sync().unwrap();
+        want.extend(batch);
+        lo += 10;
+    }
+    let segments = s.segments();
+    // Each full segment is as long as the zeros it was written over (its
+    // last record may run past them), and the next is twice as large, up
+    // to the configured size.
+    for (seg, zeros) in segments.iter().zip([256, 512, 1024, 2048]) {
+        let len = file_len(seg);
+        assert!(
+            (zeros * 1024..zeros * 1024 + 110_000).contains(&len),
+            "{}: {len}",
+            seg.display()
+        );
+    }
+    assert_eq!(file_len(&segments[4]), 2 * 1024 * 1024);
+    // The last one's records end in its zeros; the store reads back whole.
+    let last = std::fs::read(&segments[4]).unwrap();
+    assert!(written_end(&last) < last.len());
+    drop(s);
+    let s = WalStore::open_with(&dir, options.clone()).unwrap();
+    assert_eq!(all(&s), want);
+    // Once the current segment is half full, the next one is prepared
+    // beside it under a name that is never read as a segment.
+    while written_end(&std::fs::read(&segments[4]).unwrap()) < 1024 * 1024 + 1000 {
+        let batch = ents(lo, lo + 9, 1, 10_000);
+        s.write(None, &batch, None).unwrap();
+        s.sync().unwrap();
+        want.extend(batch);
+        lo += 10;
+    }
+    let batch = ents(lo, lo + 9, 1, 10_000);
+    s.write(None, &batch, None).unwrap();
+    want.extend(batch);
+    assert!(
+        names(&dir).contains(&"0000000000000006.wal.prep".to_string()),
+        "{:?}",
+        names(&dir)
+    );
+    drop(s);
+    // Closed, the store leaves no prepared file; one a crash left is
+    // removed when it opens.
+    assert!(!names(&dir).iter().any(|n| n.ends_with(".prep")));
+    std::fs::write(dir.join("0000000000000006.wal.prep"), [0u8; 100]).unwrap();
+    let s = WalStore::open_with(&dir, options).unwrap();
+    assert!(!names(&dir).iter().any(|n| n.ends_with(".prep")));
+    assert_eq!(all(&s), want);
+}
+
+#[test]
+fn what_a_crash_left_after_the_last_record_is_cleared_before_appending() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    let s = WalStore::open(&dir).unwrap();
+    s.write(None, &ents(1, 10, 1, 100), None).unwrap();
+    s.sync().unwrap();
+    // A large write that a crash tears: its first sectors reached the
+    // disk, its last did not.
+    s.write(None, &ents(11, 20, 1, 2000), None).unwrap();
+    drop(s);
+    let seg = last_segment(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = written_end(&bytes);
+    bytes[(end - 3000) / 512 * 512..end].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let s = WalStore::open(&dir).unwrap();
+    assert_eq!(s.last_index().unwrap(), LogIndex(10));
+    // A short write where the torn one began: the torn one's remains
+    // must not follow it, or the next open would find them damaged.
+    s.write(None, &ents(11, 11, 2, 10), None).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let s = WalStore::open(&dir).unwrap();
+    let want = [ents(1, 10, 1, 100), ents(11, 11, 2, 10)].concat();
+    assert_eq!(all(&s), want);
 }

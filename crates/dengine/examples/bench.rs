@@ -20,6 +20,9 @@
 //! of each proposer (a uniform sample: reading the clock twice per
 //! proposal costs more than a tenth of the CPU at a million proposals/s,
 //! which openraft's benchmark, timing only the whole run, does not pay).
+//! `cpu` is the process's CPU time (user + system, all threads, from
+//! `/proc/self/stat`; Linux only) divided by the proposals made: on a
+//! shared machine it varies far less than throughput does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,11 +241,28 @@ async fn run_once<SM: Bench>(
     (total, all)
 }
 
-/// One result line: throughput and latency percentiles of a run.
-fn print_line(label: &str, p: usize, (rate, p50, p99, max): (f64, f64, f64, f64)) {
+/// One run's figures: proposals/s, p50, p99 and max latency in ms, and
+/// the process's CPU µs per proposal (`NaN` where unknown).
+type RunFigures = (f64, f64, f64, f64, f64);
+
+/// One result line: throughput, latency percentiles and CPU of a run.
+fn print_line(label: &str, p: usize, (rate, p50, p99, max, cpu): RunFigures) {
     println!(
-        "{label:<8}proposers={p:>5}  {rate:>10.0} proposals/s  p50={p50:.2}ms  p99={p99:.2}ms  max={max:.2}ms"
+        "{label:<8}proposers={p:>5}  {rate:>10.0} proposals/s  p50={p50:.2}ms  p99={p99:.2}ms  max={max:.2}ms  cpu={cpu:.2}us/proposal"
     );
+}
+
+/// This process's CPU time so far (user + system, every thread), in
+/// seconds, from `/proc/self/stat`; `None` where that file is not there.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace();
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // The kernel counts in clock ticks of 1/100 s (USER_HZ) on Linux.
+    Some((utime + stime) / 100.0)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -322,12 +342,18 @@ async fn measure<SM: Bench>(args: &Args) -> std::process::ExitCode {
                         return std::process::ExitCode::FAILURE;
                     }
                 };
+                let cpu_before = process_cpu_seconds();
                 let (n, lat) = run_once(&nodes[leader], p, args.seconds, args.payload).await;
+                let cpu_us = match (cpu_before, process_cpu_seconds()) {
+                    (Some(a), Some(b)) if n > 0 => (b - a) * 1e6 / n as f64,
+                    _ => f64::NAN,
+                };
                 let r = (
                     n as f64 / args.seconds as f64,
                     pct(&lat, 0.50),
                     pct(&lat, 0.99),
                     pct(&lat, 1.0),
+                    cpu_us,
                 );
                 if args.runs > 1 {
                     print_line(&format!("  run {}", run + 1), p, r);

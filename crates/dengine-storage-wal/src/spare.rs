@@ -1,0 +1,105 @@
+//! Segment files filled with zeros ahead of use.
+//!
+//! `fdatasync` after appending to a file must write the file's size (its
+//! inode) as well as the data: two writes to the disk where one would do.
+//! Overwriting bytes that are already on disk leaves the size and the
+//! block map as they are, so the sync writes the data alone. Measured on
+//! this project's 2-core VM (ext4), 4 KiB written then synced: about
+//! 420 µs and 160 µs of CPU appending, 170 µs and 75 µs of CPU
+//! overwriting. (`fallocate` would not help: its blocks are marked
+//! unwritten, and the first write to them changes the block map.)
+//!
+//! So a segment is written over zeros that were written, and synced,
+//! before: the next segment is prepared by a thread of its own while the
+//! current one fills, and renamed into place when it is needed. Zeros
+//! after the last record read as the end of a segment (see `frame`).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+/// The size of the first segment a new store's files are written over;
+/// each next one is twice its predecessor's, up to the configured segment
+/// size, so a store that writes little never writes megabytes of zeros.
+pub(crate) const FIRST_BYTES: u64 = 256 * 1024;
+
+/// Zeros written per call.
+const CHUNK: usize = 256 * 1024;
+
+/// Zeros written between syncs. Synced all at once, 64 MiB would queue
+/// ahead of the log's own syncs at the disk for a tenth of a second.
+const SYNC_EVERY: u64 = 1024 * 1024;
+
+/// Where a segment is prepared before it is renamed to its name: a file
+/// with this suffix is never read as a segment, and one left by a crash
+/// is deleted when the store opens.
+pub(crate) const SUFFIX: &str = ".prep";
+
+/// A file of `len` zero bytes, synced, at `path` (replaced if it exists),
+/// open for writing at offset 0.
+pub(crate) fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; CHUNK];
+    let mut written = 0;
+    while written < len {
+        let n = (len - written).min(CHUNK as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        written += n as u64;
+        if written % SYNC_EVERY == 0 {
+            file.sync_data()?;
+        }
+    }
+    file.sync_all()?;
+    // Reopened, not sought: the handle's cursor is where appends go.
+    drop(file);
+    File::options().write(true).open(path)
+}
+
+/// A segment being prepared in the background.
+pub(crate) struct Spare {
+    /// The sequence number it is for.
+    pub(crate) seq: u64,
+    /// Where it is prepared.
+    path: PathBuf,
+    /// Its size.
+    pub(crate) len: u64,
+    thread: JoinHandle<std::io::Result<File>>,
+}
+
+impl Spare {
+    /// Starts preparing `len` bytes of zeros at `path` for segment `seq`.
+    pub(crate) fn start(seq: u64, path: PathBuf, len: u64) -> std::io::Result<Spare> {
+        let at = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("dengine-wal-spare".into())
+            .spawn(move || zero_filled(&at, len))?;
+        Ok(Spare {
+            seq,
+            path,
+            len,
+            thread,
+        })
+    }
+
+    /// Waits for it to be ready: its file (open for writing at offset 0)
+    /// and path. An error is the preparation's: the file may be partly
+    /// written, and is removed.
+    pub(crate) fn finish(self) -> std::io::Result<(File, PathBuf)> {
+        let done = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the thread preparing it panicked")));
+        match done {
+            Ok(file) => Ok((file, self.path)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                Err(e)
+            }
+        }
+    }
+}
