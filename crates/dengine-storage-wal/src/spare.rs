@@ -15,7 +15,7 @@
 //! after the last record read as the end of a segment (see `frame`).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -39,11 +39,21 @@ pub(crate) const SUFFIX: &str = ".prep";
 /// A file of `len` zero bytes, synced, at `path` (replaced if it exists),
 /// open for writing at offset 0.
 pub(crate) fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
-    let mut file = File::options()
+    fill(create(path)?, len)
+}
+
+/// A new, empty file at `path` (replaced if it exists).
+fn create(path: &Path) -> std::io::Result<File> {
+    File::options()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(path)?;
+        .open(path)
+}
+
+/// Writes `len` zero bytes to `file` and syncs them; returns it with its
+/// cursor at offset 0.
+fn fill(mut file: File, len: u64) -> std::io::Result<File> {
     let zeros = vec![0u8; CHUNK];
     let mut written = 0;
     while written < len {
@@ -55,9 +65,8 @@ pub(crate) fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
         }
     }
     file.sync_all()?;
-    // Reopened, not sought: the handle's cursor is where appends go.
-    drop(file);
-    File::options().write(true).open(path)
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 /// A segment being prepared in the background.
@@ -72,12 +81,13 @@ pub(crate) struct Spare {
 }
 
 impl Spare {
-    /// Starts preparing `len` bytes of zeros at `path` for segment `seq`.
+    /// Starts preparing `len` bytes of zeros at `path` for segment `seq`
+    /// (the file is there when this returns).
     pub(crate) fn start(seq: u64, path: PathBuf, len: u64) -> std::io::Result<Spare> {
-        let at = path.clone();
+        let file = create(&path)?;
         let thread = std::thread::Builder::new()
             .name("dengine-wal-spare".into())
-            .spawn(move || zero_filled(&at, len))?;
+            .spawn(move || fill(file, len))?;
         Ok(Spare {
             seq,
             path,

@@ -354,14 +354,17 @@ impl Inner {
 
     /// Records that `key`'s value is at `loc`.
     fn place(&mut self, key: &[u8], loc: Loc) {
+        use std::collections::btree_map::Entry;
         self.live += op_bytes(key, loc.len);
-        match self.map.get_mut(key) {
-            Some(old) => {
-                self.live = self.live.saturating_sub(op_bytes(key, old.len));
-                *old = loc;
+        // One walk down the tree, comparing `IndexKey`s (words, not
+        // `memcmp`): most records placed are new revisions.
+        match self.map.entry(IndexKey::new(key)) {
+            Entry::Occupied(mut old) => {
+                self.live = self.live.saturating_sub(op_bytes(key, old.get().len));
+                old.insert(loc);
             }
-            None => {
-                self.map.insert(IndexKey::new(key), loc);
+            Entry::Vacant(slot) => {
+                slot.insert(loc);
             }
         }
     }
