@@ -33,7 +33,8 @@ pub(crate) struct Write {
 /// the tombstone flag in the top bit of the sub revision (a command never
 /// makes 2^31 writes: the index of that many keys would not fit in
 /// memory). A history holds one per write of its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The default, revision 0, stands for no write (see [`KeyHistory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Packed {
     main: i64,
     sub_and_tombstone: u32,
@@ -74,9 +75,18 @@ pub(crate) struct Current {
 /// back to the compacted revision, and its current generation's counters.
 /// A generation runs from a put on an absent key to the tombstone that
 /// ends it.
+///
+/// The newest write is kept in place, the older ones on the heap: a put
+/// reads the newest (is the key there now? which revision?) without a
+/// second cache miss, and a key written once since the last compaction,
+/// most keys, has no allocation of its own.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyHistory {
-    writes: Vec<Packed>,
+    /// The newest write; `main` 0 if there is none (no write has revision
+    /// 0: the store's first write is at revision 2).
+    newest: Packed,
+    /// The writes before it, oldest first.
+    older: Vec<Packed>,
     /// The current generation's create revision and version, and the
     /// lease of its last put (all 0 if the key does not exist now).
     create_revision: i64,
@@ -85,9 +95,13 @@ pub(crate) struct KeyHistory {
 }
 
 impl KeyHistory {
+    fn newest(&self) -> Option<Packed> {
+        (self.newest.main != 0).then_some(self.newest)
+    }
+
     /// The key's value now, if it exists.
     pub(crate) fn current(&self) -> Option<Current> {
-        match self.writes.last() {
+        match self.newest() {
             Some(w) if !w.tombstone() => Some(Current {
                 rev: w.rev(),
                 create_revision: self.create_revision,
@@ -101,8 +115,14 @@ impl KeyHistory {
     /// The revision of the key's value at store revision `at`, if it
     /// existed then (and `at` is not below the compacted revision).
     pub(crate) fn at(&self, at: i64) -> Option<Revision> {
-        let n = self.writes.partition_point(|w| w.main <= at);
-        match n.checked_sub(1).map(|i| self.writes[i]) {
+        let found = match self.newest() {
+            Some(w) if w.main <= at => Some(w),
+            _ => {
+                let n = self.older.partition_point(|w| w.main <= at);
+                n.checked_sub(1).map(|i| self.older[i])
+            }
+        };
+        match found {
             Some(w) if !w.tombstone() => Some(w.rev()),
             _ => None,
         }
@@ -116,40 +136,40 @@ impl KeyHistory {
         }
         self.version += 1;
         self.lease = lease;
-        self.reserve_one();
-        self.writes.push(Packed::new(Write {
+        self.push(Write {
             rev,
             tombstone: false,
-        }));
+        });
         (self.create_revision, self.version)
     }
 
     /// Records the delete of the current value at `rev`.
     pub(crate) fn tombstone(&mut self, rev: Revision) {
-        self.reserve_one();
-        self.writes.push(Packed::new(Write {
+        self.push(Write {
             rev,
             tombstone: true,
-        }));
+        });
         self.create_revision = 0;
         self.version = 0;
         self.lease = 0;
     }
 
-    /// Room for one more write: exactly one for a key's first (most keys
-    /// are written once between compactions; a `Vec` would take room for
-    /// four), then doubling.
-    fn reserve_one(&mut self) {
-        if self.writes.capacity() == 0 {
-            self.writes.reserve_exact(1);
+    /// Makes `w` the newest write. The first older write gets room for
+    /// exactly one (a `Vec` would take room for four), then doubling.
+    fn push(&mut self, w: Write) {
+        if let Some(newest) = self.newest() {
+            if self.older.capacity() == 0 {
+                self.older.reserve_exact(1);
+            }
+            self.older.push(newest);
         }
+        self.newest = Packed::new(w);
     }
 
     /// Records a write read back from the backend (in revision order), with
     /// the counters its record holds.
     pub(crate) fn restore(&mut self, w: Write, create_revision: i64, version: i64, lease: i64) {
-        self.reserve_one();
-        self.writes.push(Packed::new(w));
+        self.push(w);
         if w.tombstone {
             (self.create_revision, self.version, self.lease) = (0, 0, 0);
         } else {
@@ -162,18 +182,38 @@ impl KeyHistory {
     /// is kept, and only if it is a put. Pushes the forgotten revisions to
     /// `removed`; returns whether the key has no writes left.
     pub(crate) fn compact(&mut self, at: i64, removed: &mut Vec<Revision>) -> bool {
-        let n = self.writes.partition_point(|w| w.main <= at);
-        let keep_last = n > 0 && !self.writes[n - 1].tombstone();
+        let Some(newest) = self.newest() else {
+            return true;
+        };
+        if newest.main <= at {
+            // Every write is at or before `at`: only the newest may stay.
+            removed.extend(self.older.drain(..).map(Packed::rev));
+            self.older = Vec::new();
+            if newest.tombstone() {
+                removed.push(newest.rev());
+                self.newest = Packed::default();
+                return true;
+            }
+            return false;
+        }
+        let n = self.older.partition_point(|w| w.main <= at);
+        let keep_last = n > 0 && !self.older[n - 1].tombstone();
         let drop = if keep_last { n - 1 } else { n };
-        removed.extend(self.writes.drain(..drop).map(Packed::rev));
-        self.writes.is_empty()
+        removed.extend(self.older.drain(..drop).map(Packed::rev));
+        if self.older.is_empty() {
+            // Its room goes back: most keys have one write left.
+            self.older = Vec::new();
+        }
+        false
     }
 
     /// Every write kept, oldest first.
     #[cfg(test)]
     pub(crate) fn writes(&self) -> Vec<Write> {
-        self.writes
+        self.older
             .iter()
+            .copied()
+            .chain(self.newest())
             .map(|w| Write {
                 rev: w.rev(),
                 tombstone: w.tombstone(),
@@ -393,5 +433,30 @@ mod tests {
         let mut removed = Vec::new();
         assert!(h.compact(8, &mut removed), "a deleted key is forgotten");
         assert_eq!(removed.len(), 6);
+        // Compacted to its newest write, a key gives its heap room back,
+        // and goes on from there.
+        let mut h = history();
+        assert!(!h.compact(9, &mut Vec::new()));
+        assert_eq!(h.older.capacity(), 0);
+        assert_eq!(h.put(rev(10), 0), (6, 3));
+        assert_eq!(mains(&h), [7, 10]);
+        assert_eq!((h.at(9), h.at(10)), (Some(rev(7)), Some(rev(10))));
+    }
+
+    #[test]
+    fn a_key_written_once_has_no_heap_room() {
+        let mut h = KeyHistory::default();
+        assert_eq!((h.current(), h.at(5)), (None, None));
+        h.put(rev(2), 0);
+        assert_eq!(h.older.capacity(), 0);
+        assert_eq!(h.at(1), None);
+        assert_eq!(h.at(2), Some(rev(2)));
+        h.put(rev(3), 0);
+        assert_eq!(h.older.capacity(), 1);
+        assert_eq!(mains_of(&h), [2, 3]);
+    }
+
+    fn mains_of(h: &KeyHistory) -> Vec<i64> {
+        h.writes().iter().map(|w| w.rev.main).collect()
     }
 }

@@ -55,8 +55,16 @@ pub(crate) fn parse_rev_key(k: &[u8]) -> Result<Revision, KvError> {
         [REV_PREFIX, main @ .., s0, s1, s2, s3] if main.len() == 8 => {
             let mut m = [0u8; 8];
             m.copy_from_slice(main);
+            let main = u64::from_be_bytes(m) as i64;
+            // Revisions start at 1 and the first write is at 2; the index
+            // takes revision 0 for "no write".
+            if main <= 0 {
+                return Err(KvError::Storage(format!(
+                    "a record's key names revision {main}"
+                )));
+            }
             Ok(Revision {
-                main: u64::from_be_bytes(m) as i64,
+                main,
                 sub: u32::from_be_bytes([*s0, *s1, *s2, *s3]),
             })
         }
@@ -331,6 +339,9 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         assert!(decode(rev, &bad).is_err());
         assert_eq!(parse_rev_key(&rev_key(rev)).unwrap(), rev);
+        // No write is at revision 0 or below: such a key is damage.
+        assert!(parse_rev_key(&rev_key(Revision { main: 0, sub: 0 })).is_err());
+        assert!(parse_rev_key(&rev_key(Revision { main: -3, sub: 0 })).is_err());
         assert!(rev_key(rev) < rev_key(Revision { main: 10, sub: 0 }));
         assert!(rev_key(rev) < rev_key(Revision { main: 9, sub: 3 }));
         let m = decode_meta(&encode_meta(LogIndex(5), 9, 4)).unwrap();
