@@ -57,7 +57,10 @@
 //!
 //! ## Durability, crashes and damage
 //!
-//! Records are written in order with one `write` each and made durable
+//! Records are written in order with one `write` each (on Linux around
+//! the page cache, `O_DIRECT`, where the file system allows: the segment's
+//! last, partly filled block is kept in memory and written again with
+//! what follows it, as the page cache would; see `direct`) and made durable
 //! by `sync` (`fdatasync` of the current segment, and of the directory
 //! when a segment was created since the last sync; a segment is synced
 //! before the next one starts, so durability stays in order). A
@@ -79,6 +82,7 @@
 //! repaired silently.
 #![deny(missing_docs)]
 
+mod direct;
 pub mod frame;
 mod log;
 mod record;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use dengine_core::LogIndex;
 use dengine_core::storage::checks::check_base_covered;
 
+use crate::direct::{self, Appender, BLOCK};
 use crate::frame::{self, Read};
 use crate::log::Log;
 use crate::record::{self, BadRecord, Record};
@@ -26,7 +27,7 @@ struct Segment {
 pub(crate) struct Journal {
     dir: PathBuf,
     segments: Vec<Segment>,
-    file: File,
+    file: Appender,
     /// Bytes in the last segment.
     size: u64,
     /// The last segment is closed once it holds this many bytes: the size
@@ -92,8 +93,10 @@ impl Journal {
         }
         let mut log = Log::default();
         let mut valid_end = 0u64;
-        // Where the last segment's bytes that are not zeros end.
+        // Where the last segment's bytes that are not zeros end, and its
+        // bytes from the block its records end in to their end.
         let mut written_end = 0u64;
+        let mut tail = Vec::new();
         let count = segments.len();
         for (i, seg) in segments.iter_mut().enumerate() {
             let at_fault = |what: String| format!("segment {}: {what}", name(seg.seq));
@@ -107,6 +110,7 @@ impl Journal {
                 .iter()
                 .rposition(|&b| b != 0)
                 .map_or(0, |p| p as u64 + 1);
+            tail = bytes[end - end % BLOCK..end].to_vec();
         }
         log.finish()?;
         check_base_covered(&log.meta.base, &log.meta.snapshot).map_err(|e| e.to_string())?;
@@ -125,20 +129,18 @@ impl Journal {
             }
             Some(last) => {
                 let at_fault = |what: String| format!("segment {}: {what}", name(last.seq));
-                let mut file = File::options()
-                    .write(true)
-                    .open(&last.path)
-                    .map_err(|e| at_fault(format!("opening it: {e}")))?;
-                let on_disk = file.metadata().map(|m| m.len()).unwrap_or(valid_end);
+                let on_disk = std::fs::metadata(&last.path).map_or(valid_end, |m| m.len());
                 if written_end > valid_end {
                     // Zero what a crash left after the last whole record (a
                     // torn record), so that what is appended next is not
                     // followed by its remains.
-                    zero(&mut file, valid_end, written_end)
+                    zero(&last.path, valid_end, written_end)
                         .map_err(|e| at_fault(format!("clearing its torn end: {e}")))?;
                 }
-                file.seek(SeekFrom::Start(valid_end))
-                    .map_err(|e| at_fault(format!("seeking its end: {e}")))?;
+                let (file, is_direct) = direct::open(&last.path, File::options().write(true))
+                    .map_err(|e| at_fault(format!("opening it: {e}")))?;
+                let file = Appender::new(file, is_direct, valid_end, &tail)
+                    .map_err(|e| at_fault(format!("opening it: {e}")))?;
                 // Zeros after the records: it was prepared (see `spare`).
                 let limit = if on_disk > valid_end {
                     on_disk.min(segment_bytes)
@@ -161,7 +163,7 @@ impl Journal {
     fn with(
         dir: &Path,
         segments: Vec<Segment>,
-        file: File,
+        file: Appender,
         size: u64,
         limit: u64,
         segment_bytes: u64,
@@ -211,7 +213,7 @@ impl Journal {
     fn write_frame(&mut self, body: impl FnOnce(&mut Vec<u8>)) -> Result<(), String> {
         self.frame.clear();
         frame::push_with(&mut self.frame, body);
-        if let Err(e) = self.file.write_all(&self.frame) {
+        if let Err(e) = self.file.append(&self.frame) {
             return Err(self.fail(format!("writing a record: {e}")));
         }
         self.size += self.frame.len() as u64;
@@ -221,7 +223,7 @@ impl Journal {
     fn start_segment(&mut self, checkpoint: &[u8]) -> Result<(), String> {
         // What the full segment holds becomes durable before anything in
         // the next one can.
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.file.sync() {
             return Err(self.fail(format!("syncing a full segment: {e}")));
         }
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
@@ -250,7 +252,7 @@ impl Journal {
 
     /// Makes everything written durable.
     pub(crate) fn sync(&mut self) -> Result<(), String> {
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.file.sync() {
             return Err(self.fail(format!("syncing: {e}")));
         }
         if self.dir_dirty {
@@ -309,7 +311,7 @@ impl Journal {
 
     /// The prepared segment `seq`, renamed to `path`, with its size; none
     /// if there is none or it failed (then the segment is made in place).
-    fn take_spare(&mut self, seq: u64, path: &Path) -> Option<(File, u64)> {
+    fn take_spare(&mut self, seq: u64, path: &Path) -> Option<(Appender, u64)> {
         let spare = self.spare.take().filter(|s| s.seq == seq)?;
         let len = spare.len;
         let (file, prepared) = spare.finish().ok()?;
@@ -342,7 +344,7 @@ impl Drop for Journal {
 /// A new segment file at `path`, of `len` zero bytes (see `spare`),
 /// prepared under another name and renamed, so that a crash never leaves
 /// a segment half filled with zeros.
-fn create(dir: &Path, path: &Path, len: u64) -> Result<File, String> {
+fn create(dir: &Path, path: &Path, len: u64) -> Result<Appender, String> {
     let fault = |e: std::io::Error| format!("creating segment {}: {e}", path.display());
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let prepared = dir.join(format!(
@@ -358,8 +360,10 @@ fn create(dir: &Path, path: &Path, len: u64) -> Result<File, String> {
     Ok(file)
 }
 
-/// Writes zeros over the bytes `from..to` of `file`, and syncs them.
-fn zero(file: &mut File, from: u64, to: u64) -> std::io::Result<()> {
+/// Writes zeros over the bytes `from..to` of the file at `path`, and
+/// syncs them.
+fn zero(path: &Path, from: u64, to: u64) -> std::io::Result<()> {
+    let mut file = File::options().write(true).open(path)?;
     file.seek(SeekFrom::Start(from))?;
     let len = usize::try_from(to - from).map_err(std::io::Error::other)?;
     file.write_all(&vec![0; len])?;

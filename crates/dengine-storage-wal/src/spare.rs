@@ -15,7 +15,7 @@
 //! after the last record read as the end of a segment (see `frame`).
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -24,8 +24,10 @@ use std::thread::JoinHandle;
 /// size, so a store that writes little never writes megabytes of zeros.
 pub(crate) const FIRST_BYTES: u64 = 256 * 1024;
 
-/// Zeros written per call.
-const CHUNK: usize = 256 * 1024;
+use crate::direct::{self, Appender, BLOCK, Block};
+
+/// Blocks of zeros written per call (256 KiB).
+const CHUNK_BLOCKS: usize = 64;
 
 /// Zeros written between syncs. Synced all at once, 64 MiB would queue
 /// ahead of the log's own syncs at the disk for a tenth of a second.
@@ -36,37 +38,39 @@ const SYNC_EVERY: u64 = 1024 * 1024;
 /// is deleted when the store opens.
 pub(crate) const SUFFIX: &str = ".prep";
 
-/// A file of `len` zero bytes, synced, at `path` (replaced if it exists),
-/// open for writing at offset 0.
-pub(crate) fn zero_filled(path: &Path, len: u64) -> std::io::Result<File> {
-    fill(create(path)?, len)
+/// A file of at least `len` zero bytes (whole blocks), synced, at `path`
+/// (replaced if it exists), with an appender at its start.
+pub(crate) fn zero_filled(path: &Path, len: u64) -> std::io::Result<Appender> {
+    let (file, is_direct) = create(path)?;
+    fill(file, is_direct, len)
 }
 
-/// A new, empty file at `path` (replaced if it exists).
-fn create(path: &Path) -> std::io::Result<File> {
-    File::options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
+/// A new, empty file at `path` (replaced if it exists), opened directly
+/// if the system allows (see `direct`).
+fn create(path: &Path) -> std::io::Result<(File, bool)> {
+    direct::open(
+        path,
+        File::options().write(true).create(true).truncate(true),
+    )
 }
 
-/// Writes `len` zero bytes to `file` and syncs them; returns it with its
-/// cursor at offset 0.
-fn fill(mut file: File, len: u64) -> std::io::Result<File> {
-    let zeros = vec![0u8; CHUNK];
+/// Writes `len` zero bytes, rounded up to whole blocks, to `file` and
+/// syncs them; returns an appender at the file's start.
+fn fill(mut file: File, is_direct: bool, len: u64) -> std::io::Result<Appender> {
+    let zeros = vec![Block::ZERO; CHUNK_BLOCKS];
+    let blocks = len.div_ceil(BLOCK as u64);
     let mut written = 0;
-    while written < len {
-        let n = (len - written).min(CHUNK as u64) as usize;
-        file.write_all(&zeros[..n])?;
+    while written < blocks {
+        let n = (blocks - written).min(CHUNK_BLOCKS as u64) as usize;
+        direct::write_blocks(&mut file, &zeros[..n])?;
         written += n as u64;
-        if written % SYNC_EVERY == 0 {
+        if (written * BLOCK as u64).is_multiple_of(SYNC_EVERY) {
             file.sync_data()?;
         }
     }
     file.sync_all()?;
     file.seek(SeekFrom::Start(0))?;
-    Ok(file)
+    Appender::new(file, is_direct, 0, &[])
 }
 
 /// A segment being prepared in the background.
@@ -77,17 +81,17 @@ pub(crate) struct Spare {
     path: PathBuf,
     /// Its size.
     pub(crate) len: u64,
-    thread: JoinHandle<std::io::Result<File>>,
+    thread: JoinHandle<std::io::Result<Appender>>,
 }
 
 impl Spare {
     /// Starts preparing `len` bytes of zeros at `path` for segment `seq`
     /// (the file is there when this returns).
     pub(crate) fn start(seq: u64, path: PathBuf, len: u64) -> std::io::Result<Spare> {
-        let file = create(&path)?;
+        let (file, is_direct) = create(&path)?;
         let thread = std::thread::Builder::new()
             .name("dengine-wal-spare".into())
-            .spawn(move || fill(file, len))?;
+            .spawn(move || fill(file, is_direct, len))?;
         Ok(Spare {
             seq,
             path,
@@ -99,7 +103,7 @@ impl Spare {
     /// Waits for it to be ready: its file (open for writing at offset 0)
     /// and path. An error is the preparation's: the file may be partly
     /// written, and is removed.
-    pub(crate) fn finish(self) -> std::io::Result<(File, PathBuf)> {
+    pub(crate) fn finish(self) -> std::io::Result<(Appender, PathBuf)> {
         let done = self
             .thread
             .join()

@@ -287,7 +287,7 @@ fn damage_in_an_older_segment_names_the_entry() {
     assert!(msg.contains("0000000000000001.wal"), "{msg}");
     // Cut short, an older segment is damage, not a torn end.
     bytes[at + 50] ^= 1;
-    std::fs::write(&first, &bytes[..bytes.len() - 10]).unwrap();
+    std::fs::write(&first, &bytes[..written_end(&bytes) - 10]).unwrap();
     let msg = fatal(WalStore::open_with(&dir, options.clone()));
     assert!(
         msg.contains("never wholly written, and segments follow"),
