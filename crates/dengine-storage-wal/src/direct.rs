@@ -25,6 +25,9 @@ use std::path::Path;
 /// The unit of a direct write, and the alignment of its buffer.
 pub(crate) const BLOCK: usize = 4096;
 
+/// Blocks of room an appender keeps between writes (1 MiB).
+const KEEP_BLOCKS: usize = 256;
+
 /// One block of a write's buffer, aligned as direct writes need.
 #[derive(Clone)]
 #[repr(align(4096))]
@@ -74,7 +77,8 @@ pub(crate) struct Appender {
     /// Where the file's records end.
     end: u64,
     /// Direct only: the block the records end in, from its start to
-    /// `end`, then zeros; and the blocks of the write being made.
+    /// `end`, then zeros; and room for the blocks of a write (kept
+    /// between writes, so that a write does not clear it first).
     blocks: Vec<Block>,
 }
 
@@ -118,7 +122,9 @@ impl Appender {
         let mut at = (self.end - start) as usize;
         let total = at + bytes.len();
         let count = total.div_ceil(BLOCK);
-        self.blocks.resize(count.max(1), Block::ZERO);
+        if self.blocks.len() < count {
+            self.blocks.resize(count, Block::ZERO);
+        }
         let mut rest = bytes;
         while !rest.is_empty() {
             let (block, offset) = (at / BLOCK, at % BLOCK);
@@ -135,13 +141,18 @@ impl Appender {
         write_blocks(&mut self.file, &self.blocks[..count])?;
         self.end += bytes.len() as u64;
         // The block the records now end in stays, first, for the next
-        // write; the buffer keeps its room.
+        // write (its bytes after `end` are zeros, as written).
         if !total.is_multiple_of(BLOCK) {
             self.blocks.swap(0, count - 1);
         } else {
-            self.blocks[0] = Block::ZERO;
+            self.blocks[0].0.fill(0);
         }
-        self.blocks.truncate(1);
+        // A rare large write (a batch of large entries) does not keep its
+        // room for good.
+        if self.blocks.len() > KEEP_BLOCKS {
+            self.blocks.truncate(1);
+            self.blocks.shrink_to(KEEP_BLOCKS);
+        }
         Ok(())
     }
 
@@ -162,7 +173,21 @@ mod tests {
     #[test]
     fn appends_of_any_size_land_in_order_followed_by_zeros() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sizes = [1, 4095, 1, 4096, 4097, 3, 10_000, 8192, 12, 0, 5000];
+        let sizes = [
+            1,
+            4095,
+            1,
+            4096,
+            4097,
+            3,
+            10_000,
+            2 << 20,
+            8192,
+            12,
+            0,
+            5000,
+            7,
+        ];
         for try_direct in [true, false] {
             let path = dir.path().join(format!("seg-{try_direct}"));
             let options = File::options()
