@@ -156,6 +156,11 @@ impl Appender {
         Ok(())
     }
 
+    /// Where the records end.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
     /// Makes what was appended durable.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()

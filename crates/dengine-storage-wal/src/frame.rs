@@ -83,7 +83,7 @@ pub fn read(bytes: &[u8], at: usize) -> Read<'_> {
     // Sectors are written whole: a write cut by a crash reads as zeros
     // from a sector boundary inside it to the end of the file, or has a
     // sector of zeros with only zeros after it.
-    let zeros_from = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    let zeros_from = written_end(bytes);
     let zeros_after = zeros_from <= end;
     if zeros_from.div_ceil(SECTOR) * SECTOR < end
         || (zeros_after && has_zero_sector(bytes, at, end))
@@ -94,6 +94,13 @@ pub fn read(bytes: &[u8], at: usize) -> Read<'_> {
         format!("checksum mismatch in the {len}-byte record at offset {at}"),
         Some(body),
     )
+}
+
+/// Where the bytes of `bytes` that are not zeros end: a segment's
+/// records, and what a crash left of a torn one, end there; only zeros
+/// follow (a prepared segment's, or none).
+pub fn written_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
 }
 
 /// Whether a whole 512-byte sector (at a multiple of 512 in the file)

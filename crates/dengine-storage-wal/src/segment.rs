@@ -27,9 +27,9 @@ struct Segment {
 pub(crate) struct Journal {
     dir: PathBuf,
     segments: Vec<Segment>,
+    /// The last segment, open for appending (where its records end is
+    /// its size).
     file: Appender,
-    /// Bytes in the last segment.
-    size: u64,
     /// The last segment is closed once it holds this many bytes: the size
     /// of the zeros it was written over (see `spare`), or the configured
     /// segment size for one that was not.
@@ -93,8 +93,8 @@ impl Journal {
         }
         let mut log = Log::default();
         let mut valid_end = 0u64;
-        // Where the last segment's bytes that are not zeros end, and its
-        // bytes from the block its records end in to their end.
+        // Of the last segment: where its bytes that are not zeros end, and
+        // its bytes from the block its records end in to their end.
         let mut written_end = 0u64;
         let mut tail = Vec::new();
         let count = segments.len();
@@ -106,11 +106,10 @@ impl Journal {
                 replay(&bytes, &mut log, i == 0, i + 1 == count).map_err(at_fault)?;
             seg.max_index = max_index;
             valid_end = end as u64;
-            written_end = bytes
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(0, |p| p as u64 + 1);
-            tail = bytes[end - end % BLOCK..end].to_vec();
+            if i + 1 == count {
+                written_end = frame::written_end(&bytes) as u64;
+                tail = bytes[end - end % BLOCK..end].to_vec();
+            }
         }
         log.finish()?;
         check_base_covered(&log.meta.base, &log.meta.snapshot).map_err(|e| e.to_string())?;
@@ -119,13 +118,13 @@ impl Journal {
             None => {
                 let path = dir.join(name(1));
                 let len = spare::FIRST_BYTES.min(segment_bytes);
-                let file = create(dir, &path, len)?;
+                let file = create(dir, 1, len)?;
                 segments.push(Segment {
                     seq: 1,
                     path,
                     max_index: None,
                 });
-                Journal::with(dir, segments, file, 0, len, segment_bytes)
+                Journal::with(dir, segments, file, len, segment_bytes)
             }
             Some(last) => {
                 let at_fault = |what: String| format!("segment {}: {what}", name(last.seq));
@@ -147,10 +146,10 @@ impl Journal {
                 } else {
                     segment_bytes
                 };
-                Journal::with(dir, segments, file, valid_end, limit, segment_bytes)
+                Journal::with(dir, segments, file, limit, segment_bytes)
             }
         };
-        if journal.size == 0 {
+        if journal.file.end() == 0 {
             // A new segment, or one a crash left empty: it starts with the
             // metadata as the segments before it leave it.
             let checkpoint = record::checkpoint(&log.meta);
@@ -164,7 +163,6 @@ impl Journal {
         dir: &Path,
         segments: Vec<Segment>,
         file: Appender,
-        size: u64,
         limit: u64,
         segment_bytes: u64,
     ) -> Journal {
@@ -172,7 +170,6 @@ impl Journal {
             dir: dir.to_path_buf(),
             segments,
             file,
-            size,
             limit,
             segment_bytes,
             spare: None,
@@ -196,9 +193,10 @@ impl Journal {
         max_index: Option<LogIndex>,
         checkpoint: impl FnOnce() -> Vec<u8>,
     ) -> Result<(), String> {
-        if self.size >= self.limit {
+        let size = self.file.end();
+        if size >= self.limit {
             self.start_segment(&checkpoint())?;
-        } else if self.spare.is_none() && self.size >= self.limit / 2 {
+        } else if self.spare.is_none() && size >= self.limit / 2 {
             self.prepare_next();
         }
         self.write_frame(body)?;
@@ -216,7 +214,6 @@ impl Journal {
         if let Err(e) = self.file.append(&self.frame) {
             return Err(self.fail(format!("writing a record: {e}")));
         }
-        self.size += self.frame.len() as u64;
         Ok(())
     }
 
@@ -232,14 +229,10 @@ impl Journal {
             Some(ready) => ready,
             None => {
                 let len = self.next_len();
-                (
-                    create(&self.dir, &path, len).map_err(|e| self.fail(e))?,
-                    len,
-                )
+                (create(&self.dir, seq, len).map_err(|e| self.fail(e))?, len)
             }
         };
         self.file = file;
-        self.size = 0;
         self.limit = limit;
         self.segments.push(Segment {
             seq,
@@ -305,23 +298,18 @@ impl Journal {
     /// cannot start, the segment is made when it is needed.
     fn prepare_next(&mut self) {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        let path = self.dir.join(format!("{}{}", name(seq), spare::SUFFIX));
-        self.spare = Spare::start(seq, path, self.next_len()).ok();
+        self.spare = Spare::start(seq, prepared_path(&self.dir, seq), self.next_len()).ok();
     }
 
     /// The prepared segment `seq`, renamed to `path`, with its size; none
     /// if there is none or it failed (then the segment is made in place).
     fn take_spare(&mut self, seq: u64, path: &Path) -> Option<(Appender, u64)> {
-        let spare = self.spare.take().filter(|s| s.seq == seq)?;
-        let len = spare.len;
+        let spare = self.spare.take()?;
+        let (wanted, len) = (spare.seq == seq, spare.len);
         let (file, prepared) = spare.finish().ok()?;
-        if path.exists() {
-            let _ = std::fs::remove_file(&prepared);
-            return None;
-        }
-        match std::fs::rename(&prepared, path) {
-            Ok(()) => Some((file, len)),
-            Err(_) => {
+        match wanted.then(|| install(&prepared, path)) {
+            Some(Ok(())) => Some((file, len)),
+            _ => {
                 let _ = std::fs::remove_file(&prepared);
                 None
             }
@@ -341,22 +329,31 @@ impl Drop for Journal {
     }
 }
 
-/// A new segment file at `path`, of `len` zero bytes (see `spare`),
-/// prepared under another name and renamed, so that a crash never leaves
-/// a segment half filled with zeros.
-fn create(dir: &Path, path: &Path, len: u64) -> Result<Appender, String> {
-    let fault = |e: std::io::Error| format!("creating segment {}: {e}", path.display());
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let prepared = dir.join(format!(
-        "{}{}",
-        file_name.unwrap_or_default(),
-        spare::SUFFIX
-    ));
+/// Where segment `seq` is prepared before it takes its name.
+fn prepared_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{}{}", name(seq), spare::SUFFIX))
+}
+
+/// Gives the prepared segment at `prepared` its name `path`, which no
+/// file may have yet.
+fn install(prepared: &Path, path: &Path) -> std::io::Result<()> {
     if path.exists() {
-        return Err(format!("creating segment {}: it exists", path.display()));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it exists",
+        ));
     }
+    std::fs::rename(prepared, path)
+}
+
+/// Segment `seq` in `dir`, of `len` zero bytes (see `spare`), prepared
+/// under another name and renamed, so that a crash never leaves a segment
+/// half filled with zeros.
+fn create(dir: &Path, seq: u64, len: u64) -> Result<Appender, String> {
+    let fault = |e: std::io::Error| format!("creating segment {}: {e}", name(seq));
+    let prepared = prepared_path(dir, seq);
     let file = spare::zero_filled(&prepared, len).map_err(fault)?;
-    std::fs::rename(&prepared, path).map_err(fault)?;
+    install(&prepared, &dir.join(name(seq))).map_err(fault)?;
     Ok(file)
 }
 

@@ -15,16 +15,15 @@
 //! after the last record read as the end of a segment (see `frame`).
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+
+use crate::direct::{self, Appender, BLOCK, Block};
 
 /// The size of the first segment a new store's files are written over;
 /// each next one is twice its predecessor's, up to the configured segment
 /// size, so a store that writes little never writes megabytes of zeros.
 pub(crate) const FIRST_BYTES: u64 = 256 * 1024;
-
-use crate::direct::{self, Appender, BLOCK, Block};
 
 /// Blocks of zeros written per call (256 KiB).
 const CHUNK_BLOCKS: usize = 64;
@@ -69,7 +68,8 @@ fn fill(mut file: File, is_direct: bool, len: u64) -> std::io::Result<Appender> 
         }
     }
     file.sync_all()?;
-    file.seek(SeekFrom::Start(0))?;
+    // The appender writes from offset 0 (it places direct writes itself,
+    // and moves a buffered file's cursor there).
     Appender::new(file, is_direct, 0, &[])
 }
 

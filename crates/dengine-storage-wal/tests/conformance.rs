@@ -9,6 +9,7 @@ use dengine_core::{
     ConfState, Entry, EntryPayload, HardState, LogIndex, LogStorage, LogStore, MetaStore, NodeId,
     SnapshotMeta, StorageError, StoreIdentity, Term,
 };
+use dengine_storage_wal::frame::written_end;
 use dengine_storage_wal::{WalOptions, WalStore};
 
 struct WalHarness {
@@ -59,7 +60,7 @@ impl StoreHarness for WalHarness {
         // to go.
         let seg = last_segment(&path);
         let mut bytes = std::fs::read(&seg).unwrap();
-        let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+        let end = written_end(&bytes);
         bytes[(end - 100) / 512 * 512..end].fill(0);
         std::fs::write(&seg, &bytes).unwrap();
         Some(WalStore::open(path))
@@ -110,11 +111,6 @@ fn all(s: &WalStore) -> Vec<Entry> {
         u64::MAX,
     )
     .unwrap()
-}
-
-/// Where the bytes that are not zeros end.
-fn written_end(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
 }
 
 fn fatal(r: Result<WalStore, StorageError>) -> String {

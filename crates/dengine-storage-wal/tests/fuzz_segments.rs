@@ -64,7 +64,7 @@ fn segment_of_a_store() -> (String, Vec<u8>) {
         .into_owned();
     // Without the zeros it was prepared with: mutations land in records.
     let mut bytes = std::fs::read(&last).expect("read");
-    bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1));
+    bytes.truncate(dengine_storage_wal::frame::written_end(&bytes));
     (name, bytes)
 }
 

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use dengine::kv::{KvCommand, KvStateMachine, PutRequest};
 use dengine::{Config, InMemoryNetwork, Node, NodeBuilder, NodeId, StateMachine, StorageKind};
+use dengine_bench::procfs::own_cpu_seconds;
 
 /// Counts applied commands; nothing else (the protocol is what is measured).
 #[derive(Default)]
@@ -252,19 +253,6 @@ fn print_line(label: &str, p: usize, (rate, p50, p99, max, cpu): RunFigures) {
     );
 }
 
-/// This process's CPU time so far (user + system, every thread), in
-/// seconds, from `/proc/self/stat`; `None` where that file is not there.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) end with ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split_whitespace();
-    let utime: f64 = fields.nth(11)?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    // The kernel counts in clock ticks of 1/100 s (USER_HZ) on Linux.
-    Some((utime + stime) / 100.0)
-}
-
 fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -342,9 +330,9 @@ async fn measure<SM: Bench>(args: &Args) -> std::process::ExitCode {
                         return std::process::ExitCode::FAILURE;
                     }
                 };
-                let cpu_before = process_cpu_seconds();
+                let cpu_before = own_cpu_seconds();
                 let (n, lat) = run_once(&nodes[leader], p, args.seconds, args.payload).await;
-                let cpu_us = match (cpu_before, process_cpu_seconds()) {
+                let cpu_us = match (cpu_before, own_cpu_seconds()) {
                     (Some(a), Some(b)) if n > 0 => (b - a) * 1e6 / n as f64,
                     _ => f64::NAN,
                 };
