@@ -323,10 +323,9 @@ impl Model {
     /// Runs one operation at revision `rev`, counting changes in
     /// `writes`. Transactions, nested ones included, choose their branch
     /// on `before`, the store before the command (etcd's
-    /// `compareToPath`), and run it on the store as it is. The first
-    /// operation in running order that cannot run (etcd's
-    /// `checkRequests`: a read at a revision the store does not have, a
-    /// put keeping the value or lease of a missing key) fails the command.
+    /// `compareToPath`), and run it on the store as it is. A put that
+    /// cannot run fails the command (in a txn, `check_txn` found it
+    /// first).
     fn run(
         &mut self,
         before: &Model,
@@ -335,12 +334,9 @@ impl Model {
         writes: &mut i64,
     ) -> Result<OpResponse, KvError> {
         Ok(match op {
-            TxnOp::Range(r) => {
-                // Checked against the store before the command; a read at
-                // the current revision sees the command's earlier writes.
-                before.check_revision(before.revision, r.revision)?;
-                OpResponse::Range(self.range(r))
-            }
+            // Checked before the command ran (`check_txn`); a read at the
+            // current revision sees the command's earlier writes.
+            TxnOp::Range(r) => OpResponse::Range(self.range(r)),
             TxnOp::Put(p) => {
                 *writes += 1;
                 self.put(before, rev, p)?
@@ -367,6 +363,62 @@ impl Model {
         })
     }
 
+    /// etcd's `checkRequests` on a txn's chosen branches (chosen on the
+    /// store before the command): `checkPut` on every put first (a put
+    /// keeping the value or lease of a missing key, a lease that does not
+    /// exist), then `checkRange` on every range, where 0 is the current
+    /// revision but a negative one is compared with the first revision
+    /// kept (-1 until the first compaction).
+    fn check_txn(&self, t: &TxnRequest) -> Result<(), KvError> {
+        let mut puts = Vec::new();
+        let mut ranges = Vec::new();
+        self.chosen_ops(t, &mut puts, &mut ranges);
+        for p in puts {
+            if (p.ignore_value || p.ignore_lease) && !self.kvs.contains_key(&p.key) {
+                return refused(KEY_NOT_FOUND);
+            }
+            if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+                return Err(KvError::LeaseNotFound);
+            }
+        }
+        let first = if self.compacted > 0 {
+            self.compacted
+        } else {
+            -1
+        };
+        for r in ranges {
+            if r.revision == 0 {
+                continue;
+            }
+            if r.revision > self.revision {
+                return Err(KvError::FutureRevision);
+            }
+            if r.revision < first {
+                return Err(KvError::Compacted);
+            }
+        }
+        Ok(())
+    }
+
+    /// The puts and ranges of `t`'s chosen branches, nested ones
+    /// included, in running order.
+    fn chosen_ops<'a>(
+        &self,
+        t: &'a TxnRequest,
+        puts: &mut Vec<&'a PutRequest>,
+        ranges: &mut Vec<&'a RangeRequest>,
+    ) {
+        let succeeded = t.compare.iter().all(|c| self.holds(c));
+        for op in if succeeded { &t.success } else { &t.failure } {
+            match op {
+                TxnOp::Range(r) => ranges.push(r),
+                TxnOp::Put(p) => puts.push(p),
+                TxnOp::DeleteRange(_) => {}
+                TxnOp::Txn(nested) => self.chosen_ops(nested, puts, ranges),
+            }
+        }
+    }
+
     /// One command: refused whole, or run at one new revision, which the
     /// store takes only if something changed (a put, or a delete that
     /// found a key), nested transactions included. A command that fails
@@ -378,11 +430,17 @@ impl Model {
         let rev = self.revision + 1;
         let mut writes = 0;
         let op = match cmd {
+            // A put alone checks its lease before its key (etcd's `Put`).
+            KvCommand::Put(p) if p.lease != 0 && !self.leases.contains_key(&p.lease) => {
+                Err(KvError::LeaseNotFound)
+            }
             KvCommand::Put(p) => self.run(&before, rev, &TxnOp::Put(p.clone()), &mut writes),
             KvCommand::DeleteRange(d) => {
                 self.run(&before, rev, &TxnOp::DeleteRange(d.clone()), &mut writes)
             }
-            KvCommand::Txn(t) => self.run(&before, rev, &TxnOp::Txn(t.clone()), &mut writes),
+            KvCommand::Txn(t) => self
+                .check_txn(t)
+                .and_then(|()| self.run(&before, rev, &TxnOp::Txn(t.clone()), &mut writes)),
             KvCommand::Compact(c) => self.compact(c.revision),
             // etcd's lessor: IDs are positive and unique; a revoke
             // deletes the lease's keys at one revision; a renewal of a

@@ -296,6 +296,30 @@ impl KvStateMachine {
         Ok(at)
     }
 
+    /// etcd's `checkRange` for a range inside a transaction, which is not
+    /// quite [`Self::read_revision`]: 0 reads the current revision, but a
+    /// negative revision is compared with the first revision kept, so
+    /// once anything has been compacted it fails as compacted (etcd 3.4.23
+    /// answers so; outside a transaction it reads the current revision).
+    fn check_txn_range(&self, revision: i64) -> Result<(), KvError> {
+        if revision == 0 {
+            return Ok(());
+        }
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        // etcd's first revision is -1 until the first compaction.
+        let first = if self.compacted > 0 {
+            self.compacted
+        } else {
+            -1
+        };
+        if revision < first {
+            return Err(KvError::Compacted);
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the record of the write at `rev`.
     fn with_record<T>(
         &self,
@@ -540,15 +564,18 @@ impl KvStateMachine {
     /// and every transaction nested in its chosen branch take: all their
     /// comparisons see the store as it is before the command. Pushes the
     /// choices to `path` in the order the transactions run, and checks on
-    /// the way, as etcd's `checkRequests`, that each range of the chosen
-    /// branches reads at a revision the store has and each put that keeps
-    /// its key's value or lease finds the key, so a command that would
-    /// fail changes nothing.
+    /// the way, as etcd's `checkRequests` with `checkPut`, that each put
+    /// of the chosen branches that keeps its key's value or lease finds
+    /// the key and that its lease exists, so a command that would fail
+    /// changes nothing. The revisions the chosen ranges read at go to
+    /// `ranges`, in order: etcd checks them (`checkRange`) only after
+    /// every put has passed.
     fn choose<'a>(
         &self,
         t: &'a TxnRequest,
         path: &mut Vec<bool>,
         earlier: &mut Vec<Earlier<'a>>,
+        ranges: &mut Vec<i64>,
     ) -> Result<(), KvError> {
         let mut succeeded = true;
         for c in &t.compare {
@@ -560,9 +587,7 @@ impl KvStateMachine {
         path.push(succeeded);
         for op in if succeeded { &t.success } else { &t.failure } {
             match op {
-                TxnOp::Range(r) => {
-                    self.read_revision(r.revision)?;
-                }
+                TxnOp::Range(r) => ranges.push(r.revision),
                 TxnOp::Put(p) => {
                     if !self.finds(p, earlier) {
                         return Err(key_not_found());
@@ -575,7 +600,7 @@ impl KvStateMachine {
                 TxnOp::DeleteRange(d) => {
                     earlier.push(Earlier::Delete(KeyRange::new(&d.key, &d.range_end)));
                 }
-                TxnOp::Txn(nested) => self.choose(nested, path, earlier)?,
+                TxnOp::Txn(nested) => self.choose(nested, path, earlier, ranges)?,
             }
         }
         Ok(())
@@ -657,11 +682,13 @@ impl KvStateMachine {
         let mut wrote = false;
         let op = match cmd {
             KvCommand::Put(p) => {
-                if !self.finds(p, &[]) {
-                    return Err(key_not_found());
-                }
+                // A put alone checks its lease first, as etcd's `Put`
+                // (inside a txn, etcd's `checkPut` looks at the key first).
                 if !self.lease_exists(p.lease) {
                     return Err(KvError::LeaseNotFound);
+                }
+                if !self.finds(p, &[]) {
+                    return Err(key_not_found());
                 }
                 wrote = true;
                 self.put(main, p)?
@@ -673,7 +700,11 @@ impl KvStateMachine {
             }
             KvCommand::Txn(t) => {
                 let mut path = Vec::new();
-                self.choose(t, &mut path, &mut Vec::new())?;
+                let mut ranges = Vec::new();
+                self.choose(t, &mut path, &mut Vec::new(), &mut ranges)?;
+                for revision in ranges {
+                    self.check_txn_range(revision)?;
+                }
                 self.run_txn(main, t, &mut path.into_iter(), &mut wrote)?
             }
             KvCommand::Compact(c) => self.compact(c.revision)?,

@@ -70,6 +70,13 @@ fn check_txn_request(r: &pb::TxnRequest, max_ops: i64) -> Result<(), Status> {
 
 /// A key range as etcd's interval tree sees a delete: `[key, end)`, or
 /// the point `key`; an end of `\0` means "to the end of the key space".
+///
+/// On purpose stricter than etcd 3.4 here: etcd builds the interval of a
+/// delete to the end of the key space as `[key, "\0")`, which is empty,
+/// so it lets such a delete and a put of a key inside it into one txn
+/// (etcd-io/etcd#22376: the key is deleted and written at one revision,
+/// and a compaction can then lose its value; the fix is etcd-io/etcd#22395).
+/// dengine refuses that txn with "duplicate key", as for any other delete.
 #[derive(Clone, Debug)]
 struct Interval {
     start: Vec<u8>,
@@ -259,19 +266,64 @@ fn inner_header(revision: i64) -> Option<pb::ResponseHeader> {
     })
 }
 
-/// The store's answer to the txn `req` in etcd's form.
+/// Whether the ops answered by `responses` changed the store: a put
+/// always does, a delete when it deleted a key.
+fn changes(responses: &[OpResponse]) -> bool {
+    responses.iter().any(|r| match r {
+        OpResponse::Put { .. } => true,
+        OpResponse::DeleteRange { deleted, .. } => *deleted > 0,
+        OpResponse::Txn { responses, .. } => changes(responses),
+        _ => false,
+    })
+}
+
+/// The revision each op inside a txn reports, as etcd's write txn gives
+/// it: the revision before the txn until the txn has changed something,
+/// the txn's own revision from then on (so a range before the txn's
+/// first write says the revision it read, one after says the new one).
+struct OpRevisions {
+    before: i64,
+    changed: bool,
+}
+
+impl OpRevisions {
+    fn now(&self) -> i64 {
+        self.before + i64::from(self.changed)
+    }
+}
+
+/// The store's answer to the txn `req` in etcd's form; `revision` is the
+/// store's revision after it.
 pub fn txn_response(
     req: &pb::TxnRequest,
     succeeded: bool,
     responses: Vec<OpResponse>,
     revision: i64,
 ) -> (bool, Vec<pb::ResponseOp>) {
+    let mut revisions = OpRevisions {
+        before: revision - i64::from(changes(&responses)),
+        changed: false,
+    };
+    (
+        succeeded,
+        respond(req, succeeded, responses, &mut revisions),
+    )
+}
+
+/// The answers of `req`'s chosen branch, in order (nested txns depth
+/// first, as they ran).
+fn respond(
+    req: &pb::TxnRequest,
+    succeeded: bool,
+    responses: Vec<OpResponse>,
+    revisions: &mut OpRevisions,
+) -> Vec<pb::ResponseOp> {
     let branch = if succeeded {
         &req.success
     } else {
         &req.failure
     };
-    let out = branch
+    branch
         .iter()
         .zip(responses)
         .filter_map(|(op, resp)| {
@@ -279,19 +331,23 @@ pub fn txn_response(
                 (OpResponse::Range(got), Some(PbOp::RequestRange(r))) => {
                     let (kvs, more, count) = range::finish(r, got);
                     PbResp::ResponseRange(pb::RangeResponse {
-                        header: inner_header(revision),
+                        header: inner_header(revisions.now()),
                         kvs,
                         more,
                         count,
                     })
                 }
-                (OpResponse::Put { prev_kv }, _) => PbResp::ResponsePut(pb::PutResponse {
-                    header: inner_header(revision),
-                    prev_kv: prev_kv.map(range::kv_to_pb),
-                }),
+                (OpResponse::Put { prev_kv }, _) => {
+                    revisions.changed = true;
+                    PbResp::ResponsePut(pb::PutResponse {
+                        header: inner_header(revisions.now()),
+                        prev_kv: prev_kv.map(range::kv_to_pb),
+                    })
+                }
                 (OpResponse::DeleteRange { deleted, prev_kvs }, _) => {
+                    revisions.changed |= deleted > 0;
                     PbResp::ResponseDeleteRange(pb::DeleteRangeResponse {
-                        header: inner_header(revision),
+                        header: inner_header(revisions.now()),
                         deleted,
                         prev_kvs: prev_kvs.into_iter().map(range::kv_to_pb).collect(),
                     })
@@ -302,25 +358,22 @@ pub fn txn_response(
                         responses,
                     },
                     Some(PbOp::RequestTxn(inner)),
-                ) => {
-                    let (succeeded, responses) =
-                        txn_response(inner, succeeded, responses, revision);
-                    PbResp::ResponseTxn(pb::TxnResponse {
-                        header: inner_header(revision),
-                        succeeded,
-                        responses,
-                    })
-                }
+                ) => PbResp::ResponseTxn(pb::TxnResponse {
+                    // etcd leaves a nested txn's header at its zero value.
+                    header: inner_header(0),
+                    succeeded,
+                    responses: respond(inner, succeeded, responses, revisions),
+                }),
                 // The store answers each op with its own kind; a range
                 // answer without its request cannot happen.
                 (OpResponse::Range(got), _) => PbResp::ResponseRange(pb::RangeResponse {
-                    header: inner_header(revision),
+                    header: inner_header(revisions.now()),
                     count: got.count,
                     more: got.more,
                     kvs: got.kvs.into_iter().map(range::kv_to_pb).collect(),
                 }),
                 (OpResponse::Txn { succeeded, .. }, _) => PbResp::ResponseTxn(pb::TxnResponse {
-                    header: inner_header(revision),
+                    header: inner_header(0),
                     succeeded,
                     responses: Vec::new(),
                 }),
@@ -341,8 +394,7 @@ pub fn txn_response(
                 response: Some(response),
             })
         })
-        .collect();
-    (succeeded, out)
+        .collect()
 }
 
 /// What [`txn_response`] needs of a txn request: its ranges (to finish
@@ -504,6 +556,70 @@ mod tests {
         };
         assert!(r.kvs[0].value.is_empty());
         assert_eq!(r.header.as_ref().map(|h| h.revision), Some(7));
+    }
+
+    /// As etcd 3.4.23 answered the same txn (the differential test's seed
+    /// 1 found it): ops before the txn's first change report the revision
+    /// before it, ops from the first change on the txn's own, and a
+    /// nested txn's header is left at zero.
+    #[test]
+    fn ops_report_the_revision_they_saw() {
+        let range = pb::RequestOp {
+            request: Some(PbOp::RequestRange(pb::RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let inner = txn(vec![range.clone(), del("b", ""), put("c")], vec![]);
+        let t = txn(vec![nested(inner), range], vec![]);
+        let nothing = dengine_kv::RangeResponse::default();
+        let responses = vec![
+            OpResponse::Txn {
+                succeeded: true,
+                responses: vec![
+                    OpResponse::Range(nothing.clone()),
+                    OpResponse::DeleteRange {
+                        deleted: 0,
+                        prev_kvs: vec![],
+                    },
+                    OpResponse::Put { prev_kv: None },
+                ],
+            },
+            OpResponse::Range(nothing),
+        ];
+        let (_, out) = txn_response(&shape(&t), true, responses, 6);
+        let rev = |r: &Option<pb::ResponseHeader>| r.as_ref().map(|h| h.revision);
+        let Some(PbResp::ResponseTxn(inner)) = &out[0].response else {
+            panic!("a nested txn answer");
+        };
+        assert_eq!(rev(&inner.header), Some(0));
+        let revs: Vec<_> = inner
+            .responses
+            .iter()
+            .map(|r| match &r.response {
+                Some(PbResp::ResponseRange(r)) => rev(&r.header),
+                Some(PbResp::ResponseDeleteRange(r)) => rev(&r.header),
+                Some(PbResp::ResponsePut(r)) => rev(&r.header),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(revs, [Some(5), Some(5), Some(6)]);
+        let Some(PbResp::ResponseRange(after)) = &out[1].response else {
+            panic!("a range answer");
+        };
+        assert_eq!(rev(&after.header), Some(6));
+
+        // A txn that changes nothing reports its revision everywhere.
+        let t = txn(vec![del("b", "")], vec![]);
+        let responses = vec![OpResponse::DeleteRange {
+            deleted: 0,
+            prev_kvs: vec![],
+        }];
+        let (_, out) = txn_response(&shape(&t), true, responses, 6);
+        let Some(PbResp::ResponseDeleteRange(d)) = &out[0].response else {
+            panic!("a delete answer");
+        };
+        assert_eq!(rev(&d.header), Some(6));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod client;
 mod cluster_cmd;
 mod concurrency;
 mod corrupt_check;
+mod differential;
 #[cfg(feature = "failpoints")]
 mod disk_faults;
 mod disk_full;

@@ -1,0 +1,616 @@
+//! etcd as the oracle: one seeded sequence of requests (puts, ranges,
+//! deletes, transactions, compactions, leases) goes to a fresh etcd member
+//! and to a fresh dengine member, request by request, and every answer
+//! must be the same: the response (headers' revisions included; only the
+//! cluster id, member id and Raft term differ by nature) or the error's
+//! gRPC code and message. A watcher on each side sees every event, and the
+//! two streams of events must be the same too.
+//!
+//! Requests are drawn from the corners clients reach: empty keys, ranges
+//! that are empty or open-ended, limits with sorting, reads at compacted
+//! and future revisions, transactions that repeat a key, leases that do not
+//! exist, `ignore_value` without a key. A failure prints the seed, the
+//! request and both answers.
+
+use std::time::{Duration, Instant};
+
+use dengine_client::proto::etcdserverpb as pb;
+use dengine_client::proto::mvccpb;
+use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::kv_client::KvClient;
+use pb::lease_client::LeaseClient;
+use pb::request_op::Request;
+use pb::response_op::Response;
+use pb::watch_client::WatchClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::harness::Cluster;
+
+/// A small deterministic generator (xorshift64*): the same seed gives the
+/// same requests on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// True with probability `percent`/100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[self.below(from.len() as u64) as usize]
+    }
+}
+
+/// Keys close together, so that ranges, prefixes and deletes overlap.
+const KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"b\0", b"ba", b"c", b"zz"];
+
+/// Lease ids the sequence grants and uses (and 99, never granted).
+const LEASES: &[i64] = &[1, 2, 3, 99];
+
+/// etcd's largest lease TTL (`MaxLeaseTTL`), in seconds.
+const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// Where one request goes.
+struct Side {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+}
+
+impl Side {
+    async fn connect(endpoint: String) -> (Side, Channel) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let channel = loop {
+            match Channel::from_shared(endpoint.clone())
+                .expect("endpoint")
+                .connect()
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => panic!("connecting to {endpoint}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let side = Side {
+            kv: KvClient::new(channel.clone()),
+            lease: LeaseClient::new(channel.clone()),
+        };
+        (side, channel)
+    }
+
+    /// Sends `op`; its answer with what differs by nature taken out.
+    async fn send(&mut self, op: &Op) -> Answer {
+        fn answer<T>(
+            r: Result<tonic::Response<T>, tonic::Status>,
+            f: impl FnOnce(T) -> String,
+        ) -> Answer {
+            match r {
+                Ok(r) => Answer::Ok(f(r.into_inner())),
+                Err(s) => Answer::Err(s.code(), s.message().to_string()),
+            }
+        }
+        match op {
+            Op::Range(r) => answer(self.kv.range(r.clone()).await, |mut r| {
+                header(&mut r.header);
+                format!("{r:?}")
+            }),
+            Op::Put(r) => answer(self.kv.put(r.clone()).await, |mut r| {
+                header(&mut r.header);
+                format!("{r:?}")
+            }),
+            Op::Delete(r) => answer(self.kv.delete_range(r.clone()).await, |mut r| {
+                header(&mut r.header);
+                format!("{r:?}")
+            }),
+            Op::Txn(r) => answer(self.kv.txn(r.clone()).await, |mut r| {
+                txn_headers(&mut r);
+                format!("{r:?}")
+            }),
+            Op::Compact(r) => answer(self.kv.compact(*r).await, |mut r| {
+                header(&mut r.header);
+                format!("{r:?}")
+            }),
+            Op::Grant(r) => answer(self.lease.lease_grant(*r).await, |mut r| {
+                header(&mut r.header);
+                format!("{r:?}")
+            }),
+            Op::Revoke(r) => answer(self.lease.lease_revoke(*r).await, |mut r| {
+                header(&mut r.header);
+                format!("{r:?}")
+            }),
+            Op::TimeToLive(r) => answer(self.lease.lease_time_to_live(*r).await, |mut r| {
+                header(&mut r.header);
+                // The time left depends on when each side was asked; the
+                // keys come in no particular order (etcd keeps them in a
+                // map).
+                let left = r.ttl > 0 && r.ttl <= r.granted_ttl;
+                r.ttl = if r.ttl > 0 { i64::from(left) } else { r.ttl };
+                r.keys.sort();
+                format!("{r:?}")
+            }),
+            Op::Leases => answer(
+                self.lease.lease_leases(pb::LeaseLeasesRequest {}).await,
+                |mut r| {
+                    header(&mut r.header);
+                    r.leases.sort_by_key(|l| l.id);
+                    format!("{r:?}")
+                },
+            ),
+        }
+    }
+}
+
+/// A response, or the error's code and message.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Ok(String),
+    Err(tonic::Code, String),
+}
+
+/// Takes out of a header what two clusters never share.
+fn header(h: &mut Option<pb::ResponseHeader>) {
+    if let Some(h) = h {
+        h.cluster_id = 0;
+        h.member_id = 0;
+        h.raft_term = 0;
+    }
+}
+
+fn txn_headers(t: &mut pb::TxnResponse) {
+    header(&mut t.header);
+    for r in &mut t.responses {
+        match &mut r.response {
+            Some(Response::ResponseRange(r)) => header(&mut r.header),
+            Some(Response::ResponsePut(r)) => header(&mut r.header),
+            Some(Response::ResponseDeleteRange(r)) => header(&mut r.header),
+            Some(Response::ResponseTxn(t)) => txn_headers(t),
+            None => {}
+        }
+    }
+}
+
+/// One request of the sequence.
+#[derive(Debug)]
+enum Op {
+    Range(pb::RangeRequest),
+    Put(pb::PutRequest),
+    Delete(pb::DeleteRangeRequest),
+    Txn(pb::TxnRequest),
+    Compact(pb::CompactionRequest),
+    Grant(pb::LeaseGrantRequest),
+    Revoke(pb::LeaseRevokeRequest),
+    TimeToLive(pb::LeaseTimeToLiveRequest),
+    Leases,
+}
+
+/// Draws requests; `revision` is the store's revision as the last answer
+/// gave it, so that reads and compactions aim near it.
+struct Gen {
+    rng: Rng,
+    revision: i64,
+}
+
+impl Gen {
+    fn key(&mut self) -> Vec<u8> {
+        if self.rng.chance(3) {
+            return Vec::new();
+        }
+        self.rng.pick(KEYS).to_vec()
+    }
+
+    /// An end for a range from `key`: none (the key alone), `\0` (every
+    /// key from it on), the end of its prefix, or another key (which may
+    /// lie below it: an empty range).
+    fn range_end(&mut self, key: &[u8]) -> Vec<u8> {
+        match self.rng.below(5) {
+            0 | 1 => Vec::new(),
+            2 => vec![0],
+            3 => {
+                let mut end = key.to_vec();
+                while let Some(last) = end.pop() {
+                    if last < 0xff {
+                        end.push(last + 1);
+                        break;
+                    }
+                }
+                if end.is_empty() { vec![0] } else { end }
+            }
+            _ => self.rng.pick(KEYS).to_vec(),
+        }
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        let len = self.rng.below(4) as usize;
+        (0..len).map(|_| b'a' + self.rng.below(3) as u8).collect()
+    }
+
+    /// A revision to read or compact at: near the current one, sometimes
+    /// past it or at 0 and below.
+    fn revision(&mut self) -> i64 {
+        match self.rng.below(10) {
+            0 => -1,
+            1 => self.revision + 1 + self.rng.below(2) as i64,
+            _ => 1 + self.rng.below(self.revision.max(1) as u64) as i64,
+        }
+    }
+
+    fn lease(&mut self) -> i64 {
+        if self.rng.chance(60) {
+            0
+        } else {
+            *self.rng.pick(LEASES)
+        }
+    }
+
+    fn range(&mut self) -> pb::RangeRequest {
+        let key = self.key();
+        let range_end = self.range_end(&key);
+        pb::RangeRequest {
+            range_end,
+            key,
+            limit: if self.rng.chance(30) {
+                self.rng.below(3) as i64
+            } else {
+                0
+            },
+            revision: if self.rng.chance(25) {
+                self.revision()
+            } else {
+                0
+            },
+            sort_order: if self.rng.chance(30) {
+                self.rng.below(3) as i32
+            } else {
+                0
+            },
+            sort_target: if self.rng.chance(30) {
+                self.rng.below(5) as i32
+            } else {
+                0
+            },
+            serializable: self.rng.chance(30),
+            keys_only: self.rng.chance(15),
+            count_only: self.rng.chance(10),
+            min_mod_revision: if self.rng.chance(10) {
+                self.revision()
+            } else {
+                0
+            },
+            max_mod_revision: if self.rng.chance(10) {
+                self.revision()
+            } else {
+                0
+            },
+            min_create_revision: if self.rng.chance(10) {
+                self.revision()
+            } else {
+                0
+            },
+            max_create_revision: if self.rng.chance(10) {
+                self.revision()
+            } else {
+                0
+            },
+        }
+    }
+
+    fn put(&mut self) -> pb::PutRequest {
+        let ignore_value = self.rng.chance(8);
+        let ignore_lease = self.rng.chance(8);
+        pb::PutRequest {
+            key: self.key(),
+            // Mostly none with ignore_value (a value with it is an error).
+            value: if ignore_value && self.rng.chance(70) {
+                Vec::new()
+            } else {
+                self.value()
+            },
+            lease: if ignore_lease && self.rng.chance(70) {
+                0
+            } else {
+                self.lease()
+            },
+            prev_kv: self.rng.chance(40),
+            ignore_value,
+            ignore_lease,
+        }
+    }
+
+    /// A delete; inside a txn, never one to the end of the key space:
+    /// etcd 3.4 does not see such a delete overlap a put of the same txn
+    /// (etcd-io/etcd#22376, a fix in #22395) and lets the key be deleted
+    /// and written at one revision, which dengine refuses as
+    /// "duplicate key" on purpose.
+    fn delete(&mut self, in_txn: bool) -> pb::DeleteRangeRequest {
+        let key = self.key();
+        let mut range_end = self.range_end(&key);
+        if in_txn && range_end == [0] {
+            range_end.clear();
+        }
+        pb::DeleteRangeRequest {
+            range_end,
+            key,
+            prev_kv: self.rng.chance(50),
+        }
+    }
+
+    fn compare(&mut self) -> pb::Compare {
+        let key = self.key();
+        let (target, union) = match self.rng.below(5) {
+            0 => (
+                CompareTarget::Version,
+                TargetUnion::Version(self.rng.below(3) as i64),
+            ),
+            1 => (
+                CompareTarget::Create,
+                TargetUnion::CreateRevision(self.revision()),
+            ),
+            2 => (
+                CompareTarget::Mod,
+                TargetUnion::ModRevision(self.revision()),
+            ),
+            3 => (CompareTarget::Value, TargetUnion::Value(self.value())),
+            _ => (CompareTarget::Lease, TargetUnion::Lease(self.lease())),
+        };
+        pb::Compare {
+            result: *self.rng.pick(&[
+                CompareResult::Equal,
+                CompareResult::Greater,
+                CompareResult::Less,
+                CompareResult::NotEqual,
+            ]) as i32,
+            target: target as i32,
+            range_end: if self.rng.chance(15) {
+                self.range_end(&key)
+            } else {
+                Vec::new()
+            },
+            key,
+            target_union: Some(union),
+        }
+    }
+
+    fn request_op(&mut self, depth: u32) -> pb::RequestOp {
+        let request = match self.rng.below(if depth < 1 { 10 } else { 9 }) {
+            0..=2 => Request::RequestRange(self.range()),
+            3..=6 => Request::RequestPut(self.put()),
+            7 | 8 => Request::RequestDeleteRange(self.delete(true)),
+            _ => Request::RequestTxn(self.txn(depth + 1)),
+        };
+        pb::RequestOp {
+            request: Some(request),
+        }
+    }
+
+    fn txn(&mut self, depth: u32) -> pb::TxnRequest {
+        let n = self.rng.below(3);
+        let compare = (0..n).map(|_| self.compare()).collect();
+        let n = self.rng.below(4);
+        let success = (0..n).map(|_| self.request_op(depth)).collect();
+        let n = self.rng.below(3);
+        let failure = (0..n).map(|_| self.request_op(depth)).collect();
+        pb::TxnRequest {
+            compare,
+            success,
+            failure,
+        }
+    }
+
+    fn op(&mut self) -> Op {
+        match self.rng.below(100) {
+            0..=29 => Op::Put(self.put()),
+            30..=51 => Op::Range(self.range()),
+            52..=61 => Op::Delete(self.delete(false)),
+            62..=81 => Op::Txn(self.txn(0)),
+            82..=84 => Op::Compact(pb::CompactionRequest {
+                revision: self.revision(),
+                physical: self.rng.chance(50),
+            }),
+            85..=90 => Op::Grant(pb::LeaseGrantRequest {
+                ttl: match self.rng.below(10) {
+                    0 => MAX_LEASE_TTL + 1,
+                    _ => 600 + self.rng.below(600) as i64,
+                },
+                // 99 stays a lease that does not exist.
+                id: *self.rng.pick(&LEASES[..3]),
+            }),
+            91..=94 => Op::Revoke(pb::LeaseRevokeRequest {
+                id: *self.rng.pick(LEASES),
+            }),
+            95..=97 => Op::TimeToLive(pb::LeaseTimeToLiveRequest {
+                id: *self.rng.pick(LEASES),
+                keys: self.rng.chance(50),
+            }),
+            _ => Op::Leases,
+        }
+    }
+}
+
+/// A watcher of every key with previous values; what it received goes
+/// to a channel, event by event.
+async fn watch_all(channel: Channel) -> tokio::sync::mpsc::UnboundedReceiver<mvccpb::Event> {
+    let (req_tx, req_rx) = tokio::sync::mpsc::unbounded_channel();
+    req_tx
+        .send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .expect("watch request");
+    let mut stream = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::UnboundedReceiverStream::new(req_rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    let created = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("created within 10 s")
+        .expect("stream")
+        .expect("created");
+    assert!(created.created, "{created:?}");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Kept open for as long as the stream is read.
+        let _requests = req_tx;
+        while let Some(Ok(resp)) = stream.next().await {
+            for e in resp.events {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Events up to `revision` from `rx`, within a bound. Events of one
+/// revision that only delete come in the order of their keys: a lease's
+/// keys are deleted in no particular order by etcd.
+async fn events_to(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<mvccpb::Event>,
+    revision: i64,
+) -> Vec<mvccpb::Event> {
+    let mut got: Vec<mvccpb::Event> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got
+        .last()
+        .and_then(|e| e.kv.as_ref())
+        .map_or(0, |kv| kv.mod_revision)
+        < revision
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(e)) => got.push(e),
+            _ => break,
+        }
+    }
+    let rev = |e: &mvccpb::Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let mut start = 0;
+    while start < got.len() {
+        let end = start
+            + got[start..]
+                .iter()
+                .take_while(|e| rev(e) == rev(&got[start]))
+                .count();
+        if got[start..end]
+            .iter()
+            .all(|e| e.r#type == mvccpb::event::EventType::Delete as i32)
+        {
+            got[start..end].sort_by(|a, b| {
+                a.kv.as_ref()
+                    .map(|k| &k.key)
+                    .cmp(&b.kv.as_ref().map(|k| &k.key))
+            });
+        }
+        start = end;
+    }
+    got
+}
+
+/// The revision an answer reports, if it is a response with a header.
+fn revision_of(a: &Answer) -> Option<i64> {
+    let Answer::Ok(text) = a else { return None };
+    let at = text.find("revision: ")? + "revision: ".len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `ops` requests of `seed` against both and compares every answer.
+async fn same_answers(seed: u64, ops: usize) {
+    let mut etcd = Cluster::etcd(1);
+    etcd.start_and_wait().await;
+    let mut ours = Cluster::new(1);
+    ours.start_and_wait().await;
+    let (mut e, e_channel) = Side::connect(etcd.members[0].endpoint()).await;
+    let (mut d, d_channel) = Side::connect(ours.members[0].endpoint()).await;
+    let mut e_events = watch_all(e_channel).await;
+    let mut d_events = watch_all(d_channel).await;
+
+    let mut g = Gen {
+        rng: Rng::new(seed),
+        revision: 1,
+    };
+    let mut differ = Vec::new();
+    for i in 0..ops {
+        let op = g.op();
+        let from_etcd = e.send(&op).await;
+        let from_ours = d.send(&op).await;
+        if from_etcd != from_ours {
+            differ.push(format!(
+                "seed {seed}, request {i}: {op:?}\n  etcd:    {from_etcd:?}\n  dengine: {from_ours:?}"
+            ));
+            if differ.len() >= 10 {
+                break;
+            }
+        }
+        if let Some(r) = revision_of(&from_etcd) {
+            g.revision = g.revision.max(r);
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} answers differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+
+    let from_etcd = events_to(&mut e_events, g.revision).await;
+    let from_ours = events_to(&mut d_events, g.revision).await;
+    for (i, (a, b)) in from_etcd.iter().zip(&from_ours).enumerate() {
+        assert_eq!(a, b, "seed {seed}: event {i} differs (etcd, then dengine)");
+    }
+    assert_eq!(
+        from_etcd.len(),
+        from_ours.len(),
+        "seed {seed}: etcd sent {} events, dengine {}",
+        from_etcd.len(),
+        from_ours.len()
+    );
+    assert!(
+        !from_etcd.is_empty(),
+        "seed {seed}: the sequence wrote nothing"
+    );
+}
+
+/// `DIFFERENTIAL_SEEDS` (3) seeds from `DIFFERENTIAL_FIRST` (1),
+/// `DIFFERENTIAL_OPS` (400) requests each: set them for a longer search
+/// (not `DENGINE_*`: the members would take those as settings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_sequence_of_requests_gets_the_answers_etcd_gives() {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let first = var("DIFFERENTIAL_FIRST", 1);
+    let seeds = var("DIFFERENTIAL_SEEDS", 3);
+    let ops = var("DIFFERENTIAL_OPS", 400) as usize;
+    for seed in first..first + seeds {
+        same_answers(seed, ops).await;
+    }
+}
