@@ -73,6 +73,26 @@ struct Side {
     lease: LeaseClient<Channel>,
 }
 
+/// The first answer on a new stream that sent `first`, within a bound.
+async fn first_answer<Req, Resp, Fut>(
+    first: Req,
+    open: impl FnOnce(tokio_stream::wrappers::UnboundedReceiverStream<Req>) -> Fut,
+) -> Result<Resp, tonic::Status>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<Resp>>, tonic::Status>>,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(first).expect("a request");
+    let mut stream = open(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let answer = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an answer within 10 s");
+    drop(tx);
+    answer.unwrap_or_else(|| Err(tonic::Status::unknown("the stream ended")))
+}
+
 impl Side {
     async fn connect(endpoint: String) -> (Side, Channel) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -144,6 +164,21 @@ impl Side {
                 r.keys.sort();
                 format!("{r:?}")
             }),
+            Op::KeepAlive(r) => {
+                let lease = self.lease.clone();
+                let got = first_answer(*r, |req| {
+                    let mut lease = lease;
+                    async move { lease.lease_keep_alive(req).await }
+                })
+                .await;
+                match got {
+                    Ok(mut r) => {
+                        header(&mut r.header);
+                        Answer::Ok(format!("{r:?}"))
+                    }
+                    Err(s) => Answer::Err(s.code(), s.message().to_string()),
+                }
+            }
             Op::Leases => answer(
                 self.lease.lease_leases(pb::LeaseLeasesRequest {}).await,
                 |mut r| {
@@ -196,6 +231,8 @@ enum Op {
     Grant(pb::LeaseGrantRequest),
     Revoke(pb::LeaseRevokeRequest),
     TimeToLive(pb::LeaseTimeToLiveRequest),
+    /// One renewal on a keep-alive stream of its own.
+    KeepAlive(pb::LeaseKeepAliveRequest),
     Leases,
 }
 
@@ -204,6 +241,8 @@ enum Op {
 struct Gen {
     rng: Rng,
     revision: i64,
+    /// The revision of the last compaction etcd took (0: none).
+    compacted: i64,
 }
 
 impl Gen {
@@ -412,6 +451,32 @@ impl Gen {
         }
     }
 
+    /// A watcher from a past revision (maybe a compacted one) over a key
+    /// range, with or without previous values and a filter.
+    fn watch(&mut self) -> pb::WatchCreateRequest {
+        use pb::watch_create_request::FilterType;
+        let key = self.rng.pick(KEYS).to_vec();
+        let range_end = self.range_end(&key);
+        pb::WatchCreateRequest {
+            range_end,
+            key,
+            // Mostly from a revision still kept.
+            start_revision: if self.rng.chance(30) {
+                1 + self.rng.below(self.revision.max(1) as u64) as i64
+            } else {
+                let from = self.compacted.max(1);
+                from + self.rng.below((self.revision - from + 1).max(1) as u64) as i64
+            },
+            prev_kv: self.rng.chance(50),
+            filters: match self.rng.below(4) {
+                0 => vec![FilterType::Noput as i32],
+                1 => vec![FilterType::Nodelete as i32],
+                _ => Vec::new(),
+            },
+            ..Default::default()
+        }
+    }
+
     fn op(&mut self) -> Op {
         match self.rng.below(100) {
             0..=29 => Op::Put(self.put()),
@@ -433,9 +498,12 @@ impl Gen {
             91..=94 => Op::Revoke(pb::LeaseRevokeRequest {
                 id: *self.rng.pick(LEASES),
             }),
-            95..=97 => Op::TimeToLive(pb::LeaseTimeToLiveRequest {
+            95..=96 => Op::TimeToLive(pb::LeaseTimeToLiveRequest {
                 id: *self.rng.pick(LEASES),
                 keys: self.rng.chance(50),
+            }),
+            97 => Op::KeepAlive(pb::LeaseKeepAliveRequest {
+                id: *self.rng.pick(LEASES),
             }),
             _ => Op::Leases,
         }
@@ -505,19 +573,26 @@ async fn events_to(
             _ => break,
         }
     }
+    sort_revisions(&mut got);
+    got
+}
+
+/// Puts the events of each revision that only deletes in key order: a
+/// lease's keys are deleted in no particular order by etcd.
+fn sort_revisions(events: &mut [mvccpb::Event]) {
     let rev = |e: &mvccpb::Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
     let mut start = 0;
-    while start < got.len() {
+    while start < events.len() {
         let end = start
-            + got[start..]
+            + events[start..]
                 .iter()
-                .take_while(|e| rev(e) == rev(&got[start]))
+                .take_while(|e| rev(e) == rev(&events[start]))
                 .count();
-        if got[start..end]
+        if events[start..end]
             .iter()
             .all(|e| e.r#type == mvccpb::event::EventType::Delete as i32)
         {
-            got[start..end].sort_by(|a, b| {
+            events[start..end].sort_by(|a, b| {
                 a.kv.as_ref()
                     .map(|k| &k.key)
                     .cmp(&b.kv.as_ref().map(|k| &k.key))
@@ -525,7 +600,83 @@ async fn events_to(
         }
         start = end;
     }
-    got
+}
+
+/// Whether a watch or range of `start`..`end` (etcd's rules: no end is
+/// the key alone, `\0` every key from it on) covers `key`.
+fn covers(start: &[u8], end: &[u8], key: &[u8]) -> bool {
+    match end {
+        [] => key == start,
+        [0] => key >= start,
+        end => key >= start && key < end,
+    }
+}
+
+/// How many of `all` (every event, from a watcher of everything) a
+/// watcher created by `w` must send.
+fn expected_events(all: &[mvccpb::Event], w: &pb::WatchCreateRequest) -> usize {
+    use pb::watch_create_request::FilterType;
+    all.iter()
+        .filter(|e| {
+            let Some(kv) = &e.kv else { return false };
+            let put = e.r#type == mvccpb::event::EventType::Put as i32;
+            let dropped = w.filters.iter().any(|f| {
+                (*f == FilterType::Noput as i32 && put)
+                    || (*f == FilterType::Nodelete as i32 && !put)
+            });
+            kv.mod_revision >= w.start_revision && covers(&w.key, &w.range_end, &kv.key) && !dropped
+        })
+        .count()
+}
+
+/// What a watcher created by `w` on a stream of its own sent: its
+/// creation, a cancellation (with the compacted revision), and its
+/// events (in the order `sort_revisions` puts them), until `expected`
+/// events came or it was cancelled.
+async fn watch_transcript(
+    channel: Channel,
+    w: pb::WatchCreateRequest,
+    expected: usize,
+) -> Vec<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(w)),
+    })
+    .expect("watch request");
+    let mut stream = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut said = Vec::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = if events.len() >= expected && !said.is_empty() {
+            // Everything expected came: a moment more for anything extra.
+            Duration::from_millis(100)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Ok(Some(Ok(resp))) = tokio::time::timeout(left, stream.next()).await else {
+            break;
+        };
+        if resp.created {
+            said.push(format!("created, watch id {}", resp.watch_id));
+        }
+        if resp.canceled || resp.compact_revision != 0 {
+            said.push(format!(
+                "canceled {}, compact revision {}, reason {:?}",
+                resp.canceled, resp.compact_revision, resp.cancel_reason
+            ));
+            break;
+        }
+        events.extend(resp.events);
+    }
+    drop(tx);
+    sort_revisions(&mut events);
+    said.extend(events.iter().map(|e| format!("{e:?}")));
+    said
 }
 
 /// The revision an answer reports, if it is a response with a header.
@@ -547,12 +698,13 @@ async fn same_answers(seed: u64, ops: usize) {
     ours.start_and_wait().await;
     let (mut e, e_channel) = Side::connect(etcd.members[0].endpoint()).await;
     let (mut d, d_channel) = Side::connect(ours.members[0].endpoint()).await;
-    let mut e_events = watch_all(e_channel).await;
-    let mut d_events = watch_all(d_channel).await;
+    let mut e_events = watch_all(e_channel.clone()).await;
+    let mut d_events = watch_all(d_channel.clone()).await;
 
     let mut g = Gen {
         rng: Rng::new(seed),
         revision: 1,
+        compacted: 0,
     };
     let mut differ = Vec::new();
     for i in 0..ops {
@@ -569,6 +721,9 @@ async fn same_answers(seed: u64, ops: usize) {
         }
         if let Some(r) = revision_of(&from_etcd) {
             g.revision = g.revision.max(r);
+        }
+        if let (Op::Compact(c), Answer::Ok(_)) = (&op, &from_etcd) {
+            g.compacted = g.compacted.max(c.revision);
         }
     }
     assert!(
@@ -594,6 +749,18 @@ async fn same_answers(seed: u64, ops: usize) {
         !from_etcd.is_empty(),
         "seed {seed}: the sequence wrote nothing"
     );
+
+    // Watchers from past revisions, compacted ones too.
+    for i in 0..10 {
+        let w = g.watch();
+        let expected = expected_events(&from_etcd, &w);
+        let by_etcd = watch_transcript(e_channel.clone(), w.clone(), expected).await;
+        let by_ours = watch_transcript(d_channel.clone(), w.clone(), expected).await;
+        assert_eq!(
+            by_etcd, by_ours,
+            "seed {seed}, watcher {i}: {w:?} (etcd, then dengine)"
+        );
+    }
 }
 
 /// `DIFFERENTIAL_SEEDS` (3) seeds from `DIFFERENTIAL_FIRST` (1),
