@@ -182,6 +182,16 @@ pub fn from_auth(e: &AuthError) -> Status {
     Status::new(code, format!("etcdserver: {e}"))
 }
 
+/// What etcd answers to a password for a user added without one: its
+/// auth store's own error, which etcd does not translate, so gRPC's
+/// `Unknown` with the store's text.
+pub fn no_password_user() -> Status {
+    Status::new(
+        Code::Unknown,
+        "auth: authentication failed, password was given for no password user",
+    )
+}
+
 /// etcd's `ErrGRPCLeaseExist`.
 pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 

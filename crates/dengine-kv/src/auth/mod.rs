@@ -532,8 +532,9 @@ impl AuthState {
                 password_hash,
             } => {
                 let u = self.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
+                // A user added without a password keeps that option, as
+                // in etcd: it still cannot authenticate with a password.
                 u.password_hash = password_hash.clone();
-                u.no_password = false;
             }
             AuthRequest::UserGrantRole { user, role } => {
                 if !self.users.contains_key(user) {

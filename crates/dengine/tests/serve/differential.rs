@@ -29,10 +29,10 @@ use crate::harness::Cluster;
 
 /// A small deterministic generator (xorshift64*): the same seed gives the
 /// same requests on every machine.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
@@ -44,22 +44,22 @@ impl Rng {
     }
 
     /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
     /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
-    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
         &from[self.below(from.len() as u64) as usize]
     }
 }
 
 /// Keys close together, so that ranges, prefixes and deletes overlap.
-const KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"b\0", b"ba", b"c", b"zz"];
+pub(crate) const KEYS: &[&[u8]] = &[b"a", b"ab", b"abc", b"b", b"b\0", b"ba", b"c", b"zz"];
 
 /// Lease ids the sequence grants and uses (and 99, never granted).
 const LEASES: &[i64] = &[1, 2, 3, 99];
@@ -93,20 +93,37 @@ where
     answer.unwrap_or_else(|| Err(tonic::Status::unknown("the stream ended")))
 }
 
+/// A channel to `endpoint`, retried for a while as the member starts.
+pub(crate) async fn connect(endpoint: String) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Channel::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("connecting to {endpoint}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A response in a comparable form (`f` takes out what differs by
+/// nature), or the error's code and message.
+pub(crate) fn answer<T>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    f: impl FnOnce(T) -> String,
+) -> Answer {
+    match r {
+        Ok(r) => Answer::Ok(f(r.into_inner())),
+        Err(s) => Answer::Err(s.code(), s.message().to_string()),
+    }
+}
+
 impl Side {
     async fn connect(endpoint: String) -> (Side, Channel) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let channel = loop {
-            match Channel::from_shared(endpoint.clone())
-                .expect("endpoint")
-                .connect()
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => panic!("connecting to {endpoint}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let channel = connect(endpoint).await;
         let side = Side {
             kv: KvClient::new(channel.clone()),
             lease: LeaseClient::new(channel.clone()),
@@ -116,15 +133,6 @@ impl Side {
 
     /// Sends `op`; its answer with what differs by nature taken out.
     async fn send(&mut self, op: &Op) -> Answer {
-        fn answer<T>(
-            r: Result<tonic::Response<T>, tonic::Status>,
-            f: impl FnOnce(T) -> String,
-        ) -> Answer {
-            match r {
-                Ok(r) => Answer::Ok(f(r.into_inner())),
-                Err(s) => Answer::Err(s.code(), s.message().to_string()),
-            }
-        }
         match op {
             Op::Range(r) => answer(self.kv.range(r.clone()).await, |mut r| {
                 header(&mut r.header);
@@ -193,13 +201,13 @@ impl Side {
 
 /// A response, or the error's code and message.
 #[derive(Debug, PartialEq)]
-enum Answer {
+pub(crate) enum Answer {
     Ok(String),
     Err(tonic::Code, String),
 }
 
 /// Takes out of a header what two clusters never share.
-fn header(h: &mut Option<pb::ResponseHeader>) {
+pub(crate) fn header(h: &mut Option<pb::ResponseHeader>) {
     if let Some(h) = h {
         h.cluster_id = 0;
         h.member_id = 0;

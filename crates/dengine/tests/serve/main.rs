@@ -14,6 +14,7 @@ mod cluster_cmd;
 mod concurrency;
 mod corrupt_check;
 mod differential;
+mod differential_auth;
 #[cfg(feature = "failpoints")]
 mod disk_faults;
 mod disk_full;

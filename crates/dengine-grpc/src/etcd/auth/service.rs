@@ -176,8 +176,9 @@ impl pb::auth_server::Auth for AuthService {
                 return Err(errors::from_auth(&AuthError::NotEnabled));
             }
             match state.users.get(&req.name) {
-                Some(u) if !u.no_password => (u.password_hash.clone(), state.revision),
-                _ => return Err(failed()),
+                Some(u) if u.no_password => return Err(errors::no_password_user()),
+                Some(u) => (u.password_hash.clone(), state.revision),
+                None => return Err(failed()),
             }
         };
         let password = req.password;
@@ -243,8 +244,10 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
         let who = self.core.caller(&request)?;
         let name = request.into_inner().name;
-        // A user may see its own roles.
-        let own = matches!(&who, Caller::User { name: n, .. } if *n == name);
+        // A user may see its own roles. As etcd, a request naming nobody
+        // asking for the user "" counts as asking for its own (and then
+        // finds no such user).
+        let own = who.user() == Some(name.as_str());
         if !own {
             self.core.check_admin(&who)?;
         }
