@@ -68,7 +68,7 @@ const LEASES: &[i64] = &[1, 2, 3, 99];
 const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 /// Where one request goes.
-struct Side {
+pub(crate) struct Side {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
 }
@@ -122,7 +122,7 @@ pub(crate) fn answer<T>(
 }
 
 impl Side {
-    async fn connect(endpoint: String) -> (Side, Channel) {
+    pub(crate) async fn connect(endpoint: String) -> (Side, Channel) {
         let channel = connect(endpoint).await;
         let side = Side {
             kv: KvClient::new(channel.clone()),
@@ -132,7 +132,7 @@ impl Side {
     }
 
     /// Sends `op`; its answer with what differs by nature taken out.
-    async fn send(&mut self, op: &Op) -> Answer {
+    pub(crate) async fn send(&mut self, op: &Op) -> Answer {
         match op {
             Op::Range(r) => answer(self.kv.range(r.clone()).await, |mut r| {
                 header(&mut r.header);
@@ -230,7 +230,7 @@ fn txn_headers(t: &mut pb::TxnResponse) {
 
 /// One request of the sequence.
 #[derive(Debug)]
-enum Op {
+pub(crate) enum Op {
     Range(pb::RangeRequest),
     Put(pb::PutRequest),
     Delete(pb::DeleteRangeRequest),
@@ -246,15 +246,15 @@ enum Op {
 
 /// Draws requests; `revision` is the store's revision as the last answer
 /// gave it, so that reads and compactions aim near it.
-struct Gen {
-    rng: Rng,
-    revision: i64,
+pub(crate) struct Gen {
+    pub(crate) rng: Rng,
+    pub(crate) revision: i64,
     /// The revision of the last compaction etcd took (0: none).
-    compacted: i64,
+    pub(crate) compacted: i64,
     /// Whether ranges may be serializable: not when requests go to
     /// several members, where a member may not have applied the last
     /// write yet (on either system).
-    serializable: bool,
+    pub(crate) serializable: bool,
 }
 
 impl Gen {
@@ -465,7 +465,7 @@ impl Gen {
 
     /// A watcher from a past revision (maybe a compacted one) over a key
     /// range, with or without previous values and a filter.
-    fn watch(&mut self) -> pb::WatchCreateRequest {
+    pub(crate) fn watch(&mut self) -> pb::WatchCreateRequest {
         use pb::watch_create_request::FilterType;
         let key = self.rng.pick(KEYS).to_vec();
         let range_end = self.range_end(&key);
@@ -489,7 +489,7 @@ impl Gen {
         }
     }
 
-    fn op(&mut self) -> Op {
+    pub(crate) fn op(&mut self) -> Op {
         match self.rng.below(100) {
             0..=29 => Op::Put(self.put()),
             30..=51 => Op::Range(self.range()),
@@ -591,7 +591,7 @@ async fn events_to(
 
 /// Puts the events of each revision that only deletes in key order: a
 /// lease's keys are deleted in no particular order by etcd.
-fn sort_revisions(events: &mut [mvccpb::Event]) {
+pub(crate) fn sort_revisions(events: &mut [mvccpb::Event]) {
     let rev = |e: &mvccpb::Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
     let mut start = 0;
     while start < events.len() {
@@ -692,7 +692,7 @@ async fn watch_transcript(
 }
 
 /// The revision an answer reports, if it is a response with a header.
-fn revision_of(a: &Answer) -> Option<i64> {
+pub(crate) fn revision_of(a: &Answer) -> Option<i64> {
     let Answer::Ok(text) = a else { return None };
     let at = text.find("revision: ")? + "revision: ".len();
     text[at..]
