@@ -524,7 +524,10 @@ impl Gen {
 
 /// A watcher of every key with previous values; what it received goes
 /// to a channel, event by event.
-async fn watch_all(channel: Channel) -> tokio::sync::mpsc::UnboundedReceiver<mvccpb::Event> {
+async fn watch_all(
+    channel: Channel,
+    start_revision: i64,
+) -> tokio::sync::mpsc::UnboundedReceiver<mvccpb::Event> {
     let (req_tx, req_rx) = tokio::sync::mpsc::unbounded_channel();
     req_tx
         .send(pb::WatchRequest {
@@ -533,6 +536,7 @@ async fn watch_all(channel: Channel) -> tokio::sync::mpsc::UnboundedReceiver<mvc
                     key: vec![0],
                     range_end: vec![0],
                     prev_kv: true,
+                    start_revision,
                     ..Default::default()
                 },
             )),
@@ -703,7 +707,15 @@ pub(crate) fn revision_of(a: &Answer) -> Option<i64> {
 }
 
 /// Runs `ops` requests of `seed` against both and compares every answer.
-async fn same_answers(seed: u64, ops: usize, members: usize) {
+/// What happens halfway through a sequence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Midway {
+    Nothing,
+    /// Every member of both systems is killed (SIGKILL) and started again.
+    RestartAll,
+}
+
+async fn same_answers(seed: u64, ops: usize, members: usize, midway: Midway) {
     let mut etcd = Cluster::etcd(members);
     etcd.start_and_wait().await;
     let mut ours = Cluster::new(members);
@@ -714,11 +726,17 @@ async fn same_answers(seed: u64, ops: usize, members: usize) {
         e.push(Side::connect(etcd.members[i].endpoint()).await);
         d.push(Side::connect(ours.members[i].endpoint()).await);
     }
-    // The watchers of everything on the last member.
-    let e_channel = e[members - 1].1.clone();
-    let d_channel = d[members - 1].1.clone();
-    let mut e_events = watch_all(e_channel.clone()).await;
-    let mut d_events = watch_all(d_channel.clone()).await;
+    // The watchers of everything on the last member (with a restart,
+    // made at the end from the first revision kept instead).
+    let mut e_channel = e[members - 1].1.clone();
+    let mut d_channel = d[members - 1].1.clone();
+    let events = match midway {
+        Midway::Nothing => Some((
+            watch_all(e_channel.clone(), 0).await,
+            watch_all(d_channel.clone(), 0).await,
+        )),
+        Midway::RestartAll => None,
+    };
 
     let mut g = Gen {
         rng: Rng::new(seed),
@@ -728,6 +746,20 @@ async fn same_answers(seed: u64, ops: usize, members: usize) {
     };
     let mut differ = Vec::new();
     for i in 0..ops {
+        if midway == Midway::RestartAll && i == ops / 2 {
+            for c in [&mut etcd, &mut ours] {
+                for m in 0..members {
+                    c.kill(m);
+                }
+                c.start_and_wait().await;
+            }
+            for m in 0..members {
+                e[m] = Side::connect(etcd.members[m].endpoint()).await;
+                d[m] = Side::connect(ours.members[m].endpoint()).await;
+            }
+            e_channel = e[members - 1].1.clone();
+            d_channel = d[members - 1].1.clone();
+        }
         let op = g.op();
         // Each request to the next member: writes and linearizable reads
         // go through followers as well as the leader.
@@ -755,6 +787,16 @@ async fn same_answers(seed: u64, ops: usize, members: usize) {
         differ.join("\n")
     );
 
+    let (mut e_events, mut d_events) = match events {
+        Some(both) => both,
+        None => {
+            let from = g.compacted.max(1);
+            (
+                watch_all(e_channel.clone(), from).await,
+                watch_all(d_channel.clone(), from).await,
+            )
+        }
+    };
     let from_etcd = events_to(&mut e_events, g.revision).await;
     let from_ours = events_to(&mut d_events, g.revision).await;
     for (i, (a, b)) in from_etcd.iter().zip(&from_ours).enumerate() {
@@ -800,12 +842,20 @@ async fn a_seeded_sequence_of_requests_gets_the_answers_etcd_gives() {
     let seeds = var("DIFFERENTIAL_SEEDS", 3);
     let ops = var("DIFFERENTIAL_OPS", 400) as usize;
     for seed in first..first + seeds {
-        same_answers(seed, ops, 1).await;
+        same_answers(seed, ops, 1, Midway::Nothing).await;
     }
 }
 
 /// The same through three members of each, requests spread over them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_every_member_of_three_the_answers_are_etcds() {
-    same_answers(1_000, 300, 3).await;
+    same_answers(1_000, 300, 3, Midway::Nothing).await;
+}
+
+/// The same with every member of both killed and started again halfway:
+/// what each kept on disk (keys, history, compaction, leases) answers as
+/// etcd's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_member_restarts_the_answers_are_still_etcds() {
+    same_answers(2_000, 300, 3, Midway::RestartAll).await;
 }
