@@ -11,8 +11,8 @@ use dengine_proto::authpb;
 use dengine_proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
-use super::Caller;
 use super::jwt::Jwt;
+use super::{Caller, Credentials};
 use crate::etcd::{EtcdCore, errors};
 
 /// How passwords are hashed and tokens made.
@@ -165,6 +165,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let credentials = Credentials::of(&request);
         let req = request.into_inner();
         let failed = || errors::from_auth(&AuthError::AuthFailed);
         // As etcd: a user or password changed through another member
@@ -190,6 +191,10 @@ impl pb::auth_server::Auth for AuthService {
             tracing::info!(user = %req.name, "authentication failed");
             return Err(failed());
         }
+        // As etcd (which checks the password first, then takes the
+        // request's token on its way through the log): a lapsed token
+        // sent along is refused even with the right password.
+        self.core.caller_from(&credentials)?;
         if let Some(jwt) = &self.settings.jwt {
             // Signed here, checked by any member: no trip through the log.
             let token = jwt
