@@ -324,9 +324,8 @@ impl ClusterService {
             .await?;
         tracing::info!(member = %format!("{id:x}"), peer_urls = ?urls, learner = req.is_learner,
             "member added");
-        let revision = self.core.current_revision().await?;
         Ok(pb::MemberAddResponse {
-            header: self.core.header(revision),
+            header: self.core.cluster_header(),
             member: Some(pb::Member {
                 id,
                 name: String::new(),
@@ -350,9 +349,8 @@ impl ClusterService {
         self.check_voter_leaves(&conf, id)?;
         self.change(ConfChangeStep::Remove(id), Vec::new()).await?;
         tracing::info!(member = %format!("{:x}", req.id), "member removed");
-        let revision = self.core.current_revision().await?;
         Ok(pb::MemberRemoveResponse {
-            header: self.core.header(revision),
+            header: self.core.cluster_header(),
             members: self.members_now(),
         })
     }
@@ -378,10 +376,10 @@ impl ClusterService {
             .propose(Bytes::from(cmd.encode()))
             .await
             .map_err(|e| errors::from_runtime(&e))?;
-        let done = proposed.response.map_err(|e| errors::from_kv(&e))?;
+        proposed.response.map_err(|e| errors::from_kv(&e))?;
         tracing::info!(member = %format!("{:x}", req.id), peer_urls = ?urls, "member updated");
         Ok(pb::MemberUpdateResponse {
-            header: self.core.header(done.revision),
+            header: self.core.cluster_header(),
             members: self.members_now(),
         })
     }
@@ -416,9 +414,8 @@ impl ClusterService {
         self.change(ConfChangeStep::AddVoter(id), Vec::new())
             .await?;
         tracing::info!(member = %format!("{:x}", req.id), "learner promoted");
-        let revision = self.core.current_revision().await?;
         Ok(pb::MemberPromoteResponse {
-            header: self.core.header(revision),
+            header: self.core.cluster_header(),
             members: self.members_now(),
         })
     }
@@ -493,9 +490,8 @@ impl Cluster for ClusterService {
             // what the leader had committed when the call came.
             self.core.read(false, |_| ()).await?;
         }
-        let revision = self.core.current_revision().await?;
         Ok(Response::new(pb::MemberListResponse {
-            header: self.core.header(revision),
+            header: self.core.cluster_header(),
             members: self.members_now(),
         }))
     }

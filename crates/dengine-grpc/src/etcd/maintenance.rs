@@ -79,9 +79,13 @@ impl Maintenance for MaintenanceService {
             }
             Ok(action) => {
                 let Some(kind) = kind else {
-                    return Err(Status::invalid_argument(
-                        "etcdserver: an alarm to raise or clear needs its type",
-                    ));
+                    // As etcd 3.5: raising or clearing no alarm type does
+                    // nothing (3.4 recorded an alarm of type NONE).
+                    let revision = self.core.current_revision().await?;
+                    return Ok(Response::new(pb::AlarmResponse {
+                        header: self.core.header(revision),
+                        alarms: Vec::new(),
+                    }));
                 };
                 let cmd = KvCommand::Alarm(AlarmRequest {
                     activate: action == AlarmAction::Activate,
@@ -151,14 +155,12 @@ impl Maintenance for MaintenanceService {
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.core.require_admin(&request)?;
-        let revision = self
-            .core
-            .read(true, |kv| kv.defragment().map(|()| kv.revision()))
+        self.core
+            .read(true, |kv| kv.defragment())
             .await?
             .map_err(|e| errors::from_kv(&e))?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.core.header(revision),
-        }))
+        // etcd answers a defragmentation with an empty response, no header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     /// etcd's `Hash`: here the hash of the whole history at the current
@@ -296,10 +298,8 @@ impl Maintenance for MaintenanceService {
                 .await
                 .map_err(|e| errors::from_runtime(&e))?;
         }
-        let revision = self.core.current_revision().await?;
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.core.header(revision),
-        }))
+        // etcd answers a move with an empty response, no header.
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(

@@ -15,6 +15,7 @@ mod concurrency;
 mod corrupt_check;
 mod differential;
 mod differential_auth;
+mod differential_cluster;
 mod differential_lock;
 mod differential_watch;
 #[cfg(feature = "failpoints")]
