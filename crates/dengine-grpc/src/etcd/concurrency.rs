@@ -344,7 +344,7 @@ fn through_client(s: Status) -> Status {
     if s.code() == tonic::Code::Unknown {
         s
     } else {
-        Status::unknown(s.message())
+        unknown(s.message())
     }
 }
 

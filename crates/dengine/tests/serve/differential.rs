@@ -121,6 +121,66 @@ pub(crate) fn answer<T>(
     }
 }
 
+/// A response whose only part that differs by nature is its header
+/// (`header_of` finds it), in a comparable form; or the error's code and
+/// message.
+pub(crate) fn headed<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    header_of: fn(&mut T) -> &mut Option<pb::ResponseHeader>,
+) -> Answer {
+    answer(r, |mut r| {
+        header(header_of(&mut r));
+        format!("{r:?}")
+    })
+}
+
+/// The seeds a differential test runs: `DIFFERENTIAL_SEEDS` of them
+/// (`count` unless set) from `DIFFERENTIAL_FIRST` (1), for a longer search
+/// by hand. Not `DENGINE_*`: the members would take those as settings.
+pub(crate) fn seeds(count: u64) -> std::ops::Range<u64> {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let first = var("DIFFERENTIAL_FIRST", 1);
+    first..first + var("DIFFERENTIAL_SEEDS", count)
+}
+
+/// The answers that differed, reported together (the first ten).
+#[derive(Default)]
+pub(crate) struct Differences(Vec<String>);
+
+impl Differences {
+    /// Records `request`'s answers if they differ; false once ten did
+    /// (there is no use going on).
+    pub(crate) fn compare(
+        &mut self,
+        request: impl FnOnce() -> String,
+        etcd: &Answer,
+        ours: &Answer,
+    ) -> bool {
+        if etcd != ours {
+            self.0.push(format!(
+                "{}\n  etcd:    {etcd:?}\n  dengine: {ours:?}",
+                request()
+            ));
+        }
+        self.0.len() < 10
+    }
+
+    /// Fails with every difference recorded, if there was one.
+    pub(crate) fn assert_none(&self) {
+        assert!(
+            self.0.is_empty(),
+            "{} answers differ:\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
+    }
+}
+
 impl Side {
     pub(crate) async fn connect(endpoint: String) -> (Side, Channel) {
         let channel = connect(endpoint).await;
@@ -134,34 +194,16 @@ impl Side {
     /// Sends `op`; its answer with what differs by nature taken out.
     pub(crate) async fn send(&mut self, op: &Op) -> Answer {
         match op {
-            Op::Range(r) => answer(self.kv.range(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Op::Put(r) => answer(self.kv.put(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Op::Delete(r) => answer(self.kv.delete_range(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
+            Op::Range(r) => headed(self.kv.range(r.clone()).await, |r| &mut r.header),
+            Op::Put(r) => headed(self.kv.put(r.clone()).await, |r| &mut r.header),
+            Op::Delete(r) => headed(self.kv.delete_range(r.clone()).await, |r| &mut r.header),
             Op::Txn(r) => answer(self.kv.txn(r.clone()).await, |mut r| {
                 txn_headers(&mut r);
                 format!("{r:?}")
             }),
-            Op::Compact(r) => answer(self.kv.compact(*r).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Op::Grant(r) => answer(self.lease.lease_grant(*r).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Op::Revoke(r) => answer(self.lease.lease_revoke(*r).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
+            Op::Compact(r) => headed(self.kv.compact(*r).await, |r| &mut r.header),
+            Op::Grant(r) => headed(self.lease.lease_grant(*r).await, |r| &mut r.header),
+            Op::Revoke(r) => headed(self.lease.lease_revoke(*r).await, |r| &mut r.header),
             Op::TimeToLive(r) => answer(self.lease.lease_time_to_live(*r).await, |mut r| {
                 header(&mut r.header);
                 // The time left depends on when each side was asked; the
@@ -179,13 +221,7 @@ impl Side {
                     async move { lease.lease_keep_alive(req).await }
                 })
                 .await;
-                match got {
-                    Ok(mut r) => {
-                        header(&mut r.header);
-                        Answer::Ok(format!("{r:?}"))
-                    }
-                    Err(s) => Answer::Err(s.code(), s.message().to_string()),
-                }
+                headed(got.map(tonic::Response::new), |r| &mut r.header)
             }
             Op::Leases => answer(
                 self.lease.lease_leases(pb::LeaseLeasesRequest {}).await,
@@ -489,6 +525,17 @@ impl Gen {
         }
     }
 
+    /// Takes in etcd's answer to `op`: the revision it reports, and the
+    /// revision a compaction it took compacted to.
+    pub(crate) fn learn(&mut self, op: &Op, from_etcd: &Answer) {
+        if let Some(r) = revision_of(from_etcd) {
+            self.revision = self.revision.max(r);
+        }
+        if let (Op::Compact(c), Answer::Ok(_)) = (op, from_etcd) {
+            self.compacted = self.compacted.max(c.revision);
+        }
+    }
+
     pub(crate) fn op(&mut self) -> Op {
         match self.rng.below(100) {
             0..=29 => Op::Put(self.put()),
@@ -696,7 +743,7 @@ async fn watch_transcript(
 }
 
 /// The revision an answer reports, if it is a response with a header.
-pub(crate) fn revision_of(a: &Answer) -> Option<i64> {
+fn revision_of(a: &Answer) -> Option<i64> {
     let Answer::Ok(text) = a else { return None };
     let at = text.find("revision: ")? + "revision: ".len();
     text[at..]
@@ -744,7 +791,7 @@ async fn same_answers(seed: u64, ops: usize, members: usize, midway: Midway) {
         compacted: 0,
         serializable: members == 1,
     };
-    let mut differ = Vec::new();
+    let mut differ = Differences::default();
     for i in 0..ops {
         if midway == Midway::RestartAll && i == ops / 2 {
             for c in [&mut etcd, &mut ours] {
@@ -765,27 +812,13 @@ async fn same_answers(seed: u64, ops: usize, members: usize, midway: Midway) {
         // go through followers as well as the leader.
         let from_etcd = e[i % members].0.send(&op).await;
         let from_ours = d[i % members].0.send(&op).await;
-        if from_etcd != from_ours {
-            differ.push(format!(
-                "seed {seed}, request {i}: {op:?}\n  etcd:    {from_etcd:?}\n  dengine: {from_ours:?}"
-            ));
-            if differ.len() >= 10 {
-                break;
-            }
-        }
-        if let Some(r) = revision_of(&from_etcd) {
-            g.revision = g.revision.max(r);
-        }
-        if let (Op::Compact(c), Answer::Ok(_)) = (&op, &from_etcd) {
-            g.compacted = g.compacted.max(c.revision);
+        g.learn(&op, &from_etcd);
+        let request = || format!("seed {seed}, request {i}: {op:?}");
+        if !differ.compare(request, &from_etcd, &from_ours) {
+            break;
         }
     }
-    assert!(
-        differ.is_empty(),
-        "{} answers differ:\n{}",
-        differ.len(),
-        differ.join("\n")
-    );
+    differ.assert_none();
 
     let (mut e_events, mut d_events) = match events {
         Some(both) => both,
@@ -827,21 +860,14 @@ async fn same_answers(seed: u64, ops: usize, members: usize, midway: Midway) {
     }
 }
 
-/// `DIFFERENTIAL_SEEDS` (3) seeds from `DIFFERENTIAL_FIRST` (1),
-/// `DIFFERENTIAL_OPS` (400) requests each: set them for a longer search
-/// (not `DENGINE_*`: the members would take those as settings).
+/// Three seeds (see [`seeds`]), `DIFFERENTIAL_OPS` (400) requests each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_sequence_of_requests_gets_the_answers_etcd_gives() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = var("DIFFERENTIAL_FIRST", 1);
-    let seeds = var("DIFFERENTIAL_SEEDS", 3);
-    let ops = var("DIFFERENTIAL_OPS", 400) as usize;
-    for seed in first..first + seeds {
+    let ops = std::env::var("DIFFERENTIAL_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    for seed in seeds(3) {
         same_answers(seed, ops, 1, Midway::Nothing).await;
     }
 }

@@ -13,7 +13,7 @@ use pb::auth_client::AuthClient;
 use pb::kv_client::KvClient;
 use tonic::transport::Channel;
 
-use crate::differential::{Answer, KEYS, Rng, answer, connect, header};
+use crate::differential::{Answer, Differences, KEYS, Rng, connect, headed, header, seeds};
 use crate::harness::Cluster;
 
 /// Names that exist, will, or never do (the empty one).
@@ -218,10 +218,7 @@ impl Side {
         macro_rules! call {
             ($client:ident . $method:ident ($msg:expr)) => {{
                 let r = self.request($msg, op.as_user);
-                answer(self.$client.$method(r).await, |mut r| {
-                    header(&mut r.header);
-                    format!("{r:?}")
-                })
+                headed(self.$client.$method(r).await, |r| &mut r.header)
             }};
         }
         match &op.call {
@@ -262,18 +259,10 @@ impl Side {
     }
 }
 
-/// Seeds 1 and 2; `DIFFERENTIAL_SEEDS` and `DIFFERENTIAL_FIRST` choose
-/// others, as for the KV sequence.
+/// Two seeds (see [`seeds`](crate::differential::seeds)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_sequence_of_auth_calls_gets_the_answers_etcd_gives() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = var("DIFFERENTIAL_FIRST", 1);
-    for seed in first..first + var("DIFFERENTIAL_SEEDS", 2) {
+    for seed in seeds(2) {
         let mut etcd = Cluster::etcd(1);
         etcd.start_and_wait().await;
         let mut ours = Cluster::new(1);
@@ -281,25 +270,16 @@ async fn a_seeded_sequence_of_auth_calls_gets_the_answers_etcd_gives() {
         let mut e = Side::connect(etcd.members[0].endpoint()).await;
         let mut d = Side::connect(ours.members[0].endpoint()).await;
         let mut g = Gen(Rng::new(seed));
-        let mut differ = Vec::new();
+        let mut differ = Differences::default();
         for i in 0..250 {
             let op = g.op();
             let from_etcd = e.send(&op).await;
             let from_ours = d.send(&op).await;
-            if from_etcd != from_ours {
-                differ.push(format!(
-                    "seed {seed}, call {i}: {op:?}\n  etcd:    {from_etcd:?}\n  dengine: {from_ours:?}"
-                ));
-                if differ.len() >= 10 {
-                    break;
-                }
+            let request = || format!("seed {seed}, call {i}: {op:?}");
+            if !differ.compare(request, &from_etcd, &from_ours) {
+                break;
             }
         }
-        assert!(
-            differ.is_empty(),
-            "{} answers differ:\n{}",
-            differ.len(),
-            differ.join("\n")
-        );
+        differ.assert_none();
     }
 }

@@ -17,7 +17,7 @@ use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
 use tonic::transport::Channel;
 
-use crate::differential::{Answer, Rng, answer, connect, header};
+use crate::differential::{Answer, Differences, Rng, answer, connect, headed, header, seeds};
 use crate::harness::Cluster;
 
 const LOCKS: &[&str] = &["lk1", "lk2"];
@@ -76,66 +76,37 @@ impl Side {
     async fn send(&mut self, call: &Call) -> (Answer, Option<epb::LeaderKey>) {
         let mut leader = None;
         let a = match call {
-            Call::Grant(id) => answer(
+            Call::Grant(id) => headed(
                 self.lease
                     .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: *id })
                     .await,
-                |mut r| {
-                    header(&mut r.header);
-                    format!("{r:?}")
-                },
+                |r| &mut r.header,
             ),
-            Call::Revoke(id) => answer(
+            Call::Revoke(id) => headed(
                 self.lease
                     .lease_revoke(pb::LeaseRevokeRequest { id: *id })
                     .await,
-                |mut r| {
-                    header(&mut r.header);
-                    format!("{r:?}")
-                },
+                |r| &mut r.header,
             ),
-            Call::Lock(r) => answer(self.lock.lock(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Call::Unlock(r) => answer(self.lock.unlock(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
+            Call::Lock(r) => headed(self.lock.lock(r.clone()).await, |r| &mut r.header),
+            Call::Unlock(r) => headed(self.lock.unlock(r.clone()).await, |r| &mut r.header),
             Call::Campaign(r) => answer(self.election.campaign(r.clone()).await, |mut r| {
                 header(&mut r.header);
                 leader.clone_from(&r.leader);
                 format!("{r:?}")
             }),
-            Call::Proclaim(r) => answer(self.election.proclaim(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Call::Leader(r) => answer(self.election.leader(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
-            Call::Resign(r) => answer(self.election.resign(r.clone()).await, |mut r| {
-                header(&mut r.header);
-                format!("{r:?}")
-            }),
+            Call::Proclaim(r) => headed(self.election.proclaim(r.clone()).await, |r| &mut r.header),
+            Call::Leader(r) => headed(self.election.leader(r.clone()).await, |r| &mut r.header),
+            Call::Resign(r) => headed(self.election.resign(r.clone()).await, |r| &mut r.header),
         };
         (a, leader)
     }
 }
 
-/// Seeds 1 and 2; `DIFFERENTIAL_SEEDS` and `DIFFERENTIAL_FIRST` choose
-/// others, as for the KV sequence.
+/// Two seeds (see [`seeds`](crate::differential::seeds)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_and_elections_get_the_answers_etcd_gives() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = var("DIFFERENTIAL_FIRST", 1);
-    for seed in first..first + var("DIFFERENTIAL_SEEDS", 2) {
+    for seed in seeds(2) {
         same_answers(seed).await;
     }
 }
@@ -150,7 +121,7 @@ async fn same_answers(seed: u64) {
     let mut rng = Rng::new(seed + 7_000);
     // Leader keys etcd gave, and lock keys, to use again (or forge).
     let mut leaders: Vec<epb::LeaderKey> = Vec::new();
-    let mut differ = Vec::new();
+    let mut differ = Differences::default();
     for i in 0..200 {
         let lease = *rng.pick(LEASES);
         let call = match rng.below(100) {
@@ -205,19 +176,10 @@ async fn same_answers(seed: u64) {
         let (from_etcd, leader) = e.send(&call).await;
         let (from_ours, _) = d.send(&call).await;
         leaders.extend(leader);
-        if from_etcd != from_ours {
-            differ.push(format!(
-                "seed {seed}, call {i}: {call:?}\n  etcd:    {from_etcd:?}\n  dengine: {from_ours:?}"
-            ));
-            if differ.len() >= 10 {
-                break;
-            }
+        let request = || format!("seed {seed}, call {i}: {call:?}");
+        if !differ.compare(request, &from_etcd, &from_ours) {
+            break;
         }
     }
-    assert!(
-        differ.is_empty(),
-        "{} answers differ:\n{}",
-        differ.len(),
-        differ.join("\n")
-    );
+    differ.assert_none();
 }

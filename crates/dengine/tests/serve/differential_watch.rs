@@ -19,7 +19,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::differential::{Gen, Op, Rng, Side, revision_of, sort_revisions};
+use crate::differential::{Gen, Op, Rng, Side, seeds, sort_revisions};
 use crate::harness::Cluster;
 
 /// One watch stream and everything it answered so far.
@@ -148,18 +148,10 @@ fn write(g: &mut Gen) -> Op {
     }
 }
 
-/// Seeds 1 and 2; `DIFFERENTIAL_SEEDS` and `DIFFERENTIAL_FIRST` choose
-/// others, as for the KV sequence.
+/// Two seeds (see [`seeds`](crate::differential::seeds)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_on_one_stream_are_told_what_etcd_tells_them() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = var("DIFFERENTIAL_FIRST", 1);
-    for seed in first..first + var("DIFFERENTIAL_SEEDS", 2) {
+    for seed in seeds(2) {
         let mut etcd = Cluster::etcd(1);
         etcd.start_and_wait().await;
         let mut ours = Cluster::new(1);
@@ -183,13 +175,7 @@ async fn watchers_on_one_stream_are_told_what_etcd_tells_them() {
                         from_etcd, from_ours,
                         "seed {seed}, step {step}: {op:?} (etcd, then dengine)"
                     );
-                    if let Some(r) = revision_of(&from_etcd) {
-                        g.revision = g.revision.max(r);
-                    }
-                    if let (Op::Compact(c), crate::differential::Answer::Ok(_)) = (&op, &from_etcd)
-                    {
-                        g.compacted = g.compacted.max(c.revision);
-                    }
+                    g.learn(&op, &from_etcd);
                 }
                 45..=69 => {
                     let mut w = g.watch();
