@@ -569,13 +569,17 @@ impl KvStateMachine {
     /// the key and that its lease exists, so a command that would fail
     /// changes nothing. The revisions the chosen ranges read at go to
     /// `ranges`, in order: etcd checks them (`checkRange`) only after
-    /// every put has passed.
+    /// every put has passed. `doomed` is set when a put keeping its key's
+    /// value or lease follows a delete of that key in the same command:
+    /// the put would fail as it runs, so the command fails after the
+    /// ranges' checks.
     fn choose<'a>(
         &self,
         t: &'a TxnRequest,
         path: &mut Vec<bool>,
         earlier: &mut Vec<Earlier<'a>>,
         ranges: &mut Vec<i64>,
+        doomed: &mut bool,
     ) -> Result<(), KvError> {
         let mut succeeded = true;
         for c in &t.compare {
@@ -589,18 +593,22 @@ impl KvStateMachine {
             match op {
                 TxnOp::Range(r) => ranges.push(r.revision),
                 TxnOp::Put(p) => {
-                    if !self.finds(p, earlier) {
+                    // etcd's `checkPut` looks at the store before the txn.
+                    if !self.finds(p, &[]) {
                         return Err(key_not_found());
                     }
                     if !self.lease_exists(p.lease) {
                         return Err(KvError::LeaseNotFound);
                     }
+                    // A key the txn deleted first would be missing when the
+                    // put runs: it fails then, after the ranges' checks.
+                    *doomed |= !self.finds(p, earlier);
                     earlier.push(Earlier::Put(&p.key));
                 }
                 TxnOp::DeleteRange(d) => {
                     earlier.push(Earlier::Delete(KeyRange::new(&d.key, &d.range_end)));
                 }
-                TxnOp::Txn(nested) => self.choose(nested, path, earlier, ranges)?,
+                TxnOp::Txn(nested) => self.choose(nested, path, earlier, ranges, doomed)?,
             }
         }
         Ok(())
@@ -701,9 +709,13 @@ impl KvStateMachine {
             KvCommand::Txn(t) => {
                 let mut path = Vec::new();
                 let mut ranges = Vec::new();
-                self.choose(t, &mut path, &mut Vec::new(), &mut ranges)?;
+                let mut doomed = false;
+                self.choose(t, &mut path, &mut Vec::new(), &mut ranges, &mut doomed)?;
                 for revision in ranges {
                     self.check_txn_range(revision)?;
+                }
+                if doomed {
+                    return Err(key_not_found());
                 }
                 self.run_txn(main, t, &mut path.into_iter(), &mut wrote)?
             }
