@@ -452,7 +452,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let bytes = self
             .call(Method::Add, request.into_inner().encode_to_vec())
             .await?;
@@ -463,7 +463,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let bytes = self
             .call(Method::Remove, request.into_inner().encode_to_vec())
             .await?;
@@ -474,7 +474,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let bytes = self
             .call(Method::Update, request.into_inner().encode_to_vec())
             .await?;
@@ -500,7 +500,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let bytes = self
             .call(Method::Promote, request.into_inner().encode_to_vec())
             .await?;

@@ -125,11 +125,17 @@ fn delete_if_held(key: Vec<u8>, rev: i64) -> TxnRequest {
 
 impl Recipes {
     /// The recipes for the sender of `request`.
-    fn for_caller<T>(&self, request: &Request<T>) -> Result<Recipes, Status> {
-        Ok(Recipes {
-            who: self.core.caller(request)?,
-            ..self.clone()
-        })
+    fn for_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> impl std::future::Future<Output = Result<Recipes, Status>> + Send + '_ {
+        let who = self.core.caller(request);
+        async move {
+            Ok(Recipes {
+                who: who.await?,
+                ..self.clone()
+            })
+        }
     }
 
     async fn txn(&self, t: TxnRequest) -> Result<(KvResponse, bool, Vec<OpResponse>), Status> {
@@ -289,7 +295,7 @@ impl LockService {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
-        let r = &self.recipes.for_caller(&request)?;
+        let r = &self.recipes.for_caller(&request).await?;
         let req = request.into_inner();
         let lease = r.lease_or_new(req.lease).await?;
         let prefix = with_slash(&req.name);
@@ -322,7 +328,7 @@ impl LockService {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
-        let who = self.recipes.core.caller(&request)?;
+        let who = self.recipes.core.caller(&request).await?;
         let key = request.into_inner().key;
         let cmd = KvCommand::DeleteRange(DeleteRangeRequest {
             key,
@@ -417,7 +423,7 @@ impl ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
-        let r = &self.recipes.for_caller(&request)?;
+        let r = &self.recipes.for_caller(&request).await?;
         let req = request.into_inner();
         let lease = r.lease_or_new(req.lease).await?;
         let prefix = with_slash(&req.name);
@@ -452,7 +458,7 @@ impl ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
-        let r = self.recipes.for_caller(&request)?;
+        let r = self.recipes.for_caller(&request).await?;
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(missing_leader)?;
         let rev = proclaim(&r, &leader, &req.value).await?;
@@ -465,7 +471,7 @@ impl ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
-        let r = self.recipes.for_caller(&request)?;
+        let r = self.recipes.for_caller(&request).await?;
         let prefix = with_slash(&request.into_inner().name);
         let (rev, first) = r.first(&prefix).await?;
         let kv = first.ok_or_else(|| unknown("election: no leader"))?;
@@ -479,7 +485,7 @@ impl ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
-        let r = self.recipes.for_caller(&request)?;
+        let r = self.recipes.for_caller(&request).await?;
         let leader = request.into_inner().leader.ok_or_else(missing_leader)?;
         let (resp, _, _) = r.txn(delete_if_held(leader.key, leader.rev)).await?;
         Ok(Response::new(epb::ResignResponse {
@@ -526,7 +532,11 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let r = self.recipes.for_caller(&request).map_err(through_client)?;
+        let r = self
+            .recipes
+            .for_caller(&request)
+            .await
+            .map_err(through_client)?;
         let prefix = with_slash(&request.into_inner().name);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {

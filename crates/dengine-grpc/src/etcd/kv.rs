@@ -35,7 +35,7 @@ impl Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let r = request.into_inner();
         range::check(&r)?;
         self.core.check_read(&who, &r.key, &r.range_end)?;
@@ -62,7 +62,7 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let p = request.into_inner();
         txn::check_put(&p)?;
         let resp = self
@@ -83,7 +83,7 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let d = request.into_inner();
         txn::check_delete(&d)?;
         let resp = self
@@ -105,7 +105,7 @@ impl Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let t = request.into_inner();
         txn::check_txn(&t, self.core.limits.max_txn_ops)?;
         let shape = txn::shape(&t);
@@ -136,7 +136,7 @@ impl Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let c = request.into_inner();
         let resp = self
             .core

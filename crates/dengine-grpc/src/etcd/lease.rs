@@ -229,7 +229,7 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         self.core.check_has_leader(request.metadata())?;
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let id = request.into_inner().id;
         let resp = self
             .core
@@ -284,7 +284,7 @@ impl pb::lease_server::Lease for LeaseService {
         // right to read each of them, or the lease would show key names
         // the caller may not see.
         let who = if request.get_ref().keys {
-            Some(self.core.caller(&request)?)
+            Some(self.core.caller(&request).await?)
         } else {
             None
         };

@@ -154,7 +154,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         self.core
             .read(true, |kv| kv.defragment())
             .await?
@@ -169,7 +169,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let h = self
             .core
             .read(true, |kv| kv.hash_kv(0))
@@ -187,7 +187,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let at = request.into_inner().revision;
         let (h, current) = self
             .core
@@ -211,7 +211,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let dir = self
             .core
             .data_dir
@@ -279,7 +279,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         let target = NodeId(request.into_inner().target_id);
         let me = self.core.member_id;
         let m = self.core.metrics.borrow().clone();

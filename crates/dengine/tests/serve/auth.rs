@@ -169,20 +169,26 @@ async fn users_roles_and_permissions_work_with_etcdctl() {
     assert!(keys.contains("secret/leased"), "{keys}");
 
     // A token from member 0 works on members 1 and 2 (clients send it to
-    // any member); a made-up one is refused.
+    // any member) at once, before they may have applied its entry (etcd
+    // waits for it; this failed now and then before dengine did); a
+    // made-up one is refused.
     let mut auth = AuthClient::new(channel(e0).await);
-    let token = auth
-        .authenticate(pb::AuthenticateRequest {
-            name: "alice".into(),
-            password: "alicepw".into(),
-        })
-        .await
-        .expect("authenticate")
-        .into_inner()
-        .token;
-    put_with_token(e1, &token, "app/from-1")
-        .await
-        .expect("put on member 1");
+    let mut token = String::new();
+    for round in 0..5 {
+        token = auth
+            .authenticate(pb::AuthenticateRequest {
+                name: "alice".into(),
+                password: "alicepw".into(),
+            })
+            .await
+            .expect("authenticate")
+            .into_inner()
+            .token;
+        let member = [e1, e2][round % 2];
+        put_with_token(member, &token, "app/from-another")
+            .await
+            .unwrap_or_else(|e| panic!("put with a fresh token, round {round}: {e:?}"));
+    }
     let denied = put_with_token(e2, &token, "elsewhere")
         .await
         .expect_err("outside");

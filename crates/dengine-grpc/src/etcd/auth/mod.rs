@@ -70,23 +70,52 @@ impl Caller {
 impl EtcdCore {
     /// Who sent `request`. An unknown or lapsed token is refused with
     /// etcd's "invalid auth token" (clients authenticate again on it).
-    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        if !self.auth.enabled() && request.metadata().get("token").is_none() {
-            // The common case, and cheap: no certificate is parsed.
-            return Ok(Caller::Unchecked);
+    ///
+    /// The future holds the request's credentials, not the request.
+    pub fn caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> impl std::future::Future<Output = Result<Caller, Status>> + Send + '_ {
+        // The common case, and cheap: no certificate is parsed.
+        let credentials = (self.auth.enabled() || request.metadata().get("token").is_some())
+            .then(|| Credentials::of(request));
+        async move {
+            match credentials {
+                None => Ok(Caller::Unchecked),
+                Some(credentials) => self.caller_from(&credentials).await,
+            }
         }
-        self.caller_from(&Credentials::of(request))
     }
 
     /// Who sent a request with `credentials`, now (a stream's requests
     /// are checked against the auth store of when each comes).
+    ///
+    /// A simple token this member does not know may have been given by
+    /// another member a moment ago, its entry not yet applied here (etcd
+    /// waits for the token's index to be applied): it is looked up again
+    /// once this member has applied what the leader had committed, and
+    /// refused only then.
+    pub async fn caller_from(&self, credentials: &Credentials) -> Result<Caller, Status> {
+        match self.caller_now(credentials) {
+            Err(refused) if self.jwt.is_none() && matches!(credentials.token, Some(Some(_))) => {
+                if self.read(false, |_| ()).await.is_err() {
+                    return Err(refused);
+                }
+                self.caller_now(credentials)
+            }
+            known => known,
+        }
+    }
+
+    /// Who sent a request with `credentials`, by what this member has
+    /// applied.
     ///
     /// A token is checked even while auth is off, as etcd does: simple
     /// tokens were all forgotten when auth was turned off, so a client
     /// still sending one hears "invalid auth token", authenticates again
     /// and learns that auth is off (etcd 3.4.23 answered so; the
     /// differential auth test found it).
-    pub fn caller_from(&self, credentials: &Credentials) -> Result<Caller, Status> {
+    fn caller_now(&self, credentials: &Credentials) -> Result<Caller, Status> {
         if credentials.token.is_none() && !self.auth.enabled() {
             // The common case, and cheap: the auth store is not locked.
             return Ok(Caller::Unchecked);
@@ -144,9 +173,12 @@ impl EtcdCore {
 
     /// Refuses `request` unless its sender has the root role (etcd's
     /// maintenance and membership calls).
-    pub fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let who = self.caller(request)?;
-        self.check_admin(&who)
+    pub fn require_admin<T>(
+        &self,
+        request: &Request<T>,
+    ) -> impl std::future::Future<Output = Result<(), Status>> + Send + '_ {
+        let who = self.caller(request);
+        async move { self.check_admin(&who.await?) }
     }
 
     /// Runs a client's write, with its user for the store to check.

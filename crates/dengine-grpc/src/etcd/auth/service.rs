@@ -130,7 +130,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let header = self.change(&who, AuthRequest::Enable).await?;
         Ok(Response::new(pb::AuthEnableResponse { header }))
     }
@@ -139,7 +139,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthDisableRequest>,
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let header = self.change(&who, AuthRequest::Disable).await?;
         Ok(Response::new(pb::AuthDisableResponse { header }))
     }
@@ -148,7 +148,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthStatusRequest>,
     ) -> Result<Response<pb::AuthStatusResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         self.caught_up().await?;
         let (enabled, auth_revision) = {
             let state = self.core.auth.state();
@@ -194,7 +194,7 @@ impl pb::auth_server::Auth for AuthService {
         // As etcd (which checks the password first, then takes the
         // request's token on its way through the log): a lapsed token
         // sent along is refused even with the right password.
-        self.core.caller_from(&credentials)?;
+        self.core.caller_from(&credentials).await?;
         if let Some(jwt) = &self.settings.jwt {
             // Signed here, checked by any member: no trip through the log.
             let token = jwt
@@ -221,7 +221,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         self.core.check_admin(&who)?;
         let req = request.into_inner();
         if req.name.is_empty() {
@@ -247,7 +247,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let name = request.into_inner().name;
         // A user may see its own roles. As etcd, a request naming nobody
         // asking for the user "" counts as asking for its own (and then
@@ -275,7 +275,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserListRequest>,
     ) -> Result<Response<pb::AuthUserListResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         self.caught_up().await?;
         let users = self.core.auth.state().users.keys().cloned().collect();
         Ok(Response::new(pb::AuthUserListResponse {
@@ -288,7 +288,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserDeleteRequest>,
     ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let name = request.into_inner().name;
         let header = self.change(&who, AuthRequest::UserDelete { name }).await?;
         Ok(Response::new(pb::AuthUserDeleteResponse { header }))
@@ -298,7 +298,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         self.core.check_admin(&who)?;
         let req = request.into_inner();
         if !self.core.auth.state().users.contains_key(&req.name) {
@@ -319,7 +319,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let req = request.into_inner();
         let grant = AuthRequest::UserGrantRole {
             user: req.user,
@@ -333,7 +333,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let req = request.into_inner();
         let revoke = AuthRequest::UserRevokeRole {
             user: req.name,
@@ -347,7 +347,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleAddRequest>,
     ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let name = request.into_inner().name;
         let header = self.change(&who, AuthRequest::RoleAdd { name }).await?;
         Ok(Response::new(pb::AuthRoleAddResponse { header }))
@@ -357,7 +357,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGetRequest>,
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let role = request.into_inner().role;
         self.caught_up().await?;
         // A user may see the permissions of its own roles.
@@ -392,7 +392,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleListRequest>,
     ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
-        self.core.require_admin(&request)?;
+        self.core.require_admin(&request).await?;
         self.caught_up().await?;
         let roles = self.core.auth.state().roles.keys().cloned().collect();
         Ok(Response::new(pb::AuthRoleListResponse {
@@ -405,7 +405,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleDeleteRequest>,
     ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let role = request.into_inner().role;
         let header = self
             .change(&who, AuthRequest::RoleDelete { name: role })
@@ -417,7 +417,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let req = request.into_inner();
         let perm = req
             .perm
@@ -442,7 +442,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
-        let who = self.core.caller(&request)?;
+        let who = self.core.caller(&request).await?;
         let req = request.into_inner();
         let revoke = AuthRequest::RoleRevokePermission {
             role: req.role,

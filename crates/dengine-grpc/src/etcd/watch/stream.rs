@@ -173,7 +173,18 @@ impl StreamTask {
         loop {
             tokio::select! {
                 req = inbound.message() => match req {
-                    Ok(Some(req)) => self.handle(req).await?,
+                    Ok(Some(req)) => {
+                        // What was applied before the request came is
+                        // sent first, as etcd (whose store notifies its
+                        // watchers before a write is answered) does: a
+                        // progress request after an acknowledged put then
+                        // reports its revision, and a watcher created
+                        // after it starts past it.
+                        if self.drain_live().await? {
+                            return Ok(());
+                        }
+                        self.handle(req).await?
+                    }
                     _ => return Ok(()),
                 },
                 got = self.live.recv() => match got {
@@ -196,6 +207,19 @@ impl StreamTask {
             }
             // Created, cancelled, or cancelled by a compaction.
             self.count_watchers();
+        }
+    }
+
+    /// Handles everything the hub holds for this stream now, without
+    /// waiting. Returns true when the hub is gone.
+    async fn drain_live(&mut self) -> Result<bool, Gone> {
+        loop {
+            match self.live.try_recv() {
+                Ok(applied) => self.on_applied(&applied).await?,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up().await?,
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(false),
+                Err(broadcast::error::TryRecvError::Closed) => return Ok(true),
+            }
         }
     }
 
@@ -264,6 +288,7 @@ impl StreamTask {
         let permitted = self
             .core
             .caller_from(&self.credentials)
+            .await
             .and_then(|who| self.core.check_read(&who, &key, &c.range_end));
         if permitted.is_err() {
             return self.send(refuse(self, PERMISSION_DENIED)).await;
