@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The same allocator as the `dengine` binary: the load generator's own
+/// CPU per operation is a bound on what this machine can measure.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = dengine_bench::Cli::parse();
     let json = cli.global.json;
