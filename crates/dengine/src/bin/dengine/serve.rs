@@ -778,10 +778,13 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Responses that apply finished together are then flushed together
+    // (one write, not one each): see .cargo/config.toml.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dengine serve: starting the runtime: {e}");
