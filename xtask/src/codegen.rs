@@ -154,6 +154,9 @@ fn generate(root: &Path) -> Result<BTreeMap<String, String>, String> {
         // `transport` feature (hyper, tokio) in dengine-proto. A client
         // builds a `tonic::transport::Channel` itself and calls `new`.
         .build_transport(false)
+        // prost's codec with small buffers (dengine-proto's `codec`
+        // module says why).
+        .codec_path("crate::codec::Codec")
         .emit_rerun_if_changed(false)
         .out_dir(tmp.path());
     for path in BYTES_PATHS {

@@ -50,6 +50,8 @@
 pub use prost;
 pub use tonic;
 
+pub mod codec;
+
 /// etcd's v3 API (protobuf package `etcdserverpb`, from etcd's
 /// `api/etcdserverpb/rpc.proto`): the `KV`, `Watch`, `Lease`, `Cluster`,
 /// `Maintenance` and `Auth` services with their requests and responses.

@@ -586,7 +586,7 @@ pub mod peer_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::Codec::default();
             let path = http::uri::PathAndQuery::from_static("/dengine.peer.v1.Peer/Raft");
             let mut req = request.into_streaming_request();
             req.extensions_mut()
@@ -608,7 +608,7 @@ pub mod peer_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::Codec::default();
             let path = http::uri::PathAndQuery::from_static("/dengine.peer.v1.Peer/Snapshot");
             let mut req = request.into_streaming_request();
             req.extensions_mut()
@@ -625,7 +625,7 @@ pub mod peer_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::Codec::default();
             let path = http::uri::PathAndQuery::from_static("/dengine.peer.v1.Peer/Forward");
             let mut req = request.into_request();
             req.extensions_mut()
@@ -644,7 +644,7 @@ pub mod peer_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::Codec::default();
             let path = http::uri::PathAndQuery::from_static("/dengine.peer.v1.Peer/ChangeMembers");
             let mut req = request.into_request();
             req.extensions_mut()
@@ -661,7 +661,7 @@ pub mod peer_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::Codec::default();
             let path = http::uri::PathAndQuery::from_static("/dengine.peer.v1.Peer/Members");
             let mut req = request.into_request();
             req.extensions_mut()
@@ -681,7 +681,7 @@ pub mod peer_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::Codec::default();
             let path = http::uri::PathAndQuery::from_static("/dengine.peer.v1.Peer/HashKv");
             let mut req = request.into_request();
             req.extensions_mut()
@@ -853,7 +853,7 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RaftSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -892,7 +892,7 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SnapshotSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -929,7 +929,7 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ForwardSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -967,7 +967,7 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ChangeMembersSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1004,7 +1004,7 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = MembersSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1041,7 +1041,7 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HashKvSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
