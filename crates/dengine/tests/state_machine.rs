@@ -166,3 +166,54 @@ async fn terms_and_membership_changes_with_their_context_reach_every_replica() {
         n.shutdown().await.expect("shutdown");
     }
 }
+
+/// Once a membership change is answered, the node's status shows it: the
+/// membership is published before the change goes to be applied (the
+/// etcd server lists members from the status right after a change, and
+/// once listed a removed member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_membership_change_is_in_the_status() {
+    let net = dengine::InMemoryNetwork::new();
+    let node = NodeBuilder::new(
+        common::fast(1, StorageKind::Memory, "unused".into()),
+        Recorder::default(),
+    )
+    .network(&net)
+    .initial_members([NodeId(1)])
+    .build()
+    .await
+    .expect("start");
+    node.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
+        .await
+        .expect("leader");
+    // Proposals alongside make the core loop's turns long, as load does.
+    let node = std::sync::Arc::new(node);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let (node, stop) = (node.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = node.propose(vec![0u8; 64]).await;
+            }
+        }));
+    }
+    for round in 0..100u64 {
+        let learner = NodeId(100 + round);
+        node.add_learner(learner).await.expect("add learner");
+        assert!(
+            node.status().membership.is_learner(learner),
+            "round {round}: added, not in the status"
+        );
+        node.remove_node(learner).await.expect("remove");
+        assert!(
+            !node.status().membership.contains(learner),
+            "round {round}: removed, still in the status"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.expect("proposer");
+    }
+    node.shutdown().await.expect("shutdown");
+}

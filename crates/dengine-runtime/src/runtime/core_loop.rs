@@ -742,6 +742,13 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
             }
         }
+        if rd.conf_state.is_some() {
+            // Published before the change goes to the apply thread: a
+            // caller whose change is answered once applied then reads a
+            // membership that has it (the etcd differential test saw a
+            // removed member still listed in the answer to its removal).
+            self.publish_metrics(false);
+        }
         if !rd.committed_entries.is_empty() {
             self.hand_out(rd.committed_entries);
         }
