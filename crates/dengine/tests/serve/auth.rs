@@ -56,6 +56,19 @@ async fn put_with_token(endpoint: &str, token: &str, key: &str) -> Result<(), to
     kv.put(req).await.map(|_| ())
 }
 
+/// alice's token from member `endpoint` (raw gRPC).
+async fn alice_token(endpoint: &str) -> String {
+    AuthClient::new(channel(endpoint).await)
+        .authenticate(pb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .expect("authenticate")
+        .into_inner()
+        .token
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_roles_and_permissions_work_with_etcdctl() {
     let mut c = Cluster::new(3);
@@ -172,18 +185,9 @@ async fn users_roles_and_permissions_work_with_etcdctl() {
     // any member) at once, before they may have applied its entry (etcd
     // waits for it; this failed now and then before dengine did); a
     // made-up one is refused.
-    let mut auth = AuthClient::new(channel(e0).await);
     let mut token = String::new();
     for round in 0..5 {
-        token = auth
-            .authenticate(pb::AuthenticateRequest {
-                name: "alice".into(),
-                password: "alicepw".into(),
-            })
-            .await
-            .expect("authenticate")
-            .into_inner()
-            .token;
+        token = alice_token(e0).await;
         let member = [e1, e2][round % 2];
         put_with_token(member, &token, "app/from-another")
             .await
@@ -402,16 +406,7 @@ async fn jwt_tokens_are_checked_by_every_member() {
         "OK\n"
     );
 
-    let mut auth = AuthClient::new(channel(e0).await);
-    let token = auth
-        .authenticate(pb::AuthenticateRequest {
-            name: "alice".into(),
-            password: "alicepw".into(),
-        })
-        .await
-        .expect("authenticate")
-        .into_inner()
-        .token;
+    let token = alice_token(e0).await;
     assert_eq!(token.matches('.').count(), 2, "not a JWT: {token}");
     put_with_token(e2, &token, "app/by-jwt")
         .await
