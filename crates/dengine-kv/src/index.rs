@@ -5,13 +5,15 @@
 //! revision, so memory grows with the number of keys and retained
 //! revisions, not with the size of the data.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use crate::types::KeyRange;
 
 mod key;
+mod order;
 
 pub(crate) use key::IndexKey;
+use order::KeyOrder;
 
 /// A point in the store's history: `main` is the store revision of a
 /// command, `sub` orders the writes within it (as etcd's `revision`).
@@ -240,11 +242,12 @@ pub(crate) struct PutOutcome {
 /// A put (on the path of every write) finds its key with one hash and one
 /// probe; in a tree of a hundred thousand keys the walk down, a cache miss
 /// and a dozen comparisons per level, was a third of the store's CPU on
-/// the put path. The order changes only when a key comes or goes.
+/// the put path. The order changes only when a key comes or goes
+/// ([`KeyOrder`]).
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     histories: HashMap<IndexKey, KeyHistory>,
-    order: BTreeSet<IndexKey>,
+    order: KeyOrder,
 }
 
 impl Index {
@@ -295,22 +298,27 @@ impl Index {
         self.histories.get_mut(key).expect("inserted above")
     }
 
-    /// The keys of a range with their histories, in key order.
+    /// The keys of a range with their histories, in key order. A single
+    /// key (a get, a txn's compare) is one lookup in the map.
     pub(crate) fn range<'a>(
         &'a self,
         range: KeyRange<'a>,
     ) -> impl Iterator<Item = (&'a IndexKey, &'a KeyHistory)> + 'a {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let bounds = match range {
-            KeyRange::Single(key) => (Included(key), Included(key)),
+            KeyRange::Single(key) => {
+                return Either::One(self.histories.get_key_value(key).into_iter());
+            }
             KeyRange::Span(start, None) => (Included(start), Unbounded),
-            // Empty (a map range whose end precedes its start panics).
+            // Empty (a tree range whose end precedes its start panics).
             KeyRange::Span(start, Some(end)) if end <= start => (Included(start), Excluded(start)),
             KeyRange::Span(start, Some(end)) => (Included(start), Excluded(end)),
         };
-        self.order
-            .range::<[u8], _>(bounds)
-            .filter_map(|k| self.histories.get_key_value(k.as_bytes()))
+        Either::Many(
+            self.order
+                .range(bounds)
+                .filter_map(|k| self.histories.get_key_value(k.as_bytes())),
+        )
     }
 
     /// Compacts every key at `at` (see [`KeyHistory::compact`]), in key
@@ -343,6 +351,23 @@ impl Index {
     pub(crate) fn clear(&mut self) {
         self.histories.clear();
         self.order.clear();
+    }
+}
+
+/// One of two iterators over the same items.
+enum Either<A, B> {
+    One(A),
+    Many(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::One(a) => a.next(),
+            Either::Many(b) => b.next(),
+        }
     }
 }
 
