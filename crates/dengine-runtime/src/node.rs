@@ -561,7 +561,18 @@ impl<SM: StateMachine> Node<SM> {
         let slot = self.inner.reads.acquire()?;
         let (tx, rx) = oneshot::channel();
         let job = Box::new(move |sm: Result<&SM, Error>| {
-            let answer = sm.map(query);
+            // A query that panics fails its own read, at once and saying
+            // why (dropped unanswered, its caller would wait to learn
+            // whether the node had stopped, then hear `Shutdown`).
+            let answer = sm.and_then(|sm| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| query(sm))).map_err(
+                    |panic| {
+                        let why = crate::runtime::panic_message(&*panic);
+                        tracing::warn!(error = %why, "a read query panicked");
+                        Error::Invalid(format!("the read query panicked: {why}"))
+                    },
+                )
+            });
             // The place is given back before the answer leaves: a caller
             // woken by it may read again at once and must find it free.
             drop(slot);

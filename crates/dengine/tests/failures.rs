@@ -322,3 +322,60 @@ async fn proposals_on_a_node_whose_disk_hangs_time_out() {
     mode.store(WRITE_OK, Ordering::SeqCst);
     node.shutdown().await.expect("shutdown");
 }
+
+/// A read query that panics fails that read alone, at once and saying
+/// why; the reads around it get their answers, and the node goes on
+/// serving reads and writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_read_query_fails_only_its_own_read() {
+    let net = InMemoryNetwork::new();
+    let trigger = Arc::new(AtomicBool::new(false));
+    let node = NodeBuilder::new(
+        common::fast(1, StorageKind::Memory, "unused".into()),
+        Fragile { count: 0, trigger },
+    )
+    .initial_members([NodeId(1)])
+    .network(&net)
+    .build()
+    .await
+    .expect("start");
+    node.wait_for(WAIT, |m| m.leader.is_some())
+        .await
+        .expect("leader");
+    node.propose(b"a".to_vec()).await.expect("write");
+    for policy in [ReadPolicy::Stale, ReadPolicy::Linearizable] {
+        let started = Instant::now();
+        let reads: Vec<_> = (0..20)
+            .map(|i| {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    node.read(policy, move |s: &Fragile| {
+                        assert!(i != 7, "boom in read {i}");
+                        s.count
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for (i, read) in reads.into_iter().enumerate() {
+            let outcome = read.await.expect("the read's task");
+            match outcome {
+                Err(Error::Invalid(why)) if i == 7 => {
+                    assert!(why.contains("boom in read 7"), "{why}");
+                }
+                Ok(count) if i != 7 => assert_eq!(count, 1),
+                other => panic!("{policy:?} read {i}: {other:?}"),
+            }
+        }
+        // Failed at once, not after the wait for a node that stopped.
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let out = node.propose(b"b".to_vec()).await.expect("write after");
+    assert_eq!(out.response, 2);
+    assert!(node.status().fatal.is_none());
+    let _ = node.shutdown().await;
+}

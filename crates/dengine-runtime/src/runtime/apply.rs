@@ -17,7 +17,7 @@
 //! A panic (in `apply`, `snapshot`, `restore` or `flush`) is caught and
 //! stops the node with `Event::Fatal`: the state machine may be
 //! half-changed and cannot be trusted any more. A read query that panics
-//! loses only its own answer.
+//! fails only its own read (its caller gets `Error::Invalid` saying so).
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -365,11 +365,13 @@ impl<SM: StateMachine> Applier<SM> {
                 break;
             }
             for job in entry.remove() {
-                // A query that panics loses its answer (its caller sees the
-                // read fail), not the node: reads do not change the state.
+                // A query that panics fails its own read, not the node:
+                // reads do not change the state. The job answers that
+                // itself (`Node::read`); this catch is for a job that
+                // panics past it (its caller then sees the read dropped).
                 let sm = &self.sm;
                 if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(sm)))) {
-                    tracing::warn!(error = %panic_message(&*panic), "a read query panicked");
+                    tracing::warn!(error = %panic_message(&*panic), "a read job panicked");
                 }
             }
         }
