@@ -15,9 +15,9 @@ use std::sync::{Mutex, PoisonError};
 use dengine_storage_wal::frame::{self, Read};
 
 use super::{Change, KvBackend, Visit};
-// Short keys (every revision record's) inline, without an allocation
-// each, as the index keeps its keys.
-use crate::index::IndexKey;
+
+mod locs;
+use locs::Locs;
 
 /// A segment is closed (synced) and the next begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -213,7 +213,7 @@ struct Inner {
     /// By sequence number; the last is the one written.
     segments: BTreeMap<u64, Segment>,
     /// Every key's value, where it is.
-    map: BTreeMap<IndexKey, Loc>,
+    map: Locs,
     /// Bytes of the operations that are current (key, value, overhead).
     live: u64,
     /// Bytes in all the files.
@@ -287,7 +287,7 @@ impl Inner {
         let mut b = Inner {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
-            map: BTreeMap::new(),
+            map: Locs::default(),
             live: 0,
             total: 0,
             buf: Vec::new(),
@@ -354,18 +354,9 @@ impl Inner {
 
     /// Records that `key`'s value is at `loc`.
     fn place(&mut self, key: &[u8], loc: Loc) {
-        use std::collections::btree_map::Entry;
         self.live += op_bytes(key, loc.len);
-        // One walk down the tree, comparing `IndexKey`s (words, not
-        // `memcmp`): most records placed are new revisions.
-        match self.map.entry(IndexKey::new(key)) {
-            Entry::Occupied(mut old) => {
-                self.live = self.live.saturating_sub(op_bytes(key, old.get().len));
-                old.insert(loc);
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(loc);
-            }
+        if let Some(old) = self.map.insert(key, loc) {
+            self.live = self.live.saturating_sub(op_bytes(key, old.len));
         }
     }
 
@@ -510,7 +501,7 @@ impl Inner {
             let base = (at + frame::HEADER) as u64;
             for op in ops(body, seq, base).map_err(damaged)? {
                 if let Op::Put(key, loc) = op
-                    && self.map.get(key) == Some(&loc)
+                    && self.map.get(key) == Some(loc)
                 {
                     let value = &bytes[loc.offset as usize..][..loc.len as usize];
                     copy_bytes += key.len() + value.len();
@@ -575,12 +566,12 @@ impl Inner {
         // revision order are) come from one read of a window of the file,
         // not one read each.
         let mut window = Window::default();
-        for (key, loc) in self.map.range::<[u8], _>(bounds) {
+        for (key, loc) in self.map.range(bounds) {
             let seg = self
                 .segments
                 .get(&loc.seq)
                 .ok_or_else(|| io::Error::other(format!("segment {} is gone", loc.seq)))?;
-            let value = window.read(seg, *loc)?;
+            let value = window.read(seg, loc)?;
             if !visit(key.as_bytes(), value)? {
                 break;
             }

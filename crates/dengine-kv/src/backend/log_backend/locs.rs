@@ -1,0 +1,414 @@
+//! Where each record's value is, by key: the record log's map.
+//!
+//! The store writes one record per revision, under a 13-byte key (`r`,
+//! then the revision's main and sub parts big-endian), in increasing
+//! revision order, and a handful of records under other keys (its own
+//! meta record, auth, leases, members, alarms). With every key in one
+//! `BTreeMap<IndexKey, Loc>`, a revision's place took about 90 bytes (a
+//! tree filled in key order leaves its nodes half full) and each new
+//! revision walked down the tree. Revision keys now live in a `Vec` of
+//! 32-byte slots sorted by revision: a new revision is pushed at the
+//! end, a lookup is a binary search, and a removal (compaction) marks its
+//! slot; the `Vec` drops its marked slots once they are half of it. The
+//! other keys stay in a tree.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::Loc;
+use crate::index::IndexKey;
+use crate::record::REV_PREFIX;
+
+/// Bytes of a revision's key: the prefix, main and sub.
+const REV_KEY: usize = 13;
+
+/// Marked slots are dropped once there are at least this many, and
+/// half the slots are marked.
+const MIN_DEAD: usize = 1024;
+
+/// A revision key's place: 32 bytes.
+#[derive(Clone, Copy, Debug)]
+struct RevSlot {
+    main: u64,
+    /// The segment, or [`REMOVED`].
+    seq: u64,
+    offset: u64,
+    sub: u32,
+    len: u32,
+}
+
+/// The `seq` of a removed revision's slot (no segment has it).
+const REMOVED: u64 = u64::MAX;
+
+impl RevSlot {
+    fn rev(&self) -> (u64, u32) {
+        (self.main, self.sub)
+    }
+
+    fn live(&self) -> bool {
+        self.seq != REMOVED
+    }
+
+    fn loc(&self) -> Loc {
+        Loc {
+            seq: self.seq,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
+    fn key(&self) -> [u8; REV_KEY] {
+        let mut k = [0u8; REV_KEY];
+        k[0] = REV_PREFIX;
+        k[1..9].copy_from_slice(&self.main.to_be_bytes());
+        k[9..].copy_from_slice(&self.sub.to_be_bytes());
+        k
+    }
+}
+
+/// The revision a key names, if it has a revision key's shape. Such keys
+/// order as their revisions do, so a sorted `Vec` of revisions is in key
+/// order too.
+fn rev_of(key: &[u8]) -> Option<(u64, u32)> {
+    match key {
+        [REV_PREFIX, rest @ ..] if rest.len() == REV_KEY - 1 => {
+            let mut main = [0u8; 8];
+            main.copy_from_slice(&rest[..8]);
+            let mut sub = [0u8; 4];
+            sub.copy_from_slice(&rest[8..]);
+            Some((u64::from_be_bytes(main), u32::from_be_bytes(sub)))
+        }
+        _ => None,
+    }
+}
+
+/// A key as [`Locs::range`] yields it.
+pub(super) enum Key<'a> {
+    Rev([u8; REV_KEY]),
+    Other(&'a IndexKey),
+}
+
+impl Key<'_> {
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Rev(k) => k,
+            Key::Other(k) => k.as_bytes(),
+        }
+    }
+}
+
+/// Every key's value, where it is (see the module's docs).
+#[derive(Default)]
+pub(super) struct Locs {
+    /// Revision keys, sorted, each once (live or marked).
+    revs: Vec<RevSlot>,
+    /// Marked slots in `revs`.
+    removed: usize,
+    /// Every other key.
+    other: BTreeMap<IndexKey, Loc>,
+}
+
+impl Locs {
+    /// Keys with a value.
+    pub(super) fn len(&self) -> usize {
+        self.revs.len() - self.removed + self.other.len()
+    }
+
+    /// Where `key`'s value is.
+    pub(super) fn get(&self, key: &[u8]) -> Option<Loc> {
+        match rev_of(key) {
+            Some(rev) => self
+                .revs
+                .binary_search_by_key(&rev, RevSlot::rev)
+                .ok()
+                .map(|i| self.revs[i])
+                .filter(RevSlot::live)
+                .map(|s| s.loc()),
+            None => self.other.get(key).copied(),
+        }
+    }
+
+    /// Records that `key`'s value is at `loc`; returns where it was.
+    pub(super) fn insert(&mut self, key: &[u8], loc: Loc) -> Option<Loc> {
+        let Some((main, sub)) = rev_of(key) else {
+            return self.other.insert(IndexKey::new(key), loc);
+        };
+        let slot = RevSlot {
+            main,
+            seq: loc.seq,
+            offset: loc.offset,
+            sub,
+            len: loc.len,
+        };
+        // The common case: a revision newer than any.
+        if self.revs.last().is_none_or(|last| last.rev() < (main, sub)) {
+            self.revs.push(slot);
+            return None;
+        }
+        match self.revs.binary_search_by_key(&(main, sub), RevSlot::rev) {
+            Ok(i) => {
+                let old = std::mem::replace(&mut self.revs[i], slot);
+                if old.live() {
+                    Some(old.loc())
+                } else {
+                    self.removed -= 1;
+                    None
+                }
+            }
+            Err(i) => {
+                self.revs.insert(i, slot);
+                None
+            }
+        }
+    }
+
+    /// Forgets `key`; returns where its value was.
+    pub(super) fn remove(&mut self, key: &[u8]) -> Option<Loc> {
+        let Some(rev) = rev_of(key) else {
+            return self.other.remove(key);
+        };
+        let i = self.revs.binary_search_by_key(&rev, RevSlot::rev).ok()?;
+        let slot = &mut self.revs[i];
+        if !slot.live() {
+            return None;
+        }
+        let old = slot.loc();
+        slot.seq = REMOVED;
+        self.removed += 1;
+        if self.removed >= MIN_DEAD && 2 * self.removed >= self.revs.len() {
+            self.revs.retain(RevSlot::live);
+            self.removed = 0;
+            if self.revs.capacity() > 2 * self.revs.len() {
+                self.revs.shrink_to_fit();
+            }
+        }
+        Some(old)
+    }
+
+    /// Forgets every key.
+    pub(super) fn clear(&mut self) {
+        self.revs = Vec::new();
+        self.removed = 0;
+        self.other.clear();
+    }
+
+    /// The keys within `bounds` with their places, in key order.
+    pub(super) fn range<'a>(
+        &'a self,
+        (start, end): (Bound<&'a [u8]>, Bound<&'a [u8]>),
+    ) -> impl Iterator<Item = (Key<'a>, Loc)> + 'a {
+        let first = match start {
+            Bound::Included(k) => self.revs.partition_point(|s| s.key().as_slice() < k),
+            Bound::Excluded(k) => self.revs.partition_point(|s| s.key().as_slice() <= k),
+            Bound::Unbounded => 0,
+        };
+        let past = match end {
+            Bound::Included(k) => self.revs.partition_point(|s| s.key().as_slice() <= k),
+            Bound::Excluded(k) => self.revs.partition_point(|s| s.key().as_slice() < k),
+            Bound::Unbounded => self.revs.len(),
+        };
+        let revs = self.revs[first..past.max(first)]
+            .iter()
+            .filter(|s| s.live())
+            .map(|s| (Key::Rev(s.key()), s.loc()));
+        let other = self
+            .other
+            .range::<[u8], _>((start, end))
+            .map(|(k, loc)| (Key::Other(k), *loc));
+        Merged {
+            a: revs.peekable(),
+            b: other.peekable(),
+        }
+    }
+}
+
+/// Two iterators ascending by key, over disjoint keys, as one.
+struct Merged<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<'a, A, B> Iterator for Merged<A, B>
+where
+    A: Iterator<Item = (Key<'a>, Loc)>,
+    B: Iterator<Item = (Key<'a>, Loc)>,
+{
+    type Item = (Key<'a>, Loc);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(a), Some(b)) if b.0.as_bytes() < a.0.as_bytes() => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn loc(n: u64) -> Loc {
+        Loc {
+            seq: n % 7,
+            offset: n,
+            len: (n % 1000) as u32,
+        }
+    }
+
+    /// Revision keys over a small range (so that keys repeat), a few
+    /// other keys on both sides of them, and keys of a revision key's
+    /// prefix but another length.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => (0u64..300, 0u32..3).prop_map(|(m, s)| {
+                let mut k = vec![REV_PREFIX];
+                k.extend_from_slice(&m.to_be_bytes());
+                k.extend_from_slice(&s.to_be_bytes());
+                k
+            }),
+            1 => prop::sample::select(vec![
+                b"m".to_vec(), b"a".to_vec(), b"s".to_vec(), b"r".to_vec(),
+                b"r\x00".to_vec(), b"rzzzzzzzzzzzzzz".to_vec(), vec![REV_PREFIX, 0xff],
+            ]),
+        ]
+    }
+
+    fn bound() -> impl Strategy<Value = Bound<Vec<u8>>> {
+        prop_oneof![
+            key().prop_map(Bound::Included),
+            key().prop_map(Bound::Excluded),
+            Just(Bound::Unbounded),
+        ]
+    }
+
+    fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+        match b {
+            Bound::Included(k) => Bound::Included(k.as_slice()),
+            Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+            Bound::Unbounded => Bound::Unbounded,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(Vec<u8>, u64),
+        Remove(Vec<u8>),
+        Get(Vec<u8>),
+        Range(Bound<Vec<u8>>, Bound<Vec<u8>>),
+        Clear,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (key(), any::<u64>()).prop_map(|(k, n)| Op::Insert(k, n)),
+            6 => key().prop_map(Op::Remove),
+            2 => key().prop_map(Op::Get),
+            2 => (bound(), bound()).prop_map(|(s, e)| Op::Range(s, e)),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    /// Bounds `BTreeMap::range` takes (the backend checks before asking).
+    fn valid(s: &Bound<Vec<u8>>, e: &Bound<Vec<u8>>) -> bool {
+        match (s, e) {
+            (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                a <= b
+            }
+            _ => true,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Any sequence of inserts, removals, lookups and ranges answers
+        /// as one `BTreeMap` would, across the compaction of marked
+        /// slots (the first revisions are written in order, as the store
+        /// writes them, then removed, so that marks pile up).
+        #[test]
+        fn it_answers_as_one_tree_would(
+            ops in prop::collection::vec(op(), 0..300),
+            in_order in 0u64..3000,
+        ) {
+            let mut locs = Locs::default();
+            let mut model: BTreeMap<Vec<u8>, Loc> = BTreeMap::new();
+            let rev = |m: u64| {
+                let mut k = vec![REV_PREFIX];
+                k.extend_from_slice(&(m + 1000).to_be_bytes());
+                k.extend_from_slice(&0u32.to_be_bytes());
+                k
+            };
+            for m in 0..in_order {
+                prop_assert_eq!(locs.insert(&rev(m), loc(m)), model.insert(rev(m), loc(m)));
+            }
+            for m in (0..in_order).filter(|m| m % 3 != 0) {
+                prop_assert_eq!(locs.remove(&rev(m)), model.remove(&rev(m)));
+            }
+            for op in ops {
+                match op {
+                    Op::Insert(k, n) => {
+                        prop_assert_eq!(locs.insert(&k, loc(n)), model.insert(k, loc(n)));
+                    }
+                    Op::Remove(k) => prop_assert_eq!(locs.remove(&k), model.remove(&k)),
+                    Op::Get(k) => prop_assert_eq!(locs.get(&k), model.get(&k).copied()),
+                    Op::Range(s, e) => {
+                        if !valid(&s, &e) {
+                            continue;
+                        }
+                        let got: Vec<(Vec<u8>, Loc)> = locs
+                            .range((as_ref(&s), as_ref(&e)))
+                            .map(|(k, l)| (k.as_bytes().to_vec(), l))
+                            .collect();
+                        let want: Vec<(Vec<u8>, Loc)> = model
+                            .range::<[u8], _>((as_ref(&s), as_ref(&e)))
+                            .map(|(k, l)| (k.clone(), *l))
+                            .collect();
+                        prop_assert_eq!(got, want);
+                    }
+                    Op::Clear => {
+                        locs.clear();
+                        model.clear();
+                    }
+                }
+                prop_assert_eq!(locs.len(), model.len());
+            }
+            let all: Vec<(Vec<u8>, Loc)> = locs
+                .range((Bound::Unbounded, Bound::Unbounded))
+                .map(|(k, l)| (k.as_bytes().to_vec(), l))
+                .collect();
+            let want: Vec<(Vec<u8>, Loc)> = model.into_iter().collect();
+            prop_assert_eq!(all, want);
+        }
+    }
+
+    #[test]
+    fn a_revision_takes_32_bytes_and_marked_slots_are_dropped_once_half() {
+        assert_eq!(std::mem::size_of::<RevSlot>(), 32);
+        let mut locs = Locs::default();
+        let key = |m: u64| {
+            let mut k = vec![REV_PREFIX];
+            k.extend_from_slice(&m.to_be_bytes());
+            k.extend_from_slice(&0u32.to_be_bytes());
+            k
+        };
+        for m in 1..=4 * MIN_DEAD as u64 {
+            locs.insert(&key(m), loc(m));
+        }
+        for m in 1..=2 * MIN_DEAD as u64 - 1 {
+            locs.remove(&key(m));
+        }
+        assert_eq!(
+            (locs.revs.len(), locs.removed),
+            (4 * MIN_DEAD, 2 * MIN_DEAD - 1)
+        );
+        locs.remove(&key(2 * MIN_DEAD as u64));
+        assert_eq!((locs.revs.len(), locs.removed), (2 * MIN_DEAD, 0));
+        assert_eq!(locs.len(), 2 * MIN_DEAD);
+        assert_eq!(
+            locs.get(&key(3 * MIN_DEAD as u64)),
+            Some(loc(3 * MIN_DEAD as u64))
+        );
+    }
+}
