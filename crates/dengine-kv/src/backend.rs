@@ -19,6 +19,40 @@ pub enum Change {
     Remove(Vec<u8>),
 }
 
+/// A [`Change`] that borrows its key and value, for
+/// [`KvBackend::write_refs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeRef<'a> {
+    /// As [`Change::Insert`].
+    Insert(&'a [u8], &'a [u8]),
+    /// As [`Change::Put`].
+    Put(&'a [u8], &'a [u8]),
+    /// As [`Change::Remove`].
+    Remove(&'a [u8]),
+}
+
+impl Change {
+    /// The change, borrowed.
+    pub fn as_ref(&self) -> ChangeRef<'_> {
+        match self {
+            Change::Insert(k, v) => ChangeRef::Insert(k, v),
+            Change::Put(k, v) => ChangeRef::Put(k, v),
+            Change::Remove(k) => ChangeRef::Remove(k),
+        }
+    }
+}
+
+impl ChangeRef<'_> {
+    /// The change, owned.
+    pub fn to_change(self) -> Change {
+        match self {
+            ChangeRef::Insert(k, v) => Change::Insert(k.to_vec(), v.to_vec()),
+            ChangeRef::Put(k, v) => Change::Put(k.to_vec(), v.to_vec()),
+            ChangeRef::Remove(k) => Change::Remove(k.to_vec()),
+        }
+    }
+}
+
 /// Called for each record of a scan with its key and value; returns
 /// whether to go on.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> io::Result<bool> + 'a;
@@ -36,6 +70,15 @@ pub trait KvBackend: Send + 'static {
 
     /// Applies `changes` atomically.
     fn write(&mut self, changes: Vec<Change>) -> io::Result<()>;
+
+    /// Applies `changes` atomically, as [`KvBackend::write`] does, from
+    /// borrowed keys and values: the store writes every applied batch
+    /// this way, without a key and a value of its own per record. By
+    /// default through owned copies; a backend that copies them anyway
+    /// (into its file) takes them as they are.
+    fn write_refs(&mut self, changes: &[ChangeRef<'_>]) -> io::Result<()> {
+        self.write(changes.iter().map(|c| c.to_change()).collect())
+    }
 
     /// Removes every record.
     fn clear(&mut self) -> io::Result<()>;

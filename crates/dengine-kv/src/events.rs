@@ -156,11 +156,11 @@ impl KvStateMachine {
             .map_err(storage)?;
         if go_on {
             // Applied since the last flush: newer than every stored one.
-            for (rev, bytes) in &self.pending {
+            for (rev, bytes) in self.pending.iter() {
                 if rev.main > to {
                     break;
                 }
-                if rev.main >= from && !c.visit(*rev, bytes) {
+                if rev.main >= from && !c.visit(rev, bytes) {
                     break;
                 }
             }
@@ -267,7 +267,7 @@ impl KvStateMachine {
             Ok(())
         })?;
         for (rev, bytes) in self.pending.iter().filter(|(r, _)| r.main <= at) {
-            add(*rev, bytes);
+            add(rev, bytes);
         }
         Ok(HistoryHash {
             hash: crc.finalize(),

@@ -86,6 +86,7 @@ mod events;
 mod index;
 mod lease;
 mod members;
+mod pending;
 mod record;
 mod snapshot;
 mod store;
@@ -101,7 +102,7 @@ pub use auth::{
 pub use backend::RocksBackend;
 #[cfg(feature = "sled")]
 pub use backend::SledBackend;
-pub use backend::{Change, KvBackend, LogBackend, MemoryBackend, Visit};
+pub use backend::{Change, ChangeRef, KvBackend, LogBackend, MemoryBackend, Visit};
 pub use events::{Event, EventKind, EventSink, History, HistoryHash, LeaseChange};
 pub use members::{MemberInfo, MemberList, encode_context};
 pub use store::KvStateMachine;

@@ -38,7 +38,8 @@ pub(crate) const META_VERSION: u8 = 2;
 const V1_META_VERSION: u8 = 1;
 
 const TOMBSTONE: u8 = 1;
-const REV_KEY_LEN: usize = 13;
+/// Bytes of the backend key of a write's record.
+pub(crate) const REV_KEY_LEN: usize = 13;
 
 /// The backend key of the record of the write at `rev`.
 pub(crate) fn rev_key(rev: Revision) -> [u8; REV_KEY_LEN] {
@@ -98,6 +99,30 @@ pub(crate) fn encode_parts(
     value: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + 2 + 4 + key.len() + 24 + value.len());
+    encode_parts_into(
+        &mut out,
+        key,
+        tombstone,
+        create_revision,
+        version,
+        lease,
+        value,
+    );
+    out
+}
+
+/// As [`encode_parts`], appended to `out`.
+pub(crate) fn encode_parts_into(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    tombstone: bool,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    value: &[u8],
+) {
+    let start = out.len();
+    out.reserve(4 + 2 + 4 + key.len() + 24 + value.len());
     out.extend_from_slice(&[0; 4]);
     out.push(RECORD_VERSION);
     out.push(if tombstone { TOMBSTONE } else { 0 });
@@ -107,9 +132,8 @@ pub(crate) fn encode_parts(
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&lease.to_le_bytes());
     out.extend_from_slice(value);
-    let crc = crc32fast::hash(&out[4..]);
-    out[..4].copy_from_slice(&crc.to_le_bytes());
-    out
+    let crc = crc32fast::hash(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A write's record, decoded, borrowing from its bytes.

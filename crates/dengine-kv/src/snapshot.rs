@@ -66,8 +66,8 @@ pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> 
             record(rev, v)?;
             Ok(true)
         })?;
-    for (rev, v) in &sm.pending {
-        record(*rev, v)?;
+    for (rev, v) in sm.pending.iter() {
+        record(rev, v)?;
     }
     out.write_all(&[0])?;
     for (id, ttl) in sm.leases() {

@@ -10,12 +10,13 @@ use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKin
 
 use crate::alarms::{ALARM_PREFIX, ALARMS_END, Alarms, decode_alarm};
 use crate::auth::{AUTH_KEY, AuthError, AuthView};
-use crate::backend::{Change, KvBackend, MemoryBackend};
+use crate::backend::{Change, ChangeRef, KvBackend, MemoryBackend};
 use crate::check::validate;
 use crate::events::{Event, EventKind, EventSink};
 use crate::index::{Current, Index, Revision};
 use crate::lease::{LEASE_PREFIX, LEASES_END, Leases, decode_lease};
 use crate::members::{MEMBER_PREFIX, MEMBERS_END, Members, decode_member};
+use crate::pending::Pending;
 use crate::record::{self, META_KEY, REV_PREFIX, REVS_END, V1_KEY_PREFIX, V1_KEYS_END};
 use crate::types::*;
 
@@ -51,7 +52,7 @@ pub struct KvStateMachine {
     pub(crate) index: Index,
     /// The records of the writes applied since the last flush, in
     /// revision order, for the backend.
-    pub(crate) pending: Vec<(Revision, Vec<u8>)>,
+    pub(crate) pending: Pending,
     /// The records compactions forgot since the last flush.
     pub(crate) removed: Vec<Revision>,
     /// The revision of the last command that changed something (1 before
@@ -112,7 +113,7 @@ impl KvStateMachine {
         KvStateMachine {
             backend,
             index: Index::default(),
-            pending: Vec::new(),
+            pending: Pending::default(),
             removed: Vec::new(),
             revision: 1,
             compacted: 0,
@@ -326,9 +327,9 @@ impl KvStateMachine {
         rev: Revision,
         f: impl FnOnce(record::RecordRef<'_>) -> T,
     ) -> Result<T, KvError> {
-        let bytes: Cow<'_, [u8]> = match self.pending.binary_search_by_key(&rev, |(r, _)| *r) {
-            Ok(i) => Cow::Borrowed(&self.pending[i].1),
-            Err(_) => Cow::Owned(
+        let bytes: Cow<'_, [u8]> = match self.pending.get(rev) {
+            Some(bytes) => Cow::Borrowed(bytes),
+            None => Cow::Owned(
                 self.backend
                     .get(&record::rev_key(rev))
                     .map_err(storage)?
@@ -417,7 +418,6 @@ impl KvStateMachine {
             _ => &req.value,
         };
         let (create_revision, version, lease) = (put.create_revision, put.version, put.lease);
-        let record = record::encode_parts(&req.key, false, create_revision, version, lease, value);
         if let Some(events) = &mut self.events {
             events.push(Event {
                 kind: EventKind::Put,
@@ -431,7 +431,9 @@ impl KvStateMachine {
                 },
             });
         }
-        self.pending.push((rev, record));
+        self.pending.push_with(rev, |out| {
+            record::encode_parts_into(out, &req.key, false, create_revision, version, lease, value);
+        });
         Ok(OpResponse::Put {
             prev_kv: prev.filter(|_| req.prev_kv),
         })
@@ -455,7 +457,6 @@ impl KvStateMachine {
             }
             let rev = self.next_rev(main);
             self.index.entry(key).tombstone(rev);
-            let record = record::encode_parts(key, true, 0, 0, 0, b"");
             if let Some(events) = &mut self.events {
                 events.push(Event {
                     kind: EventKind::Delete,
@@ -466,7 +467,9 @@ impl KvStateMachine {
                     },
                 });
             }
-            self.pending.push((rev, record));
+            self.pending.push_with(rev, |out| {
+                record::encode_parts_into(out, key, true, 0, 0, 0, b"");
+            });
         }
         Ok(OpResponse::DeleteRange {
             deleted: found.len() as i64,
@@ -752,38 +755,51 @@ impl KvStateMachine {
     /// `applied` it reaches, in one atomic write.
     pub(crate) fn write_pending(&mut self, applied: LogIndex) -> io::Result<()> {
         let removed = std::mem::take(&mut self.removed);
-        let mut changes: Vec<Change> = Vec::with_capacity(self.pending.len() + removed.len() + 1);
         // A record written and forgotten in one batch is never written.
         let gone: HashSet<Revision> = removed.iter().copied().collect();
-        let mut skipped = HashSet::new();
-        // Drained, not taken: the buffer keeps its room for the next batch
-        // instead of growing again from nothing.
-        for (rev, record) in self.pending.drain(..) {
-            if gone.contains(&rev) {
-                skipped.insert(rev);
-            } else {
-                changes.push(Change::Insert(record::rev_key(rev).to_vec(), record));
-            }
-        }
-        for rev in removed {
-            if !skipped.contains(&rev) {
-                changes.push(Change::Remove(record::rev_key(rev).to_vec()));
-            }
-        }
-        // A batch far larger than usual (a restore) gives its room back.
-        self.pending.shrink_to(2 * WRITE_RECORDS);
-        self.leases.take_changes(&mut changes);
-        self.members.take_changes(&mut changes);
-        self.alarms.take_changes(&mut changes);
+        // The keys the records go under, made before the batch borrows
+        // them and the records: the backend copies both into its write,
+        // so no record needs a key and a value of its own for it.
+        let pending = &self.pending;
+        let written: Vec<([u8; record::REV_KEY_LEN], &[u8])> = pending
+            .iter()
+            .filter(|(rev, _)| !gone.contains(rev))
+            .map(|(rev, bytes)| (record::rev_key(rev), bytes))
+            .collect();
+        let removed: Vec<[u8; record::REV_KEY_LEN]> = removed
+            .iter()
+            .filter(|&&rev| pending.get(rev).is_none())
+            .map(|&rev| record::rev_key(rev))
+            .collect();
+        let mut owned = Vec::new();
+        self.leases.take_changes(&mut owned);
+        self.members.take_changes(&mut owned);
+        self.alarms.take_changes(&mut owned);
         if std::mem::take(&mut self.auth_changed) {
             let record = crate::auth::encode_record(&self.auth.state());
-            changes.push(Change::Put(AUTH_KEY.to_vec(), record));
+            owned.push(Change::Put(AUTH_KEY.to_vec(), record));
         }
-        changes.push(Change::Put(
+        owned.push(Change::Put(
             META_KEY.to_vec(),
             record::encode_meta(applied, self.revision, self.compacted),
         ));
-        self.backend.write(changes)
+        let mut changes: Vec<ChangeRef<'_>> =
+            Vec::with_capacity(written.len() + removed.len() + owned.len());
+        changes.extend(
+            written
+                .iter()
+                .map(|(key, bytes)| ChangeRef::Insert(key, bytes)),
+        );
+        changes.extend(removed.iter().map(|key| ChangeRef::Remove(key)));
+        changes.extend(owned.iter().map(Change::as_ref));
+        let outcome = self.backend.write_refs(&changes);
+        drop(changes);
+        // Cleared, not taken: the buffer keeps its room for the next batch
+        // instead of growing again from nothing; a batch far larger than
+        // usual (a restore) gives its room back.
+        drop(written);
+        self.pending.clear();
+        outcome
     }
 }
 

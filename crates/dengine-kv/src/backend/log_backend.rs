@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 
 use dengine_storage_wal::frame::{self, Read};
 
-use super::{Change, KvBackend, Visit};
+use super::{Change, ChangeRef, KvBackend, Visit};
 
 mod locs;
 use locs::Locs;
@@ -426,17 +426,17 @@ impl Inner {
     }
 
     /// Writes `changes` as one frame.
-    fn write_frame(&mut self, changes: &[Change]) -> io::Result<()> {
+    fn write_frame(&mut self, changes: &[ChangeRef<'_>]) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let mut values = Vec::with_capacity(changes.len());
         frame::push_with(&mut buf, |out| {
             for c in changes {
-                match c {
-                    Change::Insert(k, v) | Change::Put(k, v) => {
+                match *c {
+                    ChangeRef::Insert(k, v) | ChangeRef::Put(k, v) => {
                         values.push(push_put(out, k, v) as u64);
                     }
-                    Change::Remove(k) => {
+                    ChangeRef::Remove(k) => {
                         out.push(OP_REMOVE);
                         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
                         out.extend_from_slice(k);
@@ -449,8 +449,8 @@ impl Inner {
         let (seq, at) = written?;
         let mut values = values.into_iter();
         for c in changes {
-            match c {
-                Change::Insert(k, v) | Change::Put(k, v) => {
+            match *c {
+                ChangeRef::Insert(k, v) | ChangeRef::Put(k, v) => {
                     let offset = at + values.next().unwrap_or_default();
                     self.place(
                         k,
@@ -461,7 +461,7 @@ impl Inner {
                         },
                     );
                 }
-                Change::Remove(k) => self.forget(k),
+                ChangeRef::Remove(k) => self.forget(k),
             }
         }
         self.maybe_rotate()
@@ -507,7 +507,7 @@ impl Inner {
                     copy_bytes += key.len() + value.len();
                     copies.push(Change::Put(key.to_vec(), value.to_vec()));
                     if copy_bytes >= COPY_FRAME_BYTES {
-                        self.write_frame(&std::mem::take(&mut copies))?;
+                        self.write_owned(&std::mem::take(&mut copies))?;
                         copy_bytes = 0;
                     }
                 }
@@ -515,7 +515,7 @@ impl Inner {
             at = next;
         }
         if !copies.is_empty() {
-            self.write_frame(&copies)?;
+            self.write_owned(&copies)?;
         }
         // The copies are durable before the only other place they are
         // goes.
@@ -579,12 +579,18 @@ impl Inner {
         Ok(())
     }
 
-    fn write(&mut self, changes: &[Change]) -> io::Result<()> {
+    fn write(&mut self, changes: &[ChangeRef<'_>]) -> io::Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
         self.write_frame(changes)?;
         self.maybe_collect()
+    }
+
+    /// Writes owned `changes` as one frame.
+    fn write_owned(&mut self, changes: &[Change]) -> io::Result<()> {
+        let refs: Vec<ChangeRef<'_>> = changes.iter().map(Change::as_ref).collect();
+        self.write_frame(&refs)
     }
 
     fn clear(&mut self) -> io::Result<()> {
@@ -635,10 +641,15 @@ impl KvBackend for LogBackend {
     }
 
     fn write(&mut self, changes: Vec<Change>) -> io::Result<()> {
+        let refs: Vec<ChangeRef<'_>> = changes.iter().map(Change::as_ref).collect();
+        self.write_refs(&refs)
+    }
+
+    fn write_refs(&mut self, changes: &[ChangeRef<'_>]) -> io::Result<()> {
         self.inner
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .write(&changes)
+            .write(changes)
     }
 
     fn clear(&mut self) -> io::Result<()> {
