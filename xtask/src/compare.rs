@@ -207,6 +207,10 @@ fn compare(args: &[String]) -> Result<PathBuf, String> {
     if s.systems.iter().any(|x| x == "etcd") {
         crate::sysdeps::ensure_etcd()?;
     }
+    // What is built is what is measured: the commit and whether the tree
+    // had changes are taken now, not when the results are written (edits
+    // made while the benchmark runs do not change the binaries).
+    let source = Source::of(&root);
     println!("==> building dengine and dengine-bench (release)");
     let built = step::cargo()
         .args([
@@ -290,7 +294,7 @@ fn compare(args: &[String]) -> Result<PathBuf, String> {
             let _ = fs::remove_dir_all(&dir);
         }
     }
-    write_results(&root, &s, &rows)
+    write_results(&root, &s, &source, &rows)
 }
 
 /// A short line for the terminal.
@@ -446,19 +450,39 @@ fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-fn write_results(root: &Path, s: &Settings, rows: &[serde_json::Value]) -> Result<PathBuf, String> {
+/// The source the binaries are built from.
+struct Source {
+    commit: String,
+    /// Whether tracked files had uncommitted changes.
+    dirty: bool,
+}
+
+impl Source {
+    fn of(root: &Path) -> Source {
+        let git = |args: &[&str]| {
+            let root = root.display().to_string();
+            let mut all = vec!["-C", root.as_str()];
+            all.extend_from_slice(args);
+            output_of("git", &all)
+        };
+        Source {
+            commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_default(),
+            dirty: git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty()),
+        }
+    }
+}
+
+fn write_results(
+    root: &Path,
+    s: &Settings,
+    source: &Source,
+    rows: &[serde_json::Value],
+) -> Result<PathBuf, String> {
     let dir = root.join("benches/results");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let date = output_of("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "undated".into());
-    let git = |args: &[&str]| {
-        let root = root.display().to_string();
-        let mut all = vec!["-C", root.as_str()];
-        all.extend_from_slice(args);
-        output_of("git", &all)
-    };
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_default();
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let (commit, dirty) = (source.commit.clone(), source.dirty);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
