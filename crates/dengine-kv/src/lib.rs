@@ -86,6 +86,7 @@ mod events;
 mod index;
 mod lease;
 mod members;
+mod merged;
 mod pending;
 mod record;
 mod snapshot;

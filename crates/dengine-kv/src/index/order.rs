@@ -15,7 +15,6 @@
 //! million keys (`index_memory`).
 
 use std::collections::BTreeSet;
-use std::iter::Peekable;
 use std::ops::Bound;
 
 use super::IndexKey;
@@ -94,10 +93,7 @@ impl KeyOrder {
         };
         let sorted = self.sorted[first..past.max(first)].iter();
         let recent = self.recent.range::<[u8], _>((start, end));
-        Merged {
-            a: sorted.peekable(),
-            b: recent.peekable(),
-        }
+        crate::merged::merged(sorted, recent, itself)
     }
 
     /// Every key, in order.
@@ -122,40 +118,16 @@ impl KeyOrder {
     }
 }
 
-/// Two ascending iterators over disjoint keys, as one.
-struct Merged<A: Iterator, B: Iterator> {
-    a: Peekable<A>,
-    b: Peekable<B>,
-}
-
-impl<'a, A, B> Iterator for Merged<A, B>
-where
-    A: Iterator<Item = &'a IndexKey>,
-    B: Iterator<Item = &'a IndexKey>,
-{
-    type Item = &'a IndexKey;
-
-    fn next(&mut self) -> Option<&'a IndexKey> {
-        match (self.a.peek(), self.b.peek()) {
-            (Some(a), Some(b)) if b < a => self.b.next(),
-            (Some(_), _) => self.a.next(),
-            (None, _) => self.b.next(),
-        }
-    }
+/// A key as it orders itself.
+fn itself<'x>(key: &'x &IndexKey) -> &'x IndexKey {
+    key
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merged::testing::{borrowed as bound, valid};
     use proptest::prelude::*;
-
-    fn bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-        match b {
-            Bound::Included(k) => Bound::Included(k.as_slice()),
-            Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-            Bound::Unbounded => Bound::Unbounded,
-        }
-    }
 
     fn key() -> impl Strategy<Value = Vec<u8>> {
         // Short keys over a small alphabet: many shared prefixes, and
@@ -186,18 +158,6 @@ mod tests {
             4 => (a_bound(), a_bound()).prop_map(|(s, e)| Op::Range(s, e)),
             1 => Just(Op::Clear),
         ]
-    }
-
-    /// Whether `BTreeSet::range` takes these bounds (it panics on the
-    /// others; the index never asks for them).
-    fn valid(s: &Bound<Vec<u8>>, e: &Bound<Vec<u8>>) -> bool {
-        match (s, e) {
-            (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
-            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
-                a <= b
-            }
-            _ => true,
-        }
     }
 
     fn check(order: &KeyOrder, model: &BTreeSet<Vec<u8>>) {

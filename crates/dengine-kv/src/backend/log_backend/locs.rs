@@ -215,38 +215,19 @@ impl Locs {
             .other
             .range::<[u8], _>((start, end))
             .map(|(k, loc)| (Key::Other(k), *loc));
-        Merged {
-            a: revs.peekable(),
-            b: other.peekable(),
-        }
+        crate::merged::merged(revs, other, key_bytes)
     }
 }
 
-/// Two iterators ascending by key, over disjoint keys, as one.
-struct Merged<A: Iterator, B: Iterator> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
-}
-
-impl<'a, A, B> Iterator for Merged<A, B>
-where
-    A: Iterator<Item = (Key<'a>, Loc)>,
-    B: Iterator<Item = (Key<'a>, Loc)>,
-{
-    type Item = (Key<'a>, Loc);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match (self.a.peek(), self.b.peek()) {
-            (Some(a), Some(b)) if b.0.as_bytes() < a.0.as_bytes() => self.b.next(),
-            (Some(_), _) => self.a.next(),
-            (None, _) => self.b.next(),
-        }
-    }
+/// An item's key as [`Locs::range`] orders it.
+fn key_bytes<'x>(item: &'x (Key<'_>, Loc)) -> &'x [u8] {
+    item.0.as_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merged::testing::{borrowed as as_ref, valid};
     use proptest::prelude::*;
 
     fn loc(n: u64) -> Loc {
@@ -283,14 +264,6 @@ mod tests {
         ]
     }
 
-    fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-        match b {
-            Bound::Included(k) => Bound::Included(k.as_slice()),
-            Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-            Bound::Unbounded => Bound::Unbounded,
-        }
-    }
-
     #[derive(Debug, Clone)]
     enum Op {
         Insert(Vec<u8>, u64),
@@ -308,17 +281,6 @@ mod tests {
             2 => (bound(), bound()).prop_map(|(s, e)| Op::Range(s, e)),
             1 => Just(Op::Clear),
         ]
-    }
-
-    /// Bounds `BTreeMap::range` takes (the backend checks before asking).
-    fn valid(s: &Bound<Vec<u8>>, e: &Bound<Vec<u8>>) -> bool {
-        match (s, e) {
-            (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
-            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
-                a <= b
-            }
-            _ => true,
-        }
     }
 
     proptest! {
