@@ -89,7 +89,8 @@ pub(crate) fn encode(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
     )
 }
 
-/// As [`encode`], from the parts, with one allocation.
+/// As [`encode`], from the parts, with one allocation (the room
+/// [`encode_parts_into`] reserves).
 pub(crate) fn encode_parts(
     key: &[u8],
     tombstone: bool,
@@ -98,7 +99,7 @@ pub(crate) fn encode_parts(
     lease: i64,
     value: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + 2 + 4 + key.len() + 24 + value.len());
+    let mut out = Vec::new();
     encode_parts_into(
         &mut out,
         key,

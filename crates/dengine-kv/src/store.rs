@@ -793,11 +793,6 @@ impl KvStateMachine {
         changes.extend(removed.iter().map(|key| ChangeRef::Remove(key)));
         changes.extend(owned.iter().map(Change::as_ref));
         let outcome = self.backend.write_refs(&changes);
-        drop(changes);
-        // Cleared, not taken: the buffer keeps its room for the next batch
-        // instead of growing again from nothing; a batch far larger than
-        // usual (a restore) gives its room back.
-        drop(written);
         self.pending.clear();
         outcome
     }

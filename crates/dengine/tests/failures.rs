@@ -203,15 +203,9 @@ async fn single(
         inner: MemStorage::new(),
         mode: mode.clone(),
     });
-    let node = NodeBuilder::new(config, common::Strings::default())
-        .initial_members([NodeId(1)])
-        .store(store)
-        .build()
-        .await
-        .expect("start");
-    node.wait_for(WAIT, |m| m.leader.is_some())
-        .await
-        .expect("leader");
+    let node =
+        common::lone_leader(NodeBuilder::new(config, common::Strings::default()).store(store))
+            .await;
     node.propose(b"before".to_vec()).await.expect("write");
     node
 }
@@ -330,18 +324,9 @@ async fn proposals_on_a_node_whose_disk_hangs_time_out() {
 async fn a_panicking_read_query_fails_only_its_own_read() {
     let net = InMemoryNetwork::new();
     let trigger = Arc::new(AtomicBool::new(false));
-    let node = NodeBuilder::new(
-        common::fast(1, StorageKind::Memory, "unused".into()),
-        Fragile { count: 0, trigger },
-    )
-    .initial_members([NodeId(1)])
-    .network(&net)
-    .build()
-    .await
-    .expect("start");
-    node.wait_for(WAIT, |m| m.leader.is_some())
-        .await
-        .expect("leader");
+    let sm = Fragile { count: 0, trigger };
+    let config = common::fast(1, StorageKind::Memory, "unused".into());
+    let node = common::lone_leader(NodeBuilder::new(config, sm).network(&net)).await;
     node.propose(b"a".to_vec()).await.expect("write");
     for policy in [ReadPolicy::Stale, ReadPolicy::Linearizable] {
         let started = Instant::now();

@@ -40,14 +40,7 @@ async fn a_failed_flush_fails_the_batch_and_stops_the_node() {
         fail_from: 5,
         flushed: LogIndex(0),
     };
-    let node = NodeBuilder::new(config, sm)
-        .initial_members([1].map(NodeId))
-        .build()
-        .await
-        .expect("start");
-    node.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
-        .await
-        .expect("leader");
+    let node = common::lone_leader(NodeBuilder::new(config, sm)).await;
     // Index 1 is the bootstrap entry, 2 the leader's no-op.
     for _ in 3..5 {
         node.propose(vec![1]).await.expect("flushed fine");
@@ -174,18 +167,9 @@ async fn terms_and_membership_changes_with_their_context_reach_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_membership_change_is_in_the_status() {
     let net = dengine::InMemoryNetwork::new();
-    let node = NodeBuilder::new(
-        common::fast(1, StorageKind::Memory, "unused".into()),
-        Recorder::default(),
-    )
-    .network(&net)
-    .initial_members([NodeId(1)])
-    .build()
-    .await
-    .expect("start");
-    node.wait_for(Duration::from_secs(10), |m| m.leader.is_some())
-        .await
-        .expect("leader");
+    let config = common::fast(1, StorageKind::Memory, "unused".into());
+    let node =
+        common::lone_leader(NodeBuilder::new(config, Recorder::default()).network(&net)).await;
     // Proposals alongside make the core loop's turns long, as load does.
     let node = std::sync::Arc::new(node);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -6,7 +6,21 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use dengine::{Config, StateMachine, StorageKind};
+use dengine::{Config, Node, NodeBuilder, NodeId, StateMachine, StorageKind};
+
+/// Starts `builder` as the only member of a new cluster (node 1) and
+/// waits until it leads.
+pub async fn lone_leader<SM: StateMachine>(builder: NodeBuilder<SM>) -> Node<SM> {
+    let node = builder
+        .initial_members([NodeId(1)])
+        .build()
+        .await
+        .expect("start");
+    node.wait_for(std::time::Duration::from_secs(20), |m| m.leader.is_some())
+        .await
+        .expect("leader");
+    node
+}
 
 /// Settings for node `id` with 5 ms ticks, so a cluster elects a leader in
 /// tens of milliseconds.
