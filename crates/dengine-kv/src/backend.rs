@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A change to one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +100,72 @@ pub trait KvBackend: Send + 'static {
     fn sync(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// A reader of the records for another thread, while this backend
+    /// goes on taking writes: the store writes its snapshots through one
+    /// beside the apply worker. `None` (the default) if the backend cannot
+    /// be read beside its writes; its snapshots then pause applying.
+    fn reader(&self) -> Option<Box<dyn BackendReader>> {
+        None
+    }
+}
+
+/// Reads a backend's records from another thread while the store goes on
+/// writing to it (see [`KvBackend::reader`]). A scan may see writes made
+/// after it began, but each record whole; a scan does not hold off the
+/// writes for its whole length.
+pub trait BackendReader: Send {
+    /// As [`KvBackend::scan`].
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()>;
+}
+
+/// Bytes of records a reader copies out under its backend's lock at a
+/// time: the writer waits for no more than one such copy.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Scans `start <= key < end` in chunks: `chunk` visits the records from
+/// its lower bound with the backend locked, and they are copied out until
+/// [`READ_CHUNK`] bytes gather; `visit` sees them after the lock is let
+/// go, and the next chunk starts past the last key.
+fn scan_in_chunks(
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut Visit<'_>,
+    mut chunk: impl FnMut((Bound<&[u8]>, Bound<&[u8]>), &mut Visit<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    if end.is_some_and(|e| e <= start) {
+        return Ok(());
+    }
+    let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut last: Option<Vec<u8>> = None;
+    let mut bytes = Vec::new();
+    // Each record's key and value as where they end in `bytes`.
+    let mut records: Vec<(usize, usize, usize)> = Vec::new();
+    loop {
+        bytes.clear();
+        records.clear();
+        let lower = last
+            .as_deref()
+            .map_or(Bound::Included(start), Bound::Excluded);
+        let mut full = false;
+        chunk((lower, upper), &mut |k, v| {
+            let from = bytes.len();
+            bytes.extend_from_slice(k);
+            bytes.extend_from_slice(v);
+            records.push((from, from + k.len(), bytes.len()));
+            full = bytes.len() >= READ_CHUNK;
+            Ok(!full)
+        })?;
+        for &(from, key_end, end) in &records {
+            if !visit(&bytes[from..key_end], &bytes[key_end..end])? {
+                return Ok(());
+            }
+        }
+        match records.last() {
+            Some(&(from, key_end, _)) if full => last = Some(bytes[from..key_end].to_vec()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
@@ -108,45 +175,82 @@ fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound
     )
 }
 
+type Records = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// Records in memory (a store that does not survive restarts, and
-/// tests).
+/// tests). Behind a lock only for its [`KvBackend::reader`].
 #[derive(Default, Debug)]
-pub struct MemoryBackend(BTreeMap<Vec<u8>, Vec<u8>>);
+pub struct MemoryBackend(Arc<Mutex<Records>>);
+
+impl MemoryBackend {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        lock_records(&self.0)
+    }
+}
+
+fn lock_records(records: &Mutex<Records>) -> std::sync::MutexGuard<'_, Records> {
+    records.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Visits `records` within `bounds` until `visit` says stop.
+fn visit_records(
+    records: &Records,
+    bounds: (Bound<&[u8]>, Bound<&[u8]>),
+    visit: &mut Visit<'_>,
+) -> io::Result<()> {
+    for (k, v) in records.range::<[u8], _>(bounds) {
+        if !visit(k, v)? {
+            break;
+        }
+    }
+    Ok(())
+}
 
 impl KvBackend for MemoryBackend {
     fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).cloned())
+        Ok(self.lock().get(key).cloned())
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
         if end.is_some_and(|e| e <= start) {
             return Ok(());
         }
-        for (k, v) in self.0.range::<[u8], _>(bounds(start, end)) {
-            if !visit(k, v)? {
-                break;
-            }
-        }
-        Ok(())
+        visit_records(&self.lock(), bounds(start, end), visit)
     }
 
     fn write(&mut self, changes: Vec<Change>) -> io::Result<()> {
+        let mut records = self.lock();
         for c in changes {
             match c {
-                Change::Insert(k, v) | Change::Put(k, v) => self.0.insert(k, v),
-                Change::Remove(k) => self.0.remove(&k),
+                Change::Insert(k, v) | Change::Put(k, v) => records.insert(k, v),
+                Change::Remove(k) => records.remove(&k),
             };
         }
         Ok(())
     }
 
     fn clear(&mut self) -> io::Result<()> {
-        self.0.clear();
+        self.lock().clear();
         Ok(())
     }
 
     fn durable(&self) -> bool {
         false
+    }
+
+    fn reader(&self) -> Option<Box<dyn BackendReader>> {
+        Some(Box::new(MemoryReader(Arc::clone(&self.0))))
+    }
+}
+
+/// A [`MemoryBackend`]'s reader.
+struct MemoryReader(Arc<Mutex<Records>>);
+
+impl BackendReader for MemoryReader {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
+        scan_in_chunks(start, end, visit, |bounds, visit| {
+            visit_records(&lock_records(&self.0), bounds, visit)
+        })
     }
 }
 
@@ -177,7 +281,35 @@ mod rocks_backend {
     /// Records in a RocksDB database of their own, written through its WAL
     /// without fsync (the log is the durable record; see [`super::KvBackend`]).
     pub struct RocksBackend {
-        db: DB,
+        /// Shared with readers (an iterator reads a consistent view).
+        db: Arc<DB>,
+    }
+
+    fn scan_db(db: &DB, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(());
+        }
+        let mut opts = ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        let iter = db.iterator_opt(IteratorMode::From(start, Direction::Forward), opts);
+        for item in iter {
+            let (k, v) = item.map_err(err)?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A [`RocksBackend`]'s reader: RocksDB iterators read beside writes.
+    struct RocksReader(Arc<DB>);
+
+    impl BackendReader for RocksReader {
+        fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
+            scan_db(&self.0, start, end, visit)
+        }
     }
 
     impl RocksBackend {
@@ -188,7 +320,7 @@ mod rocks_backend {
             o.set_paranoid_checks(true);
             o.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
             o.set_keep_log_file_num(4);
-            let db = DB::open(&o, path).map_err(err)?;
+            let db = Arc::new(DB::open(&o, path).map_err(err)?);
             Ok(RocksBackend { db })
         }
     }
@@ -199,23 +331,7 @@ mod rocks_backend {
         }
 
         fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
-            if end.is_some_and(|e| e <= start) {
-                return Ok(());
-            }
-            let mut opts = ReadOptions::default();
-            if let Some(end) = end {
-                opts.set_iterate_upper_bound(end.to_vec());
-            }
-            let iter = self
-                .db
-                .iterator_opt(IteratorMode::From(start, Direction::Forward), opts);
-            for item in iter {
-                let (k, v) = item.map_err(err)?;
-                if !visit(&k, &v)? {
-                    break;
-                }
-            }
-            Ok(())
+            scan_db(&self.db, start, end, visit)
         }
 
         fn write(&mut self, changes: Vec<Change>) -> io::Result<()> {
@@ -256,5 +372,12 @@ mod rocks_backend {
             self.db.compact_range::<&[u8], &[u8]>(None, None);
             Ok(())
         }
+
+        fn reader(&self) -> Option<Box<dyn BackendReader>> {
+            Some(Box::new(RocksReader(Arc::clone(&self.db))))
+        }
     }
 }
+
+#[cfg(test)]
+mod reader_tests;

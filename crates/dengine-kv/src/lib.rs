@@ -103,7 +103,7 @@ pub use auth::{
 pub use backend::RocksBackend;
 #[cfg(feature = "sled")]
 pub use backend::SledBackend;
-pub use backend::{Change, ChangeRef, KvBackend, LogBackend, MemoryBackend, Visit};
+pub use backend::{BackendReader, Change, ChangeRef, KvBackend, LogBackend, MemoryBackend, Visit};
 pub use events::{Event, EventKind, EventSink, History, HistoryHash, LeaseChange};
 pub use members::{MemberInfo, MemberList, encode_context};
 pub use store::KvStateMachine;
@@ -114,3 +114,6 @@ pub use types::*;
 mod model_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod snapshot_view_tests;

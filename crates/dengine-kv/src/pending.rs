@@ -12,7 +12,7 @@ const KEEP_BYTES: usize = 4 << 20;
 const KEEP_RECORDS: usize = 16 << 10;
 
 /// Records waiting for the backend (see the module's docs).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Pending {
     bytes: Vec<u8>,
     /// Each record's revision, and where it is in `bytes`; in revision

@@ -17,11 +17,15 @@
 //! record of format 1)* ‖ u32::MAX`, restored as a history compacted at its
 //! revision. Format 1 is refused.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::Change;
 use crate::index::Revision;
-use crate::record::{self, META_KEY, REV_PREFIX, REVS_END};
+use crate::pending::Pending;
+use crate::record::{self, META_KEY, REV_PREFIX};
 use crate::store::KvStateMachine;
 
 /// A snapshot starts with these bytes and a format version digit.
@@ -41,57 +45,141 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// Writes the store's snapshot: the records in the backend and those not
-/// written to it yet (which are newer), less those compacted since.
-pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> {
-    out.write_all(MAGIC)?;
-    out.write_all(&[VERSION])?;
-    out.write_all(&sm.revision.to_le_bytes())?;
-    out.write_all(&sm.compacted.to_le_bytes())?;
-    let removed: std::collections::HashSet<Revision> = sm.removed.iter().copied().collect();
-    let mut record = |rev: Revision, v: &[u8]| -> io::Result<()> {
-        if removed.contains(&rev) {
-            return Ok(());
+/// What a snapshot holds, taken from the store at one applied index:
+/// everything but the records in the backend, which are read as the
+/// snapshot is written (the store keeps them while a view lives; see
+/// [`Holds`]).
+pub(crate) struct View {
+    revision: i64,
+    compacted: i64,
+    /// Records forgotten since the last flush, still in the backend.
+    removed: HashSet<Revision>,
+    /// Records not in the backend yet: newer than every record in it.
+    pending: Pending,
+    leases: Vec<(i64, i64)>,
+    members: Vec<Vec<u8>>,
+    alarms: Vec<(u64, crate::AlarmKind)>,
+    auth: Vec<u8>,
+}
+
+/// Shared by the store and its snapshot views: while a view lives the
+/// store removes no record from the backend (compactions' removals wait),
+/// and a restore that replaces the backend's records under a view says so
+/// here, failing that view's snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Holds {
+    replaced: AtomicBool,
+}
+
+impl View {
+    /// The store's state as it is now.
+    pub(crate) fn of(sm: &KvStateMachine) -> View {
+        View {
+            revision: sm.revision,
+            compacted: sm.compacted,
+            removed: sm.removed.iter().copied().collect(),
+            pending: sm.pending.clone(),
+            leases: sm.leases(),
+            members: sm.members.records(),
+            alarms: sm.alarms(),
+            auth: crate::auth::encode_for_snapshot(&sm.auth.state()),
         }
-        let len = u32::try_from(v.len()).map_err(|_| bad("a record of over 4 GiB"))?;
-        out.write_all(&[1])?;
-        out.write_all(&rev.main.to_le_bytes())?;
-        out.write_all(&rev.sub.to_be_bytes())?;
-        out.write_all(&len.to_le_bytes())?;
-        out.write_all(v)
-    };
-    sm.backend
-        .scan(&[REV_PREFIX], Some(REVS_END), &mut |k, v| {
+    }
+
+    /// Writes the snapshot, reading the backend's records through `scan`:
+    /// those older than the pending ones (at or before the view's
+    /// revision), less those forgotten, then the pending ones.
+    pub(crate) fn write(&self, scan: &ScanFn<'_>, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        out.write_all(&self.revision.to_le_bytes())?;
+        out.write_all(&self.compacted.to_le_bytes())?;
+        let mut record = |rev: Revision, v: &[u8]| -> io::Result<()> {
+            if self.removed.contains(&rev) {
+                return Ok(());
+            }
+            let len = u32::try_from(v.len()).map_err(|_| bad("a record of over 4 GiB"))?;
+            out.write_all(&[1])?;
+            out.write_all(&rev.main.to_le_bytes())?;
+            out.write_all(&rev.sub.to_be_bytes())?;
+            out.write_all(&len.to_le_bytes())?;
+            out.write_all(v)
+        };
+        // Records written to the backend after the view was taken are
+        // newer than this, and are left out.
+        let first_unwritten = self.pending.iter().next().map_or(
+            Revision {
+                main: self.revision.saturating_add(1),
+                sub: 0,
+            },
+            |(rev, _)| rev,
+        );
+        let end = record::rev_key(first_unwritten);
+        scan(&[REV_PREFIX], Some(&end), &mut |k, v| {
             let rev = record::parse_rev_key(k).map_err(|e| io::Error::other(e.to_string()))?;
             record(rev, v)?;
             Ok(true)
         })?;
-    for (rev, v) in sm.pending.iter() {
-        record(rev, v)?;
-    }
-    out.write_all(&[0])?;
-    for (id, ttl) in sm.leases() {
-        out.write_all(&[1])?;
-        out.write_all(&id.to_le_bytes())?;
-        out.write_all(&ttl.to_le_bytes())?;
-    }
-    out.write_all(&[0])?;
-    for member in sm.members.records() {
-        let len = u32::try_from(member.len()).map_err(|_| bad("a member of over 4 GiB"))?;
-        out.write_all(&[1])?;
+        for (rev, v) in self.pending.iter() {
+            record(rev, v)?;
+        }
+        out.write_all(&[0])?;
+        for (id, ttl) in &self.leases {
+            out.write_all(&[1])?;
+            out.write_all(&id.to_le_bytes())?;
+            out.write_all(&ttl.to_le_bytes())?;
+        }
+        out.write_all(&[0])?;
+        for member in &self.members {
+            let len = u32::try_from(member.len()).map_err(|_| bad("a member of over 4 GiB"))?;
+            out.write_all(&[1])?;
+            out.write_all(&len.to_le_bytes())?;
+            out.write_all(member)?;
+        }
+        out.write_all(&[0])?;
+        for &(member, kind) in &self.alarms {
+            out.write_all(&[1])?;
+            out.write_all(&crate::alarms::encode_for_snapshot(member, kind))?;
+        }
+        out.write_all(&[0])?;
+        let len = u32::try_from(self.auth.len()).map_err(|_| bad("an auth store of over 4 GiB"))?;
         out.write_all(&len.to_le_bytes())?;
-        out.write_all(&member)?;
+        out.write_all(&self.auth)
     }
-    out.write_all(&[0])?;
-    for (member, kind) in sm.alarms() {
-        out.write_all(&[1])?;
-        out.write_all(&crate::alarms::encode_for_snapshot(member, kind))?;
-    }
-    out.write_all(&[0])?;
-    let auth = crate::auth::encode_for_snapshot(&sm.auth.state());
-    let len = u32::try_from(auth.len()).map_err(|_| bad("an auth store of over 4 GiB"))?;
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(&auth)
+}
+
+/// A scan of the backend's records, as [`crate::KvBackend::scan`].
+pub(crate) type ScanFn<'a> =
+    dyn Fn(&[u8], Option<&[u8]>, &mut crate::Visit<'_>) -> io::Result<()> + 'a;
+
+/// Writes the store's snapshot: the records in the backend and those not
+/// written to it yet (which are newer), less those compacted since.
+pub(crate) fn write(sm: &KvStateMachine, out: &mut dyn Write) -> io::Result<()> {
+    View::of(sm).write(&|start, end, visit| sm.backend.scan(start, end, visit), out)
+}
+
+/// A view of the store that writes its snapshot on another thread while
+/// the store goes on applying, if its backend can be read beside its
+/// writes.
+pub(crate) fn detached(sm: &KvStateMachine) -> Option<dengine_runtime::SnapshotView> {
+    let reader = sm.backend.reader()?;
+    let view = View::of(sm);
+    let holds = Arc::clone(&sm.holds);
+    Some(Box::new(move |out: &mut dyn Write| {
+        view.write(&|start, end, visit| reader.scan(start, end, visit), out)?;
+        if holds.replaced.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "the store was restored from another snapshot while this one was written",
+            ));
+        }
+        Ok(())
+    }))
+}
+
+/// Whether a snapshot view lives: the store then removes no record from
+/// the backend.
+pub(crate) fn viewed(sm: &KvStateMachine) -> bool {
+    Arc::strong_count(&sm.holds) > 1
 }
 
 impl KvStateMachine {
@@ -160,6 +248,13 @@ pub(crate) fn restore(sm: &mut KvStateMachine, input: &mut dyn Read) -> io::Resu
     sm.applied = None;
     sm.pending.clear();
     sm.removed.clear();
+    // A view still reading the records that go now fails its snapshot;
+    // the records removals waited for go with the rest.
+    if viewed(sm) {
+        sm.holds.replaced.store(true, Ordering::SeqCst);
+        sm.holds = Arc::default();
+    }
+    sm.deferred.clear();
     sm.index.clear();
     sm.leases = Default::default();
     sm.members = Default::default();

@@ -55,6 +55,13 @@ pub struct KvStateMachine {
     pub(crate) pending: Pending,
     /// The records compactions forgot since the last flush.
     pub(crate) removed: Vec<Revision>,
+    /// Forgotten records left in the backend while a snapshot view read
+    /// it, removed by the first flush after the views are gone (a restart
+    /// before that finds them below the compacted revision and forgets
+    /// them again).
+    pub(crate) deferred: Vec<Revision>,
+    /// Shared with the snapshot views that read the backend.
+    pub(crate) holds: std::sync::Arc<crate::snapshot::Holds>,
     /// The revision of the last command that changed something (1 before
     /// the first write, as etcd).
     pub(crate) revision: i64,
@@ -115,6 +122,8 @@ impl KvStateMachine {
             index: Index::default(),
             pending: Pending::default(),
             removed: Vec::new(),
+            deferred: Vec::new(),
+            holds: Default::default(),
             revision: 1,
             compacted: 0,
             next_sub: 0,
@@ -159,6 +168,11 @@ impl KvStateMachine {
                 .restore(r.write, r.create_revision, r.version, r.lease);
             Ok(())
         })?;
+        if sm.compacted > 0 {
+            // Records a compaction forgot are still there if a snapshot
+            // view held them until the stop: they go at the next flush.
+            sm.index.compact(sm.compacted, &mut sm.removed);
+        }
         let by_id = &mut sm.leases.by_id;
         scan(&*sm.backend, &[LEASE_PREFIX], Some(LEASES_END), |k, v| {
             let (id, ttl) = decode_lease(k, v)?;
@@ -766,11 +780,18 @@ impl KvStateMachine {
             .filter(|(rev, _)| !gone.contains(rev))
             .map(|(rev, bytes)| (record::rev_key(rev), bytes))
             .collect();
-        let removed: Vec<[u8; record::REV_KEY_LEN]> = removed
-            .iter()
-            .filter(|&&rev| pending.get(rev).is_none())
-            .map(|&rev| record::rev_key(rev))
+        let mut removed: Vec<Revision> = removed
+            .into_iter()
+            .filter(|&rev| pending.get(rev).is_none())
             .collect();
+        // A snapshot view may still have to read them.
+        if crate::snapshot::viewed(self) {
+            self.deferred.append(&mut removed);
+        } else {
+            removed.append(&mut self.deferred);
+        }
+        let removed: Vec<[u8; record::REV_KEY_LEN]> =
+            removed.iter().map(|&rev| record::rev_key(rev)).collect();
         let mut owned = Vec::new();
         self.leases.take_changes(&mut owned);
         self.members.take_changes(&mut owned);
@@ -898,6 +919,10 @@ impl StateMachine for KvStateMachine {
 
     fn snapshot(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
         crate::snapshot::write(self, out)
+    }
+
+    fn snapshot_view(&mut self) -> Option<dengine_runtime::SnapshotView> {
+        crate::snapshot::detached(self)
     }
 
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {

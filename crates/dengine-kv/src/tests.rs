@@ -5,7 +5,7 @@ use crate::index::Revision;
 use crate::record;
 use dengine_runtime::{EntryId, LogIndex, StateMachine, Term};
 
-fn put(k: &str, v: &str) -> KvCommand {
+pub(crate) fn put(k: &str, v: &str) -> KvCommand {
     KvCommand::Put(PutRequest {
         key: k.into(),
         value: v.into(),
@@ -14,7 +14,7 @@ fn put(k: &str, v: &str) -> KvCommand {
     })
 }
 
-fn del(k: &str, end: &[u8]) -> KvCommand {
+pub(crate) fn del(k: &str, end: &[u8]) -> KvCommand {
     KvCommand::DeleteRange(DeleteRangeRequest {
         key: k.into(),
         range_end: end.to_vec(),
@@ -22,7 +22,7 @@ fn del(k: &str, end: &[u8]) -> KvCommand {
     })
 }
 
-fn range(k: &str, end: &[u8]) -> RangeRequest {
+pub(crate) fn range(k: &str, end: &[u8]) -> RangeRequest {
     RangeRequest {
         key: k.into(),
         range_end: end.to_vec(),
@@ -31,7 +31,7 @@ fn range(k: &str, end: &[u8]) -> RangeRequest {
 }
 
 /// Applies `cmds` as one batch at indexes from `first`, then flushes.
-fn run(
+pub(crate) fn run(
     sm: &mut KvStateMachine,
     first: u64,
     cmds: &[KvCommand],
@@ -51,11 +51,11 @@ fn run(
     out
 }
 
-fn one(sm: &mut KvStateMachine, index: u64, cmd: KvCommand) -> KvResponse {
+pub(crate) fn one(sm: &mut KvStateMachine, index: u64, cmd: KvCommand) -> KvResponse {
     run(sm, index, &[cmd]).remove(0).expect("applies")
 }
 
-fn keys(r: &RangeResponse) -> Vec<String> {
+pub(crate) fn keys(r: &RangeResponse) -> Vec<String> {
     r.kvs
         .iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
@@ -884,7 +884,7 @@ fn transactions_nested_too_deep_are_refused_when_decoded() {
     assert!(!e.to_string().contains("too deep"), "{e}");
 }
 
-fn snapshot_of(sm: &mut KvStateMachine) -> Vec<u8> {
+pub(crate) fn snapshot_of(sm: &mut KvStateMachine) -> Vec<u8> {
     let mut out = Vec::new();
     sm.snapshot(&mut out).expect("snapshot");
     out

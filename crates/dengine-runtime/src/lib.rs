@@ -81,6 +81,6 @@ pub use node::{Node, NodeBuilder, Proposed};
 /// call once after installing a recorder, before the first node starts.
 pub use runtime::telemetry::describe as describe_metrics;
 pub use runtime::{Metrics, ReadPolicy};
-pub use state_machine::StateMachine;
+pub use state_machine::{SnapshotView, StateMachine};
 pub use transport::{InMemoryNetwork, SnapshotDone, Transport, Unreachable};
 pub use typed::{Typed, TypedStateMachine};

@@ -4,6 +4,10 @@ use std::io::{Read, Write};
 
 use dengine_core::{ConfChange, ConfState, EntryId, LogIndex};
 
+/// A point-in-time view of a state machine that writes its snapshot (see
+/// [`StateMachine::snapshot_view`]).
+pub type SnapshotView = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
 /// A deterministic state machine replicated by the cluster.
 ///
 /// Commands arrive as the bytes that were proposed, in log order, exactly
@@ -33,6 +37,18 @@ pub trait StateMachine: Send + 'static {
     /// Writes the whole state as a stream (snapshots are never required to
     /// fit in one buffer of the state machine's making).
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()>;
+
+    /// The state as it is now, to be written as a snapshot on another
+    /// thread while this state machine goes on applying: a state machine
+    /// whose state is large (and mostly immutable, or copy-on-write) takes
+    /// what it needs here, quickly, and the returned view writes the same
+    /// bytes [`StateMachine::snapshot`] would have written now. The node
+    /// stops no apply or read while the view writes; the view's writes
+    /// fail once the node stops. Default `None`: the node calls
+    /// [`StateMachine::snapshot`], and applies nothing meanwhile.
+    fn snapshot_view(&mut self) -> Option<SnapshotView> {
+        None
+    }
 
     /// Replaces the state with a snapshot read from `input`. The runtime
     /// calls [`StateMachine::flush`] with the snapshot's index afterwards.

@@ -75,7 +75,7 @@ pub use dengine_grpc as grpc;
 pub use dengine_kv as kv;
 pub use dengine_runtime::{
     Config, EntryId, Error, InMemoryNetwork, LogIndex, Metrics, Node, NodeBuilder, NodeId,
-    Proposed, ReadPolicy, SnapshotDone, StateMachine, StorageKind, Term, Transport, Typed,
-    TypedStateMachine, Unreachable, describe_metrics,
+    Proposed, ReadPolicy, SnapshotDone, SnapshotView, StateMachine, StorageKind, Term, Transport,
+    Typed, TypedStateMachine, Unreachable, describe_metrics,
 };
 pub use dengine_runtime::{config, error, snapshot, state_machine, transport, typed};

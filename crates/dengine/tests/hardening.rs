@@ -518,3 +518,99 @@ async fn a_restart_starts_from_the_snapshot_the_log_records() {
     assert!(!planted.exists(), "the unrecorded file was removed");
     node.shutdown().await.expect("shutdown");
 }
+
+/// A counter whose snapshot view waits at a gate the test opens.
+struct Gated {
+    count: u64,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl StateMachine for Gated {
+    type Response = u64;
+    fn apply(&mut self, _: dengine::EntryId, _: &[u8]) -> u64 {
+        self.count += 1;
+        self.count
+    }
+    fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        common::save_u64(out, self.count)
+    }
+    fn snapshot_view(&mut self) -> Option<dengine::SnapshotView> {
+        let (count, gate) = (self.count, self.gate.clone());
+        Some(Box::new(move |out: &mut dyn std::io::Write| {
+            let (open, opened) = &*gate;
+            let open = open.lock().unwrap_or_else(|e| e.into_inner());
+            let (_open, _) = opened
+                .wait_timeout_while(open, WAIT, |open| !*open)
+                .unwrap_or_else(|e| e.into_inner());
+            common::save_u64(out, count)
+        }))
+    }
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.count = common::load_u64(input)?;
+        Ok(())
+    }
+}
+
+/// Issue 8: writing a snapshot stopped every apply and read for its whole
+/// length (the state machine was written from on the apply worker). A
+/// state machine that offers a view has it written on a thread of its
+/// own: here the view waits at a gate, and the node goes on applying,
+/// answering writes and reads, until the gate opens and the snapshot at
+/// the view's index is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_goes_on_while_a_snapshot_is_written_from_a_view() {
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let c = Config {
+        snapshot_threshold: 10,
+        compaction_lag: 0,
+        ..config(1)
+    };
+    let sm = Gated {
+        count: 0,
+        gate: gate.clone(),
+    };
+    let node = common::lone_leader(NodeBuilder::new(c, sm)).await;
+    // Past the threshold: the snapshot is asked for, and its view waits.
+    let mut last = LogIndex::ZERO;
+    for _ in 0..12 {
+        last = node.propose(vec![1]).await.expect("propose").index;
+    }
+    let first = Instant::now();
+    for _ in 0..40 {
+        tokio::time::timeout(WAIT, node.propose(vec![1]))
+            .await
+            .expect("a write waited for the snapshot")
+            .expect("propose");
+    }
+    let count = tokio::time::timeout(
+        WAIT,
+        node.read(ReadPolicy::Linearizable, |sm: &Gated| sm.count),
+    )
+    .await
+    .expect("a read waited for the snapshot")
+    .expect("read");
+    assert_eq!(count, 52);
+    let m = node.status();
+    assert_eq!(
+        m.snapshot_made_at,
+        LogIndex::ZERO,
+        "the view was still at its gate, {:?} after the writes began",
+        first.elapsed()
+    );
+    {
+        let (open, opened) = &*gate;
+        *open.lock().expect("gate") = true;
+        opened.notify_all();
+    }
+    let m = node
+        .wait_for(WAIT, |m| m.snapshot_made_at > LogIndex::ZERO)
+        .await
+        .expect("the snapshot is made once the gate opens");
+    assert!(
+        m.snapshot_made_at >= LogIndex(10) && m.snapshot_made_at <= last,
+        "made at {:?}: not where the view was taken, at most {last:?}",
+        m.snapshot_made_at
+    );
+    assert_eq!(m.snapshot_failures, 0);
+    node.shutdown().await.expect("shutdown");
+}

@@ -10,11 +10,11 @@ use std::io::{self, Write};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dengine_storage_wal::frame::{self, Read};
 
-use super::{Change, ChangeRef, KvBackend, Visit};
+use super::{BackendReader, Change, ChangeRef, KvBackend, Visit};
 
 mod locs;
 use locs::Locs;
@@ -202,10 +202,10 @@ fn open_segment(path: &Path, create: bool) -> io::Result<File> {
 /// at the end and deleting it, once the files hold more than twice the
 /// live bytes and 128 MiB; `defragment` rewrites every segment.
 pub struct LogBackend {
-    /// Behind a lock only so that `defragment`, which the trait lets
-    /// run beside reads, can rewrite segments; writes reach it without
-    /// locking.
-    inner: Mutex<Inner>,
+    /// Behind a lock so that `defragment`, which the trait lets run
+    /// beside reads, can rewrite segments, and shared with readers (see
+    /// [`KvBackend::reader`]).
+    inner: Arc<Mutex<Inner>>,
 }
 
 struct Inner {
@@ -251,20 +251,28 @@ impl LogBackend {
         Self::open_with(dir, SEGMENT_BYTES, GC_MIN_BYTES)
     }
 
-    fn open_with(dir: &Path, segment_bytes: u64, gc_min_bytes: u64) -> io::Result<LogBackend> {
+    pub(super) fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        gc_min_bytes: u64,
+    ) -> io::Result<LogBackend> {
         Ok(LogBackend {
-            inner: Mutex::new(Inner::open(dir, segment_bytes, gc_min_bytes)?),
+            inner: Arc::new(Mutex::new(Inner::open(dir, segment_bytes, gc_min_bytes)?)),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 
     /// Bytes in the files.
     pub fn file_bytes(&self) -> u64 {
         self.lock().total
     }
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Inner {
@@ -557,11 +565,7 @@ impl Inner {
         Ok(Some(value))
     }
 
-    fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
-        let bounds = (
-            Bound::Included(start),
-            end.map_or(Bound::Unbounded, Bound::Excluded),
-        );
+    fn scan(&self, bounds: (Bound<&[u8]>, Bound<&[u8]>), visit: &mut Visit<'_>) -> io::Result<()> {
         // Values next to each other in a segment (records written in
         // revision order are) come from one read of a window of the file,
         // not one read each.
@@ -637,7 +641,11 @@ impl KvBackend for LogBackend {
         if end.is_some_and(|e| e <= start) {
             return Ok(());
         }
-        self.lock().scan(start, end, visit)
+        let bounds = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        self.lock().scan(bounds, visit)
     }
 
     fn write(&mut self, changes: Vec<Change>) -> io::Result<()> {
@@ -646,17 +654,11 @@ impl KvBackend for LogBackend {
     }
 
     fn write_refs(&mut self, changes: &[ChangeRef<'_>]) -> io::Result<()> {
-        self.inner
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write(changes)
+        self.lock().write(changes)
     }
 
     fn clear(&mut self) -> io::Result<()> {
-        self.inner
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear()
+        self.lock().clear()
     }
 
     fn durable(&self) -> bool {
@@ -669,6 +671,23 @@ impl KvBackend for LogBackend {
 
     fn sync(&self) -> io::Result<()> {
         self.lock().sync()
+    }
+
+    fn reader(&self) -> Option<Box<dyn BackendReader>> {
+        Some(Box::new(LogReader(Arc::clone(&self.inner))))
+    }
+}
+
+/// A [`LogBackend`]'s reader: it reads a chunk at a time with the files
+/// locked, so a write waits for one chunk at most, and a collection that
+/// moves values between chunks is seen as it left them.
+struct LogReader(Arc<Mutex<Inner>>);
+
+impl BackendReader for LogReader {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> io::Result<()> {
+        super::scan_in_chunks(start, end, visit, |bounds, visit| {
+            lock(&self.0).scan(bounds, visit)
+        })
     }
 }
 

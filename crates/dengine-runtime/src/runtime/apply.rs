@@ -12,7 +12,9 @@
 //! So every job is timed, and the first that takes longer than
 //! [`SLOW_JOB`] moves the worker to a thread of its own for the rest of
 //! the node's life. Snapshots and restores, which read or write the whole
-//! state, always run on the blocking pool.
+//! state, always run on the blocking pool; a state machine that offers a
+//! snapshot view has its snapshots written on a thread of their own while
+//! applying goes on (`snapshot_thread`).
 //!
 //! A panic (in `apply`, `snapshot`, `restore` or `flush`) is caught and
 //! stops the node with `Event::Fatal`: the state machine may be
@@ -27,6 +29,7 @@ use dengine_core::{EntryPayload, LogIndex};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
+use super::snapshot_thread::SnapshotThread;
 use super::{ApplyJob, Event, ReadJob, panic_message};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
@@ -54,6 +57,7 @@ pub(crate) fn spawn_applier<SM: StateMachine>(
         snapshots,
         events,
         reads: BTreeMap::new(),
+        writing: None,
     };
     tokio::spawn(on_runtime(worker, jobs, done));
     finished
@@ -160,10 +164,14 @@ struct Applier<SM: StateMachine> {
     events: UnboundedSender<Event>,
     /// Reads waiting for the state machine to reach their index.
     reads: BTreeMap<LogIndex, Vec<ReadJob<SM>>>,
+    /// The snapshot being written from a view, if any.
+    writing: Option<SnapshotThread>,
 }
 
 impl<SM: StateMachine> Drop for Applier<SM> {
     fn drop(&mut self) {
+        // Before the state machine goes: the view may read its storage.
+        self.stop_writing();
         for (_, jobs) in std::mem::take(&mut self.reads) {
             for job in jobs {
                 job(Err(Error::Shutdown));
@@ -305,14 +313,36 @@ impl<SM: StateMachine> Applier<SM> {
     /// (A state machine that keeps its own state may be further on after a
     /// restart; the request then fails and is asked again later.)
     ///
-    /// Applying pauses while the snapshot is written: the state machine
-    /// is one object, written from while nothing changes it.
+    /// From the state machine's view, if it offers one, on a thread of its
+    /// own while applying goes on; otherwise here, and applying pauses
+    /// while the snapshot is written.
     fn snapshot(&mut self, meta: dengine_core::SnapshotMeta) {
         if meta.last_index != self.applied {
             let _ = self.events.send(Event::SnapshotFailed(format!(
                 "asked at {} but the state machine is at {}",
                 meta.last_index, self.applied
             )));
+            return;
+        }
+        if self.writing.as_ref().is_some_and(SnapshotThread::running) {
+            // The core asks for one at a time: this is not expected.
+            let _ = self.events.send(Event::SnapshotFailed(
+                "the last snapshot is still being written".into(),
+            ));
+            return;
+        }
+        self.stop_writing();
+        if let Some(view) = self.sm.snapshot_view() {
+            let started =
+                SnapshotThread::start(view, meta, self.snapshots.clone(), self.events.clone());
+            match started {
+                Ok(thread) => self.writing = Some(thread),
+                Err(e) => {
+                    let _ = self.events.send(Event::SnapshotFailed(format!(
+                        "starting the snapshot's thread: {e}"
+                    )));
+                }
+            }
             return;
         }
         let sm = &mut self.sm;
@@ -334,11 +364,22 @@ impl<SM: StateMachine> Applier<SM> {
         };
     }
 
+    /// Stops the snapshot being written from a view, if any, and waits
+    /// for its thread.
+    fn stop_writing(&mut self) {
+        if let Some(thread) = self.writing.take() {
+            thread.stop();
+        }
+    }
+
     fn restore(
         &mut self,
         meta: dengine_core::SnapshotMeta,
         data: &crate::snapshot::SnapshotData,
     ) -> Flow {
+        // The snapshot being written is older than this one, and its view
+        // may read what the restore replaces.
+        self.stop_writing();
         let started = std::time::Instant::now();
         let restored = crate::snapshot::restore(&mut self.sm, data);
         if restored.is_ok() {

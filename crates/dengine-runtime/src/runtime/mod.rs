@@ -36,6 +36,7 @@ mod clock;
 mod core_loop;
 mod disk;
 mod pending;
+mod snapshot_thread;
 pub(crate) mod supervisor;
 pub mod telemetry;
 pub(crate) mod traces;
