@@ -16,6 +16,7 @@ use dengine_storage_wal::frame::{self, Read};
 
 use super::{BackendReader, Change, ChangeRef, KvBackend, Visit};
 
+mod chunked;
 mod locs;
 use locs::Locs;
 

@@ -6,16 +6,17 @@
 //! meta record, auth, leases, members, alarms). With every key in one
 //! `BTreeMap<IndexKey, Loc>`, a revision's place took about 90 bytes (a
 //! tree filled in key order leaves its nodes half full) and each new
-//! revision walked down the tree. Revision keys now live in a `Vec` of
-//! 32-byte slots sorted by revision: a new revision is pushed at the
-//! end, a lookup is a binary search, and a removal (compaction) marks its
-//! slot; the `Vec` drops its marked slots once they are half of it. The
-//! other keys stay in a tree.
+//! revision walked down the tree. Revision keys now live in a sequence
+//! of 32-byte slots sorted by revision (in chunks, see [`Chunked`]): a new
+//! revision is pushed at the end, a lookup is a binary search, and a
+//! removal (compaction) marks its slot; marked slots are dropped once
+//! they are half of them. The other keys stay in a tree.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::Loc;
+use super::chunked::{self, Chunked};
 use crate::index::IndexKey;
 use crate::record::REV_PREFIX;
 
@@ -101,7 +102,7 @@ impl Key<'_> {
 #[derive(Default)]
 pub(super) struct Locs {
     /// Revision keys, sorted, each once (live or marked).
-    revs: Vec<RevSlot>,
+    revs: Chunked<RevSlot>,
     /// Marked slots in `revs`.
     removed: usize,
     /// Every other key.
@@ -118,12 +119,10 @@ impl Locs {
     pub(super) fn get(&self, key: &[u8]) -> Option<Loc> {
         match rev_of(key) {
             Some(rev) => self
-                .revs
-                .binary_search_by_key(&rev, RevSlot::rev)
-                .ok()
-                .map(|i| self.revs[i])
-                .filter(RevSlot::live)
-                .map(|s| s.loc()),
+                .find(rev)
+                .and_then(|pos| self.revs.get(pos))
+                .filter(|s| s.live())
+                .map(RevSlot::loc),
             None => self.other.get(key).copied(),
         }
     }
@@ -145,9 +144,10 @@ impl Locs {
             self.revs.push(slot);
             return None;
         }
-        match self.revs.binary_search_by_key(&(main, sub), RevSlot::rev) {
-            Ok(i) => {
-                let old = std::mem::replace(&mut self.revs[i], slot);
+        let pos = self.revs.partition_point(|s| s.rev() < (main, sub));
+        match self.revs.get_mut(pos) {
+            Some(found) if found.rev() == (main, sub) => {
+                let old = std::mem::replace(found, slot);
                 if old.live() {
                     Some(old.loc())
                 } else {
@@ -155,11 +155,17 @@ impl Locs {
                     None
                 }
             }
-            Err(i) => {
-                self.revs.insert(i, slot);
+            _ => {
+                self.revs.insert(pos, slot);
                 None
             }
         }
+    }
+
+    /// Where revision `rev`'s slot is, if it has one.
+    fn find(&self, rev: (u64, u32)) -> Option<chunked::Pos> {
+        let pos = self.revs.partition_point(|s| s.rev() < rev);
+        self.revs.get(pos).filter(|s| s.rev() == rev).map(|_| pos)
     }
 
     /// Forgets `key`; returns where its value was.
@@ -167,8 +173,8 @@ impl Locs {
         let Some(rev) = rev_of(key) else {
             return self.other.remove(key);
         };
-        let i = self.revs.binary_search_by_key(&rev, RevSlot::rev).ok()?;
-        let slot = &mut self.revs[i];
+        let pos = self.find(rev)?;
+        let slot = self.revs.get_mut(pos)?;
         if !slot.live() {
             return None;
         }
@@ -178,16 +184,13 @@ impl Locs {
         if self.removed >= MIN_DEAD && 2 * self.removed >= self.revs.len() {
             self.revs.retain(RevSlot::live);
             self.removed = 0;
-            if self.revs.capacity() > 2 * self.revs.len() {
-                self.revs.shrink_to_fit();
-            }
         }
         Some(old)
     }
 
     /// Forgets every key.
     pub(super) fn clear(&mut self) {
-        self.revs = Vec::new();
+        self.revs.clear();
         self.removed = 0;
         self.other.clear();
     }
@@ -200,15 +203,16 @@ impl Locs {
         let first = match start {
             Bound::Included(k) => self.revs.partition_point(|s| s.key().as_slice() < k),
             Bound::Excluded(k) => self.revs.partition_point(|s| s.key().as_slice() <= k),
-            Bound::Unbounded => 0,
+            Bound::Unbounded => (0, 0),
         };
         let past = match end {
             Bound::Included(k) => self.revs.partition_point(|s| s.key().as_slice() <= k),
             Bound::Excluded(k) => self.revs.partition_point(|s| s.key().as_slice() < k),
-            Bound::Unbounded => self.revs.len(),
+            Bound::Unbounded => (usize::MAX, 0),
         };
-        let revs = self.revs[first..past.max(first)]
-            .iter()
+        let revs = self
+            .revs
+            .between(first, past)
             .filter(|s| s.live())
             .map(|s| (Key::Rev(s.key()), s.loc()));
         let other = self
