@@ -7,10 +7,12 @@
 //! `BTreeMap<IndexKey, Loc>`, a revision's place took about 90 bytes (a
 //! tree filled in key order leaves its nodes half full) and each new
 //! revision walked down the tree. Revision keys now live in a sequence
-//! of 32-byte slots sorted by revision (in chunks, see [`Chunked`]): a new
+//! of 24-byte slots sorted by revision (in chunks, see [`Chunked`]): a new
 //! revision is pushed at the end, a lookup is a binary search, and a
 //! removal (compaction) marks its slot; marked slots are dropped once
-//! they are half of them. The other keys stay in a tree.
+//! they are half of them. The other keys stay in a tree, with any
+//! revision whose place does not fit a slot (a segment number or offset
+//! past 32 bits: never with 64 MiB segments, but not impossible).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -27,21 +29,34 @@ const REV_KEY: usize = 13;
 /// half the slots are marked.
 const MIN_DEAD: usize = 1024;
 
-/// A revision key's place: 32 bytes.
+/// A revision key's place: 24 bytes.
 #[derive(Clone, Copy, Debug)]
 struct RevSlot {
     main: u64,
     /// The segment, or [`REMOVED`].
-    seq: u64,
-    offset: u64,
+    seq: u32,
+    offset: u32,
     sub: u32,
     len: u32,
 }
 
 /// The `seq` of a removed revision's slot (no segment has it).
-const REMOVED: u64 = u64::MAX;
+const REMOVED: u32 = u32::MAX;
 
 impl RevSlot {
+    /// The slot of revision `(main, sub)` at `loc`, if `loc` fits one.
+    fn new((main, sub): (u64, u32), loc: Loc) -> Option<RevSlot> {
+        let seq = u32::try_from(loc.seq).ok().filter(|&s| s != REMOVED)?;
+        let offset = u32::try_from(loc.offset).ok()?;
+        Some(RevSlot {
+            main,
+            seq,
+            offset,
+            sub,
+            len: loc.len,
+        })
+    }
+
     fn rev(&self) -> (u64, u32) {
         (self.main, self.sub)
     }
@@ -52,8 +67,8 @@ impl RevSlot {
 
     fn loc(&self) -> Loc {
         Loc {
-            seq: self.seq,
-            offset: self.offset,
+            seq: u64::from(self.seq),
+            offset: u64::from(self.offset),
             len: self.len,
         }
     }
@@ -105,8 +120,11 @@ pub(super) struct Locs {
     revs: Chunked<RevSlot>,
     /// Marked slots in `revs`.
     removed: usize,
-    /// Every other key.
+    /// Every other key, and revisions whose place fits no slot.
     other: BTreeMap<IndexKey, Loc>,
+    /// Revision keys in `other`: while there are none, a revision is
+    /// looked for in `revs` only.
+    other_revs: usize,
 }
 
 impl Locs {
@@ -122,9 +140,17 @@ impl Locs {
                 .find(rev)
                 .and_then(|pos| self.revs.get(pos))
                 .filter(|s| s.live())
-                .map(RevSlot::loc),
+                .map(RevSlot::loc)
+                .or_else(|| self.other_rev(key)),
             None => self.other.get(key).copied(),
         }
+    }
+
+    /// A revision's place in `other`, if any is there.
+    fn other_rev(&self, key: &[u8]) -> Option<Loc> {
+        (self.other_revs > 0)
+            .then(|| self.other.get(key).copied())
+            .flatten()
     }
 
     /// Records that `key`'s value is at `loc`; returns where it was.
@@ -132,13 +158,29 @@ impl Locs {
         let Some((main, sub)) = rev_of(key) else {
             return self.other.insert(IndexKey::new(key), loc);
         };
-        let slot = RevSlot {
-            main,
-            seq: loc.seq,
-            offset: loc.offset,
-            sub,
-            len: loc.len,
+        // A key is in one place: a revision moving between the slots and
+        // the tree leaves the other.
+        let Some(slot) = RevSlot::new((main, sub), loc) else {
+            let in_slot = self.remove_slot((main, sub));
+            let in_tree = self.other.insert(IndexKey::new(key), loc);
+            if in_tree.is_none() {
+                self.other_revs += 1;
+            }
+            return in_tree.or(in_slot);
         };
+        if self.other_revs > 0
+            && let Some(old) = self.other.remove(key)
+        {
+            self.other_revs -= 1;
+            self.insert_slot(slot);
+            return Some(old);
+        }
+        self.insert_slot(slot)
+    }
+
+    /// Puts `slot` in `revs`; returns the place its revision had there.
+    fn insert_slot(&mut self, slot: RevSlot) -> Option<Loc> {
+        let (main, sub) = slot.rev();
         // The common case: a revision newer than any.
         if self.revs.last().is_none_or(|last| last.rev() < (main, sub)) {
             self.revs.push(slot);
@@ -173,6 +215,18 @@ impl Locs {
         let Some(rev) = rev_of(key) else {
             return self.other.remove(key);
         };
+        if let Some(old) = self.remove_slot(rev) {
+            return Some(old);
+        }
+        let old = (self.other_revs > 0)
+            .then(|| self.other.remove(key))
+            .flatten()?;
+        self.other_revs -= 1;
+        Some(old)
+    }
+
+    /// Marks revision `rev`'s slot removed; returns its place.
+    fn remove_slot(&mut self, rev: (u64, u32)) -> Option<Loc> {
         let pos = self.find(rev)?;
         let slot = self.revs.get_mut(pos)?;
         if !slot.live() {
@@ -193,6 +247,7 @@ impl Locs {
         self.revs.clear();
         self.removed = 0;
         self.other.clear();
+        self.other_revs = 0;
     }
 
     /// The keys within `bounds` with their places, in key order.
@@ -279,7 +334,9 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            8 => (key(), any::<u64>()).prop_map(|(k, n)| Op::Insert(k, n)),
+            // Places that fit a slot, and (offsets past 32 bits) places
+            // that go to the tree: a key moves between them.
+            8 => (key(), prop_oneof![0u64..10_000, any::<u64>()]).prop_map(|(k, n)| Op::Insert(k, n)),
             6 => key().prop_map(Op::Remove),
             2 => key().prop_map(Op::Get),
             2 => (bound(), bound()).prop_map(|(s, e)| Op::Range(s, e)),
@@ -350,8 +407,8 @@ mod tests {
     }
 
     #[test]
-    fn a_revision_takes_32_bytes_and_marked_slots_are_dropped_once_half() {
-        assert_eq!(std::mem::size_of::<RevSlot>(), 32);
+    fn a_revision_takes_24_bytes_and_marked_slots_are_dropped_once_half() {
+        assert_eq!(std::mem::size_of::<RevSlot>(), 24);
         let mut locs = Locs::default();
         let key = |m: u64| {
             let mut k = vec![REV_PREFIX];
