@@ -5,7 +5,7 @@
 use dengine_core::storage::checks::{
     check_read, hard_state_after_install, is_newer_snapshot, within_bytes,
 };
-use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError, Term};
+use dengine_core::{Bytes, Entry, EntryId, EntryPayload, HardState, LogIndex, StorageError, Term};
 
 use crate::record::{Install, Meta, Record};
 
@@ -143,7 +143,7 @@ impl Log {
             // Nothing stored, or all of it replaced.
             _ => self.entries.clear(),
         }
-        self.entries.extend_from_slice(entries);
+        self.entries.extend(with_own_payloads(entries));
         Ok(())
     }
 
@@ -157,6 +157,81 @@ impl Log {
                 Err(format!("log entry {} is missing", base.next()))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// `entries` with their payloads copied into one buffer of exactly their
+/// size. A payload may be a slice of a far larger buffer (a follower's
+/// entries are slices of the network message they came in, in a read
+/// buffer that grows by doubling; a replayed entry is a slice of a whole
+/// segment read at once), and the log would keep that whole buffer alive
+/// until its last entry is compacted: measured, a follower held 30 MiB
+/// more than the leader for the same 90,000 entries. The entries of one
+/// write are compacted together, so their one buffer goes with them.
+fn with_own_payloads(entries: &[Entry]) -> impl Iterator<Item = Entry> + '_ {
+    let payload = |e: &Entry| match &e.payload {
+        EntryPayload::Normal(data) => data.len(),
+        _ => 0,
+    };
+    let mut buf = Vec::with_capacity(entries.iter().map(payload).sum());
+    for e in entries {
+        if let EntryPayload::Normal(data) = &e.payload {
+            buf.extend_from_slice(data);
+        }
+    }
+    let all = Bytes::from(buf);
+    let mut at = 0;
+    entries.iter().map(move |e| match &e.payload {
+        EntryPayload::Normal(data) => {
+            let own = all.slice(at..at + data.len());
+            at += data.len();
+            Entry {
+                term: e.term,
+                index: e.index,
+                payload: EntryPayload::Normal(own),
+            }
+        }
+        _ => e.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_payloads_are_copies_that_keep_no_larger_buffer_alive() {
+        // Three entries' payloads in a buffer of 1 MiB, as a network
+        // message's entries are.
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let entries: Vec<Entry> = (1..=3u64)
+            .map(|i| Entry {
+                term: Term(1),
+                index: LogIndex(i),
+                payload: EntryPayload::Normal(big.slice(i as usize * 10..i as usize * 10 + 5)),
+            })
+            .chain([Entry {
+                term: Term(1),
+                index: LogIndex(4),
+                payload: EntryPayload::Blank,
+            }])
+            .collect();
+        let mut log = Log::default();
+        log.append(&entries).expect("append");
+        assert_eq!(log.entries, entries, "the same entries");
+        let inside = |p: *const u8| {
+            let start = big.as_ptr() as usize;
+            (start..start + big.len()).contains(&(p as usize))
+        };
+        for e in &log.entries {
+            if let EntryPayload::Normal(data) = &e.payload {
+                assert!(
+                    !inside(data.as_ptr()),
+                    "entry {} still points into the message",
+                    e.index.0
+                );
+            }
         }
     }
 }
