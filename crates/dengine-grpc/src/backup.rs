@@ -92,8 +92,14 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes a backup of `kv` (flushed: a read job's view) to `out`.
-pub fn write(out: &mut dyn Write, header: BackupHeader, kv: &KvStateMachine) -> io::Result<()> {
+/// Writes a backup to `out`: the header, then the store's snapshot as
+/// `snapshot` writes it (`KvStateMachine::write_snapshot` in a read job,
+/// or a view the store detached, `KvStateMachine::detached_snapshot`).
+pub fn write(
+    out: &mut dyn Write,
+    header: BackupHeader,
+    snapshot: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let mut w = Hashing {
         inner: out,
         sha: Sha256::new(),
@@ -104,7 +110,7 @@ pub fn write(out: &mut dyn Write, header: BackupHeader, kv: &KvStateMachine) -> 
     w.write_all(&header.cluster_id.to_le_bytes())?;
     w.write_all(&header.member_id.to_le_bytes())?;
     w.write_all(&header.revision.to_le_bytes())?;
-    kv.write_snapshot(&mut w)?;
+    snapshot(&mut w)?;
     let store_len = w.len - HEADER_LEN;
     let pad = (BLOCK - (w.len + 8) % BLOCK) % BLOCK;
     w.write_all(&vec![0u8; pad as usize])?;
@@ -115,11 +121,16 @@ pub fn write(out: &mut dyn Write, header: BackupHeader, kv: &KvStateMachine) -> 
     out.flush()
 }
 
-/// Writes a backup of `kv` into the file `path` and syncs it; its size.
-pub fn write_file(path: &Path, header: BackupHeader, kv: &KvStateMachine) -> io::Result<u64> {
+/// Writes a backup (as [`write`] does) into the file `path` and syncs it;
+/// its size.
+pub fn write_file(
+    path: &Path,
+    header: BackupHeader,
+    snapshot: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<u64> {
     let file = File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    write(&mut out, header, kv)?;
+    write(&mut out, header, snapshot)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(file.metadata()?.len())
@@ -280,7 +291,18 @@ mod tests {
             member_id: 9,
             revision: 4,
         };
-        let size = write_file(&path, header, &store()).expect("write");
+        let kv = store();
+        let size = write_file(&path, header, |w| kv.write_snapshot(w)).expect("write");
+        // The same bytes from a view the store detached.
+        let view = kv
+            .detached_snapshot()
+            .expect("the memory backend has a reader");
+        let again = dir.path().join("view.snap");
+        write_file(&again, header, view).expect("write from a view");
+        assert_eq!(
+            std::fs::read(&again).expect("read"),
+            std::fs::read(&path).expect("read")
+        );
         // etcdctl's rule: a whole number of 512-byte blocks, then 32 bytes.
         assert_eq!(size % 512, 32);
         assert_eq!(verify(&path).expect("verify").0, header);

@@ -190,6 +190,16 @@ impl KvStateMachine {
         write(self, out)
     }
 
+    /// The store as it is now, as a closure that writes the bytes
+    /// [`KvStateMachine::write_snapshot`] would write now, from any thread
+    /// while the store goes on applying (a backup taken in a read job and
+    /// written after it). The store keeps the records the closure reads
+    /// until it is dropped. `None` if the backend cannot be read beside
+    /// its writes (a store left on sled).
+    pub fn detached_snapshot(&self) -> Option<dengine_runtime::SnapshotView> {
+        detached(self)
+    }
+
     /// Makes this store the start of a new cluster from a snapshot (a
     /// backup): the keys with their history and the leases, not the old
     /// cluster's members (the new cluster's first entry names its own),

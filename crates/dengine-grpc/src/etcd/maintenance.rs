@@ -223,7 +223,10 @@ impl Maintenance for MaintenanceService {
         let file = TempFile(dir.join(format!("backup-{}-{nanos}.tmp", std::process::id())));
         let path = file.0.clone();
         let (cluster_id, member_id) = (self.core.cluster_id, self.core.member_id.0);
-        let made = self
+        // The store at one applied index: a view taken in a read job and
+        // written after it, beside the apply worker (or, on a backend
+        // without a reader, written in the read job).
+        let taken = self
             .core
             .read(true, move |kv| {
                 let header = BackupHeader {
@@ -231,9 +234,22 @@ impl Maintenance for MaintenanceService {
                     member_id,
                     revision: kv.revision(),
                 };
-                backup::write_file(&path, header, kv).map(|size| (size, header.revision))
+                match kv.detached_snapshot() {
+                    Some(view) => Ok(Taken::View(path, header, view)),
+                    None => backup::write_file(&path, header, |w| kv.write_snapshot(w))
+                        .map(|size| Taken::Written(size, header.revision)),
+                }
             })
             .await?;
+        let made = match taken {
+            Ok(Taken::View(path, header, view)) => tokio::task::spawn_blocking(move || {
+                backup::write_file(&path, header, view).map(|size| (size, header.revision))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+            Ok(Taken::Written(size, revision)) => Ok((size, revision)),
+            Err(e) => Err(e),
+        };
         let (size, revision) = made.map_err(|e| {
             Status::unavailable(format!("etcdserver: making the snapshot failed: {e}"))
         })?;
@@ -308,4 +324,16 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(errors::unimplemented("Maintenance.Downgrade"))
     }
+}
+
+/// What the read job of a `Snapshot` call took.
+enum Taken {
+    /// A view of the store, to be written into this file with this header.
+    View(
+        std::path::PathBuf,
+        BackupHeader,
+        dengine_runtime::SnapshotView,
+    ),
+    /// The backup, written: its size and revision.
+    Written(u64, i64),
 }
