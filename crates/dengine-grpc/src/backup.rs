@@ -121,7 +121,7 @@ pub fn write(
     out.flush()
 }
 
-/// Writes a backup (as [`write`] does) into the file `path` and syncs it;
+/// Writes a backup (as [`write()`] does) into the file `path` and syncs it;
 /// its size.
 pub fn write_file(
     path: &Path,
