@@ -346,22 +346,13 @@ impl<SM: StateMachine> Applier<SM> {
             return;
         }
         let sm = &mut self.sm;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         // A failed attempt's temporary file is removed when its writer drops.
         let made = self.snapshots.writer(meta.clone()).and_then(|mut w| {
             sm.snapshot(&mut w)?;
             w.finish()
         });
-        let _ = match made {
-            Ok(data) => {
-                super::telemetry::record_snapshot("made", started.elapsed(), data.len());
-                self.events.send(Event::SnapshotMade(meta, data))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, index = %meta.last_index, "state machine snapshot failed");
-                self.events.send(Event::SnapshotFailed(e.to_string()))
-            }
-        };
+        super::snapshot_thread::report(made, meta, started, &self.events, true);
     }
 
     /// Stops the snapshot being written from a view, if any, and waits

@@ -14,7 +14,7 @@ use dengine_core::SnapshotMeta;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Event, panic_message};
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{SnapshotData, SnapshotStore};
 use crate::state_machine::SnapshotView;
 
 /// A snapshot being written on its own thread.
@@ -76,13 +76,26 @@ fn write(
         })?;
         w.finish()
     });
+    // A stopped snapshot's failure is no news.
+    report(made, meta, started, events, !stop.load(Ordering::SeqCst));
+}
+
+/// Tells the core how making the snapshot at `meta` (begun at `started`)
+/// went, wherever it was written; a failure is logged if `warn`.
+pub(super) fn report(
+    made: io::Result<SnapshotData>,
+    meta: SnapshotMeta,
+    started: Instant,
+    events: &UnboundedSender<Event>,
+    warn: bool,
+) {
     let _ = match made {
         Ok(data) => {
             super::telemetry::record_snapshot("made", started.elapsed(), data.len());
             events.send(Event::SnapshotMade(meta, data))
         }
         Err(e) => {
-            if !stop.load(Ordering::SeqCst) {
+            if warn {
                 tracing::warn!(error = %e, index = %meta.last_index, "state machine snapshot failed");
             }
             events.send(Event::SnapshotFailed(e.to_string()))

@@ -92,28 +92,19 @@ impl<T> Chunked<T> {
 
     /// The items from `from` up to (not including) `to`, in order.
     pub(super) fn between(&self, from: Pos, to: Pos) -> impl Iterator<Item = &T> + '_ {
-        let (fc, fi) = from;
-        let (tc, ti) = if to.0 >= self.chunks.len() {
-            (self.chunks.len(), 0)
-        } else {
-            to
-        };
-        let chunks = self.chunks.get(fc..tc.max(fc)).unwrap_or_default();
-        let whole = chunks.iter().enumerate().flat_map(move |(n, c)| {
-            let start = if n == 0 { fi } else { 0 };
-            c.get(start..).unwrap_or_default()
-        });
-        // The part of the chunk `to` is in.
-        let tail = if tc >= fc {
-            let start = if tc == fc { fi } else { 0 };
-            self.chunks
-                .get(tc)
-                .and_then(|c| c.get(start..ti.max(start)))
-                .unwrap_or_default()
-        } else {
-            &[]
-        };
-        whole.chain(tail)
+        let ((fc, fi), (tc, ti)) = (from, to);
+        // Chunks `fc` to `tc`: the first from `fi`, the last (if `tc`
+        // names one, not the end) up to `ti`.
+        self.chunks
+            .iter()
+            .enumerate()
+            .skip(fc)
+            .take_while(move |&(n, _)| n <= tc)
+            .flat_map(move |(n, c)| {
+                let start = if n == fc { fi } else { 0 };
+                let end = if n == tc { ti } else { c.len() };
+                c.get(start..end.max(start)).unwrap_or_default()
+            })
     }
 
     /// Keeps the items `keep` says to; chunks left empty go, and those
