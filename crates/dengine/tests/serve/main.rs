@@ -4,6 +4,7 @@
 
 #![cfg(all(unix, feature = "server", feature = "sled"))]
 
+mod allocator;
 mod auth;
 mod backup;
 mod bad_input;

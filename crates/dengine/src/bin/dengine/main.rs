@@ -4,6 +4,7 @@
 //! save`) talk to a running cluster as etcdctl does; `dengine snapshot
 //! restore` makes a new cluster's data from a backup.
 
+mod allocator;
 mod cluster;
 mod ctl;
 mod observe;
@@ -14,12 +15,6 @@ mod snapshot;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// mimalloc, not glibc's malloc: under load a member spent about a fifth
-/// of its CPU in glibc's allocator (perf, 256 clients putting), and
-/// mimalloc took 15-20% off the CPU per put and per read (benches/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// dengine: a strongly-consistent Raft key-value store that speaks etcd's
 /// v3 API.
@@ -81,7 +76,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => {
+            allocator::exec_with_eager_commit_off();
+            serve::run(*args)
+        }
         Command::Put(a) => ctl::kv::put(a, &cli.conn),
         Command::Get(a) => ctl::kv::get(a, &cli.conn),
         Command::Del(a) => ctl::kv::del(a, &cli.conn),
