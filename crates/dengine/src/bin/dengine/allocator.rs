@@ -28,8 +28,9 @@ pub const EAGER_COMMIT: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
 /// options from the environment when the process loads, before `main`,
 /// and makes its first arena then, so setting the option from `main` is
 /// too late (tried: no change). The process is replaced instead (`exec`:
-/// the same pid, with nothing yet opened or started). Only `serve` does this; the client commands
-/// run briefly.
+/// the same pid, with nothing yet opened or started). `serve` and the
+/// in-process benchmark (which shares this module) do this; the client
+/// commands run briefly.
 pub fn exec_with_eager_commit_off() {
     let (name, value) = EAGER_COMMIT;
     if std::env::var_os(name).is_some() {
