@@ -154,7 +154,13 @@ impl KvStateMachine {
     /// Refuses `cmd` while a `NOSPACE` alarm is raised and it would grow
     /// the store (etcd's `applierV3Capped`).
     pub(crate) fn check_space(&self, cmd: &KvCommand) -> Result<(), KvError> {
-        if self.alarms.any(AlarmKind::NoSpace) && grows(cmd) {
+        self.refuse_if_no_space(grows(cmd))
+    }
+
+    /// Refuses a command that `grows` the store while a `NOSPACE` alarm
+    /// is raised.
+    pub(crate) fn refuse_if_no_space(&self, grows: bool) -> Result<(), KvError> {
+        if grows && self.alarms.any(AlarmKind::NoSpace) {
             return Err(KvError::NoSpace);
         }
         Ok(())
@@ -174,6 +180,12 @@ impl KvStateMachine {
                 | KvCommand::LeaseGrant(_)
                 | KvCommand::LeaseRevoke(_)
         );
+        self.refuse_if_corrupt(refused)
+    }
+
+    /// Refuses a command etcd's `applierV3Corrupt` would (`refused`)
+    /// while a `CORRUPT` alarm is raised.
+    pub(crate) fn refuse_if_corrupt(&self, refused: bool) -> Result<(), KvError> {
         if refused && self.alarms.any(AlarmKind::Corrupt) {
             return Err(KvError::Corrupt);
         }

@@ -2,7 +2,7 @@
 //! malformed, refused the same way on every replica before anything
 //! changes.
 
-use crate::types::{KeyRange, KvCommand, KvError, PutRequest, TxnOp, TxnRequest};
+use crate::types::{KeyRange, KvCommand, KvError, PutView, TxnOp, TxnRequest};
 
 /// Refuses malformed commands before anything runs, so a refused command
 /// changes nothing on any replica. As etcd, in its order: each request in
@@ -16,7 +16,7 @@ use crate::types::{KeyRange, KvCommand, KvError, PutRequest, TxnOp, TxnRequest};
 /// the store's own check must never be looser than this one.
 pub(crate) fn validate(cmd: &KvCommand) -> Result<(), KvError> {
     match cmd {
-        KvCommand::Put(p) => check_put(p),
+        KvCommand::Put(p) => check_put(p.view()),
         KvCommand::DeleteRange(d) => check_key(&d.key),
         KvCommand::Txn(t) => {
             check_requests(t)?;
@@ -42,8 +42,8 @@ fn check_key(key: &[u8]) -> Result<(), KvError> {
 }
 
 /// etcd's `checkPutRequest`.
-fn check_put(p: &PutRequest) -> Result<(), KvError> {
-    check_key(&p.key)?;
+pub(crate) fn check_put(p: PutView<'_>) -> Result<(), KvError> {
+    check_key(p.key)?;
     if p.ignore_value && !p.value.is_empty() {
         return Err(KvError::InvalidRequest("value is provided".into()));
     }
@@ -62,7 +62,7 @@ fn check_requests(t: &TxnRequest) -> Result<(), KvError> {
     for op in t.success.iter().chain(&t.failure) {
         match op {
             TxnOp::Range(r) => check_key(&r.key)?,
-            TxnOp::Put(p) => check_put(p)?,
+            TxnOp::Put(p) => check_put(p.view())?,
             TxnOp::DeleteRange(d) => check_key(&d.key)?,
             TxnOp::Txn(nested) => check_requests(nested)?,
         }

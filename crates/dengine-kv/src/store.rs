@@ -11,7 +11,7 @@ use dengine_runtime::{Config, EntryId, Error, LogIndex, StateMachine, StorageKin
 use crate::alarms::{ALARM_PREFIX, ALARMS_END, Alarms, decode_alarm};
 use crate::auth::{AUTH_KEY, AuthError, AuthView};
 use crate::backend::{Change, ChangeRef, KvBackend, MemoryBackend};
-use crate::check::validate;
+use crate::check::{check_put, validate};
 use crate::events::{Event, EventKind, EventSink};
 use crate::index::{Current, Index, Revision};
 use crate::lease::{LEASE_PREFIX, LEASES_END, Leases, decode_lease};
@@ -410,11 +410,11 @@ impl KvStateMachine {
 
     /// Sets a key; a put with `ignore_value` or `ignore_lease` has been
     /// checked to find its key (see [`KvStateMachine::choose`]).
-    fn put(&mut self, main: i64, req: &PutRequest) -> Result<OpResponse, KvError> {
+    fn put(&mut self, main: i64, req: PutView<'_>) -> Result<OpResponse, KvError> {
         // Read before anything changes, so that a failed read changes
         // nothing; only puts that ask for the value before pay the lookup.
         let prev = match (req.prev_kv || req.ignore_value)
-            .then(|| self.index.get(&req.key).and_then(|h| h.current()))
+            .then(|| self.index.get(req.key).and_then(|h| h.current()))
             .flatten()
         {
             Some(c) => Some(self.fetch_kv(c.rev)?),
@@ -424,20 +424,20 @@ impl KvStateMachine {
         // `ignore_lease` keeps the lease the key has (it was checked to
         // exist: see `finds`).
         let lease = (!req.ignore_lease).then_some(req.lease);
-        let put = self.index.put(&req.key, rev, lease);
+        let put = self.index.put(req.key, rev, lease);
         self.leases
-            .reattach(&req.key, put.before.map_or(0, |c| c.lease), put.lease);
-        let value = match &prev {
+            .reattach(req.key, put.before.map_or(0, |c| c.lease), put.lease);
+        let value: &[u8] = match &prev {
             Some(p) if req.ignore_value => &p.value,
-            _ => &req.value,
+            _ => req.value,
         };
         let (create_revision, version, lease) = (put.create_revision, put.version, put.lease);
         if let Some(events) = &mut self.events {
             events.push(Event {
                 kind: EventKind::Put,
                 kv: KeyValue {
-                    key: req.key.clone(),
-                    value: value.clone(),
+                    key: req.key.to_vec(),
+                    value: value.to_vec(),
                     create_revision,
                     mod_revision: main,
                     version,
@@ -446,7 +446,7 @@ impl KvStateMachine {
             });
         }
         self.pending.push_with(rev, |out| {
-            record::encode_parts_into(out, &req.key, false, create_revision, version, lease, value);
+            record::encode_parts_into(out, req.key, false, create_revision, version, lease, value);
         });
         Ok(OpResponse::Put {
             prev_kv: prev.filter(|_| req.prev_kv),
@@ -561,18 +561,18 @@ impl KvStateMachine {
     /// leaves to its server's check that no key is both deleted and put in
     /// one transaction (nested ones included), a check the store makes
     /// only within each branch (see [`validate`]).
-    fn finds(&self, req: &PutRequest, earlier: &[Earlier<'_>]) -> bool {
+    fn finds(&self, req: PutView<'_>, earlier: &[Earlier<'_>]) -> bool {
         if !(req.ignore_value || req.ignore_lease) {
             return true;
         }
         let last = earlier.iter().rev().find_map(|w| match *w {
-            Earlier::Put(k) if k == req.key.as_slice() => Some(true),
-            Earlier::Delete(range) if range.contains(&req.key) => Some(false),
+            Earlier::Put(k) if k == req.key => Some(true),
+            Earlier::Delete(range) if range.contains(req.key) => Some(false),
             _ => None,
         });
         let exists = self
             .index
-            .get(&req.key)
+            .get(req.key)
             .is_some_and(|h| h.current().is_some());
         exists && last.unwrap_or(true)
     }
@@ -611,7 +611,7 @@ impl KvStateMachine {
                 TxnOp::Range(r) => ranges.push(r.revision),
                 TxnOp::Put(p) => {
                     // etcd's `checkPut` looks at the store before the txn.
-                    if !self.finds(p, &[]) {
+                    if !self.finds(p.view(), &[]) {
                         return Err(key_not_found());
                     }
                     if !self.lease_exists(p.lease) {
@@ -619,7 +619,7 @@ impl KvStateMachine {
                     }
                     // A key the txn deleted first would be missing when the
                     // put runs: it fails then, after the ranges' checks.
-                    *doomed |= !self.finds(p, earlier);
+                    *doomed |= !self.finds(p.view(), earlier);
                     earlier.push(Earlier::Put(&p.key));
                 }
                 TxnOp::DeleteRange(d) => {
@@ -661,7 +661,7 @@ impl KvStateMachine {
                 }
                 TxnOp::Put(p) => {
                     *wrote = true;
-                    self.put(main, p)?
+                    self.put(main, p.view())?
                 }
                 TxnOp::DeleteRange(d) => {
                     let op = self.delete(main, d)?;
@@ -692,31 +692,18 @@ impl KvStateMachine {
             }
             cmd => cmd,
         };
+        if let KvCommand::Put(p) = cmd {
+            return self.execute_put(p.view());
+        }
         validate(cmd)?;
         self.check_corrupt(cmd)?;
         self.check_space(cmd)?;
-        self.events = self
-            .sink
-            .as_ref()
-            .filter(|s| s.wanted())
-            .map(|_| Vec::new());
-        // One revision for the whole command, nested transactions
-        // included, taken only if something changed.
-        let main = self.revision + 1;
-        self.next_sub = 0;
+        let main = self.begin_command();
         let mut wrote = false;
         let op = match cmd {
             KvCommand::Put(p) => {
-                // A put alone checks its lease first, as etcd's `Put`
-                // (inside a txn, etcd's `checkPut` looks at the key first).
-                if !self.lease_exists(p.lease) {
-                    return Err(KvError::LeaseNotFound);
-                }
-                if !self.finds(p, &[]) {
-                    return Err(key_not_found());
-                }
                 wrote = true;
-                self.put(main, p)?
+                self.put_alone(main, p.view())?
             }
             KvCommand::DeleteRange(d) => {
                 let op = self.delete(main, d)?;
@@ -753,16 +740,59 @@ impl KvStateMachine {
                 ));
             }
         };
+        Ok(self.end_command(main, wrote, op))
+    }
+
+    /// [`KvStateMachine::execute`] for a put alone, which the apply path
+    /// also calls with a put read in place from its entry (see
+    /// [`decode_put`]).
+    fn execute_put(&mut self, p: PutView<'_>) -> Result<KvResponse, KvError> {
+        check_put(p)?;
+        self.refuse_if_corrupt(true)?;
+        self.refuse_if_no_space(true)?;
+        let main = self.begin_command();
+        let op = self.put_alone(main, p)?;
+        Ok(self.end_command(main, true, op))
+    }
+
+    /// A put alone: it checks its lease first, as etcd's `Put` (inside a
+    /// txn, etcd's `checkPut` looks at the key first).
+    fn put_alone(&mut self, main: i64, p: PutView<'_>) -> Result<OpResponse, KvError> {
+        if !self.lease_exists(p.lease) {
+            return Err(KvError::LeaseNotFound);
+        }
+        if !self.finds(p, &[]) {
+            return Err(key_not_found());
+        }
+        self.put(main, p)
+    }
+
+    /// Starts a command: gathers its events if someone watches; returns
+    /// the revision it writes at. One revision for the whole command,
+    /// nested transactions included, taken only if something changed.
+    fn begin_command(&mut self) -> i64 {
+        self.events = self
+            .sink
+            .as_ref()
+            .filter(|s| s.wanted())
+            .map(|_| Vec::new());
+        self.next_sub = 0;
+        self.revision + 1
+    }
+
+    /// Ends a command that answered `op`: if it `wrote`, the store is at
+    /// revision `main` and its events go to the watchers.
+    fn end_command(&mut self, main: i64, wrote: bool, op: OpResponse) -> KvResponse {
         if wrote {
             self.revision = main;
             if let (Some(sink), Some(events)) = (&mut self.sink, self.events.take()) {
                 sink.publish(main, events);
             }
         }
-        Ok(KvResponse {
+        KvResponse {
             revision: self.revision,
             op,
-        })
+        }
     }
 
     /// Writes what was applied since the last flush, with the index
@@ -880,6 +910,14 @@ impl StateMachine for KvStateMachine {
             return Err(KvError::Storage(f.clone()));
         }
         self.applied_since_flush = true;
+        // A put (the common command) is read in place, without a copy of
+        // its key and value; with auth on, a put comes wrapped with its
+        // user, or is refused by `execute`.
+        if !self.auth.enabled()
+            && let Some(put) = decode_put(command)
+        {
+            return self.execute_put(put);
+        }
         let cmd = KvCommand::decode(command)?;
         self.execute(&cmd)
     }

@@ -5,9 +5,12 @@ use std::cell::Cell;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod borrowed;
 mod bytes;
 mod v1;
 mod v2;
+
+pub(crate) use borrowed::{PutView, decode_put};
 
 /// A key's current value and history counters, as etcd reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
