@@ -13,8 +13,11 @@ use serde::Deserialize;
 use super::{COMMAND_VERSION, PutRequest};
 
 /// A put's fields, borrowed (from a [`PutRequest`] or from a command's
-/// bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// bytes). They are [`PutRequest`]'s, in its order: postcard writes no
+/// field names, so a put's bytes read as a `PutView` (the byte strings
+/// borrowed) give the same put. A field added to `PutRequest` goes here
+/// too: `a_put_is_read_in_place_as_decoding_reads_it` fails otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub(crate) struct PutView<'a> {
     pub(crate) key: &'a [u8],
     pub(crate) value: &'a [u8],
@@ -38,18 +41,6 @@ impl PutRequest {
     }
 }
 
-/// [`PutRequest`] as postcard encodes it, its byte strings borrowed: the
-/// same fields in the same order (postcard writes no field names).
-#[derive(Deserialize)]
-struct BorrowedPut<'a> {
-    key: &'a [u8],
-    value: &'a [u8],
-    prev_kv: bool,
-    ignore_value: bool,
-    ignore_lease: bool,
-    lease: i64,
-}
-
 /// The index postcard writes (a varint) for
 /// [`KvCommand::Put`](super::KvCommand::Put), the
 /// enum's first variant.
@@ -63,15 +54,8 @@ pub(crate) fn decode_put(command: &[u8]) -> Option<PutView<'_>> {
     let [COMMAND_VERSION, PUT_VARIANT, body @ ..] = command else {
         return None;
     };
-    match postcard::take_from_bytes::<BorrowedPut<'_>>(body) {
-        Ok((p, [])) => Some(PutView {
-            key: p.key,
-            value: p.value,
-            prev_kv: p.prev_kv,
-            ignore_value: p.ignore_value,
-            ignore_lease: p.ignore_lease,
-            lease: p.lease,
-        }),
+    match postcard::take_from_bytes::<PutView<'_>>(body) {
+        Ok((put, [])) => Some(put),
         _ => None,
     }
 }
