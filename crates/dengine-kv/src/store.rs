@@ -692,9 +692,6 @@ impl KvStateMachine {
             }
             cmd => cmd,
         };
-        if let KvCommand::Put(p) = cmd {
-            return self.execute_put(p.view());
-        }
         validate(cmd)?;
         self.check_corrupt(cmd)?;
         self.check_space(cmd)?;
@@ -743,9 +740,9 @@ impl KvStateMachine {
         Ok(self.end_command(main, wrote, op))
     }
 
-    /// [`KvStateMachine::execute`] for a put alone, which the apply path
-    /// also calls with a put read in place from its entry (see
-    /// [`decode_put`]).
+    /// What [`KvStateMachine::execute`] does with a put alone, for a put
+    /// the apply path read in place from its entry (see [`decode_put`]):
+    /// the same checks in the same order, then the same put.
     fn execute_put(&mut self, p: PutView<'_>) -> Result<KvResponse, KvError> {
         check_put(p)?;
         self.refuse_if_corrupt(true)?;
