@@ -221,6 +221,18 @@ async fn watchers_on_one_stream_are_told_what_etcd_tells_them() {
                 _ => {
                     for s in &mut streams {
                         s.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}));
+                        // Answered before the next step: a write on the
+                        // other connection could otherwise come before or
+                        // after the request is read, and the revision it
+                        // reports would depend on which (seen in CI: etcd
+                        // 13, dengine 12).
+                        s.read(
+                            Some(&|r: &pb::WatchResponse| {
+                                !r.created && !r.canceled && r.events.is_empty()
+                            }),
+                            Duration::ZERO,
+                        )
+                        .await;
                     }
                 }
             }
