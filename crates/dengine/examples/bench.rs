@@ -27,7 +27,7 @@
 //! It runs on the allocator `dengine serve` runs on, mimalloc with its
 //! arenas' eager commit off (the binary's `allocator` module, shared):
 //! with glibc's malloc, about 5% more CPU per proposal (6 alternated
-//! runs, `--sm kv --payload 256 --proposers 256`).
+//! pairs, `--sm kv --payload 256 --proposers 256`).
 
 #[path = "../src/bin/dengine/allocator.rs"]
 mod allocator;
