@@ -10,9 +10,17 @@
 //! the commit durable too (the log is written in order). Under light load
 //! that was every other fsync of every member: one for a write's entry,
 //! one for the commit that followed it.
+//!
+//! Such a group is not even written at once: its hard state waits, in
+//! memory, for the next group that writes anything (whose own hard state,
+//! if any, supersedes it), or for the disk to be idle for [`IDLE_WRITE`].
+//! A write of the log is a device round trip (the write-ahead log writes
+//! with `O_DIRECT`), and under light load every write's commit cost one,
+//! in front of the next write's entry.
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -22,6 +30,10 @@ use crate::snapshot::SnapshotStore;
 
 /// Most jobs gathered into one sync.
 const MAX_GROUP: usize = 4096;
+
+/// How long a hard state that changes only the commit index waits to be
+/// written when no other write comes.
+pub(crate) const IDLE_WRITE: Duration = Duration::from_millis(100);
 
 pub(crate) fn spawn_disk_thread(
     store: Store,
@@ -59,7 +71,27 @@ fn run(
         let hs = store.initial_state()?.hard_state;
         (hs.term, hs.vote)
     };
-    while let Ok(first) = jobs.recv() {
+    // A commit-only hard state not yet written (see the module's docs).
+    let mut deferred: Option<dengine_core::HardState> = None;
+    loop {
+        let first = match deferred {
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return Ok(()),
+            },
+            Some(h) => match jobs.recv_timeout(IDLE_WRITE) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    store.write(None, &[], Some(&h))?;
+                    deferred = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    store.write(None, &[], Some(&h))?;
+                    return Ok(());
+                }
+            },
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -76,9 +108,15 @@ fn run(
         // Consecutive plain writes are merged into one store write: one
         // transaction and one fsync for the whole group.
         let mut merged = Merged::default();
+        // Older than anything in the group: any hard state there wins.
+        merged.add(Vec::new(), deferred.take());
         let mut entries = 0;
         let mut must_sync = false;
+        // Whether the group changes nothing but the commit index.
+        let mut commit_only = true;
         for job in group {
+            commit_only &= matches!(&job,
+                DiskJob::Write(b) if b.entries.is_empty() && b.snapshot.is_none());
             if let DiskJob::Write(batch) = &job {
                 let changes_term_vote = batch
                     .hard_state
@@ -124,6 +162,9 @@ fn run(
                 DiskJob::Stop => stop = true,
             }
         }
+        if commit_only && !must_sync && !stop {
+            deferred = merged.hard_state.take();
+        }
         merged.flush(store)?;
         if must_sync || !saved.is_empty() {
             let started = std::time::Instant::now();
@@ -150,7 +191,6 @@ fn run(
             return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Plain writes gathered into one: later entries replace earlier ones from
@@ -287,10 +327,10 @@ mod tests {
     }
 
     /// Only entries, a snapshot or a new term or vote are synced; a
-    /// hard state that changes only the commit index is written, reported
-    /// persisted, and made durable by the next sync.
+    /// hard state that changes only the commit index is reported persisted
+    /// at once, and written with the next write or once the disk is idle.
     #[test]
-    fn a_commit_alone_is_written_but_not_synced() {
+    fn a_commit_alone_is_written_later_and_not_synced() {
         let counting = Arc::new(Counting::default());
         let store: Store = counting.clone();
         let (jobs, rx) = std::sync::mpsc::channel();
@@ -305,27 +345,37 @@ mod tests {
             }
             counting.syncs.load(Ordering::SeqCst)
         };
+        let written_commit = || counting.initial_state().expect("state").hard_state.commit.0;
         let vote = |term, vote, commit| PersistBatch {
             hard_state: Some(hard_state(term, vote, commit)),
             ..Default::default()
         };
         assert_eq!(run(vote(1, 1, 0)), 1, "a vote is synced");
-        let append = PersistBatch {
-            entries: vec![entry(1), entry(2)],
-            hard_state: Some(hard_state(1, 1, 0)),
+        let append = |index| PersistBatch {
+            entries: vec![entry(index)],
             ..Default::default()
         };
-        assert_eq!(run(append), 2, "entries are synced");
-        assert_eq!(run(vote(1, 1, 2)), 2, "a commit alone is not");
-        assert_eq!(
-            counting.initial_state().expect("state").hard_state,
-            hard_state(1, 1, 2),
-            "but it is written"
-        );
-        assert_eq!(run(vote(2, 0, 2)), 3, "a new term is synced");
-        assert_eq!(run(vote(2, 3, 2)), 4, "a new vote is synced");
-        assert_eq!(run(vote(2, 3, 2)), 4, "nothing new, no sync");
+        assert_eq!(run(append(1)), 2, "entries are synced");
+        assert_eq!(run(vote(1, 1, 1)), 2, "a commit alone is not");
+        assert_eq!(written_commit(), 0, "nor written at once");
+        assert_eq!(run(append(2)), 3);
+        assert_eq!(written_commit(), 1, "but with the next write");
+        assert_eq!(run(vote(1, 1, 2)), 3);
+        let waited = std::time::Instant::now();
+        while written_commit() != 2 {
+            assert!(
+                waited.elapsed() < IDLE_WRITE * 50,
+                "a commit alone is written once the disk is idle"
+            );
+            std::thread::sleep(IDLE_WRITE / 10);
+        }
+        assert_eq!(counting.syncs.load(Ordering::SeqCst), 3, "and not synced");
+        assert_eq!(run(vote(2, 0, 2)), 4, "a new term is synced");
+        assert_eq!(run(vote(2, 3, 2)), 5, "a new vote is synced");
+        assert_eq!(run(vote(2, 3, 2)), 5, "nothing new, no sync");
+        assert_eq!(run(vote(2, 3, 3)), 5);
         jobs.send(DiskJob::Stop).expect("stop");
         thread.join().expect("the disk thread ends");
+        assert_eq!(written_commit(), 3, "a commit waiting is written on stop");
     }
 }
