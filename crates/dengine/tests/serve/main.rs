@@ -35,6 +35,7 @@ mod repair;
 mod tls;
 mod tracing;
 mod watch_history;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
