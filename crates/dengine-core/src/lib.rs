@@ -47,7 +47,10 @@
 //!    snapshot at the given index (the last entry handed out, so once every
 //!    committed entry handed out so far is applied) and report it; delete
 //!    log entries up to `compact_to`. A failed snapshot is asked for again
-//!    after a backoff.
+//!    after a backoff. `RawNode::request_snapshot` asks for one at the next
+//!    `Ready` whatever the threshold (a runtime whose state machine keeps
+//!    its state durably compacts without writing it, and asks for a
+//!    snapshot with the data when a follower needs one).
 //!
 //! Several `Ready`s may be in flight at once (pipelining): take the next one
 //! while the disk writes the previous batch.

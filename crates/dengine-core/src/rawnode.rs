@@ -364,6 +364,16 @@ impl<S: LogStorage> RawNode<S> {
         r.snapshot_retry_at = r.now.saturating_add(wait);
     }
 
+    /// Asks for a snapshot at the next [`Ready`], whatever the snapshot
+    /// threshold, at the last index handed out to apply (the usual backoff
+    /// after a failure still applies, and one snapshot is asked at a
+    /// time). A runtime whose state machine keeps its state durably
+    /// compacts its log without writing the state out, and asks for a
+    /// snapshot with the state only when a follower needs one.
+    pub fn request_snapshot(&mut self) {
+        self.raft.snapshot_wanted = true;
+    }
+
     /// The index of the snapshot received from a leader that waits to be
     /// made durable and installed, if any.
     pub fn pending_snapshot_index(&self) -> Option<LogIndex> {
@@ -490,11 +500,11 @@ impl<S: LogStorage> Raft<S> {
 
     pub(crate) fn should_request_snapshot(&self) -> bool {
         let t = self.cfg.snapshot_threshold;
-        t > 0
-            && self.snapshot_requested.is_none()
+        let due = (t > 0 && self.log.applied.0 >= self.last_snapshot_index.0.saturating_add(t))
+            || (self.snapshot_wanted && self.log.applying > LogIndex::ZERO);
+        due && self.snapshot_requested.is_none()
             && self.now >= self.snapshot_retry_at
             && self.log.pending_snapshot().is_none()
-            && self.log.applied.0 >= self.last_snapshot_index.0.saturating_add(t)
     }
 
     /// Whether `m` promises something that must be durable first.
@@ -568,6 +578,7 @@ impl<S: LogStorage> Raft<S> {
                 conf_state: self.conf_at(index),
             });
             self.snapshot_requested = Some(index);
+            self.snapshot_wanted = false;
         }
         rd.compact_to = self.compact_to.take();
         Ok(rd)

@@ -118,6 +118,72 @@ fn snapshot_is_requested_at_the_applied_index_and_the_log_compacted_behind_it() 
 }
 
 #[test]
+fn a_requested_snapshot_is_asked_once_at_the_next_ready_whatever_the_threshold() {
+    // Threshold 0: the core never asks on its own.
+    let mut c = snap_cluster(1, 0, 0);
+    c.elect(1);
+    let n = c.node_mut(1);
+    for i in 3..=4u64 {
+        n.raw.propose(vec![i as u8]).unwrap();
+        while n.raw.has_ready() {
+            assert_eq!(
+                run_ready(n).snapshot_request,
+                None,
+                "threshold 0 asks nothing"
+            );
+        }
+    }
+    let term = n.raw.status().hard_state.term;
+
+    n.raw.request_snapshot();
+    assert!(n.raw.has_ready());
+    let rd = run_ready(n);
+    let meta = SnapshotMeta {
+        last_index: LogIndex(4),
+        last_term: term,
+        conf_state: voters(&[1]),
+    };
+    assert_eq!(
+        rd.snapshot_request,
+        Some(meta.clone()),
+        "at the last index handed out"
+    );
+    assert!(
+        !n.raw.has_ready(),
+        "asked once, not again before the answer"
+    );
+
+    // A failure is asked again only after the backoff, and only because
+    // the request still stands.
+    n.raw.snapshot_failed();
+    n.raw.request_snapshot();
+    assert!(
+        !n.raw.has_ready(),
+        "the backoff holds an explicit request too"
+    );
+    for _ in 0..200 {
+        n.raw.tick().unwrap();
+    }
+    let mut asked = None;
+    while n.raw.has_ready() {
+        if let Some(m) = run_ready(n).snapshot_request {
+            assert!(asked.is_none(), "asked twice");
+            asked = Some(m);
+        }
+    }
+    assert_eq!(asked, Some(meta.clone()));
+    n.storage.lock().store_snapshot(meta.clone(), Vec::new());
+    n.raw.snapshot_created(&meta).unwrap();
+    while n.raw.has_ready() {
+        assert_eq!(
+            run_ready(n).snapshot_request,
+            None,
+            "answered: not asked again"
+        );
+    }
+}
+
+#[test]
 fn a_snapshot_past_the_applied_index_is_refused() {
     let mut c = snap_cluster(1, 5, 0);
     c.elect(1);

@@ -952,6 +952,28 @@ impl StateMachine for KvStateMachine {
         self.applied.filter(|_| self.backend.durable())
     }
 
+    /// A durable backend is the store's snapshot, as etcd's database is:
+    /// the writes waiting in memory are written, the backend synced, and
+    /// the log may be compacted behind the index it now reflects.
+    fn checkpoint(&mut self) -> io::Result<Option<LogIndex>> {
+        if !self.backend.durable() {
+            return Ok(None);
+        }
+        if let Some(f) = &self.failed {
+            return Err(io::Error::other(f.clone()));
+        }
+        if let (Some(target), Some(_)) = (self.flush_target, self.unwritten_since) {
+            self.write_all_pending(target)?;
+        }
+        if let Err(e) = self.backend.sync() {
+            // What the failed sync left on disk is unknown: nothing more
+            // is written.
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(Some(self.applied.unwrap_or(LogIndex::ZERO)))
+    }
+
     fn snapshot(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
         crate::snapshot::write(self, out)
     }

@@ -197,6 +197,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             incoming: Default::default(),
             snapshot_store: snapshots.clone(),
             importing: Default::default(),
+            data_wanted: false,
             applied,
             fatal: None,
             batch: Vec::new(),

@@ -75,4 +75,22 @@ pub trait StateMachine: Send + 'static {
     fn applied_index(&self) -> Option<LogIndex> {
         None
     }
+
+    /// For a state machine that keeps its state durably itself (see
+    /// [`StateMachine::applied_index`]): makes everything applied so far
+    /// durable (written and synced) and returns the index its durable
+    /// state now reflects, which the next start's
+    /// [`StateMachine::applied_index`] reports at least.
+    ///
+    /// The node then compacts its log behind that index without writing
+    /// the state out as a snapshot (etcd's way: its database is the
+    /// snapshot), and writes one, from [`StateMachine::snapshot_view`] or
+    /// [`StateMachine::snapshot`], only when a follower needs the state.
+    /// A state machine whose state is large saves writing all of it at
+    /// every snapshot threshold. An error stops the node, as a failed
+    /// [`StateMachine::flush`] does. Default `Ok(None)`: every snapshot
+    /// writes the whole state.
+    fn checkpoint(&mut self) -> std::io::Result<Option<LogIndex>> {
+        Ok(None)
+    }
 }

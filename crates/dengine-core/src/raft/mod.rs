@@ -181,6 +181,9 @@ pub(crate) struct Raft<S> {
     pub(crate) conf_changed: bool,
     /// A snapshot was requested at this index and not yet reported.
     pub(crate) snapshot_requested: Option<LogIndex>,
+    /// The runtime asked for a snapshot now, whatever the threshold
+    /// ([`crate::RawNode::request_snapshot`]).
+    pub(crate) snapshot_wanted: bool,
     /// Snapshot attempts that failed in a row (reset by a success).
     pub(crate) snapshot_failures: u32,
     /// No snapshot is requested before this tick (`now`): backoff after a
@@ -235,6 +238,7 @@ impl<S: LogStorage> Raft<S> {
             conf_history: VecDeque::from([(applied, init.conf_state)]),
             conf_changed: false,
             snapshot_requested: None,
+            snapshot_wanted: false,
             snapshot_failures: 0,
             snapshot_retry_at: 0,
             last_snapshot_index: LogIndex::ZERO,

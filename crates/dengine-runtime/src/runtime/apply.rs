@@ -30,7 +30,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use super::snapshot_thread::SnapshotThread;
-use super::{ApplyJob, Event, ReadJob, panic_message};
+use super::{ApplyJob, Event, ReadJob, SnapshotKind, panic_message};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
@@ -86,7 +86,7 @@ async fn on_runtime<SM: StateMachine>(
     done: oneshot::Sender<()>,
 ) {
     while let Some(job) = jobs.recv().await {
-        let whole_state = matches!(job, ApplyJob::Snapshot(_) | ApplyJob::Restore(..));
+        let whole_state = matches!(job, ApplyJob::Snapshot(..) | ApplyJob::Restore(..));
         let started = Instant::now();
         let outcome = if whole_state {
             // Off the runtime, and back with the state machine.
@@ -208,10 +208,7 @@ impl<SM: StateMachine> Applier<SM> {
                 self.reads.entry(index).or_default().push(job);
                 Flow::Continue
             }
-            ApplyJob::Snapshot(meta) => {
-                self.snapshot(meta);
-                Flow::Continue
-            }
+            ApplyJob::Snapshot(meta, kind) => self.snapshot(meta, kind),
             ApplyJob::Restore(meta, data) => self.restore(meta, &data),
             ApplyJob::Stop => Flow::Stop,
         };
@@ -313,17 +310,53 @@ impl<SM: StateMachine> Applier<SM> {
     /// (A state machine that keeps its own state may be further on after a
     /// restart; the request then fails and is asked again later.)
     ///
-    /// From the state machine's view, if it offers one, on a thread of its
-    /// own while applying goes on; otherwise here, and applying pauses
-    /// while the snapshot is written.
-    fn snapshot(&mut self, meta: dengine_core::SnapshotMeta) {
+    /// For compaction, a state machine that keeps its state durably only
+    /// makes it durable ([`StateMachine::checkpoint`]): nothing is
+    /// written out.
+    ///
+    /// Otherwise from the state machine's view, if it offers one, on a
+    /// thread of its own while applying goes on; otherwise here, and
+    /// applying pauses while the snapshot is written.
+    fn snapshot(&mut self, meta: dengine_core::SnapshotMeta, kind: SnapshotKind) -> Flow {
         if meta.last_index != self.applied {
             let _ = self.events.send(Event::SnapshotFailed(format!(
                 "asked at {} but the state machine is at {}",
                 meta.last_index, self.applied
             )));
-            return;
+            return Flow::Continue;
         }
+        if kind == SnapshotKind::Compaction {
+            let started = Instant::now();
+            match self.sm.checkpoint() {
+                Ok(None) => {}
+                Ok(Some(durable)) if durable >= meta.last_index => {
+                    super::telemetry::record_snapshot("checkpoint", started.elapsed(), 0);
+                    let _ = self.events.send(Event::SnapshotMade(meta, None));
+                    return Flow::Continue;
+                }
+                Ok(Some(durable)) => {
+                    let _ = self.events.send(Event::SnapshotFailed(format!(
+                        "the state machine made its state durable through {durable}, \
+                         short of {}",
+                        meta.last_index
+                    )));
+                    return Flow::Continue;
+                }
+                Err(e) => {
+                    let _ = self.events.send(Event::Fatal(format!(
+                        "state machine failed to make its state durable through {}: {e}",
+                        meta.last_index
+                    )));
+                    return Flow::Stop;
+                }
+            }
+        }
+        self.write_snapshot(meta);
+        Flow::Continue
+    }
+
+    /// Writes the state machine's data as the snapshot at `meta`.
+    fn write_snapshot(&mut self, meta: dengine_core::SnapshotMeta) {
         if self.writing.as_ref().is_some_and(SnapshotThread::running) {
             // The core asks for one at a time: this is not expected.
             let _ = self.events.send(Event::SnapshotFailed(

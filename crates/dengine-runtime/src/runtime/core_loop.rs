@@ -15,8 +15,8 @@ use tokio::sync::{oneshot, watch};
 use super::pending::{Pending, Proposal, ProposalQueue};
 use super::telemetry;
 use super::{
-    ApplyJob, DiskJob, Event, Inbound, MAX_DISK_JOBS, ReadJob, ReadPolicy, Request, Store,
-    TickClock,
+    ApplyJob, DiskJob, Event, Inbound, MAX_DISK_JOBS, ReadJob, ReadPolicy, Request, SnapshotKind,
+    Store, TickClock,
 };
 use crate::error::Error;
 use crate::snapshot::{SnapshotData, SnapshotStore};
@@ -117,6 +117,10 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) snapshot_store: SnapshotStore,
     /// Snapshots from elsewhere being copied in (by index).
     pub(crate) importing: BTreeSet<LogIndex>,
+    /// A follower needs the state machine's data, which the newest
+    /// snapshot (a checkpoint) does not have: the next snapshot the core
+    /// asks for writes it.
+    pub(crate) data_wanted: bool,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
     /// Set for the in-memory store: writes cost nothing to make durable, so
@@ -571,10 +575,21 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Ok(())
             }
             Event::SnapshotSaved(meta, data) => {
-                tracing::info!(node = %self.raw.id(), index = meta.last_index.0, term = meta.last_term.0,
-                    "snapshot made");
                 self.snapshot_made_at = meta.last_index;
-                self.keep_snapshot(data);
+                match data {
+                    Some(data) => {
+                        tracing::info!(node = %self.raw.id(), index = meta.last_index.0,
+                            term = meta.last_term.0, "snapshot made");
+                        self.keep_snapshot(data);
+                    }
+                    None => {
+                        tracing::debug!(node = %self.raw.id(), index = meta.last_index.0,
+                            term = meta.last_term.0, "state machine checkpointed; log compacted behind it");
+                        // The core offers followers this snapshot from now
+                        // on: older data is of no use to them.
+                        self.snapshots.retain(|&i, _| i >= meta.last_index);
+                    }
+                }
                 self.raw.snapshot_created(&meta)
             }
             Event::ImportFailed(index) => {
@@ -636,9 +651,19 @@ impl<SM: StateMachine> CoreLoop<SM> {
             match self.snapshots.get(&meta.last_index).cloned() {
                 Some(data) => self.transport.send_snapshot(msg, data, done),
                 None => {
-                    tracing::warn!(to = %to, index = %meta.last_index,
-                        "no data for the snapshot to send; not sent");
-                    // Reported failed when dropped: the progress probes again.
+                    // The newest snapshot is a checkpoint of a state
+                    // machine that keeps its own state: write its data
+                    // now (at the last index handed out to apply, which
+                    // the core then offers), as etcd sends its database
+                    // as it is when a follower needs it.
+                    if !self.data_wanted {
+                        tracing::info!(to = %to, index = %meta.last_index,
+                            "a follower needs a snapshot with the state machine's data; making one");
+                    }
+                    self.data_wanted = true;
+                    self.raw.request_snapshot();
+                    // Reported failed when dropped: the progress probes
+                    // again, and is offered the new snapshot once made.
                     drop(done);
                 }
             }
@@ -766,7 +791,12 @@ impl<SM: StateMachine> CoreLoop<SM> {
         // After this Ready's entries: the apply thread takes it once it has
         // applied everything handed out, which is where the core asks it.
         if let Some(meta) = rd.snapshot_request {
-            let _ = self.apply.send(ApplyJob::Snapshot(meta));
+            let kind = if std::mem::take(&mut self.data_wanted) {
+                SnapshotKind::Data
+            } else {
+                SnapshotKind::Compaction
+            };
+            let _ = self.apply.send(ApplyJob::Snapshot(meta, kind));
         }
         if let Some(to) = rd.compact_to {
             let _ = self.disk.send(DiskJob::Compact(to));

@@ -153,7 +153,9 @@ fn run(
                     store.compact(index)?;
                 }
                 DiskJob::SaveSnapshot(meta, data) => {
-                    // The data is durable already (the apply task wrote it).
+                    // The data is durable already (the apply task wrote
+                    // it), or the state machine's own state is, through
+                    // this index (a checkpoint: no data).
                     merged.flush(store)?;
                     prune = prune.max(Some(meta.last_index));
                     store.save_snapshot_meta(&meta)?;

@@ -18,7 +18,11 @@
 //!   `Event::Applied`; the published figure only moves forward.
 //! - **Durable log**: the disk thread, reported with `Event::Persisted`.
 //! - **Snapshots**: files in the snapshot store; the core task keeps the
-//!   handles of the ones it may send or is about to install.
+//!   handles of the ones it may send or is about to install. A state
+//!   machine that checkpoints ([`crate::StateMachine::checkpoint`]) makes
+//!   snapshots with no file (the log's metadata only) until a follower
+//!   needs its data: the core task then asks the core for a snapshot now
+//!   (`RawNode::request_snapshot`) and has the apply thread write the data.
 //! - **Time**: the core task's tick clock, derived from `Instant` (a late
 //!   loop catches up on every tick it missed before it serves anything).
 //!
@@ -111,8 +115,12 @@ pub(crate) enum Event {
     /// waited for it.
     Persisted(Vec<(Persisted, Vec<Message>)>),
     Applied(LogIndex),
-    SnapshotMade(SnapshotMeta, SnapshotData),
-    SnapshotSaved(SnapshotMeta, SnapshotData),
+    /// A snapshot made: with the state machine's data, or without
+    /// (`None`: the state machine made its state durable itself, see
+    /// [`crate::StateMachine::checkpoint`]).
+    SnapshotMade(SnapshotMeta, Option<SnapshotData>),
+    /// A snapshot made whose metadata is now durable in the log store.
+    SnapshotSaved(SnapshotMeta, Option<SnapshotData>),
     /// A snapshot from another node, copied into this node's store.
     SnapshotImported(Message, SnapshotData),
     /// Copying a snapshot in failed (the message was dropped).
@@ -125,8 +133,19 @@ pub(crate) enum Event {
 pub(crate) enum DiskJob {
     Write(PersistBatch),
     Compact(LogIndex),
-    SaveSnapshot(SnapshotMeta, SnapshotData),
+    SaveSnapshot(SnapshotMeta, Option<SnapshotData>),
     Stop,
+}
+
+/// What a snapshot the core asked for is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotKind {
+    /// Whatever lets the log be compacted: a state machine that keeps its
+    /// state durably only makes it durable ([`crate::StateMachine::checkpoint`]);
+    /// any other writes its data.
+    Compaction,
+    /// The state machine's data, to send to a follower.
+    Data,
 }
 
 /// Work for the apply thread.
@@ -144,7 +163,7 @@ pub(crate) enum ApplyJob<SM: StateMachine> {
         Vec<tracing::Span>,
     ),
     Read(LogIndex, ReadJob<SM>),
-    Snapshot(SnapshotMeta),
+    Snapshot(SnapshotMeta, SnapshotKind),
     Restore(SnapshotMeta, SnapshotData),
     Stop,
 }

@@ -92,7 +92,7 @@ pub(super) fn report(
     let _ = match made {
         Ok(data) => {
             super::telemetry::record_snapshot("made", started.elapsed(), data.len());
-            events.send(Event::SnapshotMade(meta, data))
+            events.send(Event::SnapshotMade(meta, Some(data)))
         }
         Err(e) => {
             if warn {
