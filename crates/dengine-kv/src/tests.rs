@@ -1109,6 +1109,44 @@ fn a_new_store_gets_the_record_log_and_one_made_on_sled_stays_on_it() {
     assert!(!files("old").iter().any(|f| f.ends_with(".kvlog")));
 }
 
+/// A checkpoint writes the batches waiting in memory and syncs them: the
+/// log may be compacted behind the index it reports, which a store
+/// opened after a crash (nothing written at drop) reports at least.
+#[test]
+fn a_checkpoint_writes_what_waits_in_memory_and_reports_its_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let open = || {
+        KvStateMachine::with_backend(Box::new(
+            crate::LogBackend::open(&path).expect("record log"),
+        ))
+        .expect("open")
+    };
+    let mut sm = open();
+    sm.write_after = std::time::Duration::from_secs(3600);
+    run(&mut sm, 1, &[put("a", "1"), put("b", "2")]);
+    assert_eq!(sm.applied_index(), None, "the batch waits in memory");
+    assert_eq!(sm.checkpoint().expect("checkpoint"), Some(LogIndex(2)));
+    assert_eq!(sm.applied_index(), Some(LogIndex(2)));
+    run(&mut sm, 3, &[put("c", "waits")]);
+    // A crash: the store writes nothing more.
+    std::mem::forget(sm);
+    let sm = open();
+    assert_eq!(sm.applied_index(), Some(LogIndex(2)));
+    assert_eq!(
+        keys(&sm.range(&range("\0", &[0])).expect("all")),
+        ["a", "b"]
+    );
+
+    let mut in_memory = KvStateMachine::in_memory();
+    run(&mut in_memory, 1, &[put("a", "1")]);
+    assert_eq!(
+        in_memory.checkpoint().expect("checkpoint"),
+        None,
+        "a store in memory has its data written at snapshots"
+    );
+}
+
 #[test]
 fn on_the_record_log_flushed_batches_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
