@@ -9,7 +9,10 @@
 //! (a fresh node added as learner then voter, a voter removed) and
 //! leadership transfers. Snapshots every few dozen entries, so snapshots
 //! and installs happen under load. Many concurrent clients write and read
-//! with every read policy.
+//! with every read policy. On odd seeds the registers keep their state
+//! durably and checkpoint (`StateMachine::checkpoint`), so the log is
+//! compacted without snapshot data and a lagging node gets a snapshot made
+//! for it; a crash loses what they held in memory.
 //!
 //! Checks: the history of writes and linearizable / lease reads is
 //! linearizable (dengine-sim's checker, unknown outcomes allowed); no
@@ -42,7 +45,7 @@ use dengine_sim::SimRng;
 use dengine_sim::linearizability::{CheckResult, KvInput, KvModel, KvOutput, Operation, check};
 
 use net::{FaultNet, LinkFaults};
-use sm::{PANIC_KEY, Registers, command};
+use sm::{PANIC_KEY, Registers, SmDisk, command};
 use store::{CrashStore, DiskFaults, Durable};
 
 /// What to run, from `DENGINE_TORTURE_SEEDS`, `_START`, `_SECONDS`, `_NODES`.
@@ -122,6 +125,8 @@ struct Report {
     snapshots_made: u64,
     snapshots_installed: u64,
     violations: Vec<String>,
+    /// The registers kept their state durably and checkpointed.
+    durable_sm: bool,
 }
 
 impl Report {
@@ -144,7 +149,12 @@ impl std::fmt::Display for Report {
         let steps: u64 = self.faults.values().sum();
         write!(
             f,
-            "{} writes acknowledged, {} of unknown outcome, {} reads checked; {} fault steps {:?}; {} snapshots made, {} installed; {} violations",
+            "{}; {} writes acknowledged, {} of unknown outcome, {} reads checked; {} fault steps {:?}; {} snapshots made, {} installed; {} violations",
+            if self.durable_sm {
+                "registers kept durably, checkpointed"
+            } else {
+                "registers in memory"
+            },
             self.writes_ok,
             self.writes_unknown,
             self.reads,
@@ -162,6 +172,8 @@ struct Member {
     faults: Arc<DiskFaults>,
     store: Arc<CrashStore>,
     trigger: Arc<AtomicBool>,
+    /// The registers' own durable state, on seeds where they keep one.
+    sm_disk: Option<Arc<SmDisk>>,
     node: Option<Node<Registers>>,
 }
 
@@ -171,6 +183,8 @@ struct Cluster {
     members: BTreeMap<u64, Member>,
     next_id: u64,
     report: Report,
+    /// Whether the registers keep their state durably (and checkpoint).
+    durable_sm: bool,
 }
 
 fn config(id: u64, dir: &Path) -> Config {
@@ -192,14 +206,24 @@ fn config(id: u64, dir: &Path) -> Config {
 }
 
 impl Cluster {
-    async fn start(&mut self, id: u64, durable: Option<Durable>, voters: &[u64]) {
+    async fn start(
+        &mut self,
+        id: u64,
+        durable: Option<(Durable, Option<Arc<SmDisk>>)>,
+        voters: &[u64],
+    ) {
         let faults = Arc::new(DiskFaults::default());
-        let store = Arc::new(match durable {
-            Some(d) => CrashStore::recover(d, faults.clone()),
-            None => CrashStore::new(faults.clone()),
-        });
+        let (store, sm_disk) = match durable {
+            Some((d, sm_disk)) => (CrashStore::recover(d, faults.clone()), sm_disk),
+            None => (
+                CrashStore::new(faults.clone()),
+                self.durable_sm.then(Arc::default),
+            ),
+        };
+        let store = Arc::new(store);
         let trigger = Arc::new(AtomicBool::new(false));
-        let mut builder = NodeBuilder::new(config(id, &self.dir), Registers::new(trigger.clone()))
+        let registers = Registers::new(trigger.clone(), sm_disk.clone());
+        let mut builder = NodeBuilder::new(config(id, &self.dir), registers)
             .store(store.clone())
             .transport(self.net.link(NodeId(id)));
         if !voters.is_empty() {
@@ -214,6 +238,7 @@ impl Cluster {
                         faults,
                         store,
                         trigger,
+                        sm_disk,
                         node: Some(node),
                     },
                 );
@@ -231,13 +256,17 @@ impl Cluster {
             return;
         };
         let durable = m.store.crash();
+        let sm_disk = m.sm_disk.as_ref().map(|d| {
+            d.crash();
+            d.recover()
+        });
         if let Some(node) = m.node.take() {
             self.report.count_snapshots(id, &node.status());
             self.net.detach(NodeId(id));
             let _ = node.shutdown().await;
         }
         self.members.remove(&id);
-        self.start(id, Some(durable), &[]).await;
+        self.start(id, Some((durable, sm_disk)), &[]).await;
     }
 
     fn live(&self) -> Vec<(u64, Node<Registers>)> {
@@ -495,7 +524,12 @@ async fn run_seed(seed: u64, s: &Settings) -> Report {
         net,
         members: BTreeMap::new(),
         next_id: s.nodes + 1,
-        report: Report::default(),
+        report: Report {
+            durable_sm: seed % 2 == 1,
+            ..Report::default()
+        },
+        // Odd seeds: registers that keep their state and checkpoint.
+        durable_sm: seed % 2 == 1,
     };
     let voters: Vec<u64> = (1..=s.nodes).collect();
     for &id in &voters {
