@@ -198,6 +198,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             snapshot_store: snapshots.clone(),
             importing: Default::default(),
             data_wanted: false,
+            data_pending: false,
             applied,
             fatal: None,
             batch: Vec::new(),

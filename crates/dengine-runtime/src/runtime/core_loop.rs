@@ -121,6 +121,10 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// snapshot (a checkpoint) does not have: the next snapshot the core
     /// asks for writes it.
     pub(crate) data_wanted: bool,
+    /// A snapshot with the state machine's data is being made: followers
+    /// that need one wait for it rather than ask for another (which
+    /// would replace the one a transfer may be resuming).
+    pub(crate) data_pending: bool,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
     /// Set for the in-memory store: writes cost nothing to make durable, so
@@ -576,6 +580,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             Event::SnapshotSaved(meta, data) => {
                 self.snapshot_made_at = meta.last_index;
+                self.data_pending = false;
                 match data {
                     Some(data) => {
                         tracing::info!(node = %self.raw.id(), index = meta.last_index.0,
@@ -597,6 +602,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Ok(())
             }
             Event::SnapshotFailed(why) => {
+                self.data_pending = false;
                 self.snapshot_failures += 1;
                 tracing::warn!(reason = %why, failures = self.snapshot_failures,
                     "snapshot failed; asked again after a backoff");
@@ -656,12 +662,12 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     // now (at the last index handed out to apply, which
                     // the core then offers), as etcd sends its database
                     // as it is when a follower needs it.
-                    if !self.data_wanted {
+                    if !self.data_wanted && !self.data_pending {
                         tracing::info!(to = %to, index = %meta.last_index,
                             "a follower needs a snapshot with the state machine's data; making one");
+                        self.data_wanted = true;
+                        self.raw.request_snapshot();
                     }
-                    self.data_wanted = true;
-                    self.raw.request_snapshot();
                     // Reported failed when dropped: the progress probes
                     // again, and is offered the new snapshot once made.
                     drop(done);
@@ -792,6 +798,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
         // applied everything handed out, which is where the core asks it.
         if let Some(meta) = rd.snapshot_request {
             let kind = if std::mem::take(&mut self.data_wanted) {
+                self.data_pending = true;
                 SnapshotKind::Data
             } else {
                 SnapshotKind::Compaction
