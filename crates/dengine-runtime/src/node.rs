@@ -13,8 +13,8 @@ use crate::error::Error;
 use crate::runtime::supervisor::Threads;
 use crate::runtime::telemetry;
 use crate::runtime::{
-    Channels, CoreLoop, Metrics, ProposalQueue, ReadLimit, ReadPolicy, Request, Store, TickClock,
-    spawn_applier, spawn_disk_thread, supervise,
+    Channels, CoreLoop, DataSnapshot, Metrics, ProposalQueue, ReadLimit, ReadPolicy, Request,
+    Store, TickClock, spawn_applier, spawn_disk_thread, supervise,
 };
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
@@ -197,8 +197,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             incoming: Default::default(),
             snapshot_store: snapshots.clone(),
             importing: Default::default(),
-            data_wanted: false,
-            data_pending: false,
+            data_snapshot: DataSnapshot::None,
             applied,
             fatal: None,
             batch: Vec::new(),

@@ -93,6 +93,9 @@ impl dengine::StateMachine for Ledger {
 
     fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
         self.counts.data_snapshots.fetch_add(1, Ordering::SeqCst);
+        // Slow, as a large state's is: the follower's probes come while
+        // it is being made, and must wait for it, not ask for another.
+        std::thread::sleep(Duration::from_millis(200));
         common::save_u64(out, self.sum)
     }
 
@@ -125,20 +128,6 @@ async fn start(id: u64, member: &Member, dir: &Path, net: &InMemoryNetwork) -> N
         .expect("node starts")
 }
 
-async fn leader(nodes: &BTreeMap<u64, Node<Ledger>>) -> u64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some((id, _)) = nodes
-            .iter()
-            .find(|(_, n)| n.status().role == dengine::core::Role::Leader)
-        {
-            return *id;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Proposes `values` one at a time, on whichever node leads; the last
 /// index.
 async fn add(nodes: &BTreeMap<u64, Node<Ledger>>, values: std::ops::Range<u64>) -> LogIndex {
@@ -146,7 +135,7 @@ async fn add(nodes: &BTreeMap<u64, Node<Ledger>>, values: std::ops::Range<u64>) 
     for v in values {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let l = leader(nodes).await;
+            let l = common::leader(nodes, WAIT).await;
             match nodes[&l].propose(v.to_le_bytes().to_vec()).await {
                 Ok(done) => {
                     last = done.index;
@@ -201,7 +190,7 @@ async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_foll
     add(&nodes, 1..31).await;
 
     // A follower stops; the others go on far past their snapshots.
-    let l = leader(&nodes).await;
+    let l = common::leader(&nodes, WAIT).await;
     let f = *nodes.keys().find(|&&id| id != l).expect("follower");
     nodes
         .remove(&f)
@@ -246,6 +235,12 @@ async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_foll
         .map(|m| m.counts.data_snapshots.load(Ordering::SeqCst))
         .sum();
     assert!(made >= 1, "a snapshot with data was made for the follower");
+    for (id, m) in &members {
+        assert!(
+            m.counts.data_snapshots.load(Ordering::SeqCst) <= 1,
+            "node {id} made another snapshot with data while one was being made"
+        );
+    }
     assert!(
         members[&f].counts.restores.load(Ordering::SeqCst) >= 1,
         "the follower installed it"

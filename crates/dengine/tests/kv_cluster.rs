@@ -36,20 +36,6 @@ async fn start(
         .expect("node starts")
 }
 
-async fn leader(nodes: &BTreeMap<u64, Node<KvStateMachine>>) -> u64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some((id, _)) = nodes
-            .iter()
-            .find(|(_, n)| n.status().role == dengine::core::Role::Leader)
-        {
-            return *id;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn put(node: &Node<KvStateMachine>, k: &str, v: &str) -> dengine::LogIndex {
     let cmd = KvCommand::Put(PutRequest {
         key: k.into(),
@@ -92,7 +78,7 @@ async fn scenario(storage: StorageKind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = InMemoryNetwork::new();
     let mut nodes: BTreeMap<u64, _> = start_all(storage, dir.path(), &net).await;
-    let l = leader(&nodes).await;
+    let l = common::leader(&nodes, WAIT).await;
     for i in 0..60 {
         put(&nodes[&l], &format!("k{}", i % 20), &format!("v{i}")).await;
     }
@@ -127,7 +113,7 @@ async fn scenario(storage: StorageKind) {
         n.shutdown().await.expect("shutdown");
     }
     nodes = start_all(storage, dir.path(), &net).await;
-    let l = leader(&nodes).await;
+    let l = common::leader(&nodes, WAIT).await;
     let last = put(&nodes[&l], "after", "restart").await;
     for n in nodes.values() {
         n.wait_for(WAIT, |m| m.applied >= last)
@@ -161,7 +147,7 @@ async fn kv_replicas_agree_in_memory() {
     let net = InMemoryNetwork::new();
     let dir = std::path::Path::new("unused");
     let nodes: BTreeMap<u64, _> = start_all(StorageKind::Memory, dir, &net).await;
-    let l = leader(&nodes).await;
+    let l = common::leader(&nodes, WAIT).await;
     let mut last = dengine::LogIndex(0);
     for i in 0..80 {
         last = put(&nodes[&l], &format!("k{}", i % 7), "v").await;

@@ -117,14 +117,9 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) snapshot_store: SnapshotStore,
     /// Snapshots from elsewhere being copied in (by index).
     pub(crate) importing: BTreeSet<LogIndex>,
-    /// A follower needs the state machine's data, which the newest
-    /// snapshot (a checkpoint) does not have: the next snapshot the core
-    /// asks for writes it.
-    pub(crate) data_wanted: bool,
-    /// A snapshot with the state machine's data is being made: followers
-    /// that need one wait for it rather than ask for another (which
-    /// would replace the one a transfer may be resuming).
-    pub(crate) data_pending: bool,
+    /// Where a snapshot with the state machine's data, for a follower
+    /// the newest snapshot (a checkpoint) cannot serve, stands.
+    pub(crate) data_snapshot: DataSnapshot,
     pub(crate) applied: LogIndex,
     pub(crate) fatal: Option<String>,
     /// Set for the in-memory store: writes cost nothing to make durable, so
@@ -149,6 +144,30 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// The tick at which progress (commit, applied, last index) was
     /// published last.
     pub(crate) progress_tick: u64,
+}
+
+/// A snapshot with the state machine's data, asked for a follower when
+/// the newest snapshot is a checkpoint (which has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataSnapshot {
+    /// None is needed, or the newest snapshot has its data.
+    None,
+    /// Asked of the core; the next snapshot it asks for writes the data.
+    Wanted,
+    /// Being made: followers that need it wait for this one rather than
+    /// ask for another (which would replace the one a cut transfer may be
+    /// resuming).
+    Making,
+}
+
+impl DataSnapshot {
+    /// A snapshot the core asked for was made or failed: the one being
+    /// made, if any, is done (a wanted one still waits for its request).
+    fn answered(&mut self) {
+        if *self == DataSnapshot::Making {
+            *self = DataSnapshot::None;
+        }
+    }
 }
 
 impl<SM: StateMachine> CoreLoop<SM> {
@@ -580,7 +599,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             Event::SnapshotSaved(meta, data) => {
                 self.snapshot_made_at = meta.last_index;
-                self.data_pending = false;
+                self.data_snapshot.answered();
                 match data {
                     Some(data) => {
                         tracing::info!(node = %self.raw.id(), index = meta.last_index.0,
@@ -602,7 +621,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 Ok(())
             }
             Event::SnapshotFailed(why) => {
-                self.data_pending = false;
+                self.data_snapshot.answered();
                 self.snapshot_failures += 1;
                 tracing::warn!(reason = %why, failures = self.snapshot_failures,
                     "snapshot failed; asked again after a backoff");
@@ -662,10 +681,10 @@ impl<SM: StateMachine> CoreLoop<SM> {
                     // now (at the last index handed out to apply, which
                     // the core then offers), as etcd sends its database
                     // as it is when a follower needs it.
-                    if !self.data_wanted && !self.data_pending {
+                    if self.data_snapshot == DataSnapshot::None {
                         tracing::info!(to = %to, index = %meta.last_index,
                             "a follower needs a snapshot with the state machine's data; making one");
-                        self.data_wanted = true;
+                        self.data_snapshot = DataSnapshot::Wanted;
                         self.raw.request_snapshot();
                     }
                     // Reported failed when dropped: the progress probes
@@ -797,8 +816,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
         // After this Ready's entries: the apply thread takes it once it has
         // applied everything handed out, which is where the core asks it.
         if let Some(meta) = rd.snapshot_request {
-            let kind = if std::mem::take(&mut self.data_wanted) {
-                self.data_pending = true;
+            let kind = if self.data_snapshot == DataSnapshot::Wanted {
+                self.data_snapshot = DataSnapshot::Making;
                 SnapshotKind::Data
             } else {
                 SnapshotKind::Compaction

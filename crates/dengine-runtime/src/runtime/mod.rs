@@ -51,8 +51,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dengine_core::{ConfChange, LogIndex, Message, NodeId, PersistBatch, Persisted, SnapshotMeta};
 use tokio::sync::oneshot;
 
-pub(crate) use core_loop::CoreLoop;
 pub use core_loop::Metrics;
+pub(crate) use core_loop::{CoreLoop, DataSnapshot};
 
 use crate::error::Error;
 use crate::snapshot::SnapshotData;

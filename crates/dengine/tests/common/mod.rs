@@ -2,7 +2,7 @@
 //! machine. (Each test binary uses part of it.)
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -20,6 +20,25 @@ pub async fn lone_leader<SM: StateMachine>(builder: NodeBuilder<SM>) -> Node<SM>
         .await
         .expect("leader");
     node
+}
+
+/// The id of the node among `nodes` that leads, waiting up to `wait` for
+/// one.
+pub async fn leader<SM: StateMachine>(
+    nodes: &BTreeMap<u64, Node<SM>>,
+    wait: std::time::Duration,
+) -> u64 {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some((id, _)) = nodes
+            .iter()
+            .find(|(_, n)| n.status().role == dengine::core::Role::Leader)
+        {
+            return *id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// Settings for node `id` with 5 ms ticks, so a cluster elects a leader in
