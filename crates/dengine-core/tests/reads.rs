@@ -120,11 +120,22 @@ fn a_read_asked_after_a_round_went_out_waits_for_the_next_round() {
     c.read(1, 1, RI).unwrap();
     c.process_ready(NodeId(1)); // round 1 goes out
     c.read(1, 2, RI).unwrap(); // needs round 2: round 1 may predate it
-    c.deliver_all();
+    // Round 1 is unconfirmed: round 2 waits for it instead of going out.
+    c.process_ready(NodeId(1));
+    let round1 = c.take_msgs(|m| m.from == NodeId(1));
+    assert_eq!(
+        heartbeats_from(&round1.iter().map(|e| e.msg.clone()).collect::<Vec<_>>(), 1),
+        2
+    );
+    for env in round1 {
+        c.deliver(env).unwrap();
+    }
     c.process_ready(NodeId(2));
     c.process_ready(NodeId(3));
-    // Hold round 2's heartbeats; deliver round 1's answers.
+    // Round 1's answers confirm read 1 only; round 2 goes out then.
+    c.deliver_all();
     c.process_ready(NodeId(1));
+    assert_eq!(c.node(1).read_states, vec![ok(1, 2)]);
     let round2 = c.take_msgs(|m| m.from == NodeId(1));
     assert_eq!(round2.len(), 2);
     assert!(
@@ -132,11 +143,59 @@ fn a_read_asked_after_a_round_went_out_waits_for_the_next_round() {
             .iter()
             .all(|e| matches!(e.msg.body, MessageBody::Heartbeat { .. }))
     );
-    c.deliver_all();
-    c.process_ready(NodeId(1));
-    assert_eq!(c.node(1).read_states, vec![ok(1, 2)]);
     for env in round2 {
         c.deliver(env).unwrap();
+    }
+    c.stabilize();
+    assert_eq!(c.node(1).read_states, vec![ok(1, 2), ok(2, 2)]);
+}
+
+#[test]
+fn reads_asked_while_a_round_is_unconfirmed_share_the_next_round() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.read(1, 1, RI).unwrap();
+    c.process_ready(NodeId(1)); // round 1 goes out
+    let mark = c.sent_log.len();
+    // Reads keep coming, each in a Ready of its own, while round 1 is out.
+    for rid in 2..=6 {
+        c.read(1, rid, RI).unwrap();
+        c.process_ready(NodeId(1));
+    }
+    assert_eq!(
+        heartbeats_from(&c.sent_log[mark..], 1),
+        0,
+        "no round goes out while round 1 is unconfirmed"
+    );
+    c.stabilize();
+    assert_eq!(
+        heartbeats_from(&c.sent_log[mark..], 1),
+        2,
+        "the five reads share one round: one heartbeat per follower"
+    );
+    let want: Vec<ReadState> = (1..=6).map(|rid| ok(rid, 2)).collect();
+    assert_eq!(c.node(1).read_states, want);
+}
+
+#[test]
+fn a_round_that_is_never_answered_holds_reads_only_until_the_next_heartbeat() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.read(1, 1, RI).unwrap();
+    c.process_ready(NodeId(1));
+    // Round 1 is lost on the way to both followers.
+    let lost = c.take_msgs(|m| m.from == NodeId(1));
+    assert_eq!(lost.len(), 2);
+    c.read(1, 2, RI).unwrap();
+    c.stabilize();
+    assert!(
+        c.node(1).read_states.is_empty(),
+        "nothing confirms the reads yet"
+    );
+    // The heartbeat interval starts a round whatever is in flight; it
+    // confirms both reads.
+    for _ in 0..test_config(NodeId(1)).heartbeat_tick {
+        c.tick(1);
     }
     c.stabilize();
     assert_eq!(c.node(1).read_states, vec![ok(1, 2), ok(2, 2)]);
@@ -341,15 +400,14 @@ fn the_lease_runs_election_tick_minus_drift_from_when_the_round_was_sent() {
     // ...but not t + 8.
     c.tick(1);
     assert_eq!(c.node(1).status().soft_state.role, Role::Leader);
-    let mark = c.sent_log.len();
     c.read(1, 2, LEASE).unwrap();
     c.process_ready(NodeId(1));
     assert_eq!(c.node(1).read_states.len(), 1, "must not be immediate");
-    assert_eq!(
-        heartbeats_from(&c.sent_log[mark..], 1),
-        2,
-        "falls back to a round"
-    );
+    // It falls back to a round: answered once one is confirmed.
+    c.heal();
+    c.tick(1);
+    c.stabilize();
+    assert_eq!(c.node(1).read_states, vec![ok(1, 2), ok(2, 2)]);
 }
 
 #[test]
