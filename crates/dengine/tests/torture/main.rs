@@ -182,9 +182,8 @@ struct Cluster {
     net: Arc<FaultNet>,
     members: BTreeMap<u64, Member>,
     next_id: u64,
+    /// Also says whether the registers keep their state durably.
     report: Report,
-    /// Whether the registers keep their state durably (and checkpoint).
-    durable_sm: bool,
 }
 
 fn config(id: u64, dir: &Path) -> Config {
@@ -217,7 +216,7 @@ impl Cluster {
             Some((d, sm_disk)) => (CrashStore::recover(d, faults.clone()), sm_disk),
             None => (
                 CrashStore::new(faults.clone()),
-                self.durable_sm.then(Arc::default),
+                self.report.durable_sm.then(Arc::default),
             ),
         };
         let store = Arc::new(store);
@@ -525,11 +524,10 @@ async fn run_seed(seed: u64, s: &Settings) -> Report {
         members: BTreeMap::new(),
         next_id: s.nodes + 1,
         report: Report {
+            // Odd seeds: registers that keep their state and checkpoint.
             durable_sm: seed % 2 == 1,
             ..Report::default()
         },
-        // Odd seeds: registers that keep their state and checkpoint.
-        durable_sm: seed % 2 == 1,
     };
     let voters: Vec<u64> = (1..=s.nodes).collect();
     for &id in &voters {

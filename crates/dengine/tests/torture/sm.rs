@@ -40,15 +40,18 @@ impl SmDisk {
 
     /// A disk as it is after a crash, for the node started again.
     pub fn recover(&self) -> Arc<SmDisk> {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         Arc::new(SmDisk {
-            state: Mutex::new(state),
+            state: Mutex::new(self.stored()),
             crashed: AtomicBool::new(false),
         })
+    }
+
+    /// What the last checkpoint stored: the registers and their index.
+    fn stored(&self) -> (BTreeMap<u64, u64>, LogIndex) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -64,12 +67,7 @@ impl Registers {
     /// Registers that start from `disk`'s state, if given (and keep their
     /// state there), or empty.
     pub fn new(trigger: Arc<AtomicBool>, disk: Option<Arc<SmDisk>>) -> Registers {
-        let (values, applied) = disk.as_ref().map_or_else(Default::default, |d| {
-            d.state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-        });
+        let (values, applied) = disk.as_ref().map_or_else(Default::default, |d| d.stored());
         Registers {
             values,
             trigger,
@@ -108,6 +106,8 @@ impl StateMachine for Registers {
     }
 
     fn applied_index(&self) -> Option<LogIndex> {
+        // Only the index is needed: read it under the lock, not a copy of
+        // every register.
         let disk = self.disk.as_ref()?;
         Some(disk.state.lock().unwrap_or_else(PoisonError::into_inner).1)
     }
