@@ -508,18 +508,25 @@ impl<S: LogStorage> Raft<S> {
     }
 
     /// Whether `m` promises something that must be durable first.
+    ///
+    /// An acknowledgement of entries that are durable already goes at once:
+    /// the answer to an append that only carries the commit index (or to one
+    /// whose entries this node had) promises nothing still on its way to the
+    /// disk, and waiting behind the next write would only delay it.
     fn must_wait_for_persist(&self, m: &Message) -> bool {
         if (self.term, self.vote) != self.durable_term_vote {
             return true;
         }
-        matches!(
-            m.body,
-            MessageBody::AppendEntriesResponse { result: Ok(_) }
-                | MessageBody::RequestVoteResponse {
-                    pre_vote: false,
-                    granted: true
-                }
-        )
+        match m.body {
+            MessageBody::AppendEntriesResponse { result: Ok(index) } => {
+                index > self.log.stable_last_index()
+            }
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            } => true,
+            _ => false,
+        }
     }
 
     pub(crate) fn ready(&mut self) -> Result<Ready> {

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 
 use dengine_core::testing::MemStorage;
 use dengine_core::{
-    Config, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
-    PersistBatch, RawNode, Ready, Role, Term,
+    Config, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, Message, MessageBody,
+    NodeId, PersistBatch, RawNode, Ready, Role, Term,
 };
 
 fn config(id: u64) -> Config {
@@ -79,6 +79,25 @@ fn promises_durability(m: &Message) -> bool {
     )
 }
 
+/// Whether `m`, handed out to send at once by node `n`, promises what `n`
+/// has not made durable yet: a granted vote (whose term and vote are always
+/// new), or an acknowledgement past the durable log or in a term not yet
+/// durable.
+fn promises_too_early(n: &RawNode<MemStorage>, m: &Message) -> bool {
+    let durable_last = n.storage().last_index().unwrap();
+    let durable_term = n.storage().initial_state().unwrap().hard_state.term;
+    match m.body {
+        MessageBody::AppendEntriesResponse { result: Ok(index) } => {
+            index > durable_last || m.term > durable_term
+        }
+        MessageBody::RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        } => true,
+        _ => false,
+    }
+}
+
 fn no_durable_promise_in(rd: &Ready) {
     assert!(
         !rd.messages.iter().any(promises_durability),
@@ -139,6 +158,35 @@ fn a_followers_ack_waits_for_its_entries_to_be_durable() {
         rd.messages[1].body,
         MessageBody::AppendEntriesResponse { result: Err(r) } if r.rejected == LogIndex(7)
     ));
+}
+
+#[test]
+fn an_ack_of_entries_already_durable_goes_at_once() {
+    let mut n = start(2, &[1, 2, 3]);
+    n.step(msg(1, 2, 2, append((1, 1), vec![blank(2, 2)], 1)))
+        .unwrap();
+    let first = n.ready().unwrap().persist.unwrap();
+    persist(&mut n, &first);
+
+    // Entry 3 goes to the disk; while it is on its way, the leader tells
+    // the commit index with an empty append anchored at entry 2, which is
+    // durable: that answer promises nothing still to be written.
+    n.step(msg(1, 2, 2, append((2, 2), vec![blank(3, 2)], 1)))
+        .unwrap();
+    let writing = n.ready().unwrap().persist.unwrap();
+    assert_eq!(writing.messages, vec![msg(2, 1, 2, ack(3))]);
+    n.step(msg(1, 2, 2, append((2, 2), Vec::new(), 2))).unwrap();
+    let rd = n.ready().unwrap();
+    assert_eq!(rd.messages, vec![msg(2, 1, 2, ack(2))]);
+    let commit_only = rd.persist.unwrap();
+    assert!(commit_only.entries.is_empty() && commit_only.messages.is_empty());
+    assert_eq!(commit_only.hard_state.map(|h| h.commit), Some(LogIndex(2)));
+
+    // Anchored at entry 3, still being written, the answer waits for it.
+    n.step(msg(1, 2, 2, append((2, 3), Vec::new(), 3))).unwrap();
+    let rd = n.ready().unwrap();
+    no_durable_promise_in(&rd);
+    assert_eq!(rd.persist.unwrap().messages, vec![msg(2, 1, 2, ack(3))]);
 }
 
 #[test]
@@ -271,14 +319,16 @@ fn a_leader_needs_its_own_durable_copy_when_it_is_part_of_the_quorum() {
 }
 
 /// Three nodes run through elections and proposals with the contract kept
-/// by a runtime that writes synchronously; no `Ready` ever hands out an ack
-/// or a granted vote for immediate sending.
+/// by a runtime that writes synchronously; no `Ready` ever hands out for
+/// immediate sending an ack or a granted vote that is not durable already
+/// (the answers to appends that carry only the commit index go at once).
 #[test]
-fn no_ready_ever_hands_out_a_durability_promise_to_send_at_once() {
+fn no_ready_ever_hands_out_a_promise_before_it_is_durable() {
     let mut nodes: Vec<RawNode<MemStorage>> = (1..=3).map(|id| start(id, &[1, 2, 3])).collect();
     let mut net: VecDeque<Message> = VecDeque::new();
     let mut readies = 0;
     let mut promises_seen = 0;
+    let mut early_acks = 0;
     for round in 0..300u64 {
         for n in nodes.iter_mut() {
             n.tick().unwrap();
@@ -305,7 +355,17 @@ fn no_ready_ever_hands_out_a_durability_promise_to_send_at_once() {
                 while n.has_ready() {
                     let rd = n.ready().unwrap();
                     readies += 1;
-                    no_durable_promise_in(&rd);
+                    let early: Vec<&Message> = rd
+                        .messages
+                        .iter()
+                        .filter(|m| promises_too_early(n, m))
+                        .collect();
+                    assert!(early.is_empty(), "promised before durable: {early:?}");
+                    early_acks += rd
+                        .messages
+                        .iter()
+                        .filter(|m| promises_durability(m))
+                        .count();
                     net.extend(rd.messages.iter().cloned());
                     if let Some(b) = &rd.persist {
                         promises_seen +=
@@ -331,6 +391,10 @@ fn no_ready_ever_hands_out_a_durability_promise_to_send_at_once() {
     assert!(
         promises_seen > 100,
         "acks and votes did flow: {promises_seen}"
+    );
+    assert!(
+        early_acks > 10,
+        "acks of durable entries went at once: {early_acks}"
     );
     let commits: Vec<u64> = nodes
         .iter()

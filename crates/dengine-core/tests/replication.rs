@@ -323,3 +323,87 @@ fn a_payload_is_shared_by_every_followers_append_not_copied() {
     };
     assert_eq!(p.as_ptr(), proposed.as_ptr());
 }
+
+/// Whether `m` is an append from `from` to `to` that carries no entry (it
+/// only tells the commit index).
+fn is_commit_only(m: &dengine_core::Message, from: u64, to: u64) -> bool {
+    between(m, from, to)
+        && matches!(&m.body, MessageBody::AppendEntries { entries, .. } if entries.is_empty())
+}
+
+/// The commit index carried by the queued commit-only appends to `to`.
+fn commits_told(c: &Cluster, to: u64) -> Vec<u64> {
+    c.queue
+        .iter()
+        .filter(|e| is_commit_only(&e.msg, 1, to))
+        .map(|e| match &e.msg.body {
+            MessageBody::AppendEntries { commit, .. } => commit.0,
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_follower_with_appends_in_flight_learns_the_commit_when_the_last_is_acknowledged() {
+    let mut c = Cluster::with_config(3, no_lease_config());
+    c.elect(1);
+    c.stabilize();
+    let base = last_index(&c, 1);
+    // Two appends to each follower, one entry each.
+    c.propose(1, b"a").unwrap();
+    c.process_ready(NodeId(1));
+    c.propose(1, b"b").unwrap();
+    c.process_ready(NodeId(1));
+    let appends = c.take_msgs(is_entry_append);
+    assert_eq!(appends.len(), 4);
+    for env in appends {
+        c.deliver(env).unwrap();
+    }
+    c.process_ready(NodeId(2));
+    c.process_ready(NodeId(3));
+    let mut acks = c.take_msgs(|m| m.body.kind() == "AppResp");
+    assert_eq!(acks.len(), 4);
+    let mut ack = |from: u64, index: u64| {
+        let pos = acks
+            .iter()
+            .position(|e| {
+                e.msg.from == NodeId(from)
+                    && e.msg.body
+                        == MessageBody::AppendEntriesResponse {
+                            result: Ok(dengine_core::LogIndex(index)),
+                        }
+            })
+            .unwrap();
+        acks.remove(pos)
+    };
+
+    // Node 2 acknowledges the first entry: it commits, but both followers
+    // still have an append in flight, which carries the commit or whose
+    // acknowledgement brings it. No message carries only the commit.
+    c.deliver(ack(2, base + 1)).unwrap();
+    c.process_ready(NodeId(1));
+    assert_eq!(commit(&c, 1), base + 1);
+    assert_eq!(commits_told(&c, 2), Vec::<u64>::new());
+    assert_eq!(commits_told(&c, 3), Vec::<u64>::new());
+
+    // Node 2's last append is acknowledged: it learns the new commit now.
+    c.deliver(ack(2, base + 2)).unwrap();
+    c.process_ready(NodeId(1));
+    assert_eq!(commit(&c, 1), base + 2);
+    assert_eq!(commits_told(&c, 2), vec![base + 2]);
+    assert_eq!(commits_told(&c, 3), Vec::<u64>::new());
+
+    // Node 3 lags behind the commit: only the acknowledgement of its last
+    // append in flight brings it the commit index.
+    c.deliver(ack(3, base + 1)).unwrap();
+    c.process_ready(NodeId(1));
+    assert_eq!(commits_told(&c, 3), Vec::<u64>::new());
+    c.deliver(ack(3, base + 2)).unwrap();
+    c.process_ready(NodeId(1));
+    assert_eq!(commits_told(&c, 3), vec![base + 2]);
+
+    c.stabilize();
+    for id in 1..=3 {
+        assert_eq!(commit(&c, id), base + 2, "node {id}");
+    }
+}

@@ -99,7 +99,11 @@ impl<S: LogStorage> Raft<S> {
     }
 
     /// Tells followers whose log is complete the new commit index. A
-    /// follower with entries still to receive learns it from those appends.
+    /// follower with entries still to receive learns it from those appends;
+    /// one with appends in flight learns it when the last of them is
+    /// acknowledged (see [`Raft::handle_append_response`]), so that under
+    /// load, when appends are always in flight, no message carries only a
+    /// commit index: the next append carries it.
     fn bcast_commit(&mut self) -> Result<()> {
         let last = self.log.last_index();
         let commit = self.log.committed;
@@ -115,7 +119,7 @@ impl<S: LogStorage> Raft<S> {
             }
             if pr.next <= last {
                 self.send_append_loop(id)?;
-            } else {
+            } else if !pr.has_appends_in_flight() {
                 self.send_commit(id, commit)?;
             }
         }
@@ -223,8 +227,14 @@ impl<S: LogStorage> Raft<S> {
                     if updated && !self.maybe_commit()? && index <= self.log.committed {
                         // A follower that lagged behind the commit index and
                         // has nothing more to receive learns it now rather
-                        // than at the next heartbeat.
-                        if self.tracker.get(from).is_some_and(|p| p.next > last) {
+                        // than at the next heartbeat: with its last append
+                        // in flight acknowledged (until then, that append's
+                        // acknowledgement is still to come).
+                        if self
+                            .tracker
+                            .get(from)
+                            .is_some_and(|p| p.next > last && !p.has_appends_in_flight())
+                        {
                             self.send_commit(from, self.log.committed)?;
                         }
                     }

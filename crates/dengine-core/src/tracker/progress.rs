@@ -139,6 +139,13 @@ impl Progress {
         grew
     }
 
+    /// Whether entries were sent that the follower has not acknowledged
+    /// yet (appends in flight, or lost: a heartbeat response then sends
+    /// them again).
+    pub fn has_appends_in_flight(&self) -> bool {
+        self.next > self.matched.next()
+    }
+
     /// An append was sent with entries up to `last` (`next - 1` if it had no
     /// entries) carrying `bytes` bytes of entries.
     ///
