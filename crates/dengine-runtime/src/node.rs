@@ -212,6 +212,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             // the disk thread whatever the settings say.
             inline_store: inline.then(|| store.clone()),
             disk_jobs: 0,
+            held_commit: Default::default(),
             transfer: None,
             published: metrics_tx.borrow().clone(),
             progress_tick: 0,

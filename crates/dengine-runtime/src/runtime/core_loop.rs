@@ -12,6 +12,7 @@ use dengine_core::{
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::sync::{oneshot, watch};
 
+use super::held_commit::HeldCommit;
 use super::pending::{Pending, Proposal, ProposalQueue};
 use super::telemetry;
 use super::{
@@ -138,6 +139,9 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) traces: super::traces::Traces,
     /// Persist batches with the disk thread, not yet reported durable.
     pub(crate) disk_jobs: usize,
+    /// A hard state that moves only the commit index, held back from the
+    /// disk thread.
+    pub(crate) held_commit: HeldCommit,
     pub(crate) transfer: Option<PendingTransfer>,
     /// What was published last.
     pub(crate) published: Metrics,
@@ -267,6 +271,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
             }
         }
+        if self.fatal.is_none() {
+            self.flush_held_commit(false);
+        }
         let now = self.clock.ticks();
         self.proposals.expire(now, self.timeout_ticks);
         while let Some(entry) = self.reads.first_entry() {
@@ -337,6 +344,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
     }
 
     fn stop(&mut self) {
+        if self.fatal.is_none() {
+            self.flush_held_commit(true);
+        }
         let _ = self.disk.send(DiskJob::Stop);
         let _ = self.apply.send(ApplyJob::Stop);
         self.queue.close(&Error::Shutdown);
@@ -783,7 +793,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                         self.send(m);
                     }
                 }
-                _ => {
+                None if self.held_commit.hold(&mut batch) => {}
+                None => {
                     self.disk_jobs += 1;
                     if self.disk.send(DiskJob::Write(batch)).is_err() {
                         self.worker_gone("the disk thread");
@@ -826,6 +837,22 @@ impl<SM: StateMachine> CoreLoop<SM> {
         }
         if let Some(to) = rd.compact_to {
             let _ = self.disk.send(DiskJob::Compact(to));
+        }
+    }
+
+    /// Hands the commit-only hard state held back to the disk thread: at
+    /// once (`now`), or if a whole tick passed since it was held.
+    fn flush_held_commit(&mut self, now: bool) {
+        let batch = if now {
+            self.held_commit.take()
+        } else {
+            self.held_commit.on_tick()
+        };
+        if let Some(batch) = batch {
+            self.disk_jobs += 1;
+            if self.disk.send(DiskJob::Write(batch)).is_err() {
+                self.worker_gone("the disk thread");
+            }
         }
     }
 

@@ -39,6 +39,7 @@ mod apply;
 mod clock;
 mod core_loop;
 mod disk;
+mod held_commit;
 mod pending;
 mod snapshot_thread;
 pub(crate) mod supervisor;
