@@ -584,12 +584,15 @@ impl Server {
             let kv = KvServer::new(KvService::new(core.clone()))
                 .max_decoding_message_size(max_client)
                 .max_encoding_message_size(usize::MAX);
+            // Puts and ranges skip tonic's router and codec (same answers).
+            let unary_kv = crate::etcd::UnaryKvLayer::new(KvService::new(core.clone()), max_client);
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .max_concurrent_streams(cfg.limits.max_concurrent_streams)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .layer(requests.clone())
                 .layer(traces)
+                .layer(unary_kv)
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(MaintenanceService::new(
                     core.clone(),

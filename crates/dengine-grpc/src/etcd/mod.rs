@@ -30,6 +30,7 @@ mod maintenance;
 pub mod quota;
 pub mod range;
 pub mod txn;
+mod unary_kv;
 pub mod watch;
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub use forward::Forwarder;
 pub use kv::KvService;
 pub use lease::{LeaseService, Lessor};
 pub use maintenance::MaintenanceService;
+pub(crate) use unary_kv::UnaryKvLayer;
 pub use watch::{WatchHub, WatchService};
 
 /// The etcd API level served: clients gate features on `Status.version`
