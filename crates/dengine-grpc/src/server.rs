@@ -584,7 +584,8 @@ impl Server {
             let kv = KvServer::new(KvService::new(core.clone()))
                 .max_decoding_message_size(max_client)
                 .max_encoding_message_size(usize::MAX);
-            // Puts and ranges skip tonic's router and codec (same answers).
+            // Puts, ranges, txns and deletes skip tonic's router and codec
+            // (same answers).
             let unary_kv = crate::etcd::UnaryKvLayer::new(KvService::new(core.clone()), max_client);
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)

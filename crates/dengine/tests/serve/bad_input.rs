@@ -177,12 +177,12 @@ async fn raw_call(
     panic!("no status in the answer to {method}");
 }
 
-/// Puts and ranges are answered without tonic's codec (see
-/// `dengine-grpc`'s `etcd/unary_kv.rs`); whatever is wrong with their
-/// bodies must get tonic's own answer, which `DeleteRange` (still served
-/// by tonic) gives for the same bytes.
+/// Puts, ranges, txns and deletes are answered without tonic's codec
+/// (see `dengine-grpc`'s `etcd/unary_kv.rs`); whatever is wrong with
+/// their bodies must get tonic's own answer, which `Compact` (still
+/// served by tonic) gives for the same bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_put_and_range_bodies_get_tonics_answers() {
+async fn malformed_kv_bodies_get_tonics_answers() {
     let mut c = Cluster::new(1);
     c.start_and_wait().await;
     let endpoint = c.members[0].endpoint();
@@ -209,9 +209,9 @@ async fn malformed_put_and_range_bodies_get_tonics_answers() {
         ),
     ];
     for (what, body, code) in cases {
-        let tonic_answer = raw_call(&mut channel, &endpoint, "DeleteRange", body).await;
+        let tonic_answer = raw_call(&mut channel, &endpoint, "Compact", body).await;
         assert_eq!(tonic_answer.code(), code, "{what}: {tonic_answer:?}");
-        for method in ["Put", "Range"] {
+        for method in ["Put", "Range", "Txn", "DeleteRange"] {
             let ours = raw_call(&mut channel, &endpoint, method, body).await;
             assert_eq!(
                 (ours.code(), ours.message()),
@@ -222,7 +222,7 @@ async fn malformed_put_and_range_bodies_get_tonics_answers() {
     }
     // Bytes that are no protobuf message: tonic's code, prost's reason.
     let garbage = [0u8, 0, 0, 0, 2, 0xff, 0xff];
-    for method in ["Put", "Range", "DeleteRange"] {
+    for method in ["Put", "Range", "Txn", "DeleteRange", "Compact"] {
         let s = raw_call(&mut channel, &endpoint, method, &garbage).await;
         assert_eq!(s.code(), tonic::Code::Internal, "{method}: {s:?}");
         assert!(s.message().contains("varint"), "{method}: {s:?}");
