@@ -22,7 +22,6 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use dengine_proto::etcdserverpb as pb;
 use dengine_proto::etcdserverpb::kv_server::Kv;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request as HttpRequest, Response as HttpResponse};
@@ -146,34 +145,30 @@ where
     let metadata = MetadataMap::from_headers(parts.headers);
     let extensions = parts.extensions;
     match call {
-        Call::Put => match decode::<pb::PutRequest>(&message) {
-            Ok(m) => respond(
-                kv.put(tonic::Request::from_parts(metadata, extensions, m))
-                    .await,
-            ),
-            Err(status) => status.into_http(),
-        },
-        Call::Range => match decode::<pb::RangeRequest>(&message) {
-            Ok(m) => respond(
-                kv.range(tonic::Request::from_parts(metadata, extensions, m))
-                    .await,
-            ),
-            Err(status) => status.into_http(),
-        },
-        Call::Txn => match decode::<pb::TxnRequest>(&message) {
-            Ok(m) => respond(
-                kv.txn(tonic::Request::from_parts(metadata, extensions, m))
-                    .await,
-            ),
-            Err(status) => status.into_http(),
-        },
-        Call::DeleteRange => match decode::<pb::DeleteRangeRequest>(&message) {
-            Ok(m) => respond(
-                kv.delete_range(tonic::Request::from_parts(metadata, extensions, m))
-                    .await,
-            ),
-            Err(status) => status.into_http(),
-        },
+        Call::Put => serve(&message, metadata, extensions, |r| kv.put(r)).await,
+        Call::Range => serve(&message, metadata, extensions, |r| kv.range(r)).await,
+        Call::Txn => serve(&message, metadata, extensions, |r| kv.txn(r)).await,
+        Call::DeleteRange => serve(&message, metadata, extensions, |r| kv.delete_range(r)).await,
+    }
+}
+
+/// Decodes `message` as the handler's request, with the request's
+/// metadata and extensions, and answers with what the handler answers.
+async fn serve<Req, Resp, F, Fut>(
+    message: &[u8],
+    metadata: MetadataMap,
+    extensions: http::Extensions,
+    handler: F,
+) -> HttpResponse<Body>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    match decode::<Req>(message) {
+        Ok(m) => respond(handler(tonic::Request::from_parts(metadata, extensions, m)).await),
+        Err(status) => status.into_http(),
     }
 }
 
