@@ -40,6 +40,7 @@ mod clock;
 mod core_loop;
 mod disk;
 mod held_commit;
+mod metrics;
 mod pending;
 mod snapshot_thread;
 pub(crate) mod supervisor;
@@ -52,8 +53,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dengine_core::{ConfChange, LogIndex, Message, NodeId, PersistBatch, Persisted, SnapshotMeta};
 use tokio::sync::oneshot;
 
-pub use core_loop::Metrics;
 pub(crate) use core_loop::{CoreLoop, DataSnapshot};
+pub use metrics::Metrics;
 
 use crate::error::Error;
 use crate::snapshot::SnapshotData;

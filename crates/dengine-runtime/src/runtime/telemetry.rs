@@ -18,7 +18,7 @@ use metrics::{
 };
 
 use super::ReadPolicy;
-use super::core_loop::Metrics;
+use super::metrics::Metrics;
 use crate::Error;
 
 /// Gives every metric its help text and unit (once per process is enough;
