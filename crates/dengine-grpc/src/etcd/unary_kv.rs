@@ -176,7 +176,9 @@ where
 const HEADER: usize = 5;
 
 /// The first message of a unary request's body, read to the body's end,
-/// with tonic's statuses for what is wrong with it.
+/// with tonic's statuses for what is wrong with it. What follows the
+/// message is read (as tonic reads a unary body to its end) but not kept:
+/// what is buffered stays within the size limit and one frame.
 async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
 where
     B: HttpBody<Data = Bytes>,
@@ -185,11 +187,7 @@ where
     let mut body = pin!(body);
     let mut buf = BytesMut::new();
     let mut len: Option<usize> = None;
-    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let frame = frame.map_err(|e| Status::from_error(e.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // request trailers: nothing reads them
-        };
+    while let Some(data) = next_data(body.as_mut()).await? {
         if buf.is_empty() && data.len() >= HEADER {
             // The usual case, the whole message in one frame: no copy.
             let n = header_len(&data, limit)?;
@@ -201,24 +199,43 @@ where
         if len.is_none() && buf.len() >= HEADER {
             len = Some(header_len(&buf, limit)?);
         }
+        if let Some(n) = len
+            && buf.len() >= HEADER + n
+        {
+            buf.truncate(HEADER + n);
+            return drain(body, buf.freeze().slice(HEADER..)).await;
+        }
     }
-    match len {
-        Some(n) if buf.len() >= HEADER + n => Ok(buf.freeze().slice(HEADER..HEADER + n)),
-        _ if buf.is_empty() => Err(Status::internal("Missing request message.")),
-        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
+    if buf.is_empty() {
+        Err(Status::internal("Missing request message."))
+    } else {
+        Err(Status::internal("Unexpected EOF decoding stream."))
     }
 }
 
-/// Reads `body` to its end (as tonic does, for the request's trailers),
-/// then gives back `message`.
-async fn drain<B>(mut body: Pin<&mut B>, message: Bytes) -> Result<Bytes, Status>
+/// The next data frame of `body` (trailers are skipped: nothing reads
+/// them), or `None` at its end.
+async fn next_data<B>(mut body: Pin<&mut B>) -> Result<Option<Bytes>, Status>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        frame.map_err(|e| Status::from_error(e.into()))?;
+        let frame = frame.map_err(|e| Status::from_error(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
     }
+    Ok(None)
+}
+
+/// Reads `body` to its end, then gives back `message`.
+async fn drain<B>(mut body: Pin<&mut B>, message: Bytes) -> Result<Bytes, Status>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    while next_data(body.as_mut()).await?.is_some() {}
     Ok(message)
 }
 

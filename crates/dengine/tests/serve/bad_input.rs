@@ -124,8 +124,8 @@ async fn bad_input_gets_etcd_errors_and_changes_nothing() {
     }
 }
 
-/// A request body of the bytes given, in one frame.
-struct RawBody(Option<bytes::Bytes>);
+/// A request body of the frames given, one data frame each.
+struct RawBody(std::collections::VecDeque<bytes::Bytes>);
 
 impl http_body::Body for RawBody {
     type Data = bytes::Bytes;
@@ -135,18 +135,18 @@ impl http_body::Body for RawBody {
         mut self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
     }
 }
 
-/// Calls `method` of etcd's KV service with `body` as the raw request
-/// body; returns the call's status (from the head of a trailers-only
+/// Calls `method` of etcd's KV service with `frames` as the raw request
+/// body's data frames; returns the call's status (from the head of a trailers-only
 /// answer, or from the trailers).
 async fn raw_call(
     channel: &mut tonic::transport::Channel,
     endpoint: &str,
     method: &str,
-    body: &[u8],
+    frames: &[&[u8]],
 ) -> tonic::Status {
     use tonic::codegen::Service;
     let req = http::Request::builder()
@@ -154,9 +154,12 @@ async fn raw_call(
         .uri(format!("{endpoint}/etcdserverpb.KV/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(tonic::body::Body::new(RawBody(Some(
-            bytes::Bytes::copy_from_slice(body),
-        ))))
+        .body(tonic::body::Body::new(RawBody(
+            frames
+                .iter()
+                .map(|f| bytes::Bytes::copy_from_slice(f))
+                .collect(),
+        )))
         .expect("request");
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
@@ -191,28 +194,43 @@ async fn malformed_kv_bodies_get_tonics_answers() {
         .connect()
         .await
         .expect("connect");
-    let huge_len = [0u8, 0xff, 0xff, 0xff, 0xff];
-    let cases: [(&str, &[u8], tonic::Code); 6] = [
+    // Each case as the data frames of the body: a message may come in
+    // pieces, which is read differently from one in a single frame.
+    let cases: [(&str, &[&[u8]], tonic::Code); 8] = [
         ("an empty body", &[], tonic::Code::Internal),
-        ("a cut header", &[0, 0, 0], tonic::Code::Internal),
+        ("a cut header", &[&[0, 0, 0]], tonic::Code::Internal),
         (
             "a cut message",
-            &[0, 0, 0, 0, 9, 0x0a, 1],
+            &[&[0, 0, 0, 0, 9, 0x0a, 1]],
             tonic::Code::Internal,
         ),
-        ("a compressed flag", &[1, 0, 0, 0, 0], tonic::Code::Internal),
-        ("a bad flag", &[7, 0, 0, 0, 0], tonic::Code::Internal),
+        (
+            "a cut message in two frames",
+            &[&[0, 0, 0], &[0, 9, 0x0a, 1]],
+            tonic::Code::Internal,
+        ),
+        (
+            "a compressed flag",
+            &[&[1, 0, 0, 0, 0]],
+            tonic::Code::Internal,
+        ),
+        ("a bad flag", &[&[7, 0, 0, 0, 0]], tonic::Code::Internal),
         (
             "a length past the limit",
-            &huge_len,
+            &[&[0, 0xff, 0xff, 0xff, 0xff]],
+            tonic::Code::OutOfRange,
+        ),
+        (
+            "a length past the limit in two frames",
+            &[&[0, 0xff], &[0xff, 0xff, 0xff, 0]],
             tonic::Code::OutOfRange,
         ),
     ];
-    for (what, body, code) in cases {
-        let tonic_answer = raw_call(&mut channel, &endpoint, "Compact", body).await;
+    for (what, frames, code) in cases {
+        let tonic_answer = raw_call(&mut channel, &endpoint, "Compact", frames).await;
         assert_eq!(tonic_answer.code(), code, "{what}: {tonic_answer:?}");
         for method in ["Put", "Range", "Txn", "DeleteRange"] {
-            let ours = raw_call(&mut channel, &endpoint, method, body).await;
+            let ours = raw_call(&mut channel, &endpoint, method, frames).await;
             assert_eq!(
                 (ours.code(), ours.message()),
                 (tonic_answer.code(), tonic_answer.message()),
@@ -223,17 +241,29 @@ async fn malformed_kv_bodies_get_tonics_answers() {
     // Bytes that are no protobuf message: tonic's code, prost's reason.
     let garbage = [0u8, 0, 0, 0, 2, 0xff, 0xff];
     for method in ["Put", "Range", "Txn", "DeleteRange", "Compact"] {
-        let s = raw_call(&mut channel, &endpoint, method, &garbage).await;
+        let s = raw_call(&mut channel, &endpoint, method, &[&garbage]).await;
         assert_eq!(s.code(), tonic::Code::Internal, "{method}: {s:?}");
         assert!(s.message().contains("varint"), "{method}: {s:?}");
     }
     // A well-formed put and range through the same raw path.
     let put = [0u8, 0, 0, 0, 6, 0x0a, 1, b'k', 0x12, 1, b'v'];
     assert_eq!(
-        raw_call(&mut channel, &endpoint, "Put", &put).await.code(),
+        raw_call(&mut channel, &endpoint, "Put", &[&put])
+            .await
+            .code(),
+        tonic::Code::Ok
+    );
+    // The same put of another key in three frames, the header split.
+    let pieces: [&[u8]; 3] = [&[0, 0], &[0, 0, 7, 0x0a, 2, b'k'], &[b'2', 0x12, 1, b'w']];
+    assert_eq!(
+        raw_call(&mut channel, &endpoint, "Put", &pieces)
+            .await
+            .code(),
         tonic::Code::Ok
     );
     let mut cl = client(&c, 0).await;
     let got = cl.get("k", None).await.expect("get");
     assert_eq!(got.kvs()[0].value(), b"v");
+    let got = cl.get("k2", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"w");
 }
