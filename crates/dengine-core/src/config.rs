@@ -57,6 +57,16 @@ pub struct Config {
     /// from a slow state machine, instead of a growing queue). One batch
     /// always goes out. Default 64 MiB.
     pub max_applying_bytes: u64,
+    /// Hold back the messages that carry nothing but a new commit index
+    /// (to a follower with its whole log and nothing in flight) until
+    /// [`crate::RawNode::send_commit_notices`] or the next tick, and drop
+    /// each one an append to the same follower overtakes (every append
+    /// carries the commit index). At one request at a time, the next
+    /// request's append usually comes first: one message, and one trip
+    /// through each follower, fewer per write. The cost is that a follower
+    /// learns the last commit of a burst up to that long after the leader.
+    /// Default false (sent at once, as etcd's raft does).
+    pub defer_commit_notices: bool,
 }
 
 impl Config {
@@ -80,6 +90,7 @@ impl Config {
             transfer_timeout_ticks: 10,
             max_apply_bytes: 4 << 20,
             max_applying_bytes: 64 << 20,
+            defer_commit_notices: false,
         }
     }
 

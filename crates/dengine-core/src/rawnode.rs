@@ -284,6 +284,21 @@ impl<S: LogStorage> RawNode<S> {
         self.guard(|r| r.report_snapshot(to, success))
     }
 
+    /// Sends the commit notices held back (see
+    /// [`Config::defer_commit_notices`]): to each follower no append has
+    /// reached since the commit index moved. The runtime calls this a short
+    /// while after [`RawNode::has_commit_notices_due`] became true; a tick
+    /// sends them too.
+    pub fn send_commit_notices(&mut self) -> Result<()> {
+        self.guard(|r| r.send_commit_notices())
+    }
+
+    /// Whether a commit notice is held back for some follower (see
+    /// [`RawNode::send_commit_notices`]).
+    pub fn has_commit_notices_due(&self) -> bool {
+        self.raft.has_commit_notices_due()
+    }
+
     /// Reports that `to` could not be reached.
     pub fn report_unreachable(&mut self, to: NodeId) {
         self.raft.report_unreachable(to);

@@ -407,3 +407,72 @@ fn a_follower_with_appends_in_flight_learns_the_commit_when_the_last_is_acknowle
         assert_eq!(commit(&c, id), base + 2, "node {id}");
     }
 }
+
+#[test]
+fn a_held_commit_notice_goes_when_asked_or_at_the_tick_unless_an_append_overtakes_it() {
+    let mut c = Cluster::with_config(3, |cfg: &mut dengine_core::Config| {
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+        cfg.defer_commit_notices = true;
+    });
+    c.elect(1);
+    c.stabilize();
+    c.node_mut(1).raw.send_commit_notices().unwrap();
+    c.stabilize();
+    let base = last_index(&c, 1);
+    assert_eq!(commit(&c, 2), base);
+
+    // The entry commits on the leader; the followers are not told (no
+    // message carries only the commit): the notice is held.
+    c.propose(1, b"a").unwrap();
+    c.stabilize();
+    assert_eq!(commit(&c, 1), base + 1);
+    assert_eq!(commit(&c, 2), base);
+    assert_eq!(commit(&c, 3), base);
+    assert!(c.node(1).raw.has_commit_notices_due());
+
+    // Asked, the leader sends it.
+    c.node_mut(1).raw.send_commit_notices().unwrap();
+    c.process_ready(NodeId(1));
+    assert_eq!(commits_told(&c, 2), vec![base + 1]);
+    assert_eq!(commits_told(&c, 3), vec![base + 1]);
+    assert!(!c.node(1).raw.has_commit_notices_due());
+    c.stabilize();
+    assert_eq!(commit(&c, 2), base + 1);
+
+    // The next append overtakes a held notice: it carries the commit, and
+    // the notice is dropped.
+    c.propose(1, b"b").unwrap();
+    c.stabilize();
+    assert!(c.node(1).raw.has_commit_notices_due());
+    c.propose(1, b"c").unwrap();
+    c.process_ready(NodeId(1));
+    assert!(!c.node(1).raw.has_commit_notices_due());
+    c.node_mut(1).raw.send_commit_notices().unwrap();
+    c.process_ready(NodeId(1));
+    assert_eq!(commits_told(&c, 2), Vec::<u64>::new());
+    assert_eq!(commits_told(&c, 3), Vec::<u64>::new());
+    let carried: Vec<u64> = c
+        .queue
+        .iter()
+        .filter(|e| is_entry_append(&e.msg))
+        .map(|e| match &e.msg.body {
+            MessageBody::AppendEntries { commit, .. } => commit.0,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(carried, vec![base + 2, base + 2]);
+
+    // A tick sends what is held.
+    c.stabilize();
+    assert_eq!(commit(&c, 1), base + 3);
+    assert_eq!(commit(&c, 2), base + 2);
+    assert!(c.node(1).raw.has_commit_notices_due());
+    c.tick(1);
+    assert_eq!(commits_told(&c, 2), vec![base + 3]);
+    assert_eq!(commits_told(&c, 3), vec![base + 3]);
+    c.stabilize();
+    for id in 1..=3 {
+        assert_eq!(commit(&c, id), base + 3, "node {id}");
+    }
+}

@@ -92,6 +92,15 @@ pub struct Config {
     /// applied; past it the node waits for the state machine instead of
     /// queueing more. Default 64 MiB.
     pub max_applying_bytes: u64,
+    /// How long a leader holds back a message that would carry nothing
+    /// but a new commit index to a follower, in microseconds: an append
+    /// to that follower within this time carries the commit instead, and
+    /// the message is not sent. At one request at a time, the next
+    /// request's append usually comes first, which saves each follower a
+    /// message and its answer per write. A follower learns the last commit
+    /// of a burst this much later (and never more than a tick later). 0:
+    /// sent at once. Default 1,000.
+    pub commit_notice_hold_us: u64,
 }
 
 impl Default for Config {
@@ -117,6 +126,7 @@ impl Default for Config {
             request_timeout_ms: 5_000,
             max_apply_bytes: 4 << 20,
             max_applying_bytes: 64 << 20,
+            commit_notice_hold_us: 1_000,
         }
     }
 }
@@ -304,7 +314,14 @@ impl Config {
         c.transfer_timeout_ticks = self.election_ticks;
         c.max_apply_bytes = self.max_apply_bytes;
         c.max_applying_bytes = self.max_applying_bytes;
+        c.defer_commit_notices = self.commit_notice_hold_us > 0;
         c
+    }
+
+    /// How long a leader holds back a commit notice (see
+    /// [`Config::commit_notice_hold_us`]).
+    pub fn commit_notice_hold(&self) -> Duration {
+        Duration::from_micros(self.commit_notice_hold_us)
     }
 
     /// The tick length.

@@ -13,8 +13,8 @@ use crate::error::Error;
 use crate::runtime::supervisor::Threads;
 use crate::runtime::telemetry;
 use crate::runtime::{
-    Channels, CoreLoop, DataSnapshot, Metrics, ProposalQueue, ReadLimit, ReadPolicy, Request,
-    Store, TickClock, spawn_applier, spawn_disk_thread, supervise,
+    Channels, CommitNoticeTimer, CoreLoop, DataSnapshot, Metrics, ProposalQueue, ReadLimit,
+    ReadPolicy, Request, Store, TickClock, spawn_applier, spawn_disk_thread, supervise,
 };
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
@@ -213,6 +213,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             inline_store: inline.then(|| store.clone()),
             disk_jobs: 0,
             held_commit: Default::default(),
+            commit_notices: CommitNoticeTimer::new(config.commit_notice_hold()),
             transfer: None,
             published: metrics_tx.borrow().clone(),
             progress_tick: 0,

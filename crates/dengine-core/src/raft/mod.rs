@@ -546,6 +546,7 @@ impl<S: LogStorage> Raft<S> {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
-        Ok(())
+        // A commit notice is held back a tick at most.
+        self.send_commit_notices()
     }
 }

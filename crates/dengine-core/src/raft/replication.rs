@@ -1,7 +1,7 @@
 //! Log replication: the leader's sending and acknowledgement handling, and
 //! the follower's side of AppendEntries, heartbeats and snapshots.
 
-use super::Raft;
+use super::{Raft, Role};
 use crate::error::{Error, Result, StorageError};
 use crate::log::AppendOutcome;
 use crate::message::{AppendRejection, MessageBody};
@@ -126,10 +126,49 @@ impl<S: LogStorage> Raft<S> {
         Ok(())
     }
 
+    /// Tells `to` the commit index, at once or, with
+    /// [`crate::Config::defer_commit_notices`], when the held notice is
+    /// sent ([`Raft::send_commit_notices`]) unless an append carries it
+    /// first.
+    fn send_commit(&mut self, to: NodeId, commit: LogIndex) -> Result<()> {
+        if self.cfg.defer_commit_notices {
+            if let Some(pr) = self.tracker.get_mut(to) {
+                pr.hold_commit_notice();
+            }
+            return Ok(());
+        }
+        self.send_commit_now(to, commit)
+    }
+
+    /// Sends the commit notices held back (see [`Raft::send_commit`]) to
+    /// the followers no append reached since.
+    pub(crate) fn send_commit_notices(&mut self) -> Result<()> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let commit = self.log.committed;
+        for id in self.tracker.ids() {
+            let due = id != self.id
+                && self
+                    .tracker
+                    .get_mut(id)
+                    .is_some_and(|pr| pr.take_commit_notice());
+            if due {
+                self.send_commit_now(id, commit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a commit notice is held back for some follower.
+    pub(crate) fn has_commit_notices_due(&self) -> bool {
+        self.role == Role::Leader && self.tracker.iter().any(|(_, pr)| pr.commit_notice_due)
+    }
+
     /// Tells `to` the commit index with an empty append anchored at its
     /// `matched` entry, which it durably has, so the append matches even if
     /// earlier appends are still in flight.
-    fn send_commit(&mut self, to: NodeId, commit: LogIndex) -> Result<()> {
+    fn send_commit_now(&mut self, to: NodeId, commit: LogIndex) -> Result<()> {
         let Some(matched) = self.tracker.get(to).map(|p| p.matched) else {
             return Ok(());
         };

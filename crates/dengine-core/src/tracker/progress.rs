@@ -55,6 +55,11 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Whether the node is a learner (receives the log but does not vote).
     pub is_learner: bool,
+    /// In [`ProgressState::Replicate`]: the commit index moved and the
+    /// follower is owed a message carrying it, held back (see
+    /// [`crate::Config::defer_commit_notices`]) in case an append carries it
+    /// first.
+    pub commit_notice_due: bool,
 }
 
 impl Progress {
@@ -75,15 +80,18 @@ impl Progress {
             recent_active: true,
             inflights: Inflights::new(max_inflight_msgs, max_inflight_bytes),
             is_learner: false,
+            commit_notice_due: false,
         }
     }
 
     /// Enters `state`, clearing what belongs to the previous state: the
-    /// in-flight window, `probe_sent` and `pending_snapshot`.
+    /// in-flight window, `probe_sent`, `pending_snapshot` and a held commit
+    /// notice.
     fn reset_state(&mut self, state: ProgressState) {
         self.state = state;
         self.probe_sent = false;
         self.pending_snapshot = LogIndex::ZERO;
+        self.commit_notice_due = false;
         self.inflights.reset();
     }
 
@@ -156,7 +164,11 @@ impl Progress {
     /// * Probe: the probe is outstanding (`probe_sent`); `next` stays, since
     ///   the follower may still reject it.
     /// * Snapshot: nothing (appends are not sent then).
+    ///
+    /// Every append carries the commit index, so a held commit notice is
+    /// no longer due.
     pub fn sent_append(&mut self, last: LogIndex, bytes: u64, had_entries: bool) {
+        self.commit_notice_due = false;
         match self.state {
             ProgressState::Replicate => {
                 if had_entries && last >= self.next {
@@ -167,6 +179,19 @@ impl Progress {
             ProgressState::Probe => self.probe_sent = true,
             ProgressState::Snapshot => {}
         }
+    }
+
+    /// The commit index moved and the follower (in
+    /// [`ProgressState::Replicate`], with nothing in flight) is owed a
+    /// message carrying it: held until [`Progress::take_commit_notice`] or
+    /// until an append carries it ([`Progress::sent_append`]).
+    pub fn hold_commit_notice(&mut self) {
+        self.commit_notice_due = self.state == ProgressState::Replicate;
+    }
+
+    /// Whether a held commit notice is due, clearing it: the caller sends it.
+    pub fn take_commit_notice(&mut self) -> bool {
+        std::mem::take(&mut self.commit_notice_due)
     }
 
     /// The follower rejected the append whose `prev` index was `rejected`,

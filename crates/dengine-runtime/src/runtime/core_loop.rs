@@ -12,6 +12,7 @@ use dengine_core::{
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::sync::{oneshot, watch};
 
+use super::commit_notices::CommitNoticeTimer;
 use super::held_commit::HeldCommit;
 use super::metrics::Metrics;
 use super::pending::{Pending, Proposal, ProposalQueue};
@@ -103,6 +104,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     /// A hard state that moves only the commit index, held back from the
     /// disk thread.
     pub(crate) held_commit: HeldCommit,
+    /// When the commit notices the core holds back go out.
+    pub(crate) commit_notices: CommitNoticeTimer,
     pub(crate) transfer: Option<PendingTransfer>,
     /// What was published last.
     pub(crate) published: Metrics,
@@ -147,7 +150,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
         let proposals = queue.notify.notified();
         tokio::pin!(proposals);
         loop {
-            let deadline = tokio::time::Instant::from_std(self.clock.deadline());
+            let next = self.commit_notices.deadline(self.clock.deadline());
+            let deadline = tokio::time::Instant::from_std(next);
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
@@ -181,12 +185,31 @@ impl<SM: StateMachine> CoreLoop<SM> {
             }
             if self.fatal.is_none() {
                 self.take_proposals();
+                self.send_commit_notices_when_due();
                 self.drain_ready();
+                self.time_commit_notices();
                 self.check_transfer();
             }
             self.publish_metrics(false);
         }
         self.stop();
+    }
+
+    /// Has the core send the commit notices it holds back once their time
+    /// came (after this turn's proposals, whose appends carry the commit
+    /// to the followers they reach: no notice goes to those).
+    fn send_commit_notices_when_due(&mut self) {
+        if self.commit_notices.fire(Instant::now())
+            && let Err(e) = self.raw.send_commit_notices()
+        {
+            self.fail(e.into());
+        }
+    }
+
+    /// Times the commit notices the core holds back after a turn.
+    fn time_commit_notices(&mut self) {
+        let held = self.raw.has_commit_notices_due();
+        self.commit_notices.update(held, Instant::now());
     }
 
     /// Takes what waits in every source, at most [`MAX_BATCH`] from each.

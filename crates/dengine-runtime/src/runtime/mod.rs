@@ -37,6 +37,7 @@
 
 mod apply;
 mod clock;
+mod commit_notices;
 mod core_loop;
 mod disk;
 mod held_commit;
@@ -224,6 +225,7 @@ impl Drop for ReadSlot {
 
 pub(crate) use apply::spawn_applier;
 pub(crate) use clock::TickClock;
+pub(crate) use commit_notices::CommitNoticeTimer;
 pub(crate) use disk::spawn_disk_thread;
 pub(crate) use pending::ProposalQueue;
 pub(crate) use supervisor::supervise;

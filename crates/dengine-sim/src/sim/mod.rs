@@ -63,7 +63,7 @@ impl SimOptions {
             faults: None,
             clients: 4,
             liveness_us: 20_000_000,
-            check_budget: 2_000_000,
+            check_budget: 20_000_000,
             stop_at_first_violation: true,
         }
     }
@@ -152,6 +152,8 @@ pub(crate) enum Event {
     /// The clients of the old leader of a lease race look at it (so many
     /// more times).
     LeaseRace(NodeId, u32),
+    /// The runtime's timer for held commit notices fires (node, epoch).
+    CommitNotices(NodeId, u64),
 }
 
 struct Scheduled {
@@ -295,6 +297,8 @@ impl<W: Workload> Sim<'_, W> {
         c.compaction_lag = self.profile.compaction_lag;
         c.lease_reads = true;
         c.lease_drift_ticks = 2;
+        // Both ways of telling followers the commit: at once, or held back.
+        c.defer_commit_notices = self.rng.next_u64().is_multiple_of(2);
         c
     }
 
@@ -359,6 +363,7 @@ impl<W: Workload> Sim<'_, W> {
             Event::ChaseRejoin(id, hold) => self.chase_rejoin_due(id, hold),
             Event::ChaseUnsynced(id, term, commit) => self.chase_unsynced_due(id, term, commit),
             Event::LeaseRace(id, looks) => self.lease_race_due(id, looks),
+            Event::CommitNotices(id, epoch) => self.on_commit_notices(id, epoch),
             Event::SnapshotStatus(from, to, ok) => {
                 if let Some(raw) = self.nodes.get_mut(&from).and_then(|n| n.raw.as_mut()) {
                     let _ = raw.report_snapshot(to, ok);
@@ -499,6 +504,25 @@ impl<W: Workload> Sim<'_, W> {
             self.log(|| format!("n{id} tick error: {e}"));
         }
         self.schedule(next.max(1), Event::Tick(id, epoch));
+        self.drain(id);
+    }
+
+    /// Sends the commit notices node `id` holds back, as the runtime's
+    /// timer does.
+    fn on_commit_notices(&mut self, id: NodeId, epoch: u64) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.epoch != epoch {
+            return;
+        }
+        node.notices_scheduled = false;
+        let Some(raw) = node.raw.as_mut() else {
+            return;
+        };
+        if let Err(e) = raw.send_commit_notices() {
+            self.log(|| format!("n{id} commit notices error: {e}"));
+        }
         self.drain(id);
     }
 

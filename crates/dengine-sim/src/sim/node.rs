@@ -39,6 +39,9 @@ pub(crate) struct SimNode<S> {
     /// Removed from the cluster for good.
     pub(crate) removed: bool,
     pub(crate) was_leader_in: Option<dengine_core::Term>,
+    /// A [`super::Event::CommitNotices`] is scheduled (see
+    /// `Config::defer_commit_notices`).
+    pub(crate) notices_scheduled: bool,
 }
 
 /// Splits a proposed command into the op id the simulator prefixed and the
@@ -71,6 +74,7 @@ impl<W: Workload> Sim<'_, W> {
             proposals: BTreeMap::new(),
             removed: false,
             was_leader_in: None,
+            notices_scheduled: false,
         };
         self.nodes.insert(id, node);
         {
@@ -128,6 +132,7 @@ impl<W: Workload> Sim<'_, W> {
         }
         node.raw = None;
         node.epoch = node.epoch.wrapping_add(1);
+        node.notices_scheduled = false;
         // A torn write: a prefix of the oldest batch's entries reached the
         // disk, without its hard state. Nothing of it was acknowledged.
         let mut torn = None;
@@ -163,6 +168,7 @@ impl<W: Workload> Sim<'_, W> {
             return;
         }
         node.epoch = node.epoch.wrapping_add(1);
+        node.notices_scheduled = false;
         self.boot(id);
     }
 
@@ -176,6 +182,14 @@ impl<W: Workload> Sim<'_, W> {
                 return;
             };
             if !raw.has_ready() {
+                // Held commit notices go a while later, as the runtime
+                // sends them (or at the node's next tick, whichever first).
+                if raw.has_commit_notices_due() && !node.notices_scheduled {
+                    node.notices_scheduled = true;
+                    let epoch = node.epoch;
+                    let delay = self.rng.range(1, super::TICK_US / 2);
+                    self.schedule(delay, Event::CommitNotices(id, epoch));
+                }
                 return;
             }
             let rd = match raw.ready() {
