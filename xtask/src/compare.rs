@@ -565,6 +565,32 @@ fn write_results(
             ratio
         ));
     }
+    // The load generator shares the cores: what it spends per operation,
+    // and the servers' CPU ratio, which does not depend on it.
+    md.push_str(
+        "\nCPU per operation, in microseconds: the three members together, and the load generator \
+         (`dengine-bench`, on the same cores). The last column is etcd's server CPU per operation \
+         over dengine's.\n\n",
+    );
+    md.push_str("| point | etcd server | etcd client | dengine server | dengine client | etcd/dengine server CPU |\n");
+    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for p in matrix(s.quick) {
+        let cpu = |sys: &str| figure(p.name, sys, &server_cpu);
+        let client = |sys: &str| figure(p.name, sys, &|r| r["client_cpu_us_per_op"].as_f64());
+        let ratio = match (cpu("etcd"), cpu("dengine")) {
+            (Some(e), Some(d)) if d > 0.0 => format!("{:.2}", e / d),
+            _ => "-".into(),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            p.name,
+            show(cpu("etcd"), 1),
+            show(client("etcd"), 1),
+            show(cpu("dengine"), 1),
+            show(client("dengine"), 1),
+            ratio
+        ));
+    }
     let peak = |sys: &str| {
         rows.iter()
             .filter(|r| r["system"] == sys)
