@@ -43,6 +43,7 @@ mod disk;
 mod held_commit;
 mod metrics;
 mod pending;
+mod ready;
 mod snapshot_thread;
 pub(crate) mod supervisor;
 pub mod telemetry;
