@@ -423,8 +423,12 @@ async fn a_slow_state_machine_does_not_stall_the_protocol() {
             .expect("start");
         nodes.insert(id, node);
     }
-    // The first slow batch runs on the runtime (and may cost an election
-    // on this one-thread runtime); it moves apply to a thread of its own.
+    // The first slow batch runs on the runtime of each node in turn; it
+    // moves apply to a thread of its own. On this one-thread runtime each
+    // of those runs may cost an election: a leader that catches up on the
+    // ticks it missed steps down before it reads its followers' answers.
+    // Those elections are over once a write goes through a leader after
+    // every node applied its first batch.
     let leader = leader_of(&nodes).await;
     nodes[&leader].propose(vec![1]).await.expect("propose");
     for n in nodes.values() {
@@ -432,7 +436,18 @@ async fn a_slow_state_machine_does_not_stall_the_protocol() {
             .await
             .expect("applied");
     }
-    let leader = leader_of(&nodes).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let leader = loop {
+        let leader = leader_of(&nodes).await;
+        match nodes[&leader].propose(vec![1]).await {
+            Ok(_) => break leader,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no write went through a leader: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let term = nodes[&leader].status().term;
     for _ in 0..6 {
         nodes[&leader].propose(vec![1]).await.expect("propose");
