@@ -540,17 +540,28 @@ fn write_results(
         s.seconds,
         s.rounds,
     ));
+    // `a / b` to two places, or "-".
+    let quotient = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_string(),
+    };
     md.push_str("| point | etcd ops/s | etcd p50 ms | etcd p99 ms | etcd server CPU us/op | dengine ops/s | dengine p50 ms | dengine p99 ms | dengine server CPU us/op | dengine/etcd |\n");
     md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    // The load generator shares the cores: what it spends per operation,
+    // and the servers' CPU ratio, which does not depend on it.
+    let mut cpu_table = String::from(
+        "\nCPU per operation, in microseconds: the three members together, and the load generator \
+         (`dengine-bench`, on the same cores). The last column is etcd's server CPU per operation \
+         over dengine's.\n\n\
+         | point | etcd server | etcd client | dengine server | dengine client | etcd/dengine server CPU |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
     for p in matrix(s.quick) {
         let rate = |sys: &str| figure(p.name, sys, &|r| r["ops_per_sec"].as_f64());
         let p50 = |sys: &str| figure(p.name, sys, &|r| r["latency_ms"]["p50"].as_f64());
         let p99 = |sys: &str| figure(p.name, sys, &|r| r["latency_ms"]["p99"].as_f64());
         let cpu = |sys: &str| figure(p.name, sys, &server_cpu);
-        let ratio = match (rate("dengine"), rate("etcd")) {
-            (Some(d), Some(e)) if e > 0.0 => format!("{:.2}", d / e),
-            _ => "-".into(),
-        };
+        let client = |sys: &str| figure(p.name, sys, &|r| r["client_cpu_us_per_op"].as_f64());
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             p.name,
@@ -562,35 +573,19 @@ fn write_results(
             show(p50("dengine"), 2),
             show(p99("dengine"), 2),
             show(cpu("dengine"), 1),
-            ratio
+            quotient(rate("dengine"), rate("etcd"))
         ));
-    }
-    // The load generator shares the cores: what it spends per operation,
-    // and the servers' CPU ratio, which does not depend on it.
-    md.push_str(
-        "\nCPU per operation, in microseconds: the three members together, and the load generator \
-         (`dengine-bench`, on the same cores). The last column is etcd's server CPU per operation \
-         over dengine's.\n\n",
-    );
-    md.push_str("| point | etcd server | etcd client | dengine server | dengine client | etcd/dengine server CPU |\n");
-    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
-    for p in matrix(s.quick) {
-        let cpu = |sys: &str| figure(p.name, sys, &server_cpu);
-        let client = |sys: &str| figure(p.name, sys, &|r| r["client_cpu_us_per_op"].as_f64());
-        let ratio = match (cpu("etcd"), cpu("dengine")) {
-            (Some(e), Some(d)) if d > 0.0 => format!("{:.2}", e / d),
-            _ => "-".into(),
-        };
-        md.push_str(&format!(
+        cpu_table.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             p.name,
             show(cpu("etcd"), 1),
             show(client("etcd"), 1),
             show(cpu("dengine"), 1),
             show(client("dengine"), 1),
-            ratio
+            quotient(cpu("etcd"), cpu("dengine"))
         ));
     }
+    md.push_str(&cpu_table);
     let peak = |sys: &str| {
         rows.iter()
             .filter(|r| r["system"] == sys)

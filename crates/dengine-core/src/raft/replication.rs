@@ -146,16 +146,15 @@ impl<S: LogStorage> Raft<S> {
         if self.role != Role::Leader {
             return Ok(());
         }
-        let commit = self.log.committed;
-        for id in self.tracker.ids() {
-            let due = id != self.id
-                && self
-                    .tracker
-                    .get_mut(id)
-                    .is_some_and(|pr| pr.take_commit_notice());
-            if due {
-                self.send_commit_now(id, commit)?;
-            }
+        let (me, commit) = (self.id, self.log.committed);
+        // Empty, so no allocation, on the ticks with none due.
+        let due: Vec<NodeId> = self
+            .tracker
+            .iter_mut()
+            .filter_map(|(id, pr)| (id != me && pr.take_commit_notice()).then_some(id))
+            .collect();
+        for id in due {
+            self.send_commit_now(id, commit)?;
         }
         Ok(())
     }

@@ -186,7 +186,9 @@ impl Progress {
     /// message carrying it: held until [`Progress::take_commit_notice`] or
     /// until an append carries it ([`Progress::sent_append`]).
     pub fn hold_commit_notice(&mut self) {
-        self.commit_notice_due = self.state == ProgressState::Replicate;
+        if self.state == ProgressState::Replicate {
+            self.commit_notice_due = true;
+        }
     }
 
     /// Whether a held commit notice is due, clearing it: the caller sends it.

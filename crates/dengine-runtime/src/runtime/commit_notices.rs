@@ -30,8 +30,10 @@ impl CommitNoticeTimer {
     }
 
     /// Whether the held notices are to go out now (the timer then stops).
-    pub(crate) fn fire(&mut self, now: Instant) -> bool {
-        let due = self.at.is_some_and(|at| at <= now);
+    /// The clock is read only while the timer runs: this is asked every
+    /// turn of the core.
+    pub(crate) fn fire(&mut self, now: impl FnOnce() -> Instant) -> bool {
+        let due = self.at.is_some_and(|at| at <= now());
         if due {
             self.at = None;
         }
@@ -39,12 +41,13 @@ impl CommitNoticeTimer {
     }
 
     /// After a turn of the core: started when notices are held (from the
-    /// first, not restarted by later ones), stopped when none are.
-    pub(crate) fn update(&mut self, held: bool, now: Instant) {
+    /// first, not restarted by later ones), stopped when none are. The
+    /// clock is read only to start it.
+    pub(crate) fn update(&mut self, held: bool, now: impl FnOnce() -> Instant) {
         if !held {
             self.at = None;
         } else if self.at.is_none() {
-            self.at = Some(now + self.hold);
+            self.at = Some(now() + self.hold);
         }
     }
 }
@@ -60,25 +63,25 @@ mod tests {
         let tick = t0 + Duration::from_millis(10);
         let mut timer = CommitNoticeTimer::new(hold);
         assert_eq!(timer.deadline(tick), tick);
-        assert!(!timer.fire(tick));
+        assert!(!timer.fire(|| tick));
 
         // Held at t0: due at t0 + hold, not restarted by a later turn.
-        timer.update(true, t0);
-        timer.update(true, t0 + Duration::from_micros(600));
+        timer.update(true, || t0);
+        timer.update(true, || t0 + Duration::from_micros(600));
         assert_eq!(timer.deadline(tick), t0 + hold);
-        assert!(!timer.fire(t0 + Duration::from_micros(999)));
-        assert!(timer.fire(t0 + hold));
+        assert!(!timer.fire(|| t0 + Duration::from_micros(999)));
+        assert!(timer.fire(|| t0 + hold));
         assert_eq!(timer.deadline(tick), tick);
-        assert!(!timer.fire(t0 + hold));
+        assert!(!timer.fire(|| t0 + hold));
 
         // Overtaken (none held after a turn): the timer stops.
-        timer.update(true, t0);
-        timer.update(false, t0 + Duration::from_micros(100));
-        assert!(!timer.fire(t0 + hold));
+        timer.update(true, || t0);
+        timer.update(false, || t0 + Duration::from_micros(100));
+        assert!(!timer.fire(|| t0 + hold));
         assert_eq!(timer.deadline(tick), tick);
 
         // A tick before the hold ends comes first.
-        timer.update(true, tick - Duration::from_micros(10));
+        timer.update(true, || tick - Duration::from_micros(10));
         assert_eq!(timer.deadline(tick), tick);
     }
 }

@@ -197,7 +197,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
     /// came (after this turn's proposals, whose appends carry the commit
     /// to the followers they reach: no notice goes to those).
     fn send_commit_notices_when_due(&mut self) {
-        if self.commit_notices.fire(Instant::now())
+        if self.commit_notices.fire(Instant::now)
             && let Err(e) = self.raw.send_commit_notices()
         {
             self.fail(e.into());
@@ -207,7 +207,7 @@ impl<SM: StateMachine> CoreLoop<SM> {
     /// Times the commit notices the core holds back after a turn.
     fn time_commit_notices(&mut self) {
         let held = self.raw.has_commit_notices_due();
-        self.commit_notices.update(held, Instant::now());
+        self.commit_notices.update(held, Instant::now);
     }
 
     /// Takes what waits in every source, at most [`MAX_BATCH`] from each.
