@@ -36,6 +36,7 @@
 pub use dengine_proto as proto;
 
 pub mod backup;
+mod client_port;
 pub mod etcd;
 mod join;
 pub mod members;

@@ -23,6 +23,7 @@ use dengine_proto::v3electionpb::election_server::ElectionServer;
 use dengine_proto::v3lockpb::lock_server::LockServer;
 use dengine_runtime::{Config, Node, NodeBuilder, StorageKind};
 use tokio::net::TcpListener;
+use tower_layer::Layer;
 
 use crate::tls::{Tls, TlsFiles};
 
@@ -587,14 +588,7 @@ impl Server {
             // Puts, ranges, txns and deletes skip tonic's router and codec
             // (same answers).
             let unary_kv = crate::etcd::UnaryKvLayer::new(KvService::new(core.clone()), max_client);
-            let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .max_concurrent_streams(cfg.limits.max_concurrent_streams)
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .layer(requests.clone())
-                .layer(traces)
-                .layer(unary_kv)
-                .add_service(kv)
+            let routes = tonic::service::Routes::new(kv)
                 .add_service(MaintenanceServer::new(MaintenanceService::new(
                     core.clone(),
                 )))
@@ -623,14 +617,31 @@ impl Server {
                 .add_service(AuthServer::new(AuthService::new(
                     core.clone(),
                     cfg.auth.clone(),
-                )));
-            tasks.push(serve!(
-                router,
-                listener,
-                client_tls.as_ref(),
-                "client",
-                stopped
-            ));
+                )))
+                .prepare();
+            // Outermost first: metrics see every request, traces too, then
+            // the direct KV path, then tonic's routes.
+            let service = requests.layer(traces.layer(unary_kv.layer(routes)));
+            let settings = crate::client_port::Http2Settings {
+                max_concurrent_streams: cfg.limits.max_concurrent_streams,
+                keepalive_interval: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(20),
+            };
+            let stop = stopped.clone();
+            tasks.push(match client_tls.as_ref() {
+                Some(tls) => tokio::spawn(crate::client_port::serve(
+                    crate::tls::incoming(listener, Arc::clone(tls), "client"),
+                    service,
+                    settings,
+                    stop,
+                )),
+                None => tokio::spawn(crate::client_port::serve(
+                    no_delay(listener),
+                    service,
+                    settings,
+                    stop,
+                )),
+            });
         }
         tracing::info!(member = %format!("{:x}", record.member_id.0),
             cluster = %format!("{:x}", record.cluster_id),
