@@ -39,7 +39,9 @@
 //! before (an `fdatasync` then writes the data alone, not the file's size
 //! as well: about half the time and CPU of syncing an append on ext4).
 //! The next segment is prepared by a thread of its own while the current
-//! one fills, as `<name>.wal.prep`, and renamed into place when needed; a
+//! one fills (its zeros paced to the rate the log is written at, so that
+//! they do not queue ahead of the log's syncs at the disk), as
+//! `<name>.wal.prep`, and renamed into place when needed; a
 //! `.prep` file a crash leaves is deleted when the store opens. A new
 //! store's first segment is 256 KiB, each next one twice its
 //! predecessor's size, up to [`WalOptions::segment_bytes`] (64 MiB). Once

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use dengine_core::LogIndex;
 use dengine_core::storage::checks::check_base_covered;
@@ -37,6 +38,8 @@ pub(crate) struct Journal {
     segment_bytes: u64,
     /// The next segment, being prepared.
     spare: Option<Spare>,
+    /// When the last segment was opened for appending.
+    opened: Instant,
     /// A segment was created since the last sync: the directory needs one.
     dir_dirty: bool,
     /// Why a write or sync failed: nothing after it can be trusted to be
@@ -45,6 +48,11 @@ pub(crate) struct Journal {
     /// A frame, kept to be reused.
     frame: Vec<u8>,
 }
+
+/// The longest a segment's zeros are spread over: a log written slowly
+/// would otherwise keep a thread preparing for hours, and one that
+/// speeds up would find its next segment far from ready.
+const MAX_PREPARATION: Duration = Duration::from_secs(10);
 
 fn name(seq: u64) -> String {
     format!("{seq:016x}.wal")
@@ -173,6 +181,7 @@ impl Journal {
             limit,
             segment_bytes,
             spare: None,
+            opened: Instant::now(),
             dir_dirty: true,
             failed: None,
             frame: Vec::new(),
@@ -196,8 +205,14 @@ impl Journal {
         let size = self.file.end();
         if size >= self.limit {
             self.start_segment(&checkpoint())?;
-        } else if self.spare.is_none() && size >= self.limit / 2 {
+        } else if self.spare.is_none() && size >= self.limit / 4 {
             self.prepare_next();
+        } else if size >= self.limit - self.limit / 8
+            && let Some(spare) = &mut self.spare
+        {
+            // Writes came faster than the pace assumed: the rest of the
+            // zeros go at once, so the segment is ready when needed.
+            spare.hurry();
         }
         self.write_frame(body)?;
         if let Some(seg) = self.segments.last_mut()
@@ -234,6 +249,7 @@ impl Journal {
         };
         self.file = file;
         self.limit = limit;
+        self.opened = Instant::now();
         self.segments.push(Segment {
             seq,
             path,
@@ -294,11 +310,16 @@ impl Journal {
         )
     }
 
-    /// Starts preparing the next segment in the background. If that
-    /// cannot start, the segment is made when it is needed.
+    /// Starts preparing the next segment in the background (once the
+    /// current one is a quarter full), its zeros spread over two and a
+    /// half times the time that quarter took: at an even rate of writes,
+    /// ready when the current segment is seven eighths full, when the rest
+    /// would be written at once anyway (see `spare`). If that cannot
+    /// start, the segment is made when it is needed.
     fn prepare_next(&mut self) {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        self.spare = Spare::start(seq, prepared_path(&self.dir, seq), self.next_len()).ok();
+        let over = (self.opened.elapsed() * 5 / 2).min(MAX_PREPARATION);
+        self.spare = Spare::start(seq, prepared_path(&self.dir, seq), self.next_len(), over).ok();
     }
 
     /// The prepared segment `seq`, renamed to `path`, with its size; none
@@ -321,10 +342,8 @@ impl Drop for Journal {
     fn drop(&mut self) {
         // Its file must not be written once the store is closed: another
         // store may open the directory next.
-        if let Some(spare) = self.spare.take()
-            && let Ok((_, path)) = spare.finish()
-        {
-            let _ = std::fs::remove_file(path);
+        if let Some(spare) = self.spare.take() {
+            spare.abandon();
         }
     }
 }
