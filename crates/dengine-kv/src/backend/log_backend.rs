@@ -18,7 +18,9 @@ use super::{BackendReader, Change, ChangeRef, KvBackend, Visit};
 
 mod chunked;
 mod locs;
+mod writeback;
 use locs::Locs;
+use writeback::Writeback;
 
 /// A segment is closed (synced) and the next begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -223,6 +225,10 @@ struct Inner {
     buf: Vec<u8>,
     segment_bytes: u64,
     gc_min_bytes: u64,
+    /// Writes the last segment's pages out as it fills (see `writeback`).
+    writeback: Writeback,
+    /// Bytes appended since the last nudge to `writeback`.
+    unnudged: u64,
 }
 
 impl std::fmt::Debug for LogBackend {
@@ -239,6 +245,7 @@ impl std::fmt::Debug for Inner {
             .field("keys", &self.map.len())
             .field("live", &self.live)
             .field("total", &self.total)
+            .field("writeback_syncs", &self.writeback.syncs())
             .finish()
     }
 }
@@ -302,6 +309,8 @@ impl Inner {
             buf: Vec::new(),
             segment_bytes,
             gc_min_bytes,
+            writeback: Writeback::start(),
+            unnudged: 0,
         };
         let last = seqs.last().copied();
         for seq in seqs {
@@ -416,6 +425,11 @@ impl Inner {
         }
         head.len += buf.len() as u64;
         self.total += buf.len() as u64;
+        self.unnudged += buf.len() as u64;
+        if self.unnudged >= writeback::EVERY_BYTES {
+            self.unnudged = 0;
+            self.writeback.nudge(&head.path);
+        }
         Ok((seq, at))
     }
 
