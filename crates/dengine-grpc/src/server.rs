@@ -27,10 +27,9 @@ use tower_layer::Layer;
 
 use crate::tls::{Tls, TlsFiles};
 
-/// Serves `router` on what `listener` accepts (over TLS with `tls`) until
-/// `stopped`, in a task of its own. (A macro: the two kinds of router, with
-/// and without the client layers, have types a function would have to
-/// spell out.)
+/// Serves `router` (the peer port's: the client port has `client_port`)
+/// on what `listener` accepts (over TLS with `tls`) until `stopped`, in a
+/// task of its own. (A macro: the router's type is long to spell out.)
 macro_rules! serve {
     ($router:expr, $listener:expr, $tls:expr, $port:expr, $stopped:expr) => {
         match $tls {
