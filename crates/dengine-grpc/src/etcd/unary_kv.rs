@@ -10,7 +10,10 @@
 //! the one message of the body, decodes it, calls the same [`KvService`]
 //! handler, and answers with one data frame and the `grpc-status`
 //! trailer. Everything else (a compressed request, any other method)
-//! goes on to tonic, before the body is touched.
+//! goes on to tonic, before the body is touched. An answer of a MiB or
+//! more (a range of many keys) is encoded on a blocking thread, so that
+//! the connection's task, which polls all of the connection's requests,
+//! is not held up by it.
 //!
 //! What a client sees is what tonic would answer: the same statuses, with
 //! the same messages, for a body that is empty, cut short, too large, or
@@ -162,15 +165,29 @@ async fn serve<Req, Resp, F, Fut>(
 ) -> HttpResponse<Body>
 where
     Req: prost::Message + Default,
-    Resp: prost::Message,
+    Resp: prost::Message + 'static,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    match decode::<Req>(message) {
-        Ok(m) => respond(handler(tonic::Request::from_parts(metadata, extensions, m)).await),
-        Err(status) => status.into_http(),
+    let answer = match decode::<Req>(message) {
+        Ok(m) => handler(tonic::Request::from_parts(metadata, extensions, m)).await,
+        Err(status) => return status.into_http(),
+    };
+    let len = answer.as_ref().map_or(0, |a| a.get_ref().encoded_len());
+    if len < ENCODE_APART_BYTES {
+        return respond(answer, len);
     }
+    // A large answer (a range of many keys) is encoded on a thread of its
+    // own: the connection's task, which polls every request of the
+    // connection (`client_port`), goes on serving the others meanwhile.
+    tokio::task::spawn_blocking(move || respond(answer, len))
+        .await
+        .unwrap_or_else(|_| Status::internal("encoding the response failed").into_http())
 }
+
+/// Answers of this many encoded bytes or more are encoded apart (see
+/// [`serve`]).
+const ENCODE_APART_BYTES: usize = 1 << 20;
 
 /// The length-prefixed message header: a compression flag and a length.
 const HEADER: usize = 5;
@@ -268,15 +285,18 @@ fn decode<M: prost::Message + Default>(message: &[u8]) -> Result<M, Status> {
     M::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// The HTTP response for a handler's answer: the message in one data
-/// frame and `grpc-status: 0` in the trailers, or the error trailers-only.
-fn respond<M: prost::Message>(answer: Result<tonic::Response<M>, Status>) -> HttpResponse<Body> {
+/// The HTTP response for a handler's answer, whose message encodes to
+/// `len` bytes: the message in one data frame and `grpc-status: 0` in the
+/// trailers, or the error trailers-only.
+fn respond<M: prost::Message>(
+    answer: Result<tonic::Response<M>, Status>,
+    len: usize,
+) -> HttpResponse<Body> {
     let answer = match answer {
         Ok(a) => a,
         Err(status) => return status.into_http(),
     };
     let (metadata, message, extensions) = answer.into_parts();
-    let len = message.encoded_len();
     let Ok(len32) = u32::try_from(len) else {
         return Status::out_of_range("response message too large").into_http();
     };

@@ -205,3 +205,55 @@ async fn kube_apiserver_request_patterns_work_while_a_member_restarts() {
         .revision();
     assert_eq!(same_hash(&c, now).await.1, at);
 }
+
+/// The value of object `i` of the big list: 1 KiB, its own.
+fn object(i: usize) -> String {
+    format!("{i:05}-").repeat(1024 / 6 + 1)[..1024].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaginated_list_of_megabytes_comes_whole_while_writes_go_on() {
+    // kube-apiserver lists a whole resource without a limit when asked
+    // to; its answer, over 1 MiB here, is encoded apart from the
+    // connection's task, and writes on the same connection go on.
+    let mut c = Cluster::new(3);
+    let leader = c.start_and_wait().await;
+    let leader = index_of(&c, leader).await;
+    let mut cl = client(&c, leader).await;
+    let prefix = "/registry/configmaps/big/";
+    const OBJECTS: usize = 2000;
+    for chunk in (0..OBJECTS).collect::<Vec<_>>().chunks(100) {
+        let puts: Vec<TxnOp> = chunk
+            .iter()
+            .map(|&i| TxnOp::put(format!("{prefix}c{i:05}"), object(i), None))
+            .collect();
+        assert!(
+            cl.txn(Txn::new().and_then(puts))
+                .await
+                .expect("txn")
+                .succeeded()
+        );
+    }
+    for round in 0..3 {
+        let mut lister = cl.clone();
+        let list = tokio::spawn(async move {
+            lister
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .expect("list")
+        });
+        // Writes on the same connection while the list is answered.
+        let mut writer = cl.clone();
+        for i in 0..20 {
+            let key = format!("/registry/events/e{round}-{i}");
+            writer.put(key, "v", None).await.expect("put");
+        }
+        let got = list.await.expect("joined");
+        assert_eq!(got.count(), OBJECTS as i64);
+        assert_eq!(got.kvs().len(), OBJECTS);
+        for (i, kv) in got.kvs().iter().enumerate() {
+            assert_eq!(kv.key_str().expect("utf-8"), format!("{prefix}c{i:05}"));
+            assert_eq!(kv.value_str().expect("utf-8"), object(i));
+        }
+    }
+}
