@@ -208,7 +208,7 @@ impl Journal {
         } else if self.spare.is_none() && size >= self.limit / 4 {
             self.prepare_next();
         } else if size >= self.limit - self.limit / 8
-            && let Some(spare) = &mut self.spare
+            && let Some(spare) = &self.spare
         {
             // Writes came faster than the pace assumed: the rest of the
             // zeros go at once, so the segment is ready when needed.

@@ -110,6 +110,16 @@ async fn range(client: &mut KvClient<Channel>, key: &str) -> Result<i64, Status>
     Ok(client.range(request).await?.into_inner().count)
 }
 
+/// A `slow` range on `client`'s connection, under way when this returns.
+async fn slow_request_in_flight(
+    client: &KvClient<Channel>,
+) -> tokio::task::JoinHandle<Result<i64, Status>> {
+    let mut client = client.clone();
+    let slow = tokio::spawn(async move { range(&mut client, "slow").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    slow
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_carries_its_connections_address() {
     let (addr, stop, served) = start().await;
@@ -149,9 +159,7 @@ async fn requests_of_one_connection_run_side_by_side() {
 async fn a_panicking_request_fails_alone() {
     let (addr, stop, served) = start().await;
     let mut client = connect(addr).await;
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move { range(&mut slow_client, "slow").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let slow = slow_request_in_flight(&client).await;
     let panicked = range(&mut client, "panic").await;
     assert!(panicked.is_err(), "a panicking request was answered");
     // The request in flight on the same connection, and the next one, are
@@ -166,9 +174,7 @@ async fn a_panicking_request_fails_alone() {
 async fn a_stop_lets_requests_in_flight_finish_then_closes() {
     let (addr, stop, served) = start().await;
     let mut client = connect(addr).await;
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move { range(&mut slow_client, "slow").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let slow = slow_request_in_flight(&client).await;
     let _ = stop.send(true);
     assert!(slow.await.expect("joined").expect("answered") > 0);
     tokio::time::timeout(Duration::from_secs(10), served)

@@ -754,6 +754,22 @@ mod tests {
     }
 
     #[test]
+    fn every_mib_appended_is_written_back_before_any_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = LogBackend::open(dir.path()).unwrap();
+        let value = "v".repeat(64 << 10);
+        for i in 0..40 {
+            b.write(vec![put(&format!("k{i}"), &value)]).unwrap();
+        }
+        // 2.5 MiB appended, no sync asked: the writeback thread synced.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while b.lock().writeback.syncs() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(b.lock().writeback.syncs() >= 1, "nothing was written back");
+    }
+
+    #[test]
     fn a_write_cut_short_is_dropped_whole_and_appends_go_on_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = LogBackend::open(dir.path()).unwrap();
