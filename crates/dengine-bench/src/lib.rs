@@ -1,8 +1,9 @@
 //! `dengine-bench`: a load generator for etcd's v3 API, modelled on etcd's
 //! `tools/benchmark` so its users know the flags. It speaks only etcd's
-//! API (the generated gRPC clients of etcd's protos), so the very same
-//! code drives a dengine cluster and an etcd cluster: only the endpoints
-//! differ.
+//! API (etcd's protos: the closed-loop workloads' unary calls made with
+//! `h2` directly, see [`lean`]; watch and lease streams with tonic's
+//! generated clients), so the very same code drives a dengine cluster and
+//! an etcd cluster: only the endpoints differ.
 //!
 //! ```text
 //! dengine-bench --endpoints 127.0.0.1:2379 --conns 8 --clients 256 --total 100000 put
@@ -23,6 +24,7 @@
 
 pub mod args;
 pub mod keys;
+pub mod lean;
 pub mod load;
 pub mod procfs;
 pub mod report;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dengine_proto::etcdserverpb as pb;
-use dengine_proto::etcdserverpb::kv_client::KvClient;
 use dengine_proto::etcdserverpb::lease_client::LeaseClient;
 use dengine_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use hdrhistogram::Histogram;
@@ -15,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::args::{Cli, Consistency, Global, Target, Workload};
 use crate::keys::Keys;
+use crate::lean::{self, LeanChannel};
 use crate::procfs;
 use crate::report::{Report, ServerUse, error_kind, new_histogram};
 
@@ -184,9 +184,21 @@ pub async fn run(cli: Cli) -> Result<Report, String> {
         Target::Leader => vec![find_leader(&urls).await?],
         Target::All => urls.clone(),
     };
+    // The closed-loop workloads' unary calls go over `lean` connections;
+    // the streams of the others over tonic's.
+    let unary_only = !matches!(
+        cli.workload,
+        Workload::Watch { .. } | Workload::LeaseKeepalive { .. }
+    );
     let mut channels = Vec::with_capacity(g.conns);
+    let mut lean_channels = Vec::with_capacity(g.conns);
     for i in 0..g.conns {
-        channels.push(connect(&targets[i % targets.len()]).await?);
+        let target = &targets[i % targets.len()];
+        if unary_only {
+            lean_channels.push(lean::connect(target).await?);
+        } else {
+            channels.push(connect(target).await?);
+        }
     }
     let budget = Arc::new(Budget::new(&g));
     let progress = (!g.quiet).then(|| tokio::spawn(report_progress(budget.clone())));
@@ -200,7 +212,7 @@ pub async fn run(cli: Cli) -> Result<Report, String> {
         Workload::LeaseKeepalive { leases } => {
             lease_keepalive(&g, &channels, &budget, *leases).await?
         }
-        w => closed_loop(&g, &channels, &budget, w).await,
+        w => closed_loop(&g, &lean_channels, &budget, w).await,
     };
     let seconds = gathered.started.elapsed().as_secs_f64();
     let cpu_after = cpu_now(&g.pids);
@@ -273,7 +285,7 @@ enum Op {
 /// runs out.
 async fn closed_loop(
     g: &Global,
-    channels: &[Channel],
+    channels: &[LeanChannel],
     budget: &Arc<Budget>,
     workload: &Workload,
 ) -> Gathered {
@@ -290,8 +302,7 @@ async fn closed_loop(
     let mut tasks = Vec::with_capacity(g.clients);
     let started = Instant::now();
     for c in 0..g.clients {
-        let mut kv = KvClient::new(channels[c % channels.len()].clone())
-            .max_decoding_message_size(usize::MAX);
+        let mut kv = channels[c % channels.len()].clone();
         let mut keys = Keys::new(
             c,
             g.clients,
@@ -303,6 +314,11 @@ async fn closed_loop(
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Gathered::new();
+            // The value is sent from here each time, not copied.
+            let mut put = pb::PutRequest {
+                value: value.clone(),
+                ..Default::default()
+            };
             while budget.take() {
                 let op = if txn {
                     Op::Txn
@@ -315,23 +331,30 @@ async fn closed_loop(
                 let key = keys.next_key();
                 let t = Instant::now();
                 let res = match op {
-                    Op::Put => kv
-                        .put(pb::PutRequest {
-                            key,
-                            value: value.clone(),
-                            ..Default::default()
-                        })
-                        .await
-                        .map(drop),
+                    Op::Put => {
+                        put.key = key;
+                        kv.unary::<_, pb::PutResponse>("/etcdserverpb.KV/Put", &put)
+                            .await
+                            .map(drop)
+                    }
                     Op::Range(serializable) => kv
-                        .range(pb::RangeRequest {
-                            key,
-                            serializable,
-                            ..Default::default()
-                        })
+                        .unary::<_, pb::RangeResponse>(
+                            "/etcdserverpb.KV/Range",
+                            &pb::RangeRequest {
+                                key,
+                                serializable,
+                                ..Default::default()
+                            },
+                        )
                         .await
                         .map(drop),
-                    Op::Txn => kv.txn(cas(key, value.clone())).await.map(drop),
+                    Op::Txn => kv
+                        .unary::<_, pb::TxnResponse>(
+                            "/etcdserverpb.KV/Txn",
+                            &cas(key, value.clone()),
+                        )
+                        .await
+                        .map(drop),
                 };
                 match res {
                     Ok(()) => got.ok(t.elapsed()),

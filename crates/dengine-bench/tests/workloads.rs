@@ -146,6 +146,31 @@ async fn every_workload_runs_against_a_member_and_reports_its_figures() {
     let timed = bench(&endpoint, &["--clients", "2", "--duration", "300ms", "put"]).await;
     assert!(timed.ops > 0 && timed.seconds < 5.0);
 
+    // A refusal is counted by its code and etcd's message, read from the
+    // answer's trailers.
+    let refused = bench(
+        &endpoint,
+        &[
+            "--clients",
+            "2",
+            "--total",
+            "6",
+            "--val-size",
+            "2000000",
+            "put",
+        ],
+    )
+    .await;
+    assert_eq!(refused.ops, 0);
+    assert_eq!(
+        refused
+            .errors
+            .get("InvalidArgument: etcdserver: request is too large"),
+        Some(&6),
+        "{:?}",
+        refused.errors
+    );
+
     // 20 watchers over 4 streams see every one of 30 puts.
     let w = bench(
         &endpoint,
