@@ -17,6 +17,7 @@
 //! headers, for an answer with no body).
 
 use std::future::poll_fn;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
@@ -30,15 +31,41 @@ use tonic::{Code, Status};
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
-/// One HTTP/2 connection; clone it for each client that shares it.
+/// One HTTP/2 connection, shared by the clients that hold a clone. When
+/// it fails (the member restarted, say), the first client to find out
+/// connects again and the others take the new connection, as tonic's
+/// channel would.
 #[derive(Clone)]
 pub struct LeanChannel {
     send: h2::client::SendRequest<Bytes>,
     authority: Authority,
+    /// Which connection of the shared ones `send` is.
+    generation: u64,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    url: String,
+    /// The current connection, and its generation.
+    current: tokio::sync::Mutex<(u64, h2::client::SendRequest<Bytes>)>,
 }
 
 /// A connection to `url` (`http://host:port`).
 pub async fn connect(url: &str) -> Result<LeanChannel, String> {
+    let (send, authority) = open(url).await?;
+    Ok(LeanChannel {
+        send: send.clone(),
+        authority,
+        generation: 0,
+        shared: Arc::new(Shared {
+            url: url.to_string(),
+            current: tokio::sync::Mutex::new((0, send)),
+        }),
+    })
+}
+
+/// Opens an HTTP/2 connection to `url`; its sender and authority.
+async fn open(url: &str) -> Result<(h2::client::SendRequest<Bytes>, Authority), String> {
     let fault = |e: &dyn std::fmt::Display| format!("connecting to {url}: {e}");
     let uri: Uri = url.parse().map_err(|e| fault(&e))?;
     if uri.scheme() != Some(&Scheme::HTTP) {
@@ -64,7 +91,7 @@ pub async fn connect(url: &str) -> Result<LeanChannel, String> {
         // calls made on it.
         let _ = connection.await;
     });
-    Ok(LeanChannel { send, authority })
+    Ok((send, authority))
 }
 
 impl LeanChannel {
@@ -75,9 +102,10 @@ impl LeanChannel {
         path: &'static str,
         request: &Q,
     ) -> Result<R, Status> {
-        poll_fn(|cx| self.send.poll_ready(cx))
-            .await
-            .map_err(h2_status)?;
+        if let Err(e) = poll_fn(|cx| self.send.poll_ready(cx)).await {
+            self.reconnect().await;
+            return Err(h2_status(e));
+        }
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
@@ -103,8 +131,10 @@ impl LeanChannel {
         }
         // An answer with no body carries its status in its headers.
         if recv.is_end_stream() {
-            return Err(failure(&parts.headers)
-                .unwrap_or_else(|| Status::internal("an answer with neither message nor status")));
+            return Err(match failure(&parts.headers) {
+                Some(status) if status.code() != Code::Ok => status,
+                _ => Status::internal("an answer without a message"),
+            });
         }
         let mut message = BytesMut::new();
         while let Some(chunk) = recv.data().await {
@@ -120,6 +150,22 @@ impl LeanChannel {
             Some(_) => unframed(message),
             None => Err(Status::internal("an answer without a grpc-status")),
         }
+    }
+
+    /// Takes the shared connection, after opening a new one if it is
+    /// still the one that failed. (The call that found it failed counts
+    /// as failed; the next goes over the new one.)
+    async fn reconnect(&mut self) {
+        let mut current = self.shared.current.lock().await;
+        if current.0 == self.generation {
+            match open(&self.shared.url).await {
+                Ok((send, _)) => *current = (current.0 + 1, send),
+                // Still down: the next call tries again.
+                Err(_) => return,
+            }
+        }
+        self.generation = current.0;
+        self.send = current.1.clone();
     }
 }
 

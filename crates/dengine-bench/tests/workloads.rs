@@ -19,7 +19,12 @@ fn port() -> u16 {
 }
 
 async fn member(dir: &std::path::Path) -> (Server, String) {
-    let (client, peer) = (port(), port());
+    member_at(dir, (port(), port())).await
+}
+
+/// A member on the client and peer ports given (its data in `dir`, kept
+/// from one start to the next).
+async fn member_at(dir: &std::path::Path, (client, peer): (u16, u16)) -> (Server, String) {
     let url = |p: u16| format!("http://127.0.0.1:{p}");
     let cfg = ServerConfig {
         name: "m0".into(),
@@ -201,4 +206,47 @@ async fn every_workload_runs_against_a_member_and_reports_its_figures() {
     assert!(err.contains("the leader is not among --endpoints"), "{err}");
 
     server.shutdown().await.expect("stop");
+}
+
+/// A lean connection whose member went away is opened again once the
+/// member is back: the call that found it gone fails as unavailable, the
+/// next ones succeed, on every clone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lean_channel_connects_again_when_its_member_is_back() {
+    use dengine_proto::etcdserverpb as pb;
+    const PUT: &str = "/etcdserverpb.KV/Put";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = (port(), port());
+    let (server, endpoint) = member_at(dir.path(), ports).await;
+    let mut first = dengine_bench::lean::connect(&format!("http://{endpoint}"))
+        .await
+        .expect("connects");
+    let mut second = first.clone();
+    let put = pb::PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let done: pb::PutResponse = first.unary(PUT, &put).await.expect("a put");
+    let before = done.header.expect("a header").revision;
+    server.shutdown().await.expect("stopped");
+    let gone = first.unary::<_, pb::PutResponse>(PUT, &put).await;
+    assert_eq!(
+        gone.map(drop).map_err(|s| s.code()),
+        Err(tonic::Code::Unavailable)
+    );
+    let (server, _) = member_at(dir.path(), ports).await;
+    let mut revisions = Vec::new();
+    for which in [0, 1, 0] {
+        let channel = if which == 0 { &mut first } else { &mut second };
+        // A clone still on the old connection finds it gone first.
+        let mut answer = channel.unary::<_, pb::PutResponse>(PUT, &put).await;
+        if answer.is_err() {
+            answer = channel.unary(PUT, &put).await;
+        }
+        let header = answer.expect("a put after the restart").header;
+        revisions.push(header.expect("a header").revision);
+    }
+    assert_eq!(revisions, [before + 1, before + 2, before + 3]);
+    server.shutdown().await.expect("stopped");
 }
