@@ -96,6 +96,41 @@ pub fn read(bytes: &[u8], at: usize) -> Read<'_> {
     )
 }
 
+/// What the bytes at the start of `rest` are, taken as one frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Whole<'a> {
+    /// A frame that checks: its body, and its length with its header.
+    Frame(&'a [u8], usize),
+    /// Fewer bytes than its header, or than its header says.
+    Short,
+    /// A header whose length does not match its checksum.
+    BadHeader,
+    /// A whole frame whose body does not match its checksum.
+    BadBody(&'a [u8]),
+}
+
+/// Reads `rest` as one frame, with no guess at why it may not check.
+pub(crate) fn read_whole(rest: &[u8]) -> Whole<'_> {
+    let Some((header, after)) = rest.split_first_chunk::<HEADER>() else {
+        return Whole::Short;
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, len_crc, crc) = (word(0), word(4), word(8));
+    if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+        return Whole::BadHeader;
+    }
+    let len = len as usize;
+    let Some(body) = after.get(..len) else {
+        return Whole::Short;
+    };
+    if crc32fast::hash(body) == crc {
+        Whole::Frame(body, HEADER + len)
+    } else {
+        Whole::BadBody(body)
+    }
+}
+
 /// Where the bytes of `bytes` that are not zeros end: a segment's
 /// records, and what a crash left of a torn one, end there; only zeros
 /// follow (a prepared segment's, or none).

@@ -88,6 +88,7 @@ mod direct;
 pub mod frame;
 mod log;
 mod record;
+mod sectors;
 mod segment;
 mod spare;
 
