@@ -72,7 +72,10 @@ pub(crate) enum Sector {
 /// short) holds for segment `seq`.
 pub(crate) fn classify(bytes: &[u8], seq: u64, index: u64) -> Sector {
     let Some(found) = bytes.first_chunk::<TAG>() else {
-        return if bytes.iter().all(|&b| b == 0) {
+        // The file ends inside the tag: a write cut short, if what there
+        // is of it is the tag's start (or zeros).
+        let ours = tag(seq, index);
+        return if bytes.iter().all(|&b| b == 0) || ours.starts_with(bytes) {
             Sector::Stale
         } else {
             Sector::Bad
@@ -139,6 +142,8 @@ impl Packer {
 pub(crate) struct Unpacked {
     /// The frames' bytes of the current sectors from the first on.
     pub(crate) frames: Vec<u8>,
+    /// Where those sectors end in the file.
+    pub(crate) current_end: u64,
     /// What ends them: the file's end, or a stale or bad sector, and
     /// whether a current or bad sector comes later (damage).
     after: After,
@@ -157,9 +162,13 @@ pub(crate) fn unpack(bytes: &[u8], seq: u64) -> Unpacked {
     let mut frames = Vec::with_capacity(bytes.len());
     let mut sectors = bytes.chunks(SECTOR).zip(0u64..);
     let mut after = After::Nothing;
+    let mut current_end = 0;
     for (sector, index) in sectors.by_ref() {
         match classify(sector, seq, index) {
-            Sector::Current => frames.extend_from_slice(&sector[TAG.min(sector.len())..]),
+            Sector::Current => {
+                frames.extend_from_slice(&sector[TAG.min(sector.len())..]);
+                current_end += sector.len() as u64;
+            }
             Sector::Stale => break,
             Sector::Bad => {
                 after = After::Damage(index);
@@ -175,7 +184,11 @@ pub(crate) fn unpack(bytes: &[u8], seq: u64) -> Unpacked {
             }
         }
     }
-    Unpacked { frames, after }
+    Unpacked {
+        frames,
+        current_end,
+        after,
+    }
 }
 
 impl Unpacked {

@@ -13,6 +13,7 @@ use crate::direct::{self, Appender, BLOCK};
 use crate::frame::{self, Read};
 use crate::log::Log;
 use crate::record::{self, BadRecord, Record};
+use crate::sectors::{self, Packer};
 use crate::spare::{self, Spare};
 
 /// One segment file.
@@ -22,6 +23,8 @@ struct Segment {
     path: PathBuf,
     /// The greatest index of the entries written to it, if any.
     max_index: Option<LogIndex>,
+    /// In tagged sectors (see `sectors`): it may be used again.
+    tagged: bool,
 }
 
 /// The segments, and the last one open for appending.
@@ -45,9 +48,21 @@ pub(crate) struct Journal {
     /// Why a write or sync failed: nothing after it can be trusted to be
     /// durable, so every later call fails.
     pub(crate) failed: Option<String>,
+    /// How the last segment's frames are laid out in tagged sectors;
+    /// none for a segment of the layout before (frames only).
+    packer: Option<Packer>,
     /// A frame, kept to be reused.
     frame: Vec<u8>,
+    /// A frame in tagged sectors, kept to be reused.
+    packed: Vec<u8>,
+    /// A deleted segment's file, kept to be written over by a later one
+    /// instead of a file of new zeros (see `recycle`).
+    recycled: Option<PathBuf>,
 }
+
+/// What a segment's file is renamed to once a compaction covers it, to
+/// be used again (a `.prep` file: deleted if the store opens with it).
+const RECYCLED: &str = "recycled.wal.prep";
 
 /// The longest a segment's zeros are spread over: a log written slowly
 /// would otherwise keep a thread preparing for hours, and one that
@@ -91,6 +106,7 @@ impl Journal {
                 seq,
                 path: item.path(),
                 max_index: None,
+                tagged: false,
             });
         }
         segments.sort_by_key(|s| s.seq);
@@ -101,8 +117,11 @@ impl Journal {
         }
         let mut log = Log::default();
         let mut valid_end = 0u64;
-        // Of the last segment: where its bytes that are not zeros end, and
-        // its bytes from the block its records end in to their end.
+        // Of the last segment: where its records' frames end (in the
+        // file, and among the frames for a tagged one), where the bytes a
+        // crash may have left after them end, and its bytes from the
+        // block its records end in to their end.
+        let mut frames_end = 0u64;
         let mut written_end = 0u64;
         let mut tail = Vec::new();
         let count = segments.len();
@@ -110,12 +129,38 @@ impl Journal {
             let at_fault = |what: String| format!("segment {}: {what}", name(seg.seq));
             let bytes =
                 std::fs::read(&seg.path).map_err(|e| at_fault(format!("reading it: {e}")))?;
-            let (end, max_index) =
-                replay(&bytes, &mut log, i == 0, i + 1 == count).map_err(at_fault)?;
+            let (first, last) = (i == 0, i + 1 == count);
+            seg.tagged = sectors::is_tagged(&bytes, seg.seq);
+            let (end, max_index, remains_end, frames) = if seg.tagged {
+                let unpacked = sectors::unpack(&bytes, seg.seq);
+                let (end, max_index) =
+                    replay(|at| unpacked.read(at), &mut log, first, last).map_err(at_fault)?;
+                // A crash may have left sectors of a torn write after
+                // the last whole record: all current sectors past it are
+                // cleared (below), or one of them, left after a stale
+                // one, would read as damage.
+                let end_in_file = sectors::file_len(end as u64);
+                let clean = unpacked.current_end
+                    <= end_in_file.next_multiple_of(sectors::SECTOR as u64)
+                    && unpacked.frames[end..].iter().all(|&b| b == 0);
+                let remains = if clean {
+                    end_in_file
+                } else {
+                    unpacked.current_end
+                };
+                (end_in_file, max_index, remains, end as u64)
+            } else {
+                let (end, max_index) = replay(|at| frame::read(&bytes, at), &mut log, first, last)
+                    .map_err(at_fault)?;
+                let written = frame::written_end(&bytes) as u64;
+                (end as u64, max_index, written, end as u64)
+            };
             seg.max_index = max_index;
-            valid_end = end as u64;
-            if i + 1 == count {
-                written_end = frame::written_end(&bytes) as u64;
+            valid_end = end;
+            if last {
+                frames_end = frames;
+                written_end = remains_end;
+                let end = end as usize;
                 tail = bytes[end - end % BLOCK..end].to_vec();
             }
         }
@@ -131,8 +176,10 @@ impl Journal {
                     seq: 1,
                     path,
                     max_index: None,
+                    tagged: true,
                 });
-                Journal::with(dir, segments, file, len, segment_bytes)
+                let packer = Packer::new(1, 0);
+                Journal::with(dir, segments, file, len, segment_bytes, Some(packer))
             }
             Some(last) => {
                 let at_fault = |what: String| format!("segment {}: {what}", name(last.seq));
@@ -154,7 +201,8 @@ impl Journal {
                 } else {
                     segment_bytes
                 };
-                Journal::with(dir, segments, file, limit, segment_bytes)
+                let packer = last.tagged.then(|| Packer::new(last.seq, frames_end));
+                Journal::with(dir, segments, file, limit, segment_bytes, packer)
             }
         };
         if journal.file.end() == 0 {
@@ -173,6 +221,7 @@ impl Journal {
         file: Appender,
         limit: u64,
         segment_bytes: u64,
+        packer: Option<Packer>,
     ) -> Journal {
         Journal {
             dir: dir.to_path_buf(),
@@ -184,7 +233,10 @@ impl Journal {
             opened: Instant::now(),
             dir_dirty: true,
             failed: None,
+            packer,
             frame: Vec::new(),
+            packed: Vec::new(),
+            recycled: None,
         }
     }
 
@@ -226,7 +278,15 @@ impl Journal {
     fn write_frame(&mut self, body: impl FnOnce(&mut Vec<u8>)) -> Result<(), String> {
         self.frame.clear();
         frame::push_with(&mut self.frame, body);
-        if let Err(e) = self.file.append(&self.frame) {
+        let written = match &mut self.packer {
+            Some(packer) => {
+                self.packed.clear();
+                packer.pack(&self.frame, &mut self.packed);
+                self.file.append(&self.packed)
+            }
+            None => self.file.append(&self.frame),
+        };
+        if let Err(e) = written {
             return Err(self.fail(format!("writing a record: {e}")));
         }
         Ok(())
@@ -249,11 +309,13 @@ impl Journal {
         };
         self.file = file;
         self.limit = limit;
+        self.packer = Some(Packer::new(seq, 0));
         self.opened = Instant::now();
         self.segments.push(Segment {
             seq,
             path,
             max_index: None,
+            tagged: true,
         });
         self.dir_dirty = true;
         self.write_frame(|out| out.extend_from_slice(checkpoint))
@@ -286,7 +348,10 @@ impl Journal {
         if covered == 0 {
             return Ok(());
         }
-        for seg in self.segments.drain(..covered) {
+        for seg in self.segments.drain(..covered).collect::<Vec<_>>() {
+            if self.recycled.is_none() && seg.tagged && self.recycle(&seg.path) {
+                continue;
+            }
             match std::fs::remove_file(&seg.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -294,6 +359,24 @@ impl Journal {
             }
         }
         sync_dir(&self.dir).map_err(|e| format!("syncing the directory: {e}"))
+    }
+
+    /// Keeps the file at `path`, a segment a compaction covers, to be
+    /// written over by a later segment (renamed, so that it is never read
+    /// as a segment again); whether it did. Only a file of the full
+    /// segment size is kept, and one at a time.
+    ///
+    /// Written over, a file's sectors of the segment before read as stale
+    /// (see `sectors`), so it needs no zeros first: a segment then costs
+    /// the disk its records alone, not its records and as many zeros.
+    fn recycle(&mut self, path: &Path) -> bool {
+        let full = std::fs::metadata(path).is_ok_and(|m| m.len() >= self.segment_bytes);
+        let kept = self.dir.join(RECYCLED);
+        if full && std::fs::rename(path, &kept).is_ok() {
+            self.recycled = Some(kept);
+            return true;
+        }
+        false
     }
 
     fn fail(&mut self, why: String) -> String {
@@ -318,8 +401,16 @@ impl Journal {
     /// start, the segment is made when it is needed.
     fn prepare_next(&mut self) {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let (path, len) = (prepared_path(&self.dir, seq), self.next_len());
+        if len == self.segment_bytes
+            && let Some(kept) = self.recycled.take()
+            && std::fs::rename(&kept, &path).is_ok()
+        {
+            self.spare = Some(Spare::reused(seq, path, len));
+            return;
+        }
         let over = (self.opened.elapsed() * 5 / 2).min(MAX_PREPARATION);
-        self.spare = Spare::start(seq, prepared_path(&self.dir, seq), self.next_len(), over).ok();
+        self.spare = Spare::start(seq, path, len, over).ok();
     }
 
     /// The prepared segment `seq`, renamed to `path`, with its size; none
@@ -386,11 +477,12 @@ fn zero(path: &Path, from: u64, to: u64) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Replays one segment's records into `log`; the first segment's
-/// checkpoint sets the metadata, later ones only follow. Returns where
-/// its last whole record ends and the greatest index of its entries.
-fn replay(
-    bytes: &[u8],
+/// Replays one segment's records into `log`, as `read` reads the frame
+/// at an offset of its frames; the first segment's checkpoint sets the
+/// metadata, later ones only follow. Returns where its last whole record
+/// ends and the greatest index of its entries.
+fn replay<'a>(
+    read: impl Fn(usize) -> Read<'a>,
     log: &mut Log,
     first_segment: bool,
     last_segment: bool,
@@ -398,7 +490,7 @@ fn replay(
     let mut at = 0;
     let mut max_index = None;
     loop {
-        match frame::read(bytes, at) {
+        match read(at) {
             Read::Frame(body, next) => {
                 let record = record::decode(body).map_err(|e| describe(e, at))?;
                 match record {

@@ -132,6 +132,22 @@ fn fill(mut file: File, is_direct: bool, len: u64, pace: &Pace) -> std::io::Resu
     Appender::new(file, is_direct, 0, &[])
 }
 
+/// A file used again, open for writing at offset 0. Written around the
+/// page cache, its older bytes stay until written over, as tagged sectors
+/// need; written through it (where the system refuses direct writes), a
+/// last sector written in part would keep older bytes after the records,
+/// so the file is cleared first (a file of holes, which read as zeros).
+fn open_again(path: &Path) -> std::io::Result<Appender> {
+    let (file, is_direct) = direct::open(path, File::options().write(true))?;
+    if !is_direct {
+        let len = file.metadata()?.len();
+        file.set_len(0)?;
+        file.set_len(len)?;
+        file.sync_all()?;
+    }
+    Appender::new(file, is_direct, 0, &[])
+}
+
 /// A segment being prepared in the background.
 pub(crate) struct Spare {
     /// The sequence number it is for.
@@ -141,7 +157,9 @@ pub(crate) struct Spare {
     /// Its size.
     pub(crate) len: u64,
     mode: Arc<AtomicU8>,
-    thread: JoinHandle<std::io::Result<Appender>>,
+    /// The thread writing its zeros; none for a file used again, which
+    /// is ready as it is (see `Spare::reused`).
+    thread: Option<JoinHandle<std::io::Result<Appender>>>,
 }
 
 impl Spare {
@@ -168,8 +186,21 @@ impl Spare {
             path,
             len,
             mode,
-            thread,
+            thread: Some(thread),
         })
+    }
+
+    /// The file at `path`, which held an older segment in tagged sectors,
+    /// for segment `seq` of `len` bytes: written over as it is, its
+    /// sectors read as stale (see `sectors`), so it needs no zeros.
+    pub(crate) fn reused(seq: u64, path: PathBuf, len: u64) -> Spare {
+        Spare {
+            seq,
+            path,
+            len,
+            mode: Arc::new(AtomicU8::new(AT_ONCE)),
+            thread: None,
+        }
     }
 
     /// Waits for it to be ready, writing what zeros are left at once: its
@@ -177,10 +208,12 @@ impl Spare {
     /// preparation's: the file may be partly written, and is removed.
     pub(crate) fn finish(self) -> std::io::Result<(Appender, PathBuf)> {
         self.tell(AT_ONCE);
-        let done = self
-            .thread
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the thread preparing it panicked")));
+        let done = match self.thread {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the thread preparing it panicked"))),
+            None => open_again(&self.path),
+        };
         match done {
             Ok(file) => Ok((file, self.path)),
             Err(e) => {
@@ -194,7 +227,9 @@ impl Spare {
     /// removes its file.
     pub(crate) fn abandon(self) {
         self.tell(ABANDONED);
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 
@@ -208,7 +243,9 @@ impl Spare {
 
     fn tell(&self, mode: u8) {
         self.mode.store(mode, Ordering::Release);
-        self.thread.thread().unpark();
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
     }
 }
 
@@ -232,7 +269,10 @@ mod tests {
         let spare =
             Spare::start(1, path.clone(), 4 * MIB, Duration::from_secs(20)).expect("started");
         std::thread::sleep(Duration::from_millis(300));
-        assert!(!spare.thread.is_finished(), "the zeros were not paced");
+        assert!(
+            !spare.thread.as_ref().expect("a thread").is_finished(),
+            "the zeros were not paced"
+        );
         // Needed now: the rest is written at once.
         let started = Instant::now();
         spare.hurry();
