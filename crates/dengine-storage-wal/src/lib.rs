@@ -26,8 +26,13 @@
 //!
 //! A directory of **segments**, `0000000000000001.wal`, `…02.wal`, …
 //! (the sequence number in 16 hex digits), and a `LOCK` file that one
-//! process holds locked while the store is open. A segment is a sequence
-//! of frames (`frame`: length, checksums, body); each frame holds one
+//! process holds locked while the store is open. A segment is 512-byte
+//! sectors, each with a tag of 8 bytes (the segment's sequence number and
+//! the sector's place, with a checksum: see `sectors`) and 504 bytes of a
+//! sequence of frames (`frame`: length, checksums, body), which run on
+//! from one sector to the next. (Segments written before this layout are
+//! frames alone; they are still read, and appended to in their layout.)
+//! Each frame holds one
 //! record (`record`): a checkpoint of the whole metadata (first in every
 //! segment), a write (a snapshot installed, a hard state, entries), a
 //! compaction, the identity, a snapshot's metadata. A write record of
@@ -35,20 +40,26 @@
 //! [`LogStore::write`] does. Entries are in the core's record codec, each
 //! with its own CRC32.
 //!
-//! Each segment is written over zeros that were written and synced
-//! before (an `fdatasync` then writes the data alone, not the file's size
-//! as well: about half the time and CPU of syncing an append on ext4).
-//! The next segment is prepared by a thread of its own while the current
-//! one fills (its zeros paced to the rate the log is written at, so that
-//! they do not queue ahead of the log's syncs at the disk), as
-//! `<name>.wal.prep`, and renamed into place when needed; a
-//! `.prep` file a crash leaves is deleted when the store opens. A new
-//! store's first segment is 256 KiB, each next one twice its
-//! predecessor's size, up to [`WalOptions::segment_bytes`] (64 MiB). Once
-//! the current segment's records fill it, the next record goes into the
-//! next segment, which starts with a checkpoint. A segment is deleted once a
-//! compaction (synced) covers every entry it holds: the checkpoints of
-//! the segments after it hold all the metadata it did.
+//! Each segment is written over bytes that are already on disk (an
+//! `fdatasync` then writes the data alone, not the file's size as well:
+//! about half the time and CPU of syncing an append on ext4): over zeros
+//! written and synced before, or over an older segment's file. The next
+//! segment is prepared while the current one fills, as
+//! `<name>.wal.prep`, and renamed into place when needed; a `.prep` file
+//! a crash leaves is deleted when the store opens. A new store's first
+//! segment is 256 KiB, each next one twice its predecessor's size, up to
+//! [`WalOptions::segment_bytes`] (64 MiB). Once the current segment's
+//! records fill it, the next record goes into the next segment, which
+//! starts with a checkpoint. A segment is done with once a compaction
+//! (synced) covers every entry it holds (the checkpoints of the segments
+//! after it hold all the metadata it did): the first such file of the
+//! full size is kept, as `recycled.wal.prep`, and the next full-size
+//! segment is written over it; others are deleted. Only when there is no
+//! such file is the next segment's file written with zeros first, by a
+//! thread of its own, paced to the rate the log is written at, so that
+//! they do not queue ahead of the log's syncs at the disk. (Written over
+//! an older segment, the log costs the disk its records alone, where
+//! zeros first would double that.)
 //!
 //! ## Memory
 //!
@@ -69,13 +80,19 @@
 //! compaction, the identity and a snapshot's metadata are synced before
 //! the call returns.
 //!
-//! When the store opens, each segment is read to its end. The last
-//! segment may end with a record that was never wholly written (a crash
-//! during a write that `sync` had not made durable, so nobody was told it
-//! was): a record that runs past the end of the file, or whose checksum
-//! fails and part of which reads as zeros, with only zeros after it. That
-//! record is overwritten with zeros (so that what is appended next is not
-//! followed by its remains) and the store opens with what came before. Anything
+//! When the store opens, each segment is read to its end: the frames of
+//! its sectors tagged for it, from the first on. The last segment may end
+//! with a record that was never wholly written (a crash during a write
+//! that `sync` had not made durable, so nobody was told it was): a record
+//! that runs on into a sector still as it was before (an older segment's
+//! tag, or zeros), with no sector of this segment after it (in the layout
+//! before: a record that runs past the end of the file, or whose checksum
+//! fails and part of which reads as zeros, with only zeros after it).
+//! That record is overwritten with zeros (so that what is appended next
+//! is not followed by its remains) and the store opens with what came
+//! before. A sector a crash can leave only as it was or as written, so a
+//! record whose sectors are all this segment's and whose checksum fails
+//! is damage, as is a sector whose tag is no segment's. Anything
 //! else that does not check (a bad checksum elsewhere, a damaged length,
 //! an entry that does not decode, a missing entry) fails the open with
 //! [`StorageError::Fatal`], naming the segment and, where it can, the

@@ -9,10 +9,11 @@
 //! overwriting. (`fallocate` would not help: its blocks are marked
 //! unwritten, and the first write to them changes the block map.)
 //!
-//! So a segment is written over zeros that were written, and synced,
-//! before: the next segment is prepared by a thread of its own while the
-//! current one fills, and renamed into place when it is needed. Zeros
-//! after the last record read as the end of a segment (see `frame`).
+//! So a segment is written over bytes already on disk: a file an older
+//! segment left (`Spare::reused`, whose sectors read as stale, see
+//! `sectors`), or else zeros that were written, and synced, before: the
+//! next segment is prepared by a thread of its own while the current one
+//! fills, and renamed into place when it is needed.
 //!
 //! The zeros are written at a pace, spread over most of the time the
 //! current segment is expected to take to fill: written as fast as the
