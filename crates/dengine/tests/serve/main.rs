@@ -138,6 +138,12 @@ async fn a_leader_killed_under_load_loses_no_acknowledged_write_and_rejoins() {
             }
         }));
     }
+    // Writes under way (on a loaded machine the writers' first puts can
+    // take a while), then a little more load before the kill.
+    let waiting = Instant::now();
+    while acked.lock().expect("lock").is_empty() && waiting.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = acked.lock().expect("lock").len();
     assert!(before > 0, "writes were acknowledged before the kill");
