@@ -8,7 +8,7 @@
 //! not taken for a frame cut short by the end of the file.
 
 /// The unit a disk writes whole.
-const SECTOR: usize = 512;
+pub(crate) const SECTOR: usize = 512;
 
 /// Bytes of a frame's header.
 pub const HEADER: usize = 12;
@@ -57,28 +57,18 @@ pub fn read(bytes: &[u8], at: usize) -> Read<'_> {
     if rest.iter().all(|&b| b == 0) {
         return Read::End;
     }
-    let Some((header, after)) = rest.split_first_chunk::<HEADER>() else {
-        // Some bytes, not zeros, shorter than a header: the header itself
-        // was torn.
-        return Read::Torn;
-    };
-    let word =
-        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    let (len, len_crc, crc) = (word(0), word(4), word(8));
-    if crc32fast::hash(&len.to_le_bytes()) != len_crc {
-        if after.iter().all(|&b| b == 0) {
-            return Read::Torn;
+    let body = match read_whole(rest) {
+        Whole::Frame(body, len) => return Read::Frame(body, at + len),
+        // Some bytes, not zeros, fewer than a header or than the header
+        // says: written in part.
+        Whole::Short => return Read::Torn,
+        Whole::BadHeader if rest[HEADER..].iter().all(|&b| b == 0) => return Read::Torn,
+        Whole::BadHeader => {
+            return Read::Damaged(format!("a damaged record header at offset {at}"), None);
         }
-        return Read::Damaged(format!("a damaged record header at offset {at}"), None);
-    }
-    let len = len as usize;
-    if after.len() < len {
-        return Read::Torn;
-    }
-    let body = &after[..len];
-    if crc32fast::hash(body) == crc {
-        return Read::Frame(body, at + HEADER + len);
-    }
+        Whole::BadBody(body) => body,
+    };
+    let len = body.len();
     let end = at + HEADER + len;
     // Sectors are written whole: a write cut by a crash reads as zeros
     // from a sector boundary inside it to the end of the file, or has a

@@ -29,10 +29,8 @@
 //! of frames, over zeros; its first sector is not tagged, so it is read
 //! as before.)
 
+pub(crate) use crate::frame::SECTOR;
 use crate::frame::{self, Read};
-
-/// The unit a disk writes whole.
-pub(crate) const SECTOR: usize = 512;
 
 /// Bytes of a sector's tag.
 const TAG: usize = 8;

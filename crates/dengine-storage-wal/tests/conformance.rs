@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 
 use dengine_core::testing::store_suite::{self, StoreHarness};
 use dengine_core::{
-    ConfState, Entry, EntryPayload, HardState, LogIndex, LogStorage, LogStore, MetaStore, NodeId,
-    SnapshotMeta, StorageError, StoreIdentity, Term,
+    ConfState, HardState, LogIndex, LogStorage, LogStore, MetaStore, NodeId, SnapshotMeta,
+    StorageError, StoreIdentity, Term,
 };
 use dengine_storage_wal::frame::written_end;
 use dengine_storage_wal::{WalOptions, WalStore};
+
+mod common;
+use common::{all, ents, names};
 
 struct WalHarness {
     root: tempfile::TempDir,
@@ -90,27 +93,6 @@ impl StoreHarness for WalHarness {
 #[test]
 fn wal_store_passes_the_conformance_suite() {
     store_suite::run_all(&mut WalHarness::new());
-}
-
-fn ent(index: u64, term: u64, len: usize) -> Entry {
-    Entry {
-        term: Term(term),
-        index: LogIndex(index),
-        payload: EntryPayload::Normal(vec![(index % 251) as u8 + 1; len].into()),
-    }
-}
-
-fn ents(lo: u64, hi: u64, term: u64, len: usize) -> Vec<Entry> {
-    (lo..=hi).map(|i| ent(i, term, len)).collect()
-}
-
-fn all(s: &WalStore) -> Vec<Entry> {
-    s.entries(
-        s.first_index().unwrap(),
-        s.last_index().unwrap().next(),
-        u64::MAX,
-    )
-    .unwrap()
 }
 
 fn fatal(r: Result<WalStore, StorageError>) -> String {
@@ -313,15 +295,6 @@ fn a_store_is_opened_by_one_owner_at_a_time() {
 
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

@@ -9,32 +9,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use dengine_core::{
-    ConfState, Entry, EntryPayload, LogIndex, LogStorage, LogStore, MetaStore, SnapshotMeta,
-    StorageError, Term,
+    ConfState, Entry, LogIndex, LogStorage, LogStore, MetaStore, SnapshotMeta, StorageError, Term,
 };
 use dengine_storage_wal::{WalOptions, WalStore};
 
+mod common;
+use common::{all, ents, names};
+
 const SECTOR: usize = 512;
 const TAG: usize = 8;
-
-fn ents(lo: u64, hi: u64, term: u64, len: usize) -> Vec<Entry> {
-    (lo..=hi)
-        .map(|i| Entry {
-            term: Term(term),
-            index: LogIndex(i),
-            payload: EntryPayload::Normal(vec![(i % 251) as u8; len].into()),
-        })
-        .collect()
-}
-
-fn all(s: &WalStore) -> Vec<Entry> {
-    s.entries(
-        s.first_index().unwrap(),
-        s.last_index().unwrap().next(),
-        u64::MAX,
-    )
-    .unwrap()
-}
 
 /// Fails naming the first entry that differs (the entries are too large
 /// to print).
@@ -48,15 +31,6 @@ fn assert_same(got: &[Entry], want: &[Entry], what: &str) {
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
         panic!("{what}: entry {} differs", got[i].index);
     }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 fn inode(path: &Path) -> u64 {
@@ -205,9 +179,9 @@ fn a_torn_write_over_an_older_segment_leaves_a_clean_prefix_and_damage_is_found(
     drop(s);
 
     // A synced entry damaged is found and named, not taken for a torn end:
-    // entry lo-1 is the last one synced, 3000 bytes of its index.
+    // entry lo-1 is the last one synced, 3000 bytes of one value.
     let mut damaged = synced.clone();
-    let mark = ((lo - 1) % 251) as u8;
+    let mark = ((lo - 1) % 251) as u8 + 1;
     let at = damaged
         .windows(400)
         .position(|w| w.iter().all(|&b| b == mark))

@@ -9,9 +9,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dengine_core::{
-    ConfState, Entry, EntryPayload, LogIndex, LogStorage, LogStore, MetaStore, SnapshotMeta, Term,
+    ConfState, Entry, LogIndex, LogStorage, LogStore, MetaStore, SnapshotMeta, Term,
 };
 use dengine_storage_wal::{WalOptions, WalStore};
+
+mod common;
+
+/// Entry `index`, as the writer writes it.
+fn entry(index: u64) -> Entry {
+    common::ent(index, 1, 3000)
+}
 
 /// Set in the child: the store's directory.
 const CHILD: &str = "DENGINE_WAL_REUSE_CRASH_DIR";
@@ -22,14 +29,6 @@ fn options() -> WalOptions {
     // files are used again within the first second.
     WalOptions {
         segment_bytes: 256 * 1024,
-    }
-}
-
-fn entry(index: u64) -> Entry {
-    Entry {
-        term: Term(1),
-        index: LogIndex(index),
-        payload: EntryPayload::Normal(vec![(index % 251) as u8; 3000].into()),
     }
 }
 
