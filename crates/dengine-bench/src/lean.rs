@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -131,7 +131,7 @@ impl LeanChannel {
         }
         // An answer with no body carries its status in its headers.
         if recv.is_end_stream() {
-            return Err(match failure(&parts.headers) {
+            return Err(match Status::from_header_map(&parts.headers) {
                 Some(status) if status.code() != Code::Ok => status,
                 _ => Status::internal("an answer without a message"),
             });
@@ -145,7 +145,7 @@ impl LeanChannel {
             message.extend_from_slice(&chunk);
         }
         let trailers = recv.trailers().await.map_err(h2_status)?;
-        match trailers.as_ref().and_then(failure) {
+        match trailers.as_ref().and_then(Status::from_header_map) {
             Some(status) if status.code() != Code::Ok => Err(status),
             Some(_) => unframed(message),
             None => Err(Status::internal("an answer without a grpc-status")),
@@ -200,11 +200,6 @@ fn unframed<R: Message + Default>(message: BytesMut) -> Result<R, Status> {
     R::decode(rest).map_err(|e| Status::internal(format!("an answer that does not decode: {e}")))
 }
 
-/// The status `headers` (or trailers) carry, if any.
-fn failure(headers: &HeaderMap) -> Option<Status> {
-    Status::from_header_map(headers)
-}
-
 /// An HTTP/2 failure as the status tonic would have given it.
 fn h2_status(e: h2::Error) -> Status {
     let code = if e.is_io() || e.is_go_away() {
@@ -244,19 +239,5 @@ mod tests {
         long.put_u8(0);
         assert!(unframed::<pb::PutRequest>(long).is_err());
         assert!(unframed::<pb::PutRequest>(BytesMut::from(&[0u8, 0][..])).is_err());
-    }
-
-    #[test]
-    fn a_status_in_the_trailers_is_read_with_its_message() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("9"));
-        trailers.insert(
-            "grpc-message",
-            HeaderValue::from_static("etcdserver:%20key%20not%20found"),
-        );
-        let status = failure(&trailers).expect("a status");
-        assert_eq!(status.code(), Code::FailedPrecondition);
-        assert_eq!(status.message(), "etcdserver: key not found");
-        assert!(failure(&HeaderMap::new()).is_none());
     }
 }
