@@ -137,8 +137,19 @@ impl<SM: StateMachine> NodeBuilder<SM> {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-        let disk = spawn_disk_thread(store.clone(), snapshots.clone(), disk_rx, ev_tx.clone())
-            .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
+        let transport = match (transport, &network) {
+            (Some(t), _) => t,
+            (None, Some(net)) => net.transport(id),
+            (None, None) => Arc::new(NoTransport),
+        };
+        let disk = spawn_disk_thread(
+            store.clone(),
+            snapshots.clone(),
+            transport.clone(),
+            disk_rx,
+            ev_tx.clone(),
+        )
+        .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
         let apply = spawn_applier(
             state_machine,
             applied,
@@ -151,11 +162,6 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             requests: req_tx,
             inbox: inbox_tx,
             events: ev_tx,
-        };
-        let transport = match (transport, &network) {
-            (Some(t), _) => t,
-            (None, Some(net)) => net.transport(id),
-            (None, None) => Arc::new(NoTransport),
         };
         let st = raw.status();
         let (metrics_tx, metrics_rx) = watch::channel(Metrics {

@@ -566,8 +566,11 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 return;
             }
             Event::SnapshotReport(to, ok) => self.raw.report_snapshot(to, ok),
-            Event::Persisted(batches) => {
+            Event::Persisted(batches, unreachable) => {
                 self.disk_jobs = self.disk_jobs.saturating_sub(batches.len());
+                for to in unreachable {
+                    self.raw.report_unreachable(to);
+                }
                 let mut res = Ok(());
                 for (persisted, messages) in batches {
                     if let Err(e) = self.raw.on_persisted(persisted) {

@@ -17,16 +17,28 @@
 //! A write of the log is a device round trip (the write-ahead log writes
 //! with `O_DIRECT`), and under light load every write's commit cost one,
 //! in front of the next write's entry.
+//!
+//! The acknowledgements of appends that waited for a group's sync are sent
+//! from here, straight to the transport, the moment the sync returns:
+//! handing them to the core task first cost a follower one more wake-up
+//! on every write's path (the leader waits for them to commit). Every
+//! other message that waited (votes, and whatever a node sends before its
+//! new term is durable) still goes back to the core task, which sends it
+//! with what only it knows (snapshot data, traces, telemetry).
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use dengine_core::{Message, MessageBody, NodeId};
+
 use super::{DiskJob, Event, Store, panic_message};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
+use crate::transport::Transport;
 
 /// Most jobs gathered into one sync.
 const MAX_GROUP: usize = 4096;
@@ -38,6 +50,7 @@ pub(crate) const IDLE_WRITE: Duration = Duration::from_millis(100);
 pub(crate) fn spawn_disk_thread(
     store: Store,
     snapshots: SnapshotStore,
+    transport: Arc<dyn Transport>,
     jobs: Receiver<DiskJob>,
     events: UnboundedSender<Event>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -45,7 +58,7 @@ pub(crate) fn spawn_disk_thread(
         .name("dengine-disk".into())
         .spawn(move || {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&store, &snapshots, &jobs, &events)
+                run(&store, &snapshots, &*transport, &jobs, &events)
             }));
             let why = match run {
                 Ok(Ok(())) => return,
@@ -62,6 +75,7 @@ pub(crate) fn spawn_disk_thread(
 fn run(
     store: &Store,
     snapshots: &SnapshotStore,
+    transport: &dyn Transport,
     jobs: &Receiver<DiskJob>,
     events: &UnboundedSender<Event>,
 ) -> Result<(), Error> {
@@ -181,8 +195,11 @@ fn run(
             // Old snapshots only cost space; the node works on.
             tracing::warn!(error = %e, "removing old snapshots failed");
         }
-        if !written.is_empty() && events.send(Event::Persisted(written)).is_err() {
-            return Ok(());
+        if !written.is_empty() {
+            let unreachable = send_acknowledgements(transport, &mut written);
+            if events.send(Event::Persisted(written, unreachable)).is_err() {
+                return Ok(());
+            }
         }
         for (meta, data) in saved {
             if events.send(Event::SnapshotSaved(meta, data)).is_err() {
@@ -193,6 +210,35 @@ fn run(
             return Ok(());
         }
     }
+}
+
+/// Sends the append acknowledgements among the messages that waited for
+/// `written` to be durable (it is, now), leaving the rest for the core
+/// task. Returns the peers found unreachable, for the core to hear of.
+fn send_acknowledgements(
+    transport: &dyn Transport,
+    written: &mut [(dengine_core::Persisted, Vec<Message>)],
+) -> Vec<NodeId> {
+    let mut unreachable = Vec::new();
+    for (_, messages) in written.iter_mut() {
+        if !messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }))
+        {
+            continue;
+        }
+        for m in std::mem::take(messages) {
+            if matches!(m.body, MessageBody::AppendEntriesResponse { .. }) {
+                let to = m.to;
+                if transport.send(m).is_err() {
+                    unreachable.push(to);
+                }
+            } else {
+                messages.push(m);
+            }
+        }
+    }
+    unreachable
 }
 
 /// Plain writes gathered into one: later entries replace earlier ones from
@@ -248,6 +294,37 @@ mod tests {
     };
 
     use super::*;
+    use crate::transport::{SnapshotData, SnapshotDone, Unreachable};
+
+    /// A transport that records what it was given and how many syncs the
+    /// store had made by then; it refuses messages to node 9.
+    struct Recording {
+        store: Arc<Counting>,
+        sent: std::sync::Mutex<Vec<(Message, usize)>>,
+    }
+
+    impl Transport for Recording {
+        fn send(&self, msg: Message) -> Result<(), Unreachable> {
+            let to = msg.to;
+            let syncs = self.store.syncs.load(Ordering::SeqCst);
+            self.sent.lock().expect("lock").push((msg, syncs));
+            if to == NodeId(9) {
+                return Err(Unreachable);
+            }
+            Ok(())
+        }
+
+        fn send_snapshot(&self, _: Message, _: SnapshotData, done: SnapshotDone) {
+            done.failed();
+        }
+    }
+
+    fn recording(store: &Arc<Counting>) -> Arc<Recording> {
+        Arc::new(Recording {
+            store: store.clone(),
+            sent: Default::default(),
+        })
+    }
 
     /// A memory store that counts its syncs.
     #[derive(Default)]
@@ -337,12 +414,14 @@ mod tests {
         let store: Store = counting.clone();
         let (jobs, rx) = std::sync::mpsc::channel();
         let (events, mut persisted) = tokio::sync::mpsc::unbounded_channel();
-        let thread = spawn_disk_thread(store, SnapshotStore::memory(), rx, events).expect("spawn");
+        let transport = recording(&counting);
+        let thread = spawn_disk_thread(store, SnapshotStore::memory(), transport, rx, events)
+            .expect("spawn");
         // Each job waits for the one before, so each is a group alone.
         let mut run = |batch: PersistBatch| {
             jobs.send(DiskJob::Write(batch)).expect("send");
             match persisted.blocking_recv() {
-                Some(Event::Persisted(done)) => assert_eq!(done.len(), 1),
+                Some(Event::Persisted(done, _)) => assert_eq!(done.len(), 1),
                 _ => panic!("a persisted batch"),
             }
             counting.syncs.load(Ordering::SeqCst)
@@ -379,5 +458,70 @@ mod tests {
         jobs.send(DiskJob::Stop).expect("stop");
         thread.join().expect("the disk thread ends");
         assert_eq!(written_commit(), 3, "a commit waiting is written on stop");
+    }
+
+    fn message(to: u64, body: MessageBody) -> Message {
+        Message {
+            from: NodeId(1),
+            to: NodeId(to),
+            term: Term(1),
+            body,
+        }
+    }
+
+    /// The acknowledgements of a batch's entries leave from the disk
+    /// thread once they are synced, not before; the core hears of the
+    /// peers they could not reach, and gets every other message to send.
+    #[test]
+    fn acknowledgements_are_sent_after_the_sync_and_the_rest_go_to_the_core() {
+        let counting = Arc::new(Counting::default());
+        let store: Store = counting.clone();
+        let transport = recording(&counting);
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let (events, mut persisted) = tokio::sync::mpsc::unbounded_channel();
+        let thread = spawn_disk_thread(
+            store,
+            SnapshotStore::memory(),
+            transport.clone(),
+            rx,
+            events,
+        )
+        .expect("spawn");
+        let ack = |to| {
+            message(
+                to,
+                MessageBody::AppendEntriesResponse {
+                    result: Ok(LogIndex(1)),
+                },
+            )
+        };
+        let vote = message(
+            3,
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            },
+        );
+        let batch = PersistBatch {
+            entries: vec![entry(1)],
+            hard_state: Some(hard_state(1, 3, 0)),
+            messages: vec![ack(2), vote.clone(), ack(9)],
+            ..Default::default()
+        };
+        jobs.send(DiskJob::Write(batch)).expect("send");
+        let Some(Event::Persisted(done, unreachable)) = persisted.blocking_recv() else {
+            panic!("a persisted batch");
+        };
+        let sent = transport.sent.lock().expect("lock").clone();
+        assert_eq!(
+            sent,
+            vec![(ack(2), 1), (ack(9), 1)],
+            "both acknowledgements were sent, each after the one sync"
+        );
+        assert_eq!(unreachable, vec![NodeId(9)]);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].1, vec![vote], "the vote is the core's to send");
+        jobs.send(DiskJob::Stop).expect("stop");
+        thread.join().expect("the disk thread ends");
     }
 }

@@ -116,8 +116,10 @@ pub(crate) enum Request<SM: StateMachine> {
 pub(crate) enum Event {
     SnapshotReport(NodeId, bool),
     /// Batches made durable: what each persisted, and the messages that
-    /// waited for it.
-    Persisted(Vec<(Persisted, Vec<Message>)>),
+    /// waited for it and are the core task's to send (the disk thread sent
+    /// the append acknowledgements itself); then the peers those sends
+    /// found unreachable.
+    Persisted(Vec<(Persisted, Vec<Message>)>, Vec<NodeId>),
     Applied(LogIndex),
     /// A snapshot made: with the state machine's data, or without
     /// (`None`: the state machine made its state durable itself, see
