@@ -19,6 +19,7 @@
 //!   the engine and the transport to judge.
 
 mod convert;
+mod feed;
 mod identity;
 mod server;
 mod snapshot_send;

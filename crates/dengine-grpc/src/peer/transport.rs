@@ -18,16 +18,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dengine_core::{Message, NodeId};
-use dengine_proto::peer as wire;
 use dengine_proto::peer::peer_client::PeerClient;
 use dengine_runtime::snapshot::SnapshotData;
 use dengine_runtime::{SnapshotDone, Transport, Unreachable};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use super::convert::message_to_wire;
+use super::feed::{Feed, LinkShared};
 use super::{PeerIdentity, backoff};
-use crate::telemetry::peers::{KindCounts, LinkMeter};
+use crate::telemetry::peers::LinkMeter;
 use crate::tls::Tls;
 
 /// Tuning of the peer links.
@@ -92,7 +91,7 @@ pub struct LinkStats {
 
 /// A message on its way to a peer, with the trace context of the traced
 /// entries it carries (almost always none).
-type Outgoing = (Message, Vec<String>);
+pub(crate) type Outgoing = (Message, Vec<String>);
 
 struct Link {
     queue: mpsc::Sender<Outgoing>,
@@ -158,13 +157,19 @@ impl GrpcTransport {
         let (tx, rx) = mpsc::channel(self.inner.config.queue_len.max(1));
         let up = Arc::new(AtomicBool::new(true));
         let meter = Arc::new(LinkMeter::sending(id));
+        let shared = Arc::new(LinkShared {
+            queue: tokio::sync::Mutex::new(rx),
+            generation: AtomicU64::new(0),
+            up: up.clone(),
+            meter: meter.clone(),
+            max_batch_bytes: self.inner.config.max_batch_bytes,
+            stats: self.inner.stats.clone(),
+        });
         tokio::spawn(stream_messages(
             self.inner.clone(),
             id,
             channel.clone(),
-            rx,
-            up.clone(),
-            meter.clone(),
+            shared,
         ));
         let link = Link {
             queue: tx,
@@ -275,71 +280,33 @@ pub(crate) fn with_identity<T>(identity: &PeerIdentity, to: NodeId, body: T) -> 
     req
 }
 
-/// Keeps the `Raft` stream to peer `to` open and feeds it from `queue`.
-async fn stream_messages(
-    inner: Arc<Inner>,
-    to: NodeId,
-    channel: Channel,
-    mut queue: mpsc::Receiver<Outgoing>,
-    up: Arc<AtomicBool>,
-    meter: Arc<LinkMeter>,
-) {
+/// Keeps the `Raft` stream to peer `to` open; its body takes what the
+/// link's queue holds (see [`Feed`]).
+async fn stream_messages(inner: Arc<Inner>, to: NodeId, channel: Channel, shared: Arc<LinkShared>) {
     let mut failures = 0u32;
-    // The first message waits in `first` while a stream is (re)opened.
-    let mut first: Option<Outgoing> = None;
     loop {
-        if first.is_none() {
-            match queue.recv().await {
-                Some(m) => first = Some(m),
-                None => return, // the peer was removed
-            }
-        }
-        let (tx, rx) = mpsc::channel::<wire::RaftBatch>(2);
+        // A stream is opened for a message to send, not before.
+        let first = match shared.queue.lock().await.recv().await {
+            Some(m) => m,
+            None => return, // the peer was removed
+        };
+        let reached = Arc::new(AtomicBool::new(false));
+        let feed = Feed::new(shared.clone(), first, reached.clone());
         let mut client = PeerClient::new(channel.clone())
             .max_decoding_message_size(inner.config.max_message_bytes)
             .max_encoding_message_size(inner.config.max_message_bytes);
-        let req = with_identity(
-            &inner.identity,
-            to,
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        );
-        let mut call = tokio::spawn(async move { client.raft(req).await });
+        let req = with_identity(&inner.identity, to, feed);
         inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        meter.stream_opened();
-        let mut sent_any = false;
-        let ended = loop {
-            let Some(m) = first.take() else {
-                tokio::select! {
-                    m = queue.recv() => match m {
-                        Some(m) => { first = Some(m); continue; }
-                        None => return,
-                    },
-                    res = &mut call => break res,
-                }
-            };
-            // The peer is reachable once the call has taken what was
-            // sent on its stream before: the channel takes a batch or two
-            // before any connection exists, so a send alone proves
-            // nothing (the backoff would never grow, and a dead peer
-            // would look up).
-            if sent_any && tx.capacity() == tx.max_capacity() {
-                up.store(true, Ordering::Relaxed);
-                failures = 0;
-            }
-            let batch = take_batch(&inner, &meter, m, &mut queue);
-            let n = batch.messages.len() as u64;
-            if tx.send(batch).await.is_err() {
-                // The call ended; its outcome says why.
-                break (&mut call).await;
-            }
-            sent_any = true;
-            inner.stats.batches.fetch_add(1, Ordering::Relaxed);
-            inner.stats.messages.fetch_add(n, Ordering::Relaxed);
-        };
-        drop(tx);
+        shared.meter.stream_opened();
+        let ended = client.raft(req).await;
+        // The body, should the connection still hold it, takes no more.
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+        if reached.load(Ordering::Relaxed) {
+            failures = 0;
+        }
         match ended {
-            Ok(Ok(_)) => tracing::debug!(peer = %to, "peer stream closed by the peer"),
-            Ok(Err(status)) => {
+            Ok(_) => tracing::debug!(peer = %to, "peer stream closed by the peer"),
+            Err(status) => {
                 if status.metadata().get(super::REMOVED).is_some() {
                     inner.removed.send_replace(true);
                 }
@@ -348,45 +315,17 @@ async fn stream_messages(
                         "peer stream failed; reconnecting");
                 }
             }
-            Err(e) => tracing::warn!(peer = %to, error = %e, "peer stream task failed"),
         }
-        up.store(false, Ordering::Relaxed);
+        shared.up.store(false, Ordering::Relaxed);
         failures = failures.saturating_add(1);
         tokio::time::sleep(backoff(failures)).await;
         // What queued while the link was down is stale by now (Raft sends
         // again what still matters), except that keeping it would replay
         // old appends: drop it.
+        let mut queue = shared.queue.lock().await;
         while queue.try_recv().is_ok() {
             inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            meter.dropped(1);
+            shared.meter.dropped(1);
         }
     }
-}
-
-/// `first` and whatever else waits, up to the batch's byte budget
-/// (counted in `meter` as it goes on the wire).
-fn take_batch(
-    inner: &Inner,
-    meter: &LinkMeter,
-    first: Outgoing,
-    queue: &mut mpsc::Receiver<Outgoing>,
-) -> wire::RaftBatch {
-    let mut kinds = KindCounts::default();
-    let mut bytes = 0;
-    let mut messages = Vec::new();
-    let mut next = Some(first);
-    while let Some((m, traceparent)) = next.take() {
-        kinds.add(&m.body);
-        bytes += m.body.entries_size();
-        let mut wire = message_to_wire(m);
-        wire.traceparent = traceparent;
-        messages.push(wire);
-        if bytes >= inner.config.max_batch_bytes {
-            break;
-        }
-        next = queue.try_recv().ok();
-    }
-    let batch = wire::RaftBatch { messages };
-    meter.batch(prost::Message::encoded_len(&batch), &kinds);
-    batch
 }
