@@ -21,6 +21,10 @@ pub struct Unreachable;
 
 /// Sends messages to peers. Sending never blocks the protocol task: a
 /// transport queues, and drops what it cannot deliver (Raft retries).
+///
+/// Messages are sent from the node's core task, and acknowledgements of
+/// appends from its disk thread the moment they are durable; both run
+/// inside the node's tokio runtime (`tokio::spawn` works from either).
 pub trait Transport: Send + Sync + 'static {
     /// Queues `msg` for its peer (`msg.to`). `Err(Unreachable)` when the
     /// peer is known to be unreachable or its queue is full.

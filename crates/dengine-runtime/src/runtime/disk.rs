@@ -54,9 +54,13 @@ pub(crate) fn spawn_disk_thread(
     jobs: Receiver<DiskJob>,
     events: UnboundedSender<Event>,
 ) -> std::io::Result<JoinHandle<()>> {
+    // The acknowledgements it sends go through the transport as if from
+    // the node's tasks: inside the runtime, where a transport may spawn.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::Builder::new()
         .name("dengine-disk".into())
         .spawn(move || {
+            let _inside = runtime.as_ref().map(|r| r.enter());
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(&store, &snapshots, &*transport, &jobs, &events)
             }));
