@@ -307,8 +307,11 @@ impl<SM: StateMachine> Applier<SM> {
     /// Writes a snapshot at `meta`'s index: the core asks at the last
     /// index it handed out, and this thread takes the request after every
     /// entry handed out before it, so the state machine is exactly there.
-    /// (A state machine that keeps its own state may be further on after a
-    /// restart; the request then fails and is asked again later.)
+    /// A state machine that keeps its own state may be further on after a
+    /// restart (its state was durable past the commit index the log had
+    /// made durable). A compaction is then made all the same, since its
+    /// state is durable through the index asked; a snapshot with data
+    /// fails, and is asked again once the core has handed out as far.
     ///
     /// For compaction, a state machine that keeps its state durably only
     /// makes it durable ([`StateMachine::checkpoint`]): nothing is
@@ -318,11 +321,14 @@ impl<SM: StateMachine> Applier<SM> {
     /// thread of its own while applying goes on; otherwise here, and
     /// applying pauses while the snapshot is written.
     fn snapshot(&mut self, meta: dengine_core::SnapshotMeta, kind: SnapshotKind) -> Flow {
-        if meta.last_index != self.applied {
-            let _ = self.events.send(Event::SnapshotFailed(format!(
-                "asked at {} but the state machine is at {}",
-                meta.last_index, self.applied
+        let mismatch = |events: &UnboundedSender<Event>, applied: LogIndex| {
+            let _ = events.send(Event::SnapshotFailed(format!(
+                "asked at {} but the state machine is at {applied}",
+                meta.last_index
             )));
+        };
+        if meta.last_index > self.applied {
+            mismatch(&self.events, self.applied);
             return Flow::Continue;
         }
         if kind == SnapshotKind::Compaction {
@@ -350,6 +356,11 @@ impl<SM: StateMachine> Applier<SM> {
                     return Flow::Stop;
                 }
             }
+        }
+        if meta.last_index != self.applied {
+            // Data written now would be of a later index than the meta.
+            mismatch(&self.events, self.applied);
+            return Flow::Continue;
         }
         self.write_snapshot(meta);
         Flow::Continue
@@ -435,5 +446,78 @@ impl<SM: StateMachine> Applier<SM> {
                 job(Ok(&self.sm));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dengine_core::{ConfState, EntryId, SnapshotMeta, Term};
+
+    use super::*;
+
+    /// A state machine that keeps its own state, durable through its
+    /// applied index at every checkpoint.
+    struct Durable(LogIndex);
+
+    impl StateMachine for Durable {
+        type Response = ();
+        fn apply(&mut self, at: EntryId, _: &[u8]) {
+            self.0 = at.index;
+        }
+        fn snapshot(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            out.write_all(&self.0.0.to_le_bytes())
+        }
+        fn restore(&mut self, _: &mut dyn std::io::Read) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn applied_index(&self) -> Option<LogIndex> {
+            Some(self.0)
+        }
+        fn checkpoint(&mut self) -> std::io::Result<Option<LogIndex>> {
+            Ok(Some(self.0))
+        }
+    }
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_index: LogIndex(index),
+            last_term: Term(1),
+            conf_state: ConfState::default(),
+        }
+    }
+
+    /// After a restart the state machine may be past the index the core
+    /// asks a snapshot at: a compaction is made (its state is durable
+    /// through it), a snapshot with data is not (it would be of a later
+    /// index); past what it applied, neither is.
+    #[test]
+    fn a_state_machine_ahead_of_the_request_checkpoints_but_writes_no_data() {
+        let (events, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let mut worker = Applier {
+            sm: Durable(LogIndex(11)),
+            applied: LogIndex(11),
+            snapshots: SnapshotStore::memory(),
+            events,
+            reads: BTreeMap::new(),
+            writing: None,
+        };
+        assert!(matches!(
+            worker.snapshot(meta(9), SnapshotKind::Compaction),
+            Flow::Continue
+        ));
+        match reports.try_recv() {
+            Ok(Event::SnapshotMade(m, None)) => assert_eq!(m.last_index, LogIndex(9)),
+            _ => panic!("a checkpoint at 9"),
+        }
+        worker.snapshot(meta(9), SnapshotKind::Data);
+        match reports.try_recv() {
+            Ok(Event::SnapshotFailed(why)) => {
+                assert_eq!(why, "asked at 9 but the state machine is at 11");
+            }
+            _ => panic!("no data snapshot at 9"),
+        }
+        worker.snapshot(meta(12), SnapshotKind::Compaction);
+        assert!(matches!(reports.try_recv(), Ok(Event::SnapshotFailed(_))));
+        assert!(reports.try_recv().is_err());
     }
 }
