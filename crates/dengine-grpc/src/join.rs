@@ -155,6 +155,10 @@ pub(crate) struct Followed {
     pub(crate) removed: watch::Sender<bool>,
 }
 
+/// How long a member that applied its own removal goes on before it
+/// stops (etcd waits ten ticks of 100 ms).
+const REMOVED_STOP_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Keeps the peer links and the known members in step with the list
 /// (see the module docs) until `stop`.
 pub(crate) async fn follow_members(mut f: Followed, mut stop: watch::Receiver<bool>) {
@@ -171,6 +175,15 @@ pub(crate) async fn follow_members(mut f: Followed, mut stop: watch::Receiver<bo
         if list.removed.contains(&f.me.0) && !*f.removed.borrow() {
             tracing::warn!(member = %format!("{:x}", f.me.0),
                 "this member was removed from the cluster; stopping");
+            // As etcd (`stopWithDelay`): a leader that applied its own
+            // removal still tells the others the commit index that
+            // covers it; stopping at once left them to learn it only
+            // from their next leader, and a change answered as made was
+            // not yet made anywhere else.
+            tokio::select! {
+                () = tokio::time::sleep(REMOVED_STOP_DELAY) => {}
+                _ = stop.changed() => {}
+            }
             f.removed.send_replace(true);
         }
         let mut wanted: BTreeMap<NodeId, String> = f

@@ -560,7 +560,19 @@ impl Server {
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(peer);
-            tasks.push(serve!(router, listener, peer_tls.as_ref(), "peer", stopped));
+            if peer_tls.is_none() && cfg.peer.fast_link {
+                // Fast Raft links are told from gRPC calls as they come.
+                let incoming = crate::peer::split_incoming(
+                    listener,
+                    peer_service.clone(),
+                    cfg.peer.max_message_bytes,
+                );
+                tasks.push(tokio::spawn(
+                    router.serve_with_incoming_shutdown(incoming, until(stopped.clone())),
+                ));
+            } else {
+                tasks.push(serve!(router, listener, peer_tls.as_ref(), "peer", stopped));
+            }
         }
         if cfg.initial_corrupt_check {
             let check = crate::etcd::corruption::InitialCheck {

@@ -4,6 +4,9 @@
 //! - [`GrpcTransport`]: the sending side, a runtime `Transport` (one
 //!   long-lived stream per peer, batches, bounded queues, reconnects;
 //!   snapshots as frames, resumed after a break);
+//! - the fast link (`fast`): Raft messages on a plain TCP connection of
+//!   their own to the peer port, without HTTP/2, where peers talk plain
+//!   TCP and both speak it;
 //! - [`PeerService`]: the receiving side, the `Peer` gRPC service;
 //! - identity checks on every call ([`check_caller`]);
 //! - the conversions between [`dengine_core::Message`] and its wire form
@@ -19,6 +22,7 @@
 //!   the engine and the transport to judge.
 
 mod convert;
+mod fast;
 mod feed;
 mod identity;
 mod server;
@@ -26,6 +30,7 @@ mod snapshot_send;
 mod transport;
 
 pub use convert::{WireError, message_from_wire, message_to_wire};
+pub(crate) use fast::split_incoming;
 pub use identity::{
     CLUSTER_ID, FROM, KnownMembers, PeerIdentity, REMOVED, TO, backoff, check_caller,
 };

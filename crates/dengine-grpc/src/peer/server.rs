@@ -122,7 +122,7 @@ pub struct PeerServiceStats {
 type PartialKey = (NodeId, LogIndex, Term);
 
 /// Resolves once `stop` is `true` (never without one).
-async fn until_stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+pub(crate) async fn until_stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
     let Some(stop) = stop else {
         return std::future::pending().await;
     };
@@ -212,13 +212,89 @@ impl PeerService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
-        check_caller(req.metadata(), &self.identity, &self.members).inspect_err(|s| {
+        self.check_identity(req.metadata(), req.remote_addr())
+    }
+
+    /// Checks a call's (or a fast link's greeting's) identity; a refusal
+    /// is counted, and logged once.
+    pub(crate) fn check_identity(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<NodeId, Status> {
+        check_caller(md, &self.identity, &self.members).inspect_err(|s| {
             self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
             if !self.logged_refusal.swap(true, Ordering::Relaxed) {
-                tracing::warn!(reason = s.message(), remote = ?req.remote_addr(),
+                tracing::warn!(reason = s.message(), remote = ?remote,
                     "peer call refused (logged once; counted in the peer stats)");
             }
         })
+    }
+
+    /// Ends what serves `Raft` messages once the member stops.
+    pub(crate) fn stopping(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.stopping.clone()
+    }
+
+    /// Hands a batch's messages from `from` to the node. A malformed or
+    /// misaddressed message is an error that ends the stream (or fast
+    /// link) it came on; a full inbox drops the message.
+    pub(crate) fn deliver_batch(
+        &self,
+        from: NodeId,
+        batch: wire::RaftBatch,
+        meter: &LinkMeter,
+    ) -> Result<(), Status> {
+        if self.members.was_removed(from) {
+            // The stream (or link) was opened before the sender was
+            // removed. It ends refused as removed, and the sender stops:
+            // a removed follower never applies its own removal (the
+            // leader stops talking to it), and the others drop their
+            // links to it, so this refusal may be all it hears.
+            self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+            let mut status = Status::permission_denied(format!(
+                "peer messages from {:x} refused: it was removed from cluster {:x}",
+                from.0, self.identity.cluster_id
+            ));
+            status.metadata_mut().insert(
+                super::REMOVED,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            return Err(status);
+        }
+        let bytes = prost::Message::encoded_len(&batch);
+        let mut kinds = KindCounts::default();
+        for mut m in batch.messages {
+            let traceparents = std::mem::take(&mut m.traceparent);
+            let msg = message_from_wire(m)
+                .map_err(|e| self.malformed(Status::invalid_argument(e.to_string())))?;
+            kinds.add(&msg.body);
+            self.check_message(from, &msg)
+                .map_err(|s| self.malformed(s))?;
+            if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+                // Its data comes on a Snapshot call, never here.
+                return Err(self.malformed(Status::invalid_argument(
+                    "InstallSnapshot on a Raft stream (snapshots have their own call)",
+                )));
+            }
+            let delivered = if traceparents.is_empty() {
+                self.node.deliver(msg, None)
+            } else {
+                let spans = self.follower_spans(&traceparents);
+                self.node.deliver_traced(msg, spans)
+            };
+            match delivered {
+                Ok(()) => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Error::Overloaded) => {
+                    self.stats.inbox_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(Status::unavailable(format!("node: {e}"))),
+            }
+        }
+        meter.batch(bytes, &kinds);
+        Ok(())
     }
 
     fn lock_partial(
@@ -272,7 +348,7 @@ impl PeerService {
             .collect()
     }
 
-    fn malformed(&self, s: Status) -> Status {
+    pub(crate) fn malformed(&self, s: Status) -> Status {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason = s.message(), "malformed peer message; stream ended");
         s
@@ -299,38 +375,7 @@ impl Peer for PeerService {
                 },
                 () = until_stopped(&mut stopping) => break,
             };
-            let bytes = prost::Message::encoded_len(&batch);
-            let mut kinds = KindCounts::default();
-            for mut m in batch.messages {
-                let traceparents = std::mem::take(&mut m.traceparent);
-                let msg = message_from_wire(m)
-                    .map_err(|e| self.malformed(Status::invalid_argument(e.to_string())))?;
-                kinds.add(&msg.body);
-                self.check_message(from, &msg)
-                    .map_err(|s| self.malformed(s))?;
-                if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
-                    // Its data comes on a Snapshot call, never here.
-                    return Err(self.malformed(Status::invalid_argument(
-                        "InstallSnapshot on a Raft stream (snapshots have their own call)",
-                    )));
-                }
-                let delivered = if traceparents.is_empty() {
-                    self.node.deliver(msg, None)
-                } else {
-                    let spans = self.follower_spans(&traceparents);
-                    self.node.deliver_traced(msg, spans)
-                };
-                match delivered {
-                    Ok(()) => {
-                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(Error::Overloaded) => {
-                        self.stats.inbox_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(Status::unavailable(format!("node: {e}"))),
-                }
-            }
-            meter.batch(bytes, &kinds);
+            self.deliver_batch(from, batch, &meter)?;
         }
         Ok(Response::new(wire::RaftStreamClosed {}))
     }

@@ -8,6 +8,10 @@
 //! messages are dropped (Raft sends again), so memory stays bounded. A
 //! broken stream is opened again after a capped, jittered backoff.
 //!
+//! Where the peer is reached over plain TCP, Raft messages go on the fast
+//! link instead (`super::fast`), written to the socket by the sender; the
+//! queue and its stream serve a peer that turned the fast link down.
+//!
 //! Snapshots go on a call of their own per transfer, as the snapshot
 //! file's frames; a broken transfer is resumed where the receiver says it
 //! stopped, a few times, before the leader hears it failed.
@@ -24,6 +28,7 @@ use dengine_runtime::{SnapshotDone, Transport, Unreachable};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
+use super::fast::FastLink;
 use super::feed::{Feed, LinkShared};
 use super::{PeerIdentity, backoff};
 use crate::telemetry::peers::LinkMeter;
@@ -55,6 +60,11 @@ pub struct PeerLinkConfig {
     /// certificate as its identity, the peer CA to check theirs). The
     /// server sets it from [`crate::server::ServerConfig::peer_tls`].
     pub tls: Option<Arc<Tls>>,
+    /// Raft messages to peers reached over plain TCP go on the fast link
+    /// (`peer::fast`) rather than the `Raft` gRPC stream; the member's
+    /// server also takes fast links on its peer port. Off, this member
+    /// speaks only gRPC to its peers, as members before the fast link did.
+    pub fast_link: bool,
 }
 
 impl Default for PeerLinkConfig {
@@ -68,6 +78,7 @@ impl Default for PeerLinkConfig {
             snapshot_attempts: 5,
             cut_first_snapshot_after_chunks: None,
             tls: None,
+            fast_link: true,
         }
     }
 }
@@ -81,8 +92,13 @@ pub struct LinkStats {
     pub batches: AtomicU64,
     /// Messages written to peer streams.
     pub messages: AtomicU64,
-    /// Raft streams opened (the first and every reconnect).
+    /// Raft gRPC streams opened (the first and every reconnect).
     pub streams_opened: AtomicU64,
+    /// Fast links opened (the first and every reconnect).
+    pub fast_links_opened: AtomicU64,
+    /// Peers that turned the fast link down (their messages then go on
+    /// the `Raft` stream).
+    pub fast_declined: AtomicU64,
     /// Snapshot bytes sent (resumed transfers count only what was sent).
     pub snapshot_bytes: AtomicU64,
     /// Snapshot transfers that resumed at a non-zero offset.
@@ -101,6 +117,17 @@ struct Link {
     /// down are reported unreachable, so the leader probes instead of
     /// streaming into the void).
     up: Arc<AtomicBool>,
+    /// The fast link, for a peer reached over plain TCP (unless the peer
+    /// turned it down: then the queue and its `Raft` stream serve).
+    fast: Option<Arc<FastLink>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(fast) = &self.fast {
+            fast.close();
+        }
+    }
 }
 
 struct Inner {
@@ -171,15 +198,44 @@ impl GrpcTransport {
             channel.clone(),
             shared,
         ));
+        let fast = self.fast_address(url).map(|addr| {
+            let fast = Arc::new(FastLink::new(
+                id,
+                up.clone(),
+                meter.clone(),
+                self.inner.stats.clone(),
+                self.inner.config.max_batch_bytes as usize * 4,
+                self.inner.config.max_message_bytes,
+            ));
+            tokio::spawn(fast.clone().run(
+                addr,
+                self.inner.identity.clone(),
+                self.inner.config.connect_timeout,
+                self.inner.removed.clone(),
+            ));
+            fast
+        });
         let link = Link {
             queue: tx,
             meter,
             channel,
             up,
+            fast,
         };
         // Replacing a link drops its queue's sender: the old task ends.
         self.write().insert(id, link);
         Ok(())
+    }
+
+    /// Where the fast link to a peer at `url` connects (`host:port`), if
+    /// it is to have one: enabled, plain TCP, and no peer TLS.
+    fn fast_address(&self, url: &str) -> Option<String> {
+        if !self.inner.config.fast_link || self.inner.config.tls.is_some() {
+            return None;
+        }
+        let rest = url.strip_prefix("http://")?;
+        let authority = rest.split('/').next()?;
+        (!authority.is_empty()).then(|| authority.to_string())
     }
 
     /// Whether the stream to peer `id` is up (an unknown peer is not).
@@ -238,6 +294,11 @@ impl GrpcTransport {
         let Some(link) = links.get(&msg.to) else {
             return Err(Unreachable);
         };
+        if let Some(fast) = &link.fast
+            && !fast.declined()
+        {
+            return fast.send((msg, traceparents));
+        }
         let up = link.up.load(Ordering::Relaxed);
         match link.queue.try_send((msg, traceparents)) {
             Ok(()) if up => Ok(()),
