@@ -256,7 +256,13 @@ impl Cluster {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("member {i} did not exit within {within:?}");
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "member {i} did not exit within {within:?}; the end of its log:\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -143,13 +143,14 @@ pub fn get(a: GetArgs, conn: &Conn) -> ExitCode {
     })
 }
 
-/// Says which revision is the oldest left after a read below it.
+/// Says which revision is the oldest left after a read below it: the
+/// newest compaction any member has applied (the one that refused the
+/// read has; another may not have yet).
 async fn compacted(client: &Client, asked: i64) -> String {
     let mut oldest = None;
     for endpoint in client.endpoints() {
         if let Ok(h) = client.hash_kv(&endpoint, 0).await {
-            oldest = Some(h.compact_revision);
-            break;
+            oldest = oldest.max(Some(h.compact_revision));
         }
     }
     match oldest {
