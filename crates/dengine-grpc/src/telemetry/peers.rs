@@ -164,7 +164,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         "dengine_peer_streams_opened_total",
-        "Message streams opened to each peer (the first and every reconnect)."
+        "Message streams (Raft gRPC streams or fast links) opened to each peer (the first and every reconnect)."
     );
 }
 
