@@ -29,6 +29,7 @@ mod lease;
 mod membership;
 mod mvcc_watch;
 mod observe;
+mod peer_link;
 mod quota;
 mod readme;
 mod repair;

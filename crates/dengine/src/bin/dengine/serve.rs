@@ -117,6 +117,18 @@ pub struct ServeArgs {
     /// Largest message between members in bytes (dengine's own; 16 MiB).
     #[arg(long, env = "DENGINE_MAX_PEER_MESSAGE_BYTES")]
     max_peer_message_bytes: Option<usize>,
+    /// Send Raft messages to peers reached over plain TCP on the fast
+    /// link (a TCP connection of their own to the peer port, without
+    /// HTTP/2), and take fast links on this member's peer port (dengine's
+    /// own; true). Peers that do not speak it get the gRPC stream either
+    /// way; false speaks only gRPC to peers.
+    #[arg(
+        long,
+        env = "DENGINE_PEER_FAST_LINK",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    peer_fast_link: Option<bool>,
     /// Threads of the async runtime that serves gRPC and runs the Raft
     /// core (dengine's own). By default one less than the cores this
     /// process may use, at least one: the disk and apply threads have one
@@ -387,6 +399,7 @@ fn merge(cli: ServeArgs) -> Result<ServeArgs, String> {
         max_watchers_per_stream: cli.max_watchers_per_stream.or(file.max_watchers_per_stream),
         max_leases: cli.max_leases.or(file.max_leases),
         max_peer_message_bytes: cli.max_peer_message_bytes.or(file.max_peer_message_bytes),
+        peer_fast_link: cli.peer_fast_link.or(file.peer_fast_link),
         storage: cli.storage.or(file.storage),
         auto_compaction_mode: cli.auto_compaction_mode.or(file.auto_compaction_mode),
         auto_compaction_retention: cli
@@ -551,6 +564,9 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig, String> {
     let mut peer = d.peer;
     if let Some(n) = a.max_peer_message_bytes {
         peer.max_message_bytes = n;
+    }
+    if let Some(fast) = a.peer_fast_link {
+        peer.fast_link = fast;
     }
     // A batch or an append must fit in one peer message, with room for
     // the framing around the entries.
