@@ -5,27 +5,13 @@
 //! whichever leads.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dengine_grpc::proto::etcdserverpb as pb;
-use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::Server;
 
 mod common;
-use common::{member_config, port};
-
-async fn kv(port: u16) -> KvClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("url");
-        match endpoint.connect().await {
-            Ok(c) => return KvClient::new(c),
-            Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
+use common::{kv, member_config, port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_without_the_fast_link_takes_part_over_the_raft_stream() {

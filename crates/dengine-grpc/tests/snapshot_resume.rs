@@ -5,14 +5,13 @@
 //! sled.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dengine_grpc::proto::etcdserverpb as pb;
-use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::{Server, ServerConfig};
 
 mod common;
-use common::{member_config, port};
+use common::{kv, member_config, port};
 
 fn config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> ServerConfig {
     let mut cfg = member_config(i, ports, dir, "resume");
@@ -23,19 +22,6 @@ fn config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> ServerConfig
     // Small chunks: the snapshot travels in many of them.
     cfg.peer.snapshot_chunk_bytes = 16 * 1024;
     cfg
-}
-
-async fn kv(port: u16) -> KvClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("url");
-        match endpoint.connect().await {
-            Ok(c) => return KvClient::new(c),
-            Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use dengine_grpc::proto::etcdserverpb as pb;
-use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::{Server, ServerConfig};
 
 mod common;
-use common::{member_config, port};
+use common::{kv, member_config, port};
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
@@ -87,13 +86,7 @@ async fn a_forwarded_write_is_one_trace_across_three_members() {
             .expect("the same leader");
     }
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports[follower].0))
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-    let mut kv = KvClient::new(channel);
+    let mut kv = kv(ports[follower].0).await;
     let mut put = tonic::Request::new(pb::PutRequest {
         key: b"traced".to_vec(),
         value: b"v".to_vec(),

@@ -1,8 +1,10 @@
-//! What the in-process cluster tests share: free ports and a member's
-//! settings.
+//! What the in-process cluster tests share: free ports, a member's
+//! settings, and a KV client of a member.
 
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
+use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::ServerConfig;
 use dengine_runtime::{Config, StorageKind};
 
@@ -49,5 +51,20 @@ pub fn member_config(
             ..Config::default()
         },
         ..ServerConfig::default()
+    }
+}
+
+/// A KV client of the member whose client port is `port`, once it takes
+/// connections (within 10 s).
+pub async fn kv(port: u16) -> KvClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("url");
+        match endpoint.connect().await {
+            Ok(c) => return KvClient::new(c),
+            Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }

@@ -225,20 +225,13 @@ fn send_acknowledgements(
 ) -> Vec<NodeId> {
     let mut unreachable = Vec::new();
     for (_, messages) in written.iter_mut() {
-        if !messages
-            .iter()
-            .any(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }))
-        {
-            continue;
-        }
-        for m in std::mem::take(messages) {
-            if matches!(m.body, MessageBody::AppendEntriesResponse { .. }) {
-                let to = m.to;
-                if transport.send(m).is_err() {
-                    unreachable.push(to);
-                }
-            } else {
-                messages.push(m);
+        let acks = messages.extract_if(.., |m| {
+            matches!(m.body, MessageBody::AppendEntriesResponse { .. })
+        });
+        for m in acks {
+            let to = m.to;
+            if transport.send(m).is_err() {
+                unreachable.push(to);
             }
         }
     }

@@ -110,15 +110,14 @@ impl FastLink {
     /// dropped and the peer reported unreachable; with too much waiting it
     /// is dropped (Raft sends again).
     pub(crate) fn send(&self, (msg, traceparent): Outgoing) -> Result<(), Unreachable> {
-        let mut state = self.lock();
-        let Some(conn) = state.conn.clone() else {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            self.meter.dropped(1);
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(conn) = &state.conn else {
+            self.dropped();
             return Err(Unreachable);
         };
         if state.pending.len() >= self.max_pending {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            self.meter.dropped(1);
+            self.dropped();
             return Ok(());
         }
         let mut kinds = KindCounts::default();
@@ -132,12 +131,11 @@ impl FastLink {
         if len > self.max_message_bytes {
             tracing::warn!(peer = %self.to, bytes = len,
                 "a message larger than the peer links carry; dropped");
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            self.meter.dropped(1);
+            self.dropped();
             return Ok(());
         }
         let start = state.pending.len();
-        put_frame(&mut state.pending, &batch);
+        put_frame(&mut state.pending, &batch, len);
         self.meter.batch(len, &kinds);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
@@ -152,6 +150,12 @@ impl FastLink {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Counts a message dropped.
+    fn dropped(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.meter.dropped(1);
     }
 
     /// Keeps the link to `addr` (`host:port`) up until it is closed or the

@@ -61,6 +61,11 @@ struct Member {
 impl Member {
     async fn start(grpc_only: bool) -> Member {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Member::start_on(listener, grpc_only)
+    }
+
+    /// Member 2 on `listener`.
+    fn start_on(listener: TcpListener, grpc_only: bool) -> Member {
         let port = listener.local_addr().expect("addr").port();
         let node = Arc::new(Recording::default());
         let members = KnownMembers::new([NodeId(1), NodeId(2)]);
@@ -274,23 +279,13 @@ async fn the_link_comes_back_when_the_member_does() {
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
-    let node = Arc::new(Recording::default());
-    let service = PeerService::new(
-        node.clone(),
-        PeerIdentity {
-            cluster_id: CLUSTER,
-            me: NodeId(2),
-        },
-        KnownMembers::new([NodeId(1), NodeId(2)]),
-    );
-    let router = tonic::transport::Server::builder().add_service(PeerServer::new(service.clone()));
-    tokio::spawn(router.serve_with_incoming(super::split_incoming(listener, service, 1 << 20)));
+    let second = Member::start_on(listener, false);
     until("the link again", || {
         stats.fast_links_opened.load(Ordering::Relaxed) == 2
     })
     .await;
     t.send(ack(7)).expect("reachable again");
-    until("the message", || node.indexes() == vec![7]).await;
+    until("the message", || second.node.indexes() == vec![7]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,9 +97,8 @@ pub(crate) fn answer(code: u8, reason: &str) -> Vec<u8> {
     a
 }
 
-/// Appends `batch` to `out` as one frame.
-pub(crate) fn put_frame(out: &mut Vec<u8>, batch: &dengine_proto::peer::RaftBatch) {
-    let len = prost::Message::encoded_len(batch);
+/// Appends `batch`, whose encoded length is `len`, to `out` as one frame.
+pub(crate) fn put_frame(out: &mut Vec<u8>, batch: &dengine_proto::peer::RaftBatch, len: usize) {
     out.reserve(FRAME_HEADER + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     // A Vec grows as needed: encoding into one cannot fail.
@@ -153,8 +152,9 @@ mod tests {
             messages: vec![wire::Message::default(); 3],
         };
         let mut buf = Vec::new();
-        put_frame(&mut buf, &batch);
-        put_frame(&mut buf, &batch);
+        let encoded = prost::Message::encoded_len(&batch);
+        put_frame(&mut buf, &batch, encoded);
+        put_frame(&mut buf, &batch, encoded);
         let len = frame_len(&buf, 1 << 20).expect("fits").expect("whole");
         assert_eq!(len + FRAME_HEADER, buf.len() / 2);
         let decoded: wire::RaftBatch =
