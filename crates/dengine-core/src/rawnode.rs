@@ -324,6 +324,21 @@ impl<S: LogStorage> RawNode<S> {
         self.guard(|r| r.ready())
     }
 
+    /// The highest log index whose durability on this node lets it move on
+    /// at once: apply committed entries (everyone: the commit index), or
+    /// commit some (a leader: what its own write completes a quorum for).
+    /// A report of entries past it changes nothing until another message
+    /// comes, so a runtime may hand it over lazily, with what it handles
+    /// next, rather than wake for it.
+    pub fn persist_unblocks_through(&self) -> LogIndex {
+        let r = &self.raft;
+        let committed = r.log.committed;
+        if r.role != Role::Leader {
+            return committed;
+        }
+        committed.max(r.tracker.committed_with_all_of(r.id))
+    }
+
     /// Reports that a [`PersistBatch`] is durable.
     pub fn on_persisted(&mut self, p: Persisted) -> Result<()> {
         self.guard(|r| r.on_persisted(p))

@@ -129,6 +129,9 @@ fn a_followers_ack_waits_for_its_entries_to_be_durable() {
     assert_eq!(batch.entries, vec![blank(3, 2)]);
     assert_eq!(batch.hard_state, None);
     assert_eq!(batch.messages, vec![msg(2, 1, 2, ack(3))]);
+    // A follower's durable entries let it move on only up to the commit
+    // index (they may then be applied).
+    assert_eq!(n.persist_unblocks_through(), LogIndex(1));
     // Handing out the next Ready before the disk write is done is allowed;
     // the write is still pending, so nothing is acknowledged early.
     assert!(!n.has_ready());
@@ -264,6 +267,8 @@ fn a_single_node_leader_commits_only_what_it_persisted() {
     assert!(rd2.committed_entries.is_empty());
     // The only voter has written nothing yet: nothing is committed.
     assert_eq!(n.status().hard_state.commit, LogIndex(1));
+    // The only voter: any entry it makes durable commits.
+    assert_eq!(n.persist_unblocks_through(), LogIndex(u64::MAX));
 
     persist(&mut n, &b1);
     assert_eq!(n.status().hard_state.commit, LogIndex(2));
@@ -310,10 +315,15 @@ fn a_leader_needs_its_own_durable_copy_when_it_is_part_of_the_quorum() {
     let batch = rd.persist.unwrap();
     assert_eq!(batch.entries, vec![blank(2, 2)]);
 
+    // No follower has the no-op: the leader's own copy alone commits
+    // nothing, so its report need not be heard at once.
+    assert_eq!(n.persist_unblocks_through(), LogIndex(1));
     // Node 2 acknowledges the no-op; node 3 is silent. With the leader's own
     // copy not yet durable that is 1 of 3.
     n.step(msg(2, 1, 2, ack(2))).unwrap();
     assert_eq!(n.status().hard_state.commit, LogIndex(1));
+    // Now the leader's own copy is what commits it.
+    assert_eq!(n.persist_unblocks_through(), LogIndex(2));
     persist(&mut n, &batch);
     assert_eq!(n.status().hard_state.commit, LogIndex(2));
 }

@@ -13,8 +13,8 @@ use crate::error::Error;
 use crate::runtime::supervisor::Threads;
 use crate::runtime::telemetry;
 use crate::runtime::{
-    Channels, CommitNoticeTimer, CoreLoop, DataSnapshot, Metrics, ProposalQueue, ReadLimit,
-    ReadPolicy, Request, Store, TickClock, spawn_applier, spawn_disk_thread, supervise,
+    Channels, CommitNoticeTimer, CoreLoop, DataSnapshot, DiskReports, Metrics, ProposalQueue,
+    ReadLimit, ReadPolicy, Request, Store, TickClock, spawn_applier, spawn_disk_thread, supervise,
 };
 use crate::snapshot::{SnapshotData, SnapshotReceiver, SnapshotStore};
 use crate::state_machine::StateMachine;
@@ -142,11 +142,13 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             (None, Some(net)) => net.transport(id),
             (None, None) => Arc::new(NoTransport),
         };
+        let disk_reports = Arc::new(DiskReports::new(ev_tx.clone()));
         let disk = spawn_disk_thread(
             store.clone(),
             snapshots.clone(),
             transport.clone(),
             disk_rx,
+            disk_reports.clone(),
             ev_tx.clone(),
         )
         .map_err(|e| Error::Storage(format!("starting the disk thread: {e}")))?;
@@ -187,6 +189,7 @@ impl<SM: StateMachine> NodeBuilder<SM> {
             inbox: inbox_rx,
             events: ev_rx,
             events_tx: loop_events,
+            disk_reports,
             disk: disk_tx,
             apply: apply_tx,
             metrics: metrics_tx.clone(),

@@ -133,6 +133,22 @@ impl ProgressTracker {
         LogIndex(v)
     }
 
+    /// The highest index a quorum would have matched if `id` had matched
+    /// everything: what `id`'s own durable entries could commit.
+    pub fn committed_with_all_of(&self, id: NodeId) -> LogIndex {
+        if self.conf.voters.is_empty() && self.conf.voters_outgoing.is_empty() {
+            return LogIndex::ZERO;
+        }
+        let v = quorum::quorum_value(&self.conf, |v| {
+            if v == id {
+                Some(u64::MAX)
+            } else {
+                self.progress.get(&v).map(|pr| pr.matched.get())
+            }
+        });
+        LogIndex(v)
+    }
+
     /// Forgets the votes of the previous election.
     pub fn reset_votes(&mut self) {
         self.votes.clear();

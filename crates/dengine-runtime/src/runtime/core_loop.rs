@@ -16,8 +16,8 @@ use super::metrics::Metrics;
 use super::pending::{Pending, Proposal, ProposalQueue};
 use super::telemetry;
 use super::{
-    ApplyJob, DiskJob, Event, Inbound, MAX_DISK_JOBS, ReadJob, ReadPolicy, Request, Store,
-    TickClock,
+    ApplyJob, DiskJob, DiskReports, Event, Inbound, MAX_DISK_JOBS, ReadJob, ReadPolicy, Request,
+    Store, TickClock,
 };
 use crate::error::Error;
 use crate::snapshot::{SnapshotData, SnapshotStore};
@@ -57,6 +57,8 @@ pub(crate) struct CoreLoop<SM: StateMachine> {
     pub(crate) events: UnboundedReceiver<Event>,
     /// For events the loop sends itself (and snapshot reports).
     pub(crate) events_tx: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// The disk thread's reports, taken at every turn.
+    pub(crate) disk_reports: Arc<DiskReports>,
     pub(crate) disk: Sender<DiskJob>,
     pub(crate) apply: tokio::sync::mpsc::UnboundedSender<ApplyJob<SM>>,
     pub(crate) metrics: watch::Sender<Metrics>,
@@ -171,6 +173,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
             let Some(woke) = woke else { break };
             // Reads are served against the clock as it is now.
             self.catch_up();
+            // Before whatever woke the core: the disk thread's reports came
+            // first, and its wake-ups are only for them.
+            self.take_disk_reports();
             let mut stop = false;
             match woke {
                 Woke::Event(ev) => self.on_event(ev),
@@ -187,10 +192,42 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 self.drain_ready();
                 self.time_commit_notices();
                 self.check_transfer();
+                self.publish_unblocking();
             }
             self.publish_metrics(false);
         }
         self.stop();
+    }
+
+    /// Handles the disk thread's reports waiting.
+    fn take_disk_reports(&mut self) {
+        for ev in self.disk_reports.take() {
+            self.on_event(ev);
+        }
+    }
+
+    /// Tells the disk thread which durable entries would let the core move
+    /// on now (every one, while the disk is too far behind: the core takes
+    /// proposals again when it hears of one), and handles the reports that
+    /// came during the turn, until none came.
+    fn publish_unblocking(&mut self) {
+        loop {
+            let through = if self.disk_jobs >= MAX_DISK_JOBS {
+                LogIndex(u64::MAX)
+            } else {
+                self.raw.persist_unblocks_through()
+            };
+            let came = self.disk_reports.publish(through);
+            if came.is_empty() || self.fatal.is_some() {
+                return;
+            }
+            for ev in came {
+                self.on_event(ev);
+            }
+            self.take_proposals();
+            self.drain_ready();
+            self.time_commit_notices();
+        }
     }
 
     /// Has the core send the commit notices it holds back once their time
@@ -584,6 +621,8 @@ impl<SM: StateMachine> CoreLoop<SM> {
                 }
                 res
             }
+            // The reports were taken at the start of the turn.
+            Event::DiskReports => Ok(()),
             Event::Applied(index) => {
                 self.applied = self.applied.max(index);
                 self.raw.on_applied(index)

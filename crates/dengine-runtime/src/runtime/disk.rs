@@ -25,6 +25,9 @@
 //! other message that waited (votes, and whatever a node sends before its
 //! new term is durable) still goes back to the core task, which sends it
 //! with what only it knows (snapshot data, traces, telemetry).
+//!
+//! Reports go to the core task through [`DiskReports`], which wakes it
+//! only for those that let it move on at once.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -35,7 +38,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use dengine_core::{Message, MessageBody, NodeId};
 
-use super::{DiskJob, Event, Store, panic_message};
+use super::{DiskJob, DiskReports, Event, Store, panic_message};
 use crate::error::Error;
 use crate::snapshot::SnapshotStore;
 use crate::transport::Transport;
@@ -52,6 +55,7 @@ pub(crate) fn spawn_disk_thread(
     snapshots: SnapshotStore,
     transport: Arc<dyn Transport>,
     jobs: Receiver<DiskJob>,
+    reports: Arc<DiskReports>,
     events: UnboundedSender<Event>,
 ) -> std::io::Result<JoinHandle<()>> {
     // The acknowledgements it sends go through the transport as if from
@@ -62,7 +66,7 @@ pub(crate) fn spawn_disk_thread(
         .spawn(move || {
             let _inside = runtime.as_ref().map(|r| r.enter());
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&store, &snapshots, &*transport, &jobs, &events)
+                run(&store, &snapshots, &*transport, &jobs, &reports)
             }));
             let why = match run {
                 Ok(Ok(())) => return,
@@ -81,7 +85,7 @@ fn run(
     snapshots: &SnapshotStore,
     transport: &dyn Transport,
     jobs: &Receiver<DiskJob>,
-    events: &UnboundedSender<Event>,
+    reports: &DiskReports,
 ) -> Result<(), Error> {
     // The term and vote of the last hard state written (and synced: a
     // group that changes them is synced).
@@ -132,6 +136,8 @@ fn run(
         let mut must_sync = false;
         // Whether the group changes nothing but the commit index.
         let mut commit_only = true;
+        // Whether it makes a new term or vote durable.
+        let mut new_term_vote = false;
         for job in group {
             commit_only &= matches!(&job,
                 DiskJob::Write(b) if b.entries.is_empty() && b.snapshot.is_none());
@@ -139,6 +145,7 @@ fn run(
                 let changes_term_vote = batch
                     .hard_state
                     .is_some_and(|h| (h.term, h.vote) != term_vote);
+                new_term_vote |= changes_term_vote;
                 must_sync |=
                     !batch.entries.is_empty() || batch.snapshot.is_some() || changes_term_vote;
                 if let Some(h) = batch.hard_state {
@@ -201,12 +208,15 @@ fn run(
         }
         if !written.is_empty() {
             let unreachable = send_acknowledgements(transport, &mut written);
-            if events.send(Event::Persisted(written, unreachable)).is_err() {
+            if reports
+                .persisted(written, unreachable, new_term_vote)
+                .is_err()
+            {
                 return Ok(());
             }
         }
         for (meta, data) in saved {
-            if events.send(Event::SnapshotSaved(meta, data)).is_err() {
+            if reports.other(Event::SnapshotSaved(meta, data)).is_err() {
                 return Ok(());
             }
         }
@@ -289,6 +299,8 @@ mod tests {
         Entry, EntryPayload, HardState, InitialState, LogIndex, LogStorage, LogStore, MetaStore,
         NodeId, PersistBatch, SnapshotMeta, StorageError, StoreIdentity, Term,
     };
+
+    use tokio::sync::mpsc::UnboundedReceiver;
 
     use super::*;
     use crate::transport::{SnapshotData, SnapshotDone, Unreachable};
@@ -410,15 +422,22 @@ mod tests {
         let counting = Arc::new(Counting::default());
         let store: Store = counting.clone();
         let (jobs, rx) = std::sync::mpsc::channel();
-        let (events, mut persisted) = tokio::sync::mpsc::unbounded_channel();
+        let (reports, mut persisted) = reports();
         let transport = recording(&counting);
-        let thread = spawn_disk_thread(store, SnapshotStore::memory(), transport, rx, events)
-            .expect("spawn");
+        let thread = spawn_disk_thread(
+            store,
+            SnapshotStore::memory(),
+            transport,
+            rx,
+            reports.clone(),
+            closed_events(),
+        )
+        .expect("spawn");
         // Each job waits for the one before, so each is a group alone.
         let mut run = |batch: PersistBatch| {
             jobs.send(DiskJob::Write(batch)).expect("send");
-            match persisted.blocking_recv() {
-                Some(Event::Persisted(done, _)) => assert_eq!(done.len(), 1),
+            match next_report(&reports, &mut persisted) {
+                Event::Persisted(done, _) => assert_eq!(done.len(), 1),
                 _ => panic!("a persisted batch"),
             }
             counting.syncs.load(Ordering::SeqCst)
@@ -457,6 +476,33 @@ mod tests {
         assert_eq!(written_commit(), 3, "a commit waiting is written on stop");
     }
 
+    /// Reports that wake the test for each (nothing published: every
+    /// report wakes).
+    fn reports() -> (Arc<DiskReports>, UnboundedReceiver<Event>) {
+        let (events, woken) = tokio::sync::mpsc::unbounded_channel();
+        (Arc::new(DiskReports::new(events)), woken)
+    }
+
+    /// The channel for the disk thread's fatal errors, unused here.
+    fn closed_events() -> UnboundedSender<Event> {
+        tokio::sync::mpsc::unbounded_channel().0
+    }
+
+    /// Waits for the disk thread's next report.
+    fn next_report(reports: &DiskReports, woken: &mut UnboundedReceiver<Event>) -> Event {
+        loop {
+            let mut taken = reports.take();
+            if !taken.is_empty() {
+                assert_eq!(taken.len(), 1, "one report at a time");
+                return taken.remove(0);
+            }
+            assert!(
+                matches!(woken.blocking_recv(), Some(Event::DiskReports)),
+                "a wake-up"
+            );
+        }
+    }
+
     fn message(to: u64, body: MessageBody) -> Message {
         Message {
             from: NodeId(1),
@@ -475,13 +521,14 @@ mod tests {
         let store: Store = counting.clone();
         let transport = recording(&counting);
         let (jobs, rx) = std::sync::mpsc::channel();
-        let (events, mut persisted) = tokio::sync::mpsc::unbounded_channel();
+        let (reports, mut persisted) = reports();
         let thread = spawn_disk_thread(
             store,
             SnapshotStore::memory(),
             transport.clone(),
             rx,
-            events,
+            reports.clone(),
+            closed_events(),
         )
         .expect("spawn");
         let ack = |to| {
@@ -506,7 +553,7 @@ mod tests {
             ..Default::default()
         };
         jobs.send(DiskJob::Write(batch)).expect("send");
-        let Some(Event::Persisted(done, unreachable)) = persisted.blocking_recv() else {
+        let Event::Persisted(done, unreachable) = next_report(&reports, &mut persisted) else {
             panic!("a persisted batch");
         };
         let sent = transport.sent.lock().expect("lock").clone();

@@ -16,7 +16,8 @@
 //!   core task, in its `RawNode`; published through [`Metrics`].
 //! - **Applied index**: the apply thread, reported to the core task with
 //!   `Event::Applied`; the published figure only moves forward.
-//! - **Durable log**: the disk thread, reported with `Event::Persisted`.
+//! - **Durable log**: the disk thread, reported with `Event::Persisted`
+//!   through a queue the core empties at every turn (`disk_reports`).
 //! - **Snapshots**: files in the snapshot store; the core task keeps the
 //!   handles of the ones it may send or is about to install. A state
 //!   machine that checkpoints ([`crate::StateMachine::checkpoint`]) makes
@@ -40,6 +41,7 @@ mod clock;
 mod commit_notices;
 mod core_loop;
 mod disk;
+mod disk_reports;
 mod held_commit;
 mod metrics;
 mod pending;
@@ -133,6 +135,9 @@ pub(crate) enum Event {
     ImportFailed(LogIndex),
     SnapshotFailed(String),
     Fatal(String),
+    /// The disk thread queued a report that lets the core move on: it
+    /// takes the queue (see `disk_reports`), as it does at every turn.
+    DiskReports,
 }
 
 /// Work for the disk thread.
@@ -230,6 +235,7 @@ pub(crate) use apply::spawn_applier;
 pub(crate) use clock::TickClock;
 pub(crate) use commit_notices::CommitNoticeTimer;
 pub(crate) use disk::spawn_disk_thread;
+pub(crate) use disk_reports::DiskReports;
 pub(crate) use pending::ProposalQueue;
 pub(crate) use supervisor::supervise;
 
