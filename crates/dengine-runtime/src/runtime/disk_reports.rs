@@ -51,7 +51,7 @@ pub(crate) struct CoreGone;
 
 impl DiskReports {
     /// Reports for a core task woken through `events`. Until the core
-    /// publishes what it waits for, every report wakes it.
+    /// publishes what it waits for, every report of entries wakes it.
     pub(crate) fn new(events: UnboundedSender<Event>) -> DiskReports {
         DiskReports {
             state: Mutex::new(State {
