@@ -291,10 +291,45 @@ fn compare(args: &[String]) -> Result<PathBuf, String> {
                 rows.push(v);
             }
             drop(cluster);
+            let size = dir_bytes(&dir);
             let _ = fs::remove_dir_all(&dir);
+            let settled = settle_disk();
+            println!(
+                "  removed {} MiB of data; the disk settled in {:.1} s",
+                size >> 20,
+                settled.as_secs_f64()
+            );
         }
     }
     write_results(&root, &s, &source, &rows)
+}
+
+/// Waits until what deleting a cluster's data left the disk to do is
+/// done, so that it is not charged to the next system: `sync`, then a
+/// pause. With the file system mounted `discard` (this machine's root
+/// is), freeing gigabytes of files sends the device discards when the
+/// journal commits, and the next cluster's writes waited behind them.
+fn settle_disk() -> Duration {
+    let started = Instant::now();
+    let _ = Command::new("sync").status();
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    took
+}
+
+/// The bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// A short line for the terminal.
