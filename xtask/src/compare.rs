@@ -308,7 +308,8 @@ fn compare(args: &[String]) -> Result<PathBuf, String> {
 /// done, so that it is not charged to the next system: `sync`, then a
 /// pause. With the file system mounted `discard` (this machine's root
 /// is), freeing gigabytes of files sends the device discards when the
-/// journal commits, and the next cluster's writes waited behind them.
+/// journal commits, which the next cluster's writes could wait behind.
+/// (In the first run with it, every `sync` returned at once.)
 fn settle_disk() -> Duration {
     let started = Instant::now();
     let _ = Command::new("sync").status();
