@@ -138,6 +138,9 @@ impl DataSnapshot {
     }
 }
 
+/// Rounds of taking the disk thread's reports at the end of a turn.
+const PUBLISH_ROUNDS: usize = 4;
+
 impl<SM: StateMachine> CoreLoop<SM> {
     /// Runs until shut down.
     pub(crate) async fn run(mut self) {
@@ -209,9 +212,11 @@ impl<SM: StateMachine> CoreLoop<SM> {
     /// Tells the disk thread which durable entries would let the core move
     /// on now (every one, while the disk is too far behind: the core takes
     /// proposals again when it hears of one), and handles the reports that
-    /// came during the turn, until none came.
+    /// came during the turn, until none came. After a few rounds (a busy
+    /// disk thread could keep the loop going while peers' messages wait) it
+    /// has every report wake it and ends the turn.
     fn publish_unblocking(&mut self) {
-        loop {
+        for _ in 0..PUBLISH_ROUNDS {
             let through = if self.disk_jobs >= MAX_DISK_JOBS {
                 LogIndex(u64::MAX)
             } else {
@@ -227,6 +232,9 @@ impl<SM: StateMachine> CoreLoop<SM> {
             self.take_proposals();
             self.drain_ready();
             self.time_commit_notices();
+        }
+        if self.disk_reports.wake_on_every_report() {
+            let _ = self.events_tx.send(Event::DiskReports);
         }
     }
 

@@ -21,7 +21,9 @@
 //!
 //! The decision and the publication are made under one lock, so a report
 //! queued without a wake was queued after the core published what it
-//! waits for, and does not unblock it. A report that waits still reaches
+//! waits for, and does not unblock it. A core that stops taking reports
+//! before it published what it waits for (a turn takes a few rounds at
+//! most) has every report wake it instead. A report that waits still reaches
 //! the core within a tick: the core task wakes at every tick.
 
 use std::sync::Mutex;
@@ -103,6 +105,14 @@ impl DiskReports {
         let mut state = self.lock();
         state.unblocks_through = unblocks_through;
         std::mem::take(&mut state.waiting)
+    }
+
+    /// Has every report from now on wake the core (until it publishes
+    /// again); returns whether reports wait already.
+    pub(crate) fn wake_on_every_report(&self) -> bool {
+        let mut state = self.lock();
+        state.unblocks_through = LogIndex(u64::MAX);
+        !state.waiting.is_empty()
     }
 
     fn wake_if(&self, wake: bool) -> Result<(), CoreGone> {
@@ -196,6 +206,13 @@ mod tests {
             vec![Some(6), Some(4), Some(7), Some(8), Some(9), None]
         );
         assert!(reports.take().is_empty());
+
+        // The core stopped taking them mid-turn: every report wakes it.
+        assert!(!reports.wake_on_every_report());
+        ok(reports.persisted(vec![(entries_to(11), vec![])], vec![], false));
+        assert!(woken(&mut rx), "past what unblocks it, but a wake");
+        assert!(reports.wake_on_every_report(), "one waits");
+        assert_eq!(reports.publish(LogIndex(4)).len(), 1);
 
         drop(rx);
         assert!(
