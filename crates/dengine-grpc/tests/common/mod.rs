@@ -8,13 +8,26 @@ use dengine_grpc::proto::etcdserverpb::kv_client::KvClient;
 use dengine_grpc::server::ServerConfig;
 use dengine_runtime::{Config, StorageKind};
 
-/// A port free on 127.0.0.1 now.
+/// A port nobody listens on right now, for a member to bind a moment
+/// later. Not one the kernel picks (`127.0.0.1:0`): those come from the
+/// ephemeral range, where another test's outgoing connection may take it
+/// before the member binds it (seen in CI: `AddrInUse` on a member's
+/// start). As the serve tests' harness does: a block of 150 ports below
+/// the ephemeral range per process (by pid), each checked free before it
+/// is handed out.
 pub fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BLOCK: u32 = 150;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 150) * BLOCK;
+    for _ in 0..4 * BLOCK {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        let port = u16::try_from(base + n).expect("ports below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + BLOCK);
 }
 
 /// Member `i` of a cluster whose members listen on `ports` (client,
