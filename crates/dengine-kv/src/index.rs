@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use crate::types::KeyRange;
 
 mod key;
+mod older;
 mod order;
 
 pub(crate) use key::IndexKey;
+use older::OlderWrites;
 use order::KeyOrder;
 
 /// A point in the store's history: `main` is the store revision of a
@@ -31,11 +33,12 @@ pub(crate) struct Write {
     pub(crate) tombstone: bool,
 }
 
-/// A [`Write`] as a history keeps it: 16 bytes where `Write` takes 24,
-/// the tombstone flag in the top bit of the sub revision (a command never
-/// makes 2^31 writes: the index of that many keys would not fit in
-/// memory). A history holds one per write of its key.
-/// The default, revision 0, stands for no write (see [`KeyHistory`]).
+/// A [`Write`] as a history keeps its newest: 16 bytes where `Write`
+/// takes 24, the tombstone flag in the top bit of the sub revision (a
+/// command never makes 2^31 writes: the index of that many keys would not
+/// fit in memory). The older writes take a few bytes each
+/// ([`OlderWrites`]). The default, revision 0, stands for no write (see
+/// [`KeyHistory`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Packed {
     main: i64,
@@ -46,9 +49,13 @@ const TOMBSTONE_BIT: u32 = 1 << 31;
 
 impl Packed {
     fn new(w: Write) -> Packed {
+        Packed::from_parts(w.rev.main, w.rev.sub, w.tombstone)
+    }
+
+    fn from_parts(main: i64, sub: u32, tombstone: bool) -> Packed {
         Packed {
-            main: w.rev.main,
-            sub_and_tombstone: w.rev.sub | if w.tombstone { TOMBSTONE_BIT } else { 0 },
+            main,
+            sub_and_tombstone: sub | if tombstone { TOMBSTONE_BIT } else { 0 },
         }
     }
 
@@ -78,17 +85,17 @@ pub(crate) struct Current {
 /// A generation runs from a put on an absent key to the tombstone that
 /// ends it.
 ///
-/// The newest write is kept in place, the older ones on the heap: a put
-/// reads the newest (is the key there now? which revision?) without a
-/// second cache miss, and a key written once since the last compaction,
-/// most keys, has no allocation of its own.
+/// The newest write is kept in place, the older ones on the heap in a few
+/// bytes each: a put reads the newest (is the key there now? which
+/// revision?) without a second cache miss, and a key written once since
+/// the last compaction, most keys, has no allocation of its own.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyHistory {
     /// The newest write; `main` 0 if there is none (no write has revision
     /// 0: the store's first write is at revision 2).
     newest: Packed,
-    /// The writes before it, oldest first.
-    older: Vec<Packed>,
+    /// The writes before it.
+    older: OlderWrites,
     /// The current generation's create revision and version, and the
     /// lease of its last put (all 0 if the key does not exist now).
     create_revision: i64,
@@ -119,10 +126,12 @@ impl KeyHistory {
     pub(crate) fn at(&self, at: i64) -> Option<Revision> {
         let found = match self.newest() {
             Some(w) if w.main <= at => Some(w),
-            _ => {
-                let n = self.older.partition_point(|w| w.main <= at);
-                n.checked_sub(1).map(|i| self.older[i])
-            }
+            Some(newest) => self
+                .older
+                .newest_first(newest.main)
+                .map(|(_, w)| w)
+                .find(|w| w.main <= at),
+            None => None,
         };
         match found {
             Some(w) if !w.tombstone() => Some(w.rev()),
@@ -156,14 +165,10 @@ impl KeyHistory {
         self.lease = 0;
     }
 
-    /// Makes `w` the newest write. The first older write gets room for
-    /// exactly one (a `Vec` would take room for four), then doubling.
+    /// Makes `w` the newest write.
     fn push(&mut self, w: Write) {
         if let Some(newest) = self.newest() {
-            if self.older.capacity() == 0 {
-                self.older.reserve_exact(1);
-            }
-            self.older.push(newest);
+            self.older.push(newest, w.rev.main);
         }
         self.newest = Packed::new(w);
     }
@@ -187,24 +192,35 @@ impl KeyHistory {
         let Some(newest) = self.newest() else {
             return true;
         };
-        if newest.main <= at {
-            // Every write is at or before `at`: only the newest may stay.
-            removed.extend(self.older.drain(..).map(Packed::rev));
-            self.older = Vec::new();
-            if newest.tombstone() {
-                removed.push(newest.rev());
-                self.newest = Packed::default();
-                return true;
+        // The older writes to forget, newest first, and where the first
+        // one kept starts. The writes after `at` stay; so does the last
+        // one at or before it if it is a put.
+        let mut gone: Vec<Revision> = Vec::new();
+        let mut keep_from = 0;
+        let mut seen_at_or_before = newest.main <= at;
+        for (start, w) in self.older.newest_first(newest.main) {
+            if w.main > at || (!seen_at_or_before && !w.tombstone()) {
+                keep_from = start;
+            } else {
+                gone.push(w.rev());
             }
-            return false;
+            seen_at_or_before |= w.main <= at;
         }
-        let n = self.older.partition_point(|w| w.main <= at);
-        let keep_last = n > 0 && !self.older[n - 1].tombstone();
-        let drop = if keep_last { n - 1 } else { n };
-        removed.extend(self.older.drain(..drop).map(Packed::rev));
-        if self.older.is_empty() {
-            // Its room goes back: most keys have one write left.
-            self.older = Vec::new();
+        // If nothing is forgotten, `keep_from` is 0 and nothing moves.
+        if !gone.is_empty() {
+            // Its room goes back if nothing is kept: most keys have one
+            // write left.
+            self.older.drop_before(if keep_from == 0 {
+                usize::MAX
+            } else {
+                keep_from
+            });
+        }
+        removed.extend(gone.into_iter().rev());
+        if newest.main <= at && newest.tombstone() {
+            removed.push(newest.rev());
+            self.newest = Packed::default();
+            return true;
         }
         false
     }
@@ -212,9 +228,17 @@ impl KeyHistory {
     /// Every write kept, oldest first.
     #[cfg(test)]
     pub(crate) fn writes(&self) -> Vec<Write> {
-        self.older
-            .iter()
-            .copied()
+        let mut older: Vec<Packed> = match self.newest() {
+            Some(newest) => self
+                .older
+                .newest_first(newest.main)
+                .map(|(_, w)| w)
+                .collect(),
+            None => Vec::new(),
+        };
+        older.reverse();
+        older
+            .into_iter()
             .chain(self.newest())
             .map(|w| Write {
                 rev: w.rev(),
@@ -482,8 +506,108 @@ mod tests {
         assert_eq!(h.at(1), None);
         assert_eq!(h.at(2), Some(rev(2)));
         h.put(rev(3), 0);
-        assert_eq!(h.older.capacity(), 1);
+        assert_eq!(h.older.capacity(), 8);
         assert_eq!(mains_of(&h), [2, 3]);
+    }
+
+    /// A key's writes as a plain list, compacted as etcd's
+    /// `keyIndex.compact`: the reference for [`KeyHistory`].
+    #[derive(Default)]
+    struct Model(Vec<Write>);
+
+    impl Model {
+        fn at(&self, at: i64) -> Option<Revision> {
+            match self.0.iter().rev().find(|w| w.rev.main <= at) {
+                Some(w) if !w.tombstone => Some(w.rev),
+                _ => None,
+            }
+        }
+
+        /// The revisions forgotten, oldest first; whether none is left.
+        fn compact(&mut self, at: i64) -> (Vec<Revision>, bool) {
+            let n = self.0.iter().take_while(|w| w.rev.main <= at).count();
+            let keep_last = n > 0 && !self.0[n - 1].tombstone;
+            let drop = if keep_last { n - 1 } else { n };
+            let gone = self.0.drain(..drop).map(|w| w.rev).collect();
+            (gone, self.0.is_empty())
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A put this many revisions on, at this sub revision.
+        Put(i64, u32),
+        Delete(i64, u32),
+        /// A compaction at a write's revision (the write chosen by the
+        /// number, counted back from the newest), moved by -1, 0 or 1; or
+        /// past every write.
+        Compact(usize, i64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let step = prop_oneof![0i64..3, 1i64..200_000];
+        let sub = prop_oneof![Just(0u32), 0u32..5, 0u32..(1 << 31)];
+        prop_oneof![
+            4 => (step.clone(), sub.clone()).prop_map(|(d, s)| Op::Put(d, s)),
+            1 => (step, sub).prop_map(|(d, s)| Op::Delete(d, s)),
+            2 => (0usize..8, -1i64..=1).prop_map(|(back, by)| Op::Compact(back, by)),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_history_reads_and_compacts_as_a_plain_list_would(
+            ops in proptest::collection::vec(op(), 0..60),
+        ) {
+            let mut h = KeyHistory::default();
+            let mut model = Model::default();
+            let mut last = Revision { main: 1, sub: 0 };
+            for op in ops {
+                match op {
+                    Op::Put(d, sub) | Op::Delete(d, sub) => {
+                        // A later revision than the last write's.
+                        let rev = if d == 0 && sub > last.sub {
+                            Revision { main: last.main, sub }
+                        } else {
+                            Revision { main: last.main + d.max(1), sub }
+                        };
+                        last = rev;
+                        let tombstone = matches!(op, Op::Delete(..));
+                        if tombstone {
+                            h.tombstone(rev);
+                        } else {
+                            h.put(rev, 0);
+                        }
+                        model.0.push(Write { rev, tombstone });
+                    }
+                    Op::Compact(back, by) => {
+                        let at = match model.0.len().checked_sub(back + 1) {
+                            Some(i) => model.0[i].rev.main + by,
+                            None => last.main + 1,
+                        };
+                        let mut removed = Vec::new();
+                        let gone = h.compact(at, &mut removed);
+                        let (want, want_gone) = model.compact(at);
+                        proptest::prop_assert_eq!(removed, want);
+                        proptest::prop_assert_eq!(gone, want_gone);
+                        if gone {
+                            h = KeyHistory::default();
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(h.writes(), model.0.clone());
+                let first = model.0.first().map_or(0, |w| w.rev.main);
+                for at in [first - 1, first, last.main - 1, last.main, last.main + 1] {
+                    proptest::prop_assert_eq!(h.at(at), model.at(at), "at {}", at);
+                }
+                for w in &model.0 {
+                    for at in [w.rev.main - 1, w.rev.main, w.rev.main + 1] {
+                        proptest::prop_assert_eq!(h.at(at), model.at(at), "at {}", at);
+                    }
+                }
+            }
+        }
     }
 
     fn mains_of(h: &KeyHistory) -> Vec<i64> {
