@@ -1,11 +1,11 @@
 //! A sequence kept in chunks of at most [`CHUNK`] items, for the record
-//! log's map of revisions: a `Vec` of a million 32-byte slots doubles by
-//! copying 32 MiB into a new 64 MiB block, and for that moment a member
+//! log's map of revisions: a `Vec` of a million 32-byte slots (as they
+//! were then) doubles by copying 32 MiB into a new 64 MiB block, and for that moment a member
 //! held both (measured: its peak resident memory 30 MiB above what it held
 //! a moment later). Chunks grow one at a time, and an insert in the middle
 //! moves one chunk's items, not the whole sequence's.
 
-/// Items per chunk at most: 256 KiB of 32-byte slots.
+/// Items per chunk at most: 160 KiB of 20-byte slots.
 pub(super) const CHUNK: usize = 8192;
 
 /// Where an item is: its chunk and its place in it. Positions order as
