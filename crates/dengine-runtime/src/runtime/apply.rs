@@ -9,9 +9,10 @@
 //! slower at one proposer and half as fast at 256 with a thread). But a
 //! state machine may be slow (one that writes to disk, or just heavy), and
 //! a slow job on a runtime worker stalls the protocol tasks that share it.
-//! So every job is timed, and the first that takes longer than
-//! [`SLOW_JOB`] moves the worker to a thread of its own for the rest of
-//! the node's life. Snapshots and restores, which read or write the whole
+//! So every job is timed, and the third within a second that takes
+//! longer than `SLOW_JOB` (10 ms) moves the worker to a thread of its own for
+//! the rest of the node's life (one slow job is more often the machine's
+//! stall than the state machine's: `slow_jobs`). Snapshots and restores, which read or write the whole
 //! state, always run on the blocking pool; a state machine that offers a
 //! snapshot view has its snapshots written on a thread of their own while
 //! applying goes on (`snapshot_thread`).
@@ -23,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dengine_core::{EntryPayload, LogIndex};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -35,10 +36,7 @@ use crate::error::Error;
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 
-/// A job that takes longer than this on a runtime worker moves the worker
-/// to a thread of its own: about one default tick, well under a heartbeat
-/// interval, so a slow state machine delays the protocol at most once.
-pub(crate) const SLOW_JOB: Duration = Duration::from_millis(10);
+use super::slow_jobs::SlowJobs;
 
 /// Starts the apply worker. The returned receiver completes (with an
 /// error: its sender is dropped) once the worker has finished, wherever it
@@ -85,6 +83,7 @@ async fn on_runtime<SM: StateMachine>(
     mut jobs: UnboundedReceiver<ApplyJob<SM>>,
     done: oneshot::Sender<()>,
 ) {
+    let mut slow = SlowJobs::default();
     while let Some(job) = jobs.recv().await {
         let whole_state = matches!(job, ApplyJob::Snapshot(..) | ApplyJob::Restore(..));
         let started = Instant::now();
@@ -121,7 +120,7 @@ async fn on_runtime<SM: StateMachine>(
                 return;
             }
         }
-        if !whole_state && started.elapsed() > SLOW_JOB {
+        if !whole_state && slow.record(Instant::now(), started.elapsed()) {
             tracing::info!(
                 took_ms = started.elapsed().as_millis() as u64,
                 "the state machine is slow: apply moves to a thread of its own"

@@ -46,6 +46,7 @@ mod held_commit;
 mod metrics;
 mod pending;
 mod ready;
+mod slow_jobs;
 mod snapshot_thread;
 pub(crate) mod supervisor;
 pub mod telemetry;
