@@ -409,7 +409,7 @@ impl StateMachine for Slow {
 /// Bug: apply ran on the runtime's workers, so a slow state machine
 /// stalled every node's protocol task on a small runtime, and followers
 /// elected new leaders for nothing. A slow state machine gets a thread of
-/// its own now (after its first slow job).
+/// its own now (after its first job longer than 50 ms, as this one's is).
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_state_machine_does_not_stall_the_protocol() {
     let net = InMemoryNetwork::new();

@@ -9,11 +9,12 @@
 //! slower at one proposer and half as fast at 256 with a thread). But a
 //! state machine may be slow (one that writes to disk, or just heavy), and
 //! a slow job on a runtime worker stalls the protocol tasks that share it.
-//! So every job is timed, and the third within a second that takes
-//! longer than `SLOW_JOB` (10 ms) moves the worker to a thread of its own for
-//! the rest of the node's life (one slow job is more often the machine's
-//! stall than the state machine's: `slow_jobs`). Snapshots and restores, which read or write the whole
-//! state, always run on the blocking pool; a state machine that offers a
+//! So every job is timed, and one that takes longer than 50 ms, or the
+//! third within a second longer than 10 ms, moves the worker to a thread
+//! of its own for the rest of the node's life (one job a little slow is
+//! more often the machine's stall than the state machine's: `slow_jobs`).
+//! Snapshots and restores, which read or write the whole state, always
+//! run on the blocking pool; a state machine that offers a
 //! snapshot view has its snapshots written on a thread of their own while
 //! applying goes on (`snapshot_thread`).
 //!
