@@ -42,28 +42,30 @@ async fn a_member_without_the_fast_link_takes_part_over_the_raft_stream() {
         }
     }
     // Every member has every write (member 0 too: it reads its own state).
-    let commit = servers
-        .iter()
-        .map(|s| s.node().metrics().borrow().commit)
-        .max()
-        .expect("members");
-    for s in &servers {
-        s.node()
-            .wait_for(Duration::from_secs(10), |n| n.applied >= commit)
-            .await
-            .expect("caught up");
-    }
+    // Polled: a member publishes its progress (commit and applied
+    // indexes) at most once per tick, so the highest commit index
+    // published may trail the last acknowledged write, and waiting for
+    // members to apply up to it read one write short (59 of 60, once in
+    // a clean-clone CI run).
     let mut client = kv(ports[0].0).await;
-    let all = client
-        .range(pb::RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
-            serializable: true,
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let all = client
+            .range(pb::RangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                serializable: true,
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        if all.count == 60 || tokio::time::Instant::now() >= deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(all.count, 60);
 
     // Member 0 opened no fast link, only Raft streams (at least to the
