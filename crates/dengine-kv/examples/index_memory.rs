@@ -9,39 +9,11 @@
 //! cargo run --release -p dengine-kv --example index_memory [-- KEYS]
 //! ```
 
-use dengine_kv::{Change, KvBackend, KvCommand, KvStateMachine, PutRequest, Visit};
+use dengine_kv::{KvCommand, KvStateMachine, PutRequest};
 use dengine_runtime::{EntryId, LogIndex, StateMachine, Term};
 
-/// The process's resident memory in bytes (Linux), 0 elsewhere.
-fn resident() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// A backend that keeps nothing (and says so).
-struct Discard;
-
-impl KvBackend for Discard {
-    fn get(&self, _: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-    fn scan(&self, _: &[u8], _: Option<&[u8]>, _: &mut Visit<'_>) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn write(&mut self, _: Vec<Change>) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn clear(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn durable(&self) -> bool {
-        false
-    }
-}
+mod support;
+use support::{Discard, resident};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys: u64 = std::env::args()
