@@ -192,22 +192,23 @@ impl KeyHistory {
         let Some(newest) = self.newest() else {
             return true;
         };
-        // The older writes to forget, newest first, and where the first
-        // one kept starts. The writes after `at` stay; so does the last
-        // one at or before it if it is a put.
-        let mut gone: Vec<Revision> = Vec::new();
+        // The older writes to forget go to `removed` newest first (put
+        // in order below), and `keep_from` is where the first one kept
+        // starts. The writes after `at` stay; so does the last one at or
+        // before it if it is a put.
+        let first_gone = removed.len();
         let mut keep_from = 0;
         let mut seen_at_or_before = newest.main <= at;
         for (start, w) in self.older.newest_first(newest.main) {
             if w.main > at || (!seen_at_or_before && !w.tombstone()) {
                 keep_from = start;
             } else {
-                gone.push(w.rev());
+                removed.push(w.rev());
             }
             seen_at_or_before |= w.main <= at;
         }
         // If nothing is forgotten, `keep_from` is 0 and nothing moves.
-        if !gone.is_empty() {
+        if removed.len() > first_gone {
             // Its room goes back if nothing is kept: most keys have one
             // write left.
             self.older.drop_before(if keep_from == 0 {
@@ -216,7 +217,7 @@ impl KeyHistory {
                 keep_from
             });
         }
-        removed.extend(gone.into_iter().rev());
+        removed[first_gone..].reverse();
         if newest.main <= at && newest.tombstone() {
             removed.push(newest.rev());
             self.newest = Packed::default();
