@@ -394,6 +394,26 @@ impl<S: LogStorage> RawNode<S> {
         r.snapshot_retry_at = r.now.saturating_add(wait);
     }
 
+    /// Tells the core, before the first [`Ready`], that the state machine
+    /// keeps its state durably and was at `applied` when this node
+    /// started. That can be past the commit index the log made durable
+    /// (a runtime may hold a commit-only hard state back for a while).
+    ///
+    /// Only committed entries that are durable in this log are handed
+    /// out, and committed entries are never replaced, so every entry
+    /// through `applied` that the log holds is committed: the commit index
+    /// rises to `applied` if the log reaches it. Those entries are handed
+    /// out again (a membership change among them takes effect here; the
+    /// state machine skips what it has), and no snapshot is asked at an
+    /// index below `applied`, where the state machine could not write it.
+    pub fn state_machine_restored(&mut self, applied: LogIndex) {
+        let r = &mut self.raft;
+        if applied > r.log.committed && applied <= r.log.stable_last_index() {
+            r.log.commit_to(applied);
+        }
+        r.restored_applied = r.restored_applied.max(applied);
+    }
+
     /// Asks for a snapshot at the next [`Ready`], whatever the snapshot
     /// threshold, at the last index handed out to apply (the usual backoff
     /// after a failure still applies, and one snapshot is asked at a
@@ -533,6 +553,7 @@ impl<S: LogStorage> Raft<S> {
         let due = (t > 0 && self.log.applied.0 >= self.last_snapshot_index.0.saturating_add(t))
             || (self.snapshot_wanted && self.log.applying > LogIndex::ZERO);
         due && self.snapshot_requested.is_none()
+            && self.log.applying >= self.restored_applied
             && self.now >= self.snapshot_retry_at
             && self.log.pending_snapshot().is_none()
     }

@@ -183,6 +183,97 @@ fn a_requested_snapshot_is_asked_once_at_the_next_ready_whatever_the_threshold()
     }
 }
 
+/// A single node that applied 3..=6 and made only commit 4 durable
+/// (a runtime holds commit-only hard states back), restarted from its
+/// storage: the core is then told the state machine kept `restored`.
+fn restart_with_state_machine_at(restored: Option<u64>) -> TestNode {
+    let mut c = snap_cluster(1, 0, 0);
+    c.elect(1);
+    let mut n = c.nodes.remove(&NodeId(1)).unwrap();
+    for i in 3..=6u64 {
+        n.raw.propose(vec![i as u8]).unwrap();
+        while n.raw.has_ready() {
+            run_ready(&mut n);
+        }
+    }
+    {
+        let mut s = n.storage.lock();
+        assert_eq!(s.hard_state.commit, LogIndex(6));
+        s.hard_state.commit = LogIndex(4);
+        s.applied = LogIndex(2);
+    }
+    n.raw = dengine_core::RawNode::new(n.config.clone(), n.storage.clone()).unwrap();
+    if let Some(at) = restored {
+        n.raw.state_machine_restored(LogIndex(at));
+    }
+    n
+}
+
+/// Runs Readies until none is left: the indexes handed out, and the
+/// snapshot asked for, if any.
+fn drain(n: &mut TestNode) -> (Vec<u64>, Option<SnapshotMeta>) {
+    let mut handed = Vec::new();
+    let mut asked = None;
+    while n.raw.has_ready() {
+        let rd = run_ready(n);
+        handed.extend(rd.committed_entries.iter().map(|e| e.index.0));
+        if let Some(m) = rd.snapshot_request {
+            assert!(asked.is_none(), "asked twice");
+            asked = Some(m);
+        }
+    }
+    (handed, asked)
+}
+
+#[test]
+fn without_word_of_the_state_machine_a_restart_asks_at_the_durable_commit() {
+    // The case the next test guards against: a state machine that kept
+    // its state through 6 can not write a snapshot at 4.
+    let mut n = restart_with_state_machine_at(None);
+    n.raw.request_snapshot();
+    let (handed, asked) = drain(&mut n);
+    assert_eq!(handed, vec![3, 4]);
+    assert_eq!(asked.map(|m| m.last_index), Some(LogIndex(4)));
+}
+
+#[test]
+fn a_state_machine_restored_past_the_durable_commit_raises_it_and_is_never_asked_below() {
+    let mut n = restart_with_state_machine_at(Some(6));
+    assert_eq!(n.raw.status().hard_state.commit, LogIndex(6));
+    n.raw.request_snapshot();
+    let (handed, asked) = drain(&mut n);
+    assert_eq!(handed, vec![3, 4, 5, 6], "handed out again through 6");
+    assert_eq!(asked.map(|m| m.last_index), Some(LogIndex(6)));
+    assert_eq!(
+        n.storage.lock().hard_state.commit,
+        LogIndex(6),
+        "the raised commit index is made durable"
+    );
+}
+
+#[test]
+fn a_state_machine_restored_past_the_log_waits_for_the_commit_to_reach_it() {
+    // The state machine says 8 while the log ends at 6: the commit index
+    // is not raised past what the log holds (it rises as entries come),
+    // and no snapshot is asked before the hand-out reaches 8.
+    let mut n = restart_with_state_machine_at(Some(8));
+    assert_eq!(n.raw.status().hard_state.commit, LogIndex(4));
+    n.raw.request_snapshot();
+    let (handed, asked) = drain(&mut n);
+    assert_eq!(handed, vec![3, 4]);
+    assert_eq!(asked, None, "4 is below the state machine");
+
+    n.raw.campaign().unwrap();
+    let (handed, asked) = drain(&mut n);
+    assert_eq!(handed, vec![5, 6, 7], "the new leader's entry at 7");
+    assert_eq!(asked, None, "7 is below the state machine");
+
+    n.raw.propose(b"8".to_vec()).unwrap();
+    let (handed, asked) = drain(&mut n);
+    assert_eq!(handed, vec![8]);
+    assert_eq!(asked.map(|m| m.last_index), Some(LogIndex(8)));
+}
+
 #[test]
 fn a_snapshot_past_the_applied_index_is_refused() {
     let mut c = snap_cluster(1, 5, 0);

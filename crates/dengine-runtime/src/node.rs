@@ -366,7 +366,8 @@ fn open_and_restore<SM: StateMachine>(
     };
     // A state machine that keeps its own state may be at or past the
     // snapshot already; otherwise it starts from the snapshot.
-    let mut applied = state_machine.applied_index().unwrap_or(LogIndex::ZERO);
+    let kept = state_machine.applied_index();
+    let mut applied = kept.unwrap_or(LogIndex::ZERO);
     if let Some(data) = &known
         && applied < data.meta().last_index
     {
@@ -396,7 +397,13 @@ fn open_and_restore<SM: StateMachine>(
             snapshot_dir.display()
         )));
     }
-    let raw = RawNode::new(config.core_config(), store.clone())?;
+    let mut raw = RawNode::new(config.core_config(), store.clone())?;
+    if kept.is_some() {
+        // Its state may be durable past the commit index the log made
+        // durable: the core learns that those entries are committed, and
+        // asks no snapshot the state machine could not write.
+        raw.state_machine_restored(applied);
+    }
     Ok(Opened {
         raw,
         store,

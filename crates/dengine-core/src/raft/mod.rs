@@ -191,6 +191,10 @@ pub(crate) struct Raft<S> {
     pub(crate) snapshot_retry_at: u64,
     /// The index of the newest snapshot in storage (or being installed).
     pub(crate) last_snapshot_index: LogIndex,
+    /// Where a state machine that keeps its state durably stood at start
+    /// ([`crate::RawNode::state_machine_restored`]): no snapshot is asked
+    /// below it, since its data can not be of an earlier index.
+    pub(crate) restored_applied: LogIndex,
     /// The snapshot index the log may be compacted behind, not yet handed out.
     pub(crate) compact_to: Option<LogIndex>,
     pub(crate) prev_soft: SoftState,
@@ -242,6 +246,7 @@ impl<S: LogStorage> Raft<S> {
             snapshot_failures: 0,
             snapshot_retry_at: 0,
             last_snapshot_index: LogIndex::ZERO,
+            restored_applied: LogIndex::ZERO,
             compact_to: None,
             prev_soft: SoftState {
                 leader: NodeId::NONE,

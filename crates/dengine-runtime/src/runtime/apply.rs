@@ -309,9 +309,11 @@ impl<SM: StateMachine> Applier<SM> {
     /// entry handed out before it, so the state machine is exactly there.
     /// A state machine that keeps its own state may be further on after a
     /// restart (its state was durable past the commit index the log had
-    /// made durable). A compaction is then made all the same, since its
-    /// state is durable through the index asked; a snapshot with data
-    /// fails, and is asked again once the core has handed out as far.
+    /// made durable), but the core is told where it stood
+    /// ([`dengine_core::RawNode::state_machine_restored`]) and asks
+    /// nothing below that. Were it asked all the same, a compaction would
+    /// be made, since its state is durable through the index asked, and a
+    /// snapshot with data would fail, to be asked again after a backoff.
     ///
     /// For compaction, a state machine that keeps its state durably only
     /// makes it durable ([`StateMachine::checkpoint`]): nothing is
