@@ -50,6 +50,11 @@ pub struct FaultProfile {
     pub nemesis_interval_us: u64,
     /// Disk sync latency range, microseconds.
     pub disk_latency_us: (u64, u64),
+    /// The state machines keep their state durably: a crash leaves a
+    /// node's state machine where it was, which can be past the commit
+    /// index its disk holds, and it restarts from there rather than from
+    /// the snapshot (`RawNode::state_machine_restored`).
+    pub durable_state_machine: bool,
 }
 
 impl FaultProfile {
@@ -73,6 +78,7 @@ impl FaultProfile {
             drift: 0.0,
             nemesis_interval_us: 200_000,
             disk_latency_us: (100, 1_000),
+            durable_state_machine: false,
         }
     }
 
@@ -118,6 +124,7 @@ impl FaultProfile {
         if rng.chance(if p.chase_leaders { 0.7 } else { 0.3 }) {
             p.max_msg_bytes = *rng.pick(&[1, 100, 300]).unwrap_or(&1);
         }
+        p.durable_state_machine = rng.chance(0.5);
         p
     }
 
@@ -146,6 +153,7 @@ impl FaultProfile {
             (self.membership, "membership"),
             (self.transfers, "transfers"),
             (self.chase_leaders, "chase-leaders"),
+            (self.durable_state_machine, "durable-sm"),
         ] {
             if on {
                 kinds.push(name.to_string());

@@ -18,6 +18,11 @@
 //!   writes wait in a queue until their sync, a crash drops the queue and may
 //!   tear the oldest write. Clock drift between nodes within the bound the
 //!   lease configuration declares.
+//! - **State machines that keep their state durably** (half the seeds): a
+//!   node restarts where its state machine was, which can be past the
+//!   commit index its disk holds; its snapshots are checkpoints without
+//!   data, and one with data is made when a follower needs it, as the
+//!   runtime does.
 //! - **Operations**: client writes and reads (ReadIndex and lease),
 //!   learners added and promoted, voters removed, joint changes, leadership
 //!   transfers, snapshots and log compaction, snapshot installs.

@@ -8,9 +8,9 @@
 mod common;
 
 use common::{
-    AckBeforeDurable, CommitByCountingAnyTerm, CommitWhatIsSent, GrantEveryVote, LINEARIZABILITY,
-    SAFETY, Setup, control, crashes_with_slow_disks, elections, first_caught,
-    five_nodes_partitions_crashes, leader_chase,
+    AckBeforeDurable, CommitByCountingAnyTerm, CommitWhatIsSent, ForgetStateMachineOnRestart,
+    GrantEveryVote, LINEARIZABILITY, SAFETY, Setup, control, crashes_with_slow_disks,
+    durable_state_machines, elections, first_caught, five_nodes_partitions_crashes, leader_chase,
 };
 use dengine_core::NodeId;
 
@@ -110,6 +110,29 @@ fn counting_older_term_replicas_toward_commit_is_caught() {
         |h| h.raised,
     );
     expect_caught(&setup, &caught, &expected);
+}
+
+/// Restarted nodes do not tell the core where their durable state
+/// machine stood: the core asks a snapshot below it, which the state
+/// machine can not write (in the runtime that failed again and again, and
+/// a follower needing the snapshot for a quorum stalled the cluster).
+#[test]
+fn not_telling_the_core_where_a_durable_state_machine_stood_is_caught() {
+    let setup = durable_state_machines();
+    let expected = ["snapshot asked where the state machine is"];
+    let caught = first_caught(
+        &setup,
+        &expected,
+        ForgetStateMachineOnRestart::default,
+        |h| h.asked.get(),
+    );
+    expect_caught(&setup, &caught, &expected);
+}
+
+/// Control group for the durable state machine variant.
+#[test]
+fn real_nodes_pass_the_durable_state_machines_setup() {
+    control(&durable_state_machines());
 }
 
 /// Control group for the Figure 8 variant.

@@ -79,6 +79,12 @@ pub trait Hooks {
     fn ack_before_durable(&self) -> bool {
         false
     }
+    /// Whether a node whose state machine keeps its state durably tells
+    /// the core where it stood when it restarts
+    /// (`RawNode::state_machine_restored`); a broken node does not.
+    fn tell_core_where_state_machine_stood(&self) -> bool {
+        true
+    }
 }
 
 /// No hooks: the real protocol.
@@ -380,6 +386,23 @@ impl<W: Workload> Sim<'_, W> {
             let d = describe(&msg);
             let (from, to) = (msg.from, msg.to);
             self.log(|| format!("n{from} -> n{to} {d}"));
+        }
+        if let MessageBody::InstallSnapshot { .. } = &msg.body
+            && let Some(n) = self.nodes.get_mut(&msg.from)
+            && !n.snapshot_has_data
+        {
+            // The newest snapshot is a checkpoint: as the runtime does,
+            // ask the core for one with the data, and fail this transfer
+            // (the follower is offered the new snapshot once made).
+            if !n.data_snapshot_wanted {
+                n.data_snapshot_wanted = true;
+                if let Some(raw) = n.raw.as_mut() {
+                    raw.request_snapshot();
+                }
+            }
+            let d = self.profile.delay_min_us;
+            self.schedule(d, Event::SnapshotStatus(msg.from, msg.to, false));
+            return;
         }
         let snapshot = match &msg.body {
             MessageBody::InstallSnapshot { meta } => self.nodes.get(&msg.from).map(|n| {

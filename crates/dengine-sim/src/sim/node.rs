@@ -42,6 +42,12 @@ pub(crate) struct SimNode<S> {
     /// A [`super::Event::CommitNotices`] is scheduled (see
     /// `Config::defer_commit_notices`).
     pub(crate) notices_scheduled: bool,
+    /// The snapshot on disk has the state machine's data. A durable state
+    /// machine's snapshots are checkpoints without it, as in the runtime,
+    /// until a follower needs one.
+    pub(crate) snapshot_has_data: bool,
+    /// A follower needs a snapshot with data: the next one asked has it.
+    pub(crate) data_snapshot_wanted: bool,
 }
 
 /// Splits a proposed command into the op id the simulator prefixed and the
@@ -75,6 +81,8 @@ impl<W: Workload> Sim<'_, W> {
             removed: false,
             was_leader_in: None,
             notices_scheduled: false,
+            snapshot_has_data: true,
+            data_snapshot_wanted: false,
         };
         self.nodes.insert(id, node);
         {
@@ -94,7 +102,7 @@ impl<W: Workload> Sim<'_, W> {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
-        let raw = match RawNode::new(node.config.clone(), node.disk.clone()) {
+        let mut raw = match RawNode::new(node.config.clone(), node.disk.clone()) {
             Ok(r) => r,
             Err(e) => {
                 let at = self.now;
@@ -110,14 +118,23 @@ impl<W: Workload> Sim<'_, W> {
             let d = node.disk.state();
             (d.snapshot.last_index, d.snapshot_data.clone())
         };
-        node.sm = self.workload.state_machine();
-        node.sm.restore(&data);
-        node.applied = snap_index;
+        if self.profile.durable_state_machine && node.applied >= snap_index {
+            // Its state survived the crash, possibly past the commit
+            // index the disk holds.
+            if self.hooks.tell_core_where_state_machine_stood() {
+                raw.state_machine_restored(node.applied);
+            }
+        } else {
+            node.sm = self.workload.state_machine();
+            node.sm.restore(&data);
+            node.applied = snap_index;
+        }
+        let restored = node.applied;
         node.raw = Some(raw);
         let epoch = node.epoch;
         let first = (super::TICK_US as f64 * node.rate) as u64;
         self.schedule(first.max(1), Event::Tick(id, epoch));
-        self.log(|| format!("n{id} started (applied {snap_index})"));
+        self.log(|| format!("n{id} started (applied {restored})"));
         self.drain(id);
     }
 
@@ -133,6 +150,7 @@ impl<W: Workload> Sim<'_, W> {
         node.raw = None;
         node.epoch = node.epoch.wrapping_add(1);
         node.notices_scheduled = false;
+        node.data_snapshot_wanted = false;
         // A torn write: a prefix of the oldest batch's entries reached the
         // disk, without its hard state. Nothing of it was acknowledged.
         let mut torn = None;
@@ -363,6 +381,7 @@ impl<W: Workload> Sim<'_, W> {
             node.sm = self.workload.state_machine();
             node.sm.restore(&data);
             node.applied = meta.last_index;
+            node.snapshot_has_data = true;
             self.inv
                 .on_disk_rebase(id, meta.last_index, meta.last_term, kept);
         }
@@ -419,6 +438,11 @@ impl<W: Workload> Sim<'_, W> {
             let Some(node) = self.nodes.get_mut(&id) else {
                 return;
             };
+            if e.index <= node.applied {
+                // Handed out again after a restart: a state machine that
+                // keeps its state has it already.
+                continue;
+            }
             let mut done = None;
             if let EntryPayload::Normal(data) = &e.payload {
                 let (op, cmd) = split_command(data);
@@ -480,13 +504,50 @@ impl<W: Workload> Sim<'_, W> {
             return;
         };
         if node.applied != meta.last_index {
+            if meta.last_index < node.applied {
+                // Only a state machine restored past the durable commit
+                // can be ahead of what the core handed out; the core was
+                // told where it stood and must not ask below it.
+                let at = self.now;
+                self.inv.violations.push(Violation {
+                    at,
+                    property: "snapshot asked where the state machine is",
+                    detail: format!(
+                        "node {id}: asked at {} with the state machine at {}",
+                        meta.last_index, node.applied
+                    ),
+                });
+            }
+            node.data_snapshot_wanted = false;
             if let Some(raw) = node.raw.as_mut() {
                 raw.snapshot_failed();
             }
             return;
         }
-        let data = node.sm.snapshot();
-        node.disk.state_mut().store_snapshot(meta.clone(), data);
+        // A durable state machine only checkpoints (its state is durable
+        // already) unless a follower needs the data.
+        let with_data =
+            !self.profile.durable_state_machine || std::mem::take(&mut node.data_snapshot_wanted);
+        let data = if with_data {
+            node.sm.snapshot()
+        } else {
+            Vec::new()
+        };
+        let stored = {
+            let mut d = node.disk.state_mut();
+            if with_data && d.snapshot.last_index == meta.last_index {
+                // The data of the checkpoint already stored there.
+                d.snapshot_data = data;
+                true
+            } else {
+                let before = d.snapshot.last_index;
+                d.store_snapshot(meta.clone(), data);
+                d.snapshot.last_index != before
+            }
+        };
+        if stored {
+            node.snapshot_has_data = with_data;
+        }
         if let Some(raw) = node.raw.as_mut()
             && let Err(e) = raw.snapshot_created(&meta)
         {

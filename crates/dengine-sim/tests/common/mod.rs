@@ -22,6 +22,9 @@ pub const SAFETY: &[&str] = &[
     "leader completeness",
     "state machine safety",
     "acknowledged write lost",
+    // Not Raft's, but the core's promise to a state machine that keeps
+    // its state: a snapshot it is asked for is one it can write.
+    "snapshot asked where the state machine is",
 ];
 
 /// How a failed linearizability check is named among the properties.
@@ -73,6 +76,21 @@ impl Hooks for AckBeforeDurable {
     fn ack_before_durable(&self) -> bool {
         self.asked.set(self.asked.get() + 1);
         true
+    }
+}
+
+/// Nodes whose durable state machine survives a crash, but that restart
+/// without telling the core where it stood.
+#[derive(Debug, Default)]
+pub struct ForgetStateMachineOnRestart {
+    /// Restarts of such a node.
+    pub asked: Cell<u64>,
+}
+
+impl Hooks for ForgetStateMachineOnRestart {
+    fn tell_core_where_state_machine_stood(&self) -> bool {
+        self.asked.set(self.asked.get() + 1);
+        false
     }
 }
 
@@ -302,6 +320,29 @@ pub fn leader_chase() -> Setup {
     }
 }
 
+/// State machines that keep their state durably, with frequent crashes
+/// while writes and commit indexes are in flight, partitions, and
+/// snapshots: a node restarts with its state machine past the commit
+/// index its disk holds, and followers left behind need a snapshot with
+/// data, which a restarted leader makes.
+pub fn durable_state_machines() -> Setup {
+    let mut p = FaultProfile::calm();
+    p.crashes = true;
+    p.partitions = true;
+    p.durable_state_machine = true;
+    p.snapshot_threshold = 10;
+    p.compaction_lag = 1;
+    p.nemesis_interval_us = 30_000;
+    p.disk_latency_us = (500, 5_000);
+    Setup {
+        name: "durable state machines (3 nodes, crashes, partitions, snapshot/10)",
+        nodes: 3,
+        steps: 20_000,
+        profile: p,
+        seeds: 0..20,
+    }
+}
+
 /// Every fault kind at once.
 pub fn every_fault() -> FaultProfile {
     FaultProfile {
@@ -322,6 +363,7 @@ pub fn every_fault() -> FaultProfile {
         drift: 0.05,
         nemesis_interval_us: 100_000,
         disk_latency_us: (500, 20_000),
+        durable_state_machine: true,
     }
 }
 
