@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dengine_proto::etcdserverpb::kv_server::Kv;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Request as HttpRequest, Response as HttpResponse};
 use http_body::{Body as HttpBody, Frame};
 use tonic::Status;
@@ -285,6 +285,11 @@ fn decode<M: prost::Message + Default>(message: &[u8]) -> Result<M, Status> {
     M::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
 
+/// The trailer every answer ends with. A name built once: inserting one
+/// given as a string copies a name that is not a standard header into a
+/// new allocation each time.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The HTTP response for a handler's answer, whose message encodes to
 /// `len` bytes: the message in one data frame and `grpc-status: 0` in the
 /// trailers, or the error trailers-only.
@@ -306,7 +311,7 @@ fn respond<M: prost::Message>(
     // Cannot fail: the buffer has room for the message.
     let _ = message.encode(&mut data);
     let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
     let mut response = HttpResponse::new(Body::new(UnaryBody {
         data: Some(data.freeze()),
         trailers: Some(trailers),
