@@ -3,7 +3,8 @@
 //! data, and writes its data only when a follower needs it, as etcd does:
 //! a follower the compacted log left behind still catches up, and every
 //! node starts again from its own state and log with nothing applied
-//! twice or lost.
+//! twice or lost; a leader restarted with its state machine past the
+//! commit index its log made durable can still write that snapshot.
 
 #![cfg(feature = "sled")]
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 mod common;
+use dengine::core::storage::MemStorage;
 use dengine::{Config, InMemoryNetwork, LogIndex, Node, NodeBuilder, NodeId, StorageKind};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,6 +46,11 @@ struct Ledger {
     applied: LogIndex,
     disk: Arc<Mutex<Disk>>,
     counts: Arc<Counts>,
+    /// Stores its state at every flush too, as the key-value store writes
+    /// its pending writes out between checkpoints: after a restart it can
+    /// be past its last checkpoint, and past the commit index the log
+    /// made durable.
+    stores_at_flush: bool,
 }
 
 impl Ledger {
@@ -54,6 +61,7 @@ impl Ledger {
             applied: d.applied,
             disk: Arc::clone(disk),
             counts: Arc::clone(counts),
+            stores_at_flush: false,
         }
     }
 }
@@ -71,6 +79,11 @@ impl dengine::StateMachine for Ledger {
 
     fn flush(&mut self, applied: LogIndex) -> std::io::Result<()> {
         self.applied = applied;
+        if self.stores_at_flush {
+            let mut d = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+            d.sum = self.sum;
+            d.applied = applied;
+        }
         Ok(())
     }
 
@@ -263,6 +276,114 @@ async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_foll
             .unwrap_or_else(|e| panic!("node {id} after the restart: {e}"));
         assert_eq!(sum(n).await, total + 1000, "node {id} after the restart");
     }
+    for n in nodes.values() {
+        n.shutdown().await.expect("shutdown");
+    }
+}
+
+/// A leader restarts with its state machine past the commit index its log
+/// made durable (the runtime holds a hard state that changes only the
+/// commit index back for up to a tick, and the state machine stores its
+/// state when it likes). The one member it can make a quorum with is a
+/// follower the compacted log left behind: it needs a snapshot with the
+/// data, which the state machine can write only at its own index. Before
+/// `RawNode::state_machine_restored` the core asked for it at the durable
+/// commit index, every attempt failed ("asked at .. but the state machine
+/// is at .."), and the cluster never committed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_past_its_durable_commit_makes_the_snapshot_a_follower_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = InMemoryNetwork::new();
+    let members: BTreeMap<u64, (Member, MemStorage)> = (1..=3)
+        .map(|id| {
+            let m = Member {
+                disk: Arc::default(),
+                counts: Arc::default(),
+            };
+            (id, (m, MemStorage::new()))
+        })
+        .collect();
+    let start = |id: u64| {
+        let (m, store) = &members[&id];
+        let mut ledger = Ledger::open(&m.disk, &m.counts);
+        ledger.stores_at_flush = true;
+        NodeBuilder::new(config(id, dir.path()), ledger)
+            .initial_members([1, 2, 3].map(NodeId))
+            .network(&net)
+            .store(Arc::new(store.clone()))
+            .build()
+    };
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(id).await.expect("node starts"));
+    }
+    add(&nodes, 1..31).await;
+
+    // A follower stops; the others compact their logs far past it.
+    let l = common::leader(&nodes, WAIT).await;
+    let f = *nodes.keys().find(|&&id| id != l).expect("follower");
+    nodes
+        .remove(&f)
+        .expect("f")
+        .shutdown()
+        .await
+        .expect("shutdown");
+    let mut last = add(&nodes, 31..131).await;
+    let mut next = 131;
+    // Until the leader's state machine is at least 2 past its last
+    // checkpoint: its commit index can then be set back between them.
+    loop {
+        let m = nodes[&l]
+            .wait_for(WAIT, |m| m.applied >= last && m.snapshot_made_at.0 > 40)
+            .await
+            .expect("the leader applies and compacts");
+        if m.applied.0 >= m.snapshot_made_at.0 + 2 {
+            break;
+        }
+        last = add(&nodes, next..next + 1).await;
+        next += 1;
+    }
+    let total: u64 = (1..next).sum();
+    for (_, n) in std::mem::take(&mut nodes) {
+        n.shutdown().await.expect("shutdown");
+    }
+
+    // The leader's log made durable a commit index short of its state
+    // machine, as after a crash while a commit-only hard state was held.
+    let (lm, lstore) = &members[&l];
+    let kept = lm
+        .disk
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .applied;
+    {
+        let mut s = lstore.lock();
+        let from = s.snapshot.last_index;
+        assert!(
+            kept.0 >= from.0 + 2,
+            "state machine at {kept}, snapshot at {from}"
+        );
+        s.hard_state.commit = LogIndex(from.0 + 1);
+    }
+
+    // It comes back with the follower only: the follower needs a snapshot
+    // with the data to make a quorum.
+    for id in [l, f] {
+        nodes.insert(id, start(id).await.expect("node starts"));
+    }
+    nodes[&f]
+        .wait_for(WAIT, |m| m.applied >= kept && m.commit > kept)
+        .await
+        .unwrap_or_else(|e| panic!("the follower did not catch up past {kept}: {e}"));
+    assert_eq!(sum(&nodes[&f]).await, total, "the follower's state");
+    assert!(nodes[&f].status().snapshots_installed >= 1, "by snapshot");
+    assert_eq!(
+        nodes[&l].status().snapshot_failures,
+        0,
+        "the leader was asked for a snapshot it could not write"
+    );
+    add(&nodes, 1000..1001).await;
+    assert_eq!(sum(&nodes[&l]).await, total + 1000);
     for n in nodes.values() {
         n.shutdown().await.expect("shutdown");
     }
