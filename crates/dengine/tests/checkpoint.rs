@@ -54,14 +54,14 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn open(disk: &Arc<Mutex<Disk>>, counts: &Arc<Counts>) -> Ledger {
-        let d = disk.lock().unwrap_or_else(PoisonError::into_inner);
+    fn open(member: &Member) -> Ledger {
+        let d = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
         Ledger {
             sum: d.sum,
             applied: d.applied,
-            disk: Arc::clone(disk),
-            counts: Arc::clone(counts),
-            stores_at_flush: false,
+            disk: Arc::clone(&member.disk),
+            counts: Arc::clone(&member.counts),
+            stores_at_flush: member.store.is_some(),
         }
     }
 }
@@ -119,9 +119,13 @@ impl dengine::StateMachine for Ledger {
     }
 }
 
+#[derive(Default)]
 struct Member {
     disk: Arc<Mutex<Disk>>,
     counts: Arc<Counts>,
+    /// A log the test can reach between restarts; its ledger then also
+    /// stores its state at every flush. Otherwise the log is on disk.
+    store: Option<MemStorage>,
 }
 
 fn config(id: u64, dir: &Path) -> Config {
@@ -133,12 +137,13 @@ fn config(id: u64, dir: &Path) -> Config {
 }
 
 async fn start(id: u64, member: &Member, dir: &Path, net: &InMemoryNetwork) -> Node<Ledger> {
-    NodeBuilder::new(config(id, dir), Ledger::open(&member.disk, &member.counts))
+    let mut builder = NodeBuilder::new(config(id, dir), Ledger::open(member))
         .initial_members([1, 2, 3].map(NodeId))
-        .network(net)
-        .build()
-        .await
-        .expect("node starts")
+        .network(net);
+    if let Some(store) = &member.store {
+        builder = builder.store(Arc::new(store.clone()));
+    }
+    builder.build().await.expect("node starts")
 }
 
 /// Proposes `values` one at a time, on whichever node leads; the last
@@ -187,15 +192,7 @@ fn snapshot_files(dir: &Path, id: u64) -> Vec<String> {
 async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_follower() {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = InMemoryNetwork::new();
-    let members: BTreeMap<u64, Member> = (1..=3)
-        .map(|id| {
-            let m = Member {
-                disk: Arc::default(),
-                counts: Arc::default(),
-            };
-            (id, m)
-        })
-        .collect();
+    let members: BTreeMap<u64, Member> = (1..=3).map(|id| (id, Member::default())).collect();
     let mut nodes = BTreeMap::new();
     for (id, m) in &members {
         nodes.insert(*id, start(*id, m, dir.path(), &net).await);
@@ -294,28 +291,18 @@ async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_foll
 async fn a_leader_restarted_past_its_durable_commit_makes_the_snapshot_a_follower_needs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = InMemoryNetwork::new();
-    let members: BTreeMap<u64, (Member, MemStorage)> = (1..=3)
+    let members: BTreeMap<u64, Member> = (1..=3)
         .map(|id| {
             let m = Member {
-                disk: Arc::default(),
-                counts: Arc::default(),
+                store: Some(MemStorage::new()),
+                ..Member::default()
             };
-            (id, (m, MemStorage::new()))
+            (id, m)
         })
         .collect();
-    let start = |id: u64| {
-        let (m, store) = &members[&id];
-        let mut ledger = Ledger::open(&m.disk, &m.counts);
-        ledger.stores_at_flush = true;
-        NodeBuilder::new(config(id, dir.path()), ledger)
-            .initial_members([1, 2, 3].map(NodeId))
-            .network(&net)
-            .store(Arc::new(store.clone()))
-            .build()
-    };
     let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(id).await.expect("node starts"));
+    for (id, m) in &members {
+        nodes.insert(*id, start(*id, m, dir.path(), &net).await);
     }
     add(&nodes, 1..31).await;
 
@@ -350,14 +337,17 @@ async fn a_leader_restarted_past_its_durable_commit_makes_the_snapshot_a_followe
 
     // The leader's log made durable a commit index short of its state
     // machine, as after a crash while a commit-only hard state was held.
-    let (lm, lstore) = &members[&l];
-    let kept = lm
+    let kept = members[&l]
         .disk
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .applied;
     {
-        let mut s = lstore.lock();
+        let mut s = members[&l]
+            .store
+            .as_ref()
+            .expect("a store of the test's")
+            .lock();
         let from = s.snapshot.last_index;
         assert!(
             kept.0 >= from.0 + 2,
@@ -369,7 +359,7 @@ async fn a_leader_restarted_past_its_durable_commit_makes_the_snapshot_a_followe
     // It comes back with the follower only: the follower needs a snapshot
     // with the data to make a quorum.
     for id in [l, f] {
-        nodes.insert(id, start(id).await.expect("node starts"));
+        nodes.insert(id, start(id, &members[&id], dir.path(), &net).await);
     }
     nodes[&f]
         .wait_for(WAIT, |m| m.applied >= kept && m.commit > kept)
