@@ -188,18 +188,18 @@ fn snapshot_files(dir: &Path, id: u64) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_follower() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = InMemoryNetwork::new();
-    let members: BTreeMap<u64, Member> = (1..=3).map(|id| (id, Member::default())).collect();
+/// Starts `members`, writes 1 to 30, and stops a follower: the running
+/// nodes, the leader and the follower stopped.
+async fn start_and_stop_a_follower(
+    members: &BTreeMap<u64, Member>,
+    dir: &Path,
+    net: &InMemoryNetwork,
+) -> (BTreeMap<u64, Node<Ledger>>, u64, u64) {
     let mut nodes = BTreeMap::new();
-    for (id, m) in &members {
-        nodes.insert(*id, start(*id, m, dir.path(), &net).await);
+    for (id, m) in members {
+        nodes.insert(*id, start(*id, m, dir, net).await);
     }
     add(&nodes, 1..31).await;
-
-    // A follower stops; the others go on far past their snapshots.
     let l = common::leader(&nodes, WAIT).await;
     let f = *nodes.keys().find(|&&id| id != l).expect("follower");
     nodes
@@ -208,6 +208,16 @@ async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_foll
         .shutdown()
         .await
         .expect("shutdown");
+    (nodes, l, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_compacted_by_checkpoints_and_data_is_written_only_for_a_follower() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = InMemoryNetwork::new();
+    let members: BTreeMap<u64, Member> = (1..=3).map(|id| (id, Member::default())).collect();
+    // A follower stops; the others go on far past their snapshots.
+    let (mut nodes, _, f) = start_and_stop_a_follower(&members, dir.path(), &net).await;
     let last = add(&nodes, 31..131).await;
     let total: u64 = (1..131).sum();
     for (id, n) in &nodes {
@@ -300,21 +310,8 @@ async fn a_leader_restarted_past_its_durable_commit_makes_the_snapshot_a_followe
             (id, m)
         })
         .collect();
-    let mut nodes = BTreeMap::new();
-    for (id, m) in &members {
-        nodes.insert(*id, start(*id, m, dir.path(), &net).await);
-    }
-    add(&nodes, 1..31).await;
-
     // A follower stops; the others compact their logs far past it.
-    let l = common::leader(&nodes, WAIT).await;
-    let f = *nodes.keys().find(|&&id| id != l).expect("follower");
-    nodes
-        .remove(&f)
-        .expect("f")
-        .shutdown()
-        .await
-        .expect("shutdown");
+    let (mut nodes, l, f) = start_and_stop_a_follower(&members, dir.path(), &net).await;
     let mut last = add(&nodes, 31..131).await;
     let mut next = 131;
     // Until the leader's state machine is at least 2 past its last
